@@ -1,0 +1,154 @@
+"""The ``spotsafe`` command. It never imports torch, so it starts fast and can supervise.
+
+Exit codes: 0 success; 1 a checkpoint is invalid or missing; 2 usage error (click).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .._version import __version__
+from ..format import check_checkpoint, committed_steps, list_checkpoints, step_dir
+from ..storage import LocalStorage
+
+_out = Console(highlight=False)
+
+
+def _err(msg: str, code: int = 1) -> None:
+    click.echo(f"Error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _storage(root: str) -> LocalStorage:
+    storage = LocalStorage(root)
+    if not storage.exists():
+        _err(f"{storage.url} does not exist; pass the run root you gave CheckpointManager.")
+    return storage
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _age(created: float | None) -> str:
+    if created is None:
+        return "-"
+    s = max(0.0, time.time() - created)
+    for unit, div in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= div:
+            return f"{s / div:.1f}{unit}"
+    return f"{s:.0f}s"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spotsafe")
+def main() -> None:
+    """Make PyTorch training safe on spot and preemptible capacity."""
+
+
+@main.command("ls")
+@click.argument("root")
+@click.option("--quick", is_flag=True, help="Check manifests and sizes only, not content checksums.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def ls_cmd(root: str, quick: bool, as_json: bool) -> None:
+    """List the checkpoints under ROOT with size, age and validity."""
+    infos = list_checkpoints(_storage(root), deep=not quick)
+    if as_json:
+        for i in infos:
+            click.echo(json.dumps({"step": i.step, "name": i.name, "valid": i.valid, "reason": i.reason,
+                                   "bytes": i.size, "created": i.created}))
+        return
+    if not infos:
+        _out.print(f"No checkpoints in {root}.")
+        return
+    table = Table(title=f"Checkpoints in {root}")
+    for col, just in (("step", "right"), ("size", "right"), ("age", "right"), ("status", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for i in infos:
+        status = "[green]valid[/]" if i.valid else f"[red]invalid[/]: {i.reason}"
+        table.add_row(str(i.step), _size(i.size), _age(i.created), status)
+    _out.print(table)
+
+
+@main.command("verify")
+@click.argument("root")
+@click.option("--step", type=int, default=None, help="Verify only this step (default: every checkpoint).")
+def verify_cmd(root: str, step: int | None) -> None:
+    """Check sizes and checksums; exit 0 only when every checkpoint checked is valid."""
+    storage = _storage(root)
+    steps = committed_steps(storage)
+    if step is not None:
+        if step not in steps:
+            _err(f"Checkpoint {step_dir(step)} does not exist in {storage.url}; run `spotsafe ls {root}`.")
+        steps = [step]
+    if not steps:
+        _err(f"No checkpoints in {storage.url}.")
+    bad = 0
+    for s in steps:
+        info = check_checkpoint(storage, s)
+        if info.valid:
+            _out.print(f"[green]ok[/]      {info.name}  {_size(info.size)}")
+        else:
+            bad += 1
+            _out.print(f"[red]INVALID[/] {info.name}  {info.reason}")
+    if bad:
+        _err(f"{bad} of {len(steps)} checkpoint(s) in {storage.url} are invalid; restore skips them.")
+
+
+@main.command("inspect")
+@click.argument("root")
+@click.option("--step", type=int, default=None, help="The step to inspect (default: the newest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
+    """Show the components, tensors and metadata of one checkpoint."""
+    storage = _storage(root)
+    steps = committed_steps(storage)
+    if not steps:
+        _err(f"No checkpoints in {storage.url}.")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        _err(f"Checkpoint {step_dir(step)} does not exist in {storage.url}; run `spotsafe ls {root}`.")
+    info = check_checkpoint(storage, step)
+    if info.manifest is None:
+        _err(f"Checkpoint {info.name} in {storage.url} is unreadable: {info.reason}.")
+    m = info.manifest
+    if as_json:
+        click.echo(storage.read_bytes(f"{info.name}/manifest.json").decode())
+        return
+    status = "[green]valid[/]" if info.valid else f"[red]invalid[/]: {info.reason}"
+    _out.print(f"[bold]{info.name}[/] in {storage.url}: {status}")
+    _out.print(f"step {m.step}  epoch {m.epoch if m.epoch is not None else '-'}  size {_size(m.total_bytes)}  "
+               f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(m.created))}  world size {m.world_size}")
+    _out.print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items())))
+    if m.metadata:
+        _out.print("metadata: " + json.dumps(m.metadata, sort_keys=True))
+    table = Table(title="components")
+    for col in ("component", "kind", "type", "tensors", "bytes", "file"):
+        table.add_column(col)
+    for name, c in m.components.items():
+        files = sorted({t.file for t in c.tensors})
+        table.add_row(name, c.kind, c.type.rsplit(".", 1)[-1], str(len(c.tensors)), _size(c.nbytes), ", ".join(files) or "-")
+    _out.print(table)
+    tensors = Table(title="tensors (first 40)")
+    for col in ("component", "#", "dtype", "shape", "bytes"):
+        tensors.add_column(col)
+    shown = 0
+    for name, c in m.components.items():
+        for i, t in enumerate(c.tensors):
+            if shown >= 40:
+                break
+            tensors.add_row(name, str(i), t.dtype, str(list(t.shape)), _size(t.nbytes))
+            shown += 1
+    _out.print(tensors)

@@ -1,0 +1,98 @@
+"""A deterministic, resumable sample order that does not depend on workers or ranks.
+
+The order of epoch ``e`` is a permutation of ``range(n)`` drawn from a private generator
+seeded with ``(seed, e)``: it depends on nothing else, so it is the same in every process,
+for any number of DataLoader workers and any world size. ``position`` counts the samples
+of the epoch already consumed by the whole job (all ranks together), so a resume on
+another number of ranks continues from the same global sample.
+
+With ``num_replicas`` ranks, the epoch is cut into global batches of
+``batch_size * num_replicas`` samples and rank ``r`` takes the ``r``-th slice of each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_DEFAULT_SEED = 0
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of ``epoch``: the same on every process, for every worker count."""
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + epoch) & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch.randperm(n, generator=g)
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """Yields sample indices from the current position on; its state is (seed, epoch, position).
+
+    Use it on its own with ``num_workers=0``, or through :class:`ResumableDataLoader`, which
+    counts what the training loop consumed (DataLoader workers prefetch ahead of it).
+
+    Args:
+        data_source: The dataset, or its length.
+        shuffle: Draw a new permutation per epoch (default True).
+        seed: The seed of every permutation.
+        drop_last: Drop the final partial batch of an epoch (only with ``batch_size``).
+        batch_size: Samples per batch per rank; needed with ``num_replicas > 1`` or ``drop_last``.
+        num_replicas, rank: The data-parallel world size and this rank.
+    """
+
+    def __init__(self, data_source: Any, *, shuffle: bool = True, seed: int = _DEFAULT_SEED,
+                 drop_last: bool = False, batch_size: int = 1, num_replicas: int = 1, rank: int = 0) -> None:
+        n = data_source if isinstance(data_source, int) else len(data_source)
+        if n < 1 or batch_size < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"ResumableSampler needs a non-empty dataset, batch_size >= 1 and 0 <= rank < "
+                             f"num_replicas (got n={n}, batch_size={batch_size}, rank={rank}, "
+                             f"num_replicas={num_replicas}).")
+        self.n, self.shuffle, self.seed, self.drop_last = n, shuffle, seed, drop_last
+        self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
+        self.epoch = 0
+        self.position = 0  # samples of this epoch consumed by all ranks together
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to the start of ``epoch``."""
+        self.epoch, self.position = epoch, 0
+
+    def batches(self) -> list[list[int]]:
+        """This rank's remaining batches of the current epoch, as index lists."""
+        order = epoch_order(self.n, self.seed, self.epoch, self.shuffle)[self.position:].tolist()
+        out = []
+        for start in range(0, len(order), self.global_batch):
+            glob = order[start:start + self.global_batch]
+            if self.drop_last and len(glob) < self.global_batch:
+                break
+            mine = glob[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            out.append((mine, len(glob)))
+        return out  # type: ignore[return-value]
+
+    def __iter__(self):
+        for mine, consumed in self.batches():
+            for i in mine:
+                yield i
+            self.position += consumed
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def __len__(self) -> int:
+        return sum(len(m) for m, _ in self.batches())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "n": self.n,
+                "shuffle": self.shuffle}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if sd["n"] != self.n or sd["shuffle"] != self.shuffle:
+            raise ValueError(f"the saved sampler covered {sd['n']} samples (shuffle={sd['shuffle']}), this one covers "
+                             f"{self.n} (shuffle={self.shuffle}); use the same dataset")
+        if not 0 <= sd["position"] <= self.n:
+            raise ValueError(f"saved position {sd['position']} lies outside the dataset of {self.n} samples")
+        self.seed, self.epoch, self.position = int(sd["seed"]), int(sd["epoch"]), int(sd["position"])

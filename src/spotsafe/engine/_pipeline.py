@@ -1,0 +1,180 @@
+"""The save pipeline in stages: stage -> persist -> commit, and the verified read for restore.
+
+* stage: ask every component for its state dict, encode it (:mod:`spotsafe.state._tree`),
+  and bring each tensor to contiguous CPU memory. Synchronous saves stage CPU tensors
+  without copying them (the caller is blocked until the bytes are on disk); CUDA tensors
+  are copied to the host.
+* persist: write one raw-bytes file per component straight from tensor memory (no
+  intermediate buffers), 64-byte aligned so a restore can view the bytes as tensors in
+  place, hashing on a helper thread while writing and fsyncing.
+* commit: the storage's commit strategy publishes the directory with the manifest last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CorruptCheckpointError, UnsupportedStateError
+from ..format import ComponentEntry, FileEntry, Manifest, TensorEntry, component_file, default_versions
+from ..state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
+
+ALIGN = 64
+_ZEROS = memoryview(bytes(ALIGN))
+
+
+@dataclass
+class StagedComponent:
+    """One component after staging: its encoded tree and its arrays in host memory."""
+
+    name: str
+    kind: str
+    type: str
+    tree: Any
+    arrays: list  # contiguous CPU tensors or numpy arrays
+    devices: list[str]
+
+
+@dataclass
+class Staged:
+    """A whole checkpoint held in host memory, ready to persist."""
+
+    step: int
+    components: list[StagedComponent]
+    epoch: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    stage_s: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(a) for c in self.components for a in c.arrays)
+
+
+def _nbytes(a: Any) -> int:
+    return a.numel() * a.element_size() if isinstance(a, torch.Tensor) else a.nbytes
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    return t.resolve_conj().resolve_neg().contiguous()
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = None,
+          metadata: dict[str, Any] | None = None) -> Staged:
+    """Snapshot ``state`` (and the RNGs) into host memory; see the module docstring."""
+    t0 = time.perf_counter()
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}; "
+                        "wrap it as {'model': model, ...}.")
+    items = list(state.items())
+    for name, _ in items:
+        if not isinstance(name, str) or not name or name.startswith("__"):
+            raise ValueError(f"State key {name!r} is not allowed; use a non-empty string that does not start with '__'.")
+    if rng:
+        items.append((RNG_COMPONENT, capture_rng()))
+    comps = []
+    for name, obj in items:
+        stateful = name != RNG_COMPONENT and is_stateful(obj)
+        sd = obj.state_dict() if stateful else obj
+        arrays: list = []
+        try:
+            tree = encode(sd, arrays, (name,))
+        except UnsupportedStateError as e:
+            raise UnsupportedStateError(f"state[{name!r}]: {e}") from None
+        devices = [str(a.device) if isinstance(a, torch.Tensor) else "cpu" for a in arrays]
+        arrays = [_to_host(a) if isinstance(a, torch.Tensor) else np.ascontiguousarray(a) for a in arrays]
+        comps.append(StagedComponent(name, "stateful" if stateful else "value", _type_name(obj), tree, arrays, devices))
+    return Staged(step, comps, epoch, dict(metadata or {}), time.perf_counter() - t0)
+
+
+def _byte_view(a: Any) -> memoryview:
+    if isinstance(a, torch.Tensor):
+        return memoryview(a.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+def _layout(comp: StagedComponent, file: str) -> tuple[list[TensorEntry], list[memoryview]]:
+    entries, pieces, offset = [], [], 0
+    for a, dev in zip(comp.arrays, comp.devices):
+        pad = -offset % ALIGN
+        if pad:
+            pieces.append(_ZEROS[:pad])
+            offset += pad
+        view = _byte_view(a)
+        if isinstance(a, torch.Tensor):
+            entries.append(TensorEntry(dtype_name(a.dtype), tuple(a.shape), offset, len(view), file, "tensor", dev))
+        else:
+            entries.append(TensorEntry(a.dtype.str, tuple(a.shape), offset, len(view), file, "ndarray"))
+        pieces.append(view)
+        offset += len(view)
+    return entries, pieces
+
+
+def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manifest:
+    """Write every component file into ``tmp`` and return the manifest describing them."""
+    files: dict[str, FileEntry] = {}
+    components: dict[str, ComponentEntry] = {}
+    for comp in staged.components:
+        entries: list[TensorEntry] = []
+        if comp.arrays:
+            fname = component_file(comp.name)
+            if fname in files:
+                raise ValueError(f"State keys map to the same file {fname!r}; rename one of them.")
+            entries, pieces = _layout(comp, fname)
+            size, digest = storage.write_file(tmp / fname, pieces, hash_executor)
+            files[fname] = FileEntry(size, digest)
+        components[comp.name] = ComponentEntry(comp.kind, comp.type, comp.tree, tuple(entries))
+    return Manifest(step=staged.step, files=files, components=components, epoch=staged.epoch,
+                    versions=default_versions(torch=torch.__version__), metadata=staged.metadata)
+
+
+def read_verified(storage: Any, name: str, manifest: Manifest, hash_executor: Any) -> dict[str, torch.Tensor]:
+    """Read every file of a checkpoint into memory and check its size and checksum.
+
+    Raises CorruptCheckpointError naming the first file that fails. Nothing is decoded
+    before every file has passed.
+    """
+    bufs = {}
+    for fname, entry in manifest.files.items():
+        rel = f"{name}/{fname}"
+        size = storage.size(rel)
+        if size is None:
+            raise CorruptCheckpointError(f"{fname} is missing")
+        if size != entry.size:
+            raise CorruptCheckpointError(f"{fname} is {size} bytes, manifest says {entry.size}")
+        buf = torch.empty(entry.size, dtype=torch.uint8)
+        n, digest = storage.read_file(rel, memoryview(buf.numpy()), hash_executor)
+        if n != entry.size:
+            raise CorruptCheckpointError(f"{fname} ended after {n} bytes, manifest says {entry.size}")
+        if digest != entry.checksum:
+            raise CorruptCheckpointError(f"{fname} fails its checksum ({digest}, manifest says {entry.checksum})")
+        bufs[fname] = buf
+    return bufs
+
+
+def decode_components(manifest: Manifest, bufs: dict[str, torch.Tensor]) -> Iterator[tuple[str, Any]]:
+    """(name, decoded state dict or value) for every component; tensors are views of ``bufs``."""
+    for cname, comp in manifest.components.items():
+        def array(kind: str, i: int, comp: ComponentEntry = comp) -> Any:
+            e = comp.tensors[i]
+            if e.kind != kind:
+                raise ValueError(f"entry {i} is a {e.kind}, the tree expects a {kind}")
+            raw = bufs[e.file][e.offset:e.offset + e.nbytes]
+            if kind == "ndarray":
+                return np.frombuffer(raw.numpy(), dtype=numpy_dtype(e.dtype)).reshape(e.shape).copy()
+            return raw.view(torch_dtype(e.dtype)).reshape(e.shape)
+        try:
+            yield cname, decode(comp.tree, array)
+        except (ValueError, TypeError, IndexError, RuntimeError, KeyError) as e:
+            raise CorruptCheckpointError(f"component {cname!r} does not match its bytes ({e})") from None

@@ -1,0 +1,46 @@
+"""The errors spotsafe raises, and the warnings it gives.
+
+Every error has one root, :class:`SpotsafeError`, and also inherits the built-in
+exception that matches it, so ``except FileNotFoundError`` keeps working::
+
+    SpotsafeError(Exception)
+    ├── CheckpointNotFoundError(SpotsafeError, FileNotFoundError)
+    ├── CorruptCheckpointError(SpotsafeError, ValueError)
+    ├── StateMismatchError(SpotsafeError, ValueError)
+    └── UnsupportedStateError(SpotsafeError, TypeError)
+
+    SpotsafeWarning(UserWarning)
+    └── CheckpointSkippedWarning(SpotsafeWarning)
+
+A message is one sentence that names the object and the way out.
+"""
+
+from __future__ import annotations
+
+
+class SpotsafeError(Exception):
+    """Root of every error spotsafe raises."""
+
+
+class CheckpointNotFoundError(SpotsafeError, FileNotFoundError):
+    """No checkpoint (or not the requested one) exists under a root."""
+
+
+class CorruptCheckpointError(SpotsafeError, ValueError):
+    """A checkpoint failed verification: a file is missing, short, or has the wrong checksum."""
+
+
+class StateMismatchError(SpotsafeError, ValueError):
+    """A valid checkpoint does not fit the objects it is restored into (keys, shapes, dtypes)."""
+
+
+class UnsupportedStateError(SpotsafeError, TypeError):
+    """A state holds a value spotsafe cannot store without pickle."""
+
+
+class SpotsafeWarning(UserWarning):
+    """Root of every warning spotsafe gives."""
+
+
+class CheckpointSkippedWarning(SpotsafeWarning):
+    """Restore skipped an invalid checkpoint and fell back to an older one."""

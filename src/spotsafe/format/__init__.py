@@ -1,0 +1,50 @@
+"""Format layer: the checkpoint layout, the manifest schema and checksums (no torch)."""
+
+from ._hash import ALGORITHM, digest_bytes, digest_file, new_hasher
+from ._layout import (
+    MANIFEST,
+    component_file,
+    is_leftover,
+    parse_step_dir,
+    step_dir,
+    tmp_dir,
+    trash_dir,
+)
+from ._manifest import (
+    FORMAT_VERSION,
+    ComponentEntry,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    TensorEntry,
+    default_versions,
+    parse_manifest,
+)
+from ._verify import CheckpointInfo, check_checkpoint, committed_steps, list_checkpoints, read_manifest
+
+__all__ = [
+    "ALGORITHM",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "CheckpointInfo",
+    "ComponentEntry",
+    "FileEntry",
+    "Manifest",
+    "ManifestError",
+    "TensorEntry",
+    "check_checkpoint",
+    "committed_steps",
+    "component_file",
+    "default_versions",
+    "digest_bytes",
+    "digest_file",
+    "is_leftover",
+    "list_checkpoints",
+    "new_hasher",
+    "parse_manifest",
+    "parse_step_dir",
+    "read_manifest",
+    "step_dir",
+    "tmp_dir",
+    "trash_dir",
+]

@@ -1,0 +1,178 @@
+"""The manifest: what a checkpoint holds, and the proof that it is whole.
+
+``manifest.json`` is written last; its presence is the commit point. It lists every file
+with its size and xxh3-64 checksum, the components and their tensor tables, the step,
+the versions that wrote it and user metadata, and carries a checksum of its own body so
+that a flipped byte in the manifest itself is caught even when the JSON still parses.
+
+This module knows no torch: ``spotsafe ls`` / ``verify`` / ``inspect`` read manifests
+without importing it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._version import __version__
+from ._hash import ALGORITHM, digest_bytes
+
+FORMAT_NAME = "spotsafe-checkpoint"
+FORMAT_VERSION = 1
+_SELF_SUM = "manifest_checksum"
+
+
+class ManifestError(ValueError):
+    """The manifest is unreadable or inconsistent (the message says how)."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a checkpoint: its size and content checksum."""
+
+    size: int
+    checksum: str
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor (or numpy array) lives inside a component file."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    file: str
+    kind: str = "tensor"  # "tensor" or "ndarray"
+    device: str = "cpu"
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"dtype": self.dtype, "shape": list(self.shape), "offset": self.offset,
+               "nbytes": self.nbytes, "file": self.file}
+        if self.kind != "tensor":
+            out["kind"] = self.kind
+        if self.device != "cpu":
+            out["device"] = self.device
+        return out
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    """One named entry of the user's state: its encoded tree and its tensor table."""
+
+    kind: str  # "stateful" (has state_dict/load_state_dict) or "value"
+    type: str
+    tree: Any
+    tensors: tuple[TensorEntry, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed, self-checked manifest of one checkpoint."""
+
+    step: int
+    files: dict[str, FileEntry]
+    components: dict[str, ComponentEntry]
+    created: float = field(default_factory=time.time)
+    epoch: int | None = None
+    world_size: int = 1
+    versions: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+    def to_json_bytes(self) -> bytes:
+        """Serialize, adding the checksum of the body."""
+        body = {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "step": self.step,
+            "epoch": self.epoch,
+            "created": self.created,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)),
+            "world_size": self.world_size,
+            "versions": self.versions,
+            "checksum_algorithm": ALGORITHM,
+            "files": {name: {"size": f.size, "checksum": f.checksum, "rank": f.rank}
+                      for name, f in self.files.items()},
+            "components": {
+                name: {"kind": c.kind, "type": c.type, "tree": c.tree,
+                       "tensors": [t.to_json() for t in c.tensors]}
+                for name, c in self.components.items()
+            },
+            "metadata": self.metadata,
+        }
+        body[_SELF_SUM] = digest_bytes(_canonical(body))
+        return json.dumps(body, indent=1, allow_nan=False).encode()
+
+
+def default_versions(**extra: str) -> dict[str, str]:
+    """spotsafe and python versions, plus any given (the engine adds torch's)."""
+    return {"spotsafe": __version__, "python": platform.python_version(), **extra}
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and self-check a manifest; raises :class:`ManifestError` naming the defect."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"manifest.json is not valid JSON ({e})") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
+        raise ManifestError("manifest.json is not a spotsafe manifest")
+    claimed = body.pop(_SELF_SUM, None)
+    if claimed != digest_bytes(_canonical(body)):
+        raise ManifestError("manifest.json fails its own checksum")
+    version = body.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ManifestError(f"manifest.json has format version {version!r}; this spotsafe reads up to "
+                            f"{FORMAT_VERSION}, upgrade spotsafe to read it")
+    try:
+        files = {str(n): FileEntry(int(f["size"]), str(f["checksum"]), int(f.get("rank", 0)))
+                 for n, f in body["files"].items()}
+        components = {}
+        for name, c in body["components"].items():
+            tensors = tuple(
+                TensorEntry(str(t["dtype"]), tuple(int(s) for s in t["shape"]), int(t["offset"]),
+                            int(t["nbytes"]), str(t["file"]), str(t.get("kind", "tensor")),
+                            str(t.get("device", "cpu")))
+                for t in c["tensors"])
+            components[str(name)] = ComponentEntry(str(c["kind"]), str(c["type"]), c["tree"], tensors)
+        manifest = Manifest(
+            step=int(body["step"]), files=files, components=components,
+            created=float(body["created"]), epoch=body.get("epoch"),
+            world_size=int(body.get("world_size", 1)), versions=dict(body.get("versions", {})),
+            metadata=dict(body.get("metadata", {})), format_version=version)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ManifestError(f"manifest.json is missing or mangles a field ({e!r})") from None
+    _check_consistency(manifest)
+    return manifest
+
+
+def _check_consistency(m: Manifest) -> None:
+    """Every tensor must lie inside a listed file, and no file name may escape the directory."""
+    for name in m.files:
+        if not name or "/" in name or "\\" in name or name.startswith(".") or name == "manifest.json":
+            raise ManifestError(f"manifest.json lists an unsafe file name {name!r}")
+    for cname, c in m.components.items():
+        for t in c.tensors:
+            f = m.files.get(t.file)
+            if f is None:
+                raise ManifestError(f"component {cname!r} points into {t.file!r}, which the manifest does not list")
+            if t.offset < 0 or t.nbytes < 0 or t.offset + t.nbytes > f.size:
+                raise ManifestError(f"component {cname!r} has a tensor outside {t.file!r} "
+                                    f"(bytes {t.offset}..{t.offset + t.nbytes} of {f.size})")

@@ -1,0 +1,49 @@
+"""Capture and restore every random number generator a training step can draw from.
+
+Python's ``random``, numpy's global generator, torch's CPU generator and the generator of
+every CUDA device (only when CUDA is already initialized: capturing must not create a
+CUDA context in a CPU-only job).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import SpotsafeWarning
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of every global RNG, as a state dict of tuples, arrays and tensors."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(legacy=True),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put every global RNG back to ``state`` (from :func:`capture_rng`)."""
+    random.setstate(_tupled(state["python"]))
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"].clone())  # a fresh tensor: a view at an offset crashes it
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if len(cuda) != n:
+            warnings.warn(f"The checkpoint holds RNG states for {len(cuda)} CUDA devices and this process sees {n}; "
+                          f"restoring the first {min(n, len(cuda))}, so CUDA randomness will not replay exactly.",
+                          SpotsafeWarning, stacklevel=3)
+        for i, s in enumerate(cuda[:n]):
+            torch.cuda.set_rng_state(s.clone(), i)
+
+
+def _tupled(x: Any) -> Any:
+    return tuple(_tupled(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,137 @@
+"""Turning state dicts into JSON plus a list of tensors, and back, without pickle.
+
+A state dict is a tree of containers, numbers, strings, tensors and numpy arrays. The
+tree is written as JSON in the manifest; tensors and arrays become ``{"$tensor": i}`` /
+``{"$ndarray": i}`` references into the component's raw-bytes file. Types JSON cannot
+tell apart carry a tag: ``{"$tuple": [...]}``, ``{"$dict": [[k, v], ...]}`` (non-string
+keys, ordered dicts, torch's ``_metadata``), ``{"$float": "nan"}``, ``{"$dtype": "float32"}``.
+
+Anything else (a function, an arbitrary object) is refused with an error that names
+where it sits: storing it would need pickle, and loading pickle can run code.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UnsupportedStateError
+
+_NP_DTYPE = re.compile(r"^[<>|=]?[biufc]\d{1,2}$")
+_TORCH_DTYPE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype called ``name``; never evaluates anything but an attribute lookup."""
+    dt = getattr(torch, name, None) if _TORCH_DTYPE.match(name) else None
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown tensor dtype {name!r}")
+    return dt
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """A plain numeric numpy dtype from its string (object dtypes are refused)."""
+    if not _NP_DTYPE.match(name):
+        raise ValueError(f"unsupported array dtype {name!r}")
+    return np.dtype(name)
+
+
+def _path_str(path: tuple) -> str:
+    return "".join(f"[{p!r}]" for p in path)
+
+
+def encode(obj: Any, arrays: list, path: tuple = ()) -> Any:
+    """Encode ``obj`` as JSON-able data; tensors and arrays are appended to ``arrays``."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else {"$float": repr(float(obj))}
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided or obj.is_quantized or obj.device.type == "meta":
+            raise UnsupportedStateError(
+                f"The tensor at {_path_str(path)} is {obj.layout}/{obj.device} "
+                "; convert it to a dense tensor on a real device before saving.")
+        arrays.append(obj)
+        return {"$tensor": len(arrays) - 1}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biufc":
+            raise UnsupportedStateError(
+                f"The numpy array at {_path_str(path)} has dtype {obj.dtype}; only numeric arrays "
+                "can be stored without pickle, convert it first.")
+        arrays.append(obj)
+        return {"$ndarray": len(arrays) - 1}
+    if isinstance(obj, np.generic):
+        return {"$np": obj.dtype.str, "v": encode(obj.item(), arrays, path)}
+    if isinstance(obj, torch.dtype):
+        return {"$dtype": dtype_name(obj)}
+    if isinstance(obj, torch.device):
+        return {"$device": str(obj)}
+    if type(obj) is tuple or isinstance(obj, torch.Size):
+        return {"$tuple": [encode(v, arrays, path + (i,)) for i, v in enumerate(obj)]}
+    if type(obj) is list:
+        return [encode(v, arrays, path + (i,)) for i, v in enumerate(obj)]
+    if isinstance(obj, dict) and type(obj) in (dict, OrderedDict):
+        meta = getattr(obj, "_metadata", None)
+        plain = type(obj) is dict and all(isinstance(k, str) and not k.startswith("$") for k in obj)
+        if plain:
+            return {k: encode(v, arrays, path + (k,)) for k, v in obj.items()}
+        out: dict[str, Any] = {"$dict": [[encode(k, arrays, path), encode(v, arrays, path + (k,))]
+                                         for k, v in obj.items()]}
+        if type(obj) is OrderedDict:
+            out["ordered"] = True
+        if meta is not None:
+            out["meta"] = encode(meta, arrays, path + ("_metadata",))
+        return out
+    raise UnsupportedStateError(
+        f"The value at {_path_str(path)} is a {type(obj).__module__}.{type(obj).__qualname__}, which spotsafe "
+        "cannot store without pickle; give its owner state_dict()/load_state_dict() that return tensors, "
+        "numbers, strings and containers.")
+
+
+def decode(tree: Any, array: Callable[[str, int], Any]) -> Any:
+    """Rebuild the object encoded by :func:`encode`; ``array(kind, i)`` returns array ``i``."""
+    if tree is None or isinstance(tree, (bool, str, int, float)):
+        return tree
+    if isinstance(tree, list):
+        return [decode(v, array) for v in tree]
+    if not isinstance(tree, dict):
+        raise ValueError(f"unexpected node {type(tree).__name__} in the state tree")
+    if "$tensor" in tree:
+        return array("tensor", int(tree["$tensor"]))
+    if "$ndarray" in tree:
+        return array("ndarray", int(tree["$ndarray"]))
+    if "$tuple" in tree:
+        return tuple(decode(v, array) for v in tree["$tuple"])
+    if "$dict" in tree:
+        items = [(_hashable(decode(k, array)), decode(v, array)) for k, v in tree["$dict"]]
+        out = OrderedDict(items) if tree.get("ordered") else dict(items)
+        if "meta" in tree:
+            out._metadata = decode(tree["meta"], array)  # type: ignore[attr-defined]
+        return out
+    if "$float" in tree:
+        return float(tree["$float"])
+    if "$np" in tree:
+        return numpy_dtype(tree["$np"]).type(decode(tree["v"], array))
+    if "$dtype" in tree:
+        return torch_dtype(tree["$dtype"])
+    if "$device" in tree:
+        return torch.device(tree["$device"])
+    return {k: decode(v, array) for k, v in tree.items()}
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, list):
+        return tuple(_hashable(k) for k in key)
+    return key

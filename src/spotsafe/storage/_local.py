@@ -1,0 +1,179 @@
+"""Local POSIX storage and its commit strategy: temp dir, fsync, rename.
+
+Why rename: on a POSIX file system ``rename(2)`` of a directory is atomic, so a reader
+sees either no ``step-N/`` or a complete one. The sequence is: write every file into
+``step-N.tmp-<id>/`` and fsync it; write ``manifest.json`` and fsync it; fsync the temp
+dir; rename it to ``step-N/``; fsync the root so the rename itself is durable. A crash
+at any instant leaves the old set of checkpoints, or the old set plus the new one; the
+temp dir left by a crash is never loaded and is removed by the next writer.
+
+All file-system calls go through the ``os`` module (``os.write``, ``os.fsync``,
+``os.rename``) so crash tests can kill the process at any one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from ..format._hash import new_hasher
+
+_PIECE = 32 << 20  # hash/write granularity: small enough to overlap, large enough to stream
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class AtomicRenameCommit:
+    """Commit strategy for POSIX directories: manifest into the temp dir, then rename."""
+
+    def commit(self, tmp: Path, final: Path, manifest_name: str, manifest: bytes) -> None:
+        """Write the manifest, make everything durable and publish ``tmp`` as ``final``.
+
+        Raises FileExistsError when ``final`` exists; the caller decides what to do.
+        """
+        fd = os.open(tmp / manifest_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, memoryview(manifest))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(tmp)
+        if final.exists():
+            raise FileExistsError(final)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+
+
+class LocalStorage:
+    """A run root on a local (or network-mounted POSIX) file system.
+
+    Single writer per root: the process that saves is the one that cleans leftovers.
+    Methods are called from the thread that calls ``CheckpointManager.save``/``restore``;
+    hashing runs on the executor passed in.
+    """
+
+    commit_strategy = AtomicRenameCommit()
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser().absolute()
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({self.url!r})"
+
+    # -- reading -------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names in ``root/rel``; an empty list when it does not exist."""
+        try:
+            return sorted(os.listdir(self.root / rel))
+        except FileNotFoundError:
+            return []
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def size(self, rel: str) -> int | None:
+        """Size of a file in bytes, or None when missing."""
+        try:
+            st = os.stat(self.root / rel)
+        except FileNotFoundError:
+            return None
+        return st.st_size if os.path.isfile(self.root / rel) else None
+
+    def read_bytes(self, rel: str) -> bytes:
+        return (self.root / rel).read_bytes()
+
+    def read_file(self, rel: str, buf: memoryview, hash_executor: Executor) -> tuple[int, str]:
+        """Fill ``buf`` from a file, hashing what was read on ``hash_executor``; (bytes read, digest).
+
+        Reads stop at the end of ``buf`` or of the file; a longer file hashes only ``len(buf)``
+        bytes, so the caller compares sizes first.
+        """
+        hasher = new_hasher()
+        futures = []
+        total = 0
+        try:
+            with open(self.root / rel, "rb", buffering=0) as f:
+                while total < len(buf):
+                    n = f.readinto(buf[total:total + _PIECE])
+                    if not n:
+                        break
+                    futures.append(hash_executor.submit(hasher.update, buf[total:total + n]))
+                    total += n
+        finally:
+            for fut in futures:
+                fut.result()
+        return total, hasher.hexdigest()
+
+    # -- writing -------------------------------------------------------------------
+    def make_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def begin(self, name: str) -> Path:
+        """Create the temp directory of a save."""
+        p = self.root / name
+        p.mkdir()
+        return p
+
+    def write_file(self, path: Path, pieces: Iterable[memoryview], hash_executor: Executor) -> tuple[int, str]:
+        """Write ``pieces`` to a new file, hash them on ``hash_executor``, fsync; (size, digest).
+
+        The executor must run tasks in submission order (one worker), because the hash
+        is a stream. Writing and hashing overlap, and hashing also hides under fsync.
+        """
+        hasher = new_hasher()
+        futures = []
+        size = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for piece in pieces:
+                for start in range(0, len(piece), _PIECE):
+                    chunk = piece[start:start + _PIECE]
+                    futures.append(hash_executor.submit(hasher.update, chunk))
+                    _write_all(fd, chunk)
+                    size += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            for f in futures:
+                f.result()
+        return size, hasher.hexdigest()
+
+    def commit(self, tmp: Path, final_name: str, manifest_name: str, manifest: bytes) -> None:
+        self.commit_strategy.commit(tmp, self.root / final_name, manifest_name, manifest)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(self.root / src, self.root / dst)
+        _fsync_dir(self.root)
+
+    def remove(self, rel: str) -> None:
+        """Remove a directory tree (or file); missing is fine."""
+        p = self.root / rel
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
