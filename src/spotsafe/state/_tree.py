@@ -54,6 +54,10 @@ def encode(obj: Any, arrays: list, path: tuple = ()) -> Any:
     """Encode ``obj`` as JSON-able data; tensors and arrays are appended to ``arrays``."""
     if obj is None or isinstance(obj, (bool, str)):
         return obj
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass
+        if obj.dtype.kind not in "biufc":
+            raise UnsupportedStateError(f"The numpy scalar at {_path_str(path)} has dtype {obj.dtype}; convert it first.")
+        return {"$np": obj.dtype.str, "v": encode(obj.item(), arrays, path)}
     if isinstance(obj, int):
         return int(obj)
     if isinstance(obj, float):
@@ -72,8 +76,6 @@ def encode(obj: Any, arrays: list, path: tuple = ()) -> Any:
                 "can be stored without pickle, convert it first.")
         arrays.append(obj)
         return {"$ndarray": len(arrays) - 1}
-    if isinstance(obj, np.generic):
-        return {"$np": obj.dtype.str, "v": encode(obj.item(), arrays, path)}
     if isinstance(obj, torch.dtype):
         return {"$dtype": dtype_name(obj)}
     if isinstance(obj, torch.device):

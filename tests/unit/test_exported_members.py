@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+import spotsafe
+
+EXPECTED = [
+    "CheckpointInfo",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CheckpointSkippedWarning",
+    "CorruptCheckpointError",
+    "SaveStats",
+    "SpotsafeError",
+    "SpotsafeWarning",
+    "StateMismatchError",
+    "Stateful",
+    "UnsupportedStateError",
+    "__version__",
+    "data",
+]
+
+
+def test_all_is_sorted_and_complete():
+    assert spotsafe.__all__ == EXPECTED
+    for name in EXPECTED:
+        assert getattr(spotsafe, name) is not None
+
+
+def test_import_has_no_side_effects_and_no_torch():
+    code = ("import sys, spotsafe, spotsafe.cli; "
+            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_errors_inherit_builtins():
+    assert issubclass(spotsafe.CheckpointNotFoundError, FileNotFoundError)
+    assert issubclass(spotsafe.CorruptCheckpointError, ValueError)
+    assert issubclass(spotsafe.StateMismatchError, ValueError)
+    assert issubclass(spotsafe.UnsupportedStateError, TypeError)
+    for e in (spotsafe.CheckpointNotFoundError, spotsafe.CorruptCheckpointError, spotsafe.StateMismatchError):
+        assert issubclass(e, spotsafe.SpotsafeError)
