@@ -45,7 +45,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_exact(tmp_path, seed, monkey
         assert resumed_next % SAVE_EVERY == 0 and resumed_next > resumed
         # replay is at most the steps since the last save (the kill lands a little after the
         # step the parent read, so the resumed step may even be past it)
-        assert killed - resumed_next < SAVE_EVERY
+        assert killed - resumed_next <= SAVE_EVERY
     assert any(k % 16 not in (0, 15) for k in kills)  # mid-epoch
     assert compare(str(tmp_path / "ref.pt"), str(tmp_path / "int.pt")) == []
 
