@@ -155,3 +155,14 @@ def test_manifest_naming_an_unknown_dtype_is_invalid(two_checkpoints):
     with spotsafe.CheckpointManager(two_checkpoints) as mgr:
         with pytest.warns(CheckpointSkippedWarning, match="unknown tensor dtype '__class__'"):
             assert mgr.restore({"model": None, "opt": None}) == 1
+
+
+def test_saving_over_a_corrupt_checkpoint_of_the_same_step_replaces_it(two_checkpoints):
+    flip_byte(two_checkpoints / NEW / "model.bin")  # sizes still match: only the checksum can tell
+    new_state = {"model": {"w": torch.full((64, 64), 9.0)}, "opt": {"m": torch.zeros(10)}}
+    with spotsafe.CheckpointManager(two_checkpoints, keep_last=5) as mgr:
+        assert not mgr.save(2, new_state).skipped
+        state = {"model": None, "opt": None}
+        assert mgr.restore(state) == 2
+    assert torch.equal(state["model"]["w"], torch.full((64, 64), 9.0))
+    assert sorted(p.name for p in two_checkpoints.iterdir()) == ["step-000000000001", NEW]

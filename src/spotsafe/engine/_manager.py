@@ -112,11 +112,15 @@ class CheckpointManager:
         t0 = time.perf_counter()
         name = step_dir(step)
         if step in committed_steps(self.storage):
-            if check_checkpoint(self.storage, step, deep=False).valid:
+            existing = check_checkpoint(self.storage, step, deep=True)
+            if existing.valid:
                 logger.info("Checkpoint %s already committed in %s; keeping it", name, self.root)
                 self.last_save = SaveStats(step, 0, 0.0, 0.0, time.perf_counter() - t0, skipped=True)
                 return self.last_save
-            self.storage.rename(name, trash_dir(step))
+            logger.warning("Replacing invalid checkpoint %s in %s (%s)", name, self.root, existing.reason)
+            trash = trash_dir(step)
+            self.storage.rename(name, trash)
+            self.storage.remove(trash)
         staged = stage(step, state, rng=self.rng, epoch=epoch, metadata=metadata)
         tmp_name = tmp_dir(step)
         tmp = self.storage.begin(tmp_name)
