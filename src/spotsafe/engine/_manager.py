@@ -83,6 +83,7 @@ class CheckpointManager:
         self.restored: CheckpointInfo | None = None
         self.last_save: SaveStats | None = None
         self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-hash")
+        self._io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spotsafe-io")
         self._closed = False
         self.storage.make_root()
         self._clean_leftovers()
@@ -182,7 +183,7 @@ class CheckpointManager:
             name = step_dir(s)
             try:
                 manifest = read_manifest(self.storage, name)
-                bufs = read_verified(self.storage, name, manifest, self._hash_executor)
+                bufs = read_verified(self.storage, name, manifest, self._io_executor)
                 loaded = dict(decode_components(manifest, bufs))
             except (ManifestError, CorruptCheckpointError, OSError) as e:
                 if step is not None:
@@ -226,6 +227,7 @@ class CheckpointManager:
         if not self._closed:
             self._closed = True
             self._hash_executor.shutdown(wait=True)
+            self._io_executor.shutdown(wait=True)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -139,7 +139,7 @@ def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manif
                     versions=default_versions(torch=torch.__version__), metadata=staged.metadata)
 
 
-def read_verified(storage: Any, name: str, manifest: Manifest, hash_executor: Any) -> dict[str, torch.Tensor]:
+def read_verified(storage: Any, name: str, manifest: Manifest, io_executor: Any) -> dict[str, torch.Tensor]:
     """Read every file of a checkpoint into memory and check its size and checksum.
 
     Raises CorruptCheckpointError naming the first file that fails. Nothing is decoded
@@ -154,7 +154,7 @@ def read_verified(storage: Any, name: str, manifest: Manifest, hash_executor: An
         if size != entry.size:
             raise CorruptCheckpointError(f"{fname} is {size} bytes, manifest says {entry.size}")
         buf = torch.empty(entry.size, dtype=torch.uint8)
-        n, digest = storage.read_file(rel, memoryview(buf.numpy()), hash_executor)
+        n, digest = storage.read_file(rel, memoryview(buf.numpy()), io_executor)
         if n != entry.size:
             raise CorruptCheckpointError(f"{fname} ended after {n} bytes, manifest says {entry.size}")
         if digest != entry.checksum:
