@@ -60,6 +60,7 @@ def saver(root: str, report_fd: int, kill_at: int | None, loop: bool) -> None:
         state = make_state(step)
         active[0] = step == 2
         mgr.save(step, state)
+        mgr._gc_executor.submit(lambda: None).result()  # the background prune of step 1 counts too
         active[0] = False
         os.write(report_fd, f"{step} {counter[0]}\n".encode())
         if not loop and step == 2:

@@ -137,3 +137,20 @@ def test_manager_rejects_bad_arguments(root):
             mgr.save(1, {"__x": 1})
     with pytest.raises(RuntimeError, match="closed"):
         mgr.save(2, {"v": 1})
+
+
+def test_a_failed_background_deletion_is_raised_on_the_next_save(root, monkeypatch):
+    import shutil
+
+    def refuse(path, ignore_errors=False):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with spotsafe.CheckpointManager(root, keep_last=1) as mgr:
+        mgr.save(1, {"v": 1})
+        monkeypatch.setattr(shutil, "rmtree", refuse)
+        mgr.save(2, {"v": 2})  # prunes step 1 in the background, which fails
+        mgr._gc_executor.submit(lambda: None).result()  # let the deletion run
+        with pytest.raises(spotsafe.SpotsafeError, match=r"Deleting old checkpoint step-000000000001\.trash-\w+ in .* failed"):
+            mgr.save(3, {"v": 3})
+        monkeypatch.undo()
+        assert mgr.save(3, {"v": 3}).step == 3

@@ -10,11 +10,11 @@ import logging
 import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CheckpointNotFoundError, CheckpointSkippedWarning, CorruptCheckpointError
+from ..errors import CheckpointNotFoundError, CheckpointSkippedWarning, CorruptCheckpointError, SpotsafeError
 from ..format import (
     MANIFEST,
     CheckpointInfo,
@@ -84,6 +84,8 @@ class CheckpointManager:
         self.last_save: SaveStats | None = None
         self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-hash")
         self._io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spotsafe-io")
+        self._gc_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-gc")
+        self._deletions: list[tuple[str, Future]] = []
         self._closed = False
         self.storage.make_root()
         self._clean_leftovers()
@@ -110,6 +112,7 @@ class CheckpointManager:
         ``skipped=True``; an invalid one at that step is moved aside and replaced.
         """
         self._check_open()
+        self._raise_background_errors()
         t0 = time.perf_counter()
         name = step_dir(step)
         if step in committed_steps(self.storage):
@@ -142,10 +145,25 @@ class CheckpointManager:
         doomed = select_deletions(committed_steps(self.storage), committed=committed,
                                   keep_last=self.keep_last, keep_every=self.keep_every)
         for s in doomed:
-            # Rename first so a crash mid-delete leaves a leftover, never a half-deleted step-N/.
+            # Rename first (fast, durable) so a crash mid-delete leaves a leftover that the next
+            # writer removes, never a half-deleted step-N/; the slow delete runs in the background.
             trash = trash_dir(s)
             self.storage.rename(step_dir(s), trash)
-            self.storage.remove(trash)
+            self._deletions.append((trash, self._gc_executor.submit(self.storage.remove, trash, strict=True)))
+
+    def _raise_background_errors(self, wait: bool = False) -> None:
+        """Re-raise the first failure of a background deletion (called from save and close)."""
+        pending = []
+        for trash, fut in self._deletions:
+            if not wait and not fut.done():
+                pending.append((trash, fut))
+                continue
+            err = fut.exception()
+            if err is not None:
+                self._deletions = pending
+                raise SpotsafeError(f"Deleting old checkpoint {trash} in {self.root} failed ({err}); check "
+                                    "the permissions and free space of the run root.") from err
+        self._deletions = pending
 
     def _clean_leftovers(self) -> None:
         for n in self.storage.listdir():
@@ -223,11 +241,16 @@ class CheckpointManager:
         return None
 
     def close(self) -> None:
-        """Release the helper thread; idempotent."""
+        """Finish background deletions, release the helper threads; idempotent.
+
+        Raises the failure of a background deletion, if any.
+        """
         if not self._closed:
             self._closed = True
+            self._gc_executor.shutdown(wait=True)
             self._hash_executor.shutdown(wait=True)
             self._io_executor.shutdown(wait=True)
+            self._raise_background_errors(wait=True)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -145,21 +145,22 @@ def read_verified(storage: Any, name: str, manifest: Manifest, io_executor: Any)
     Raises CorruptCheckpointError naming the first file that fails. Nothing is decoded
     before every file has passed.
     """
-    bufs = {}
+    names, bufs = [], {}
     for fname, entry in manifest.files.items():
-        rel = f"{name}/{fname}"
-        size = storage.size(rel)
+        size = storage.size(f"{name}/{fname}")
         if size is None:
             raise CorruptCheckpointError(f"{fname} is missing")
         if size != entry.size:
             raise CorruptCheckpointError(f"{fname} is {size} bytes, manifest says {entry.size}")
-        buf = torch.empty(entry.size, dtype=torch.uint8)
-        n, digest = storage.read_file(rel, memoryview(buf.numpy()), io_executor)
+        names.append(fname)
+        bufs[fname] = torch.empty(entry.size, dtype=torch.uint8)
+    results = storage.read_files([(f"{name}/{f}", memoryview(bufs[f].numpy())) for f in names], io_executor)
+    for fname, (n, digest) in zip(names, results):
+        entry = manifest.files[fname]
         if n != entry.size:
             raise CorruptCheckpointError(f"{fname} ended after {n} bytes, manifest says {entry.size}")
         if digest != entry.checksum:
             raise CorruptCheckpointError(f"{fname} fails its checksum ({digest}, manifest says {entry.checksum})")
-        bufs[fname] = buf
     return bufs
 
 

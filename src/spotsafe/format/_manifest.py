@@ -114,7 +114,7 @@ class Manifest:
             "metadata": self.metadata,
         }
         body[_SELF_SUM] = digest_bytes(_canonical(body))
-        return json.dumps(body, indent=1, allow_nan=False).encode()
+        return json.dumps(body, allow_nan=False).encode()  # compact: indent would use the slow pure-Python encoder
 
 
 def default_versions(**extra: str) -> dict[str, str]:

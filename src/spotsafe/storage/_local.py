@@ -18,10 +18,13 @@ import shutil
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 from ..format._hash import new_hasher
 
-_PIECE = 32 << 20  # hash/write granularity: small enough to overlap, large enough to stream
+_PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large enough to stream
+_READ_PIECE = 8 << 20  # read granularity: several reads in flight even for small files
+_HASH_BATCH = 8 << 20  # small pieces are hashed together, one helper-thread job per batch
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,6 +44,11 @@ def _pread_full(fd: int, view: memoryview, offset: int) -> int:
             break
         total += n
     return total
+
+
+def _update_all(hasher: Any, views: list[memoryview]) -> None:
+    for v in views:
+        hasher.update(v)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -115,34 +123,43 @@ class LocalStorage:
     def read_bytes(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
 
-    def read_file(self, rel: str, buf: memoryview, io_executor: Executor) -> tuple[int, str]:
-        """Fill ``buf`` from a file and hash it; (bytes read, digest).
+    def read_files(self, items: list[tuple[str, memoryview]], io_executor: Executor) -> list[tuple[int, str]]:
+        """Fill each ``(rel, buf)`` from its file and hash it; (bytes read, digest) per item.
 
-        Pieces are read with ``os.preadv`` on ``io_executor`` (several in flight: a cold
-        read from a virtual disk goes faster with a deeper queue) and hashed in order on
-        the calling thread as they arrive. Reads stop at the end of ``buf`` or of the file.
+        Every piece of every file is queued up front as an ``os.preadv`` on
+        ``io_executor`` (a cold read from a virtual disk goes faster with a deeper queue),
+        and the calling thread hashes each file's pieces in order as they arrive. A read
+        stops at the end of its buffer or of its file.
         """
-        hasher = new_hasher()
-        fd = os.open(self.root / rel, os.O_RDONLY)
-        futures = []
+        fds: list[int] = []
+        jobs: list[list[tuple[int, int, Any]]] = []
         try:
-            n = min(os.fstat(fd).st_size, len(buf))
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, n, os.POSIX_FADV_SEQUENTIAL)
-            for start in range(0, n, _PIECE):
-                futures.append((start, io_executor.submit(_pread_full, fd, buf[start:min(start + _PIECE, n)], start)))
-            total = 0
-            for start, fut in futures:
-                got = fut.result()
-                hasher.update(buf[start:start + got])
-                total += got
-                if start + got < min(start + _PIECE, n):
-                    break  # the file shrank under us: report what was read
+            for rel, buf in items:
+                fd = os.open(self.root / rel, os.O_RDONLY)
+                fds.append(fd)
+                n = min(os.fstat(fd).st_size, len(buf))
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, n, os.POSIX_FADV_SEQUENTIAL)
+                jobs.append([(start, min(start + _READ_PIECE, n),
+                              io_executor.submit(_pread_full, fd, buf[start:min(start + _READ_PIECE, n)], start))
+                             for start in range(0, n, _READ_PIECE)])
+            results = []
+            for (_, buf), pieces in zip(items, jobs):
+                hasher, total = new_hasher(), 0
+                for start, stop, fut in pieces:
+                    got = fut.result()
+                    hasher.update(buf[start:start + got])
+                    total += got
+                    if start + got < stop:
+                        break  # the file is shorter than it said: report what was read
+                results.append((total, hasher.hexdigest()))
+            return results
         finally:
-            for _, fut in futures:
-                fut.exception()  # wait: the fd must outlive every read
-            os.close(fd)
-        return total, hasher.hexdigest()
+            for pieces in jobs:
+                for _, _, fut in pieces:
+                    fut.exception()  # wait: every fd must outlive its reads
+            for fd in fds:
+                os.close(fd)
 
     # -- writing -------------------------------------------------------------------
     def make_root(self) -> None:
@@ -162,15 +179,22 @@ class LocalStorage:
         """
         hasher = new_hasher()
         futures = []
-        size = 0
+        batch: list[memoryview] = []
+        batched = size = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for piece in pieces:
                 for start in range(0, len(piece), _PIECE):
                     chunk = piece[start:start + _PIECE]
-                    futures.append(hash_executor.submit(hasher.update, chunk))
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= _HASH_BATCH:
+                        futures.append(hash_executor.submit(_update_all, hasher, batch))
+                        batch, batched = [], 0
                     _write_all(fd, chunk)
                     size += len(chunk)
+            if batch:
+                futures.append(hash_executor.submit(_update_all, hasher, batch))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -185,11 +209,11 @@ class LocalStorage:
         os.rename(self.root / src, self.root / dst)
         _fsync_dir(self.root)
 
-    def remove(self, rel: str) -> None:
-        """Remove a directory tree (or file); missing is fine."""
+    def remove(self, rel: str, *, strict: bool = False) -> None:
+        """Remove a directory tree (or file); missing is fine. ``strict`` raises other errors."""
         p = self.root / rel
         if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+            shutil.rmtree(p, ignore_errors=not strict)
         else:
             try:
                 p.unlink()
