@@ -11,6 +11,9 @@ Durable save (every method returns only once its bytes are on disk):
   tensor memory, then ``os.fsync`` of the file and of its directory. Nothing can be much faster.
 * ``spotsafe save`` - ``CheckpointManager(root).save(step, {"model": model, "optimizer": opt})``
   with the RNG capture left on (the default). The manager is built before the clock starts.
+  By default every repeat saves into an empty root, so ``keep_last`` never deletes anything
+  inside ``save``; ``--steady`` keeps one root for all repeats (``keep_last=1``), so that from
+  the second repeat on each save also prunes the previous checkpoint, as in a training loop.
 * ``torch.save+fsync`` - ``torch.save({"model": model.state_dict(), "optimizer":
   opt.state_dict()}, f)``, then ``f.flush()``, ``os.fsync(f.fileno())`` and an fsync of the
   directory.
@@ -18,13 +21,15 @@ Durable save (every method returns only once its bytes are on disk):
   ``FileSystemWriter`` (``sync_files=True``, its default), single process without a process
   group, then an fsync of the checkpoint directory and of its parent.
 
+Saves run in the benchmark process, which holds the model, as a training job would.
+
 Restore (into a fresh model and optimizer of the same shapes, built and zero-filled before the
-clock starts; every restored tensor is checked against the original after the clock stops):
+clock starts; every restored tensor is checked against the saved ones after the clock stops):
 
 * ``raw readinto`` - the baseline: the raw file read back with ``readinto`` (64 MiB per call)
-  into a buffer allocated (not touched) before the clock starts.
-* ``spotsafe restore`` - ``CheckpointManager(root).restore(state)``: reads every file, checks
-  its size and xxh3 checksum, then loads model and optimizer (and the RNGs) in place.
+  into one buffer allocated (not touched) before the clock starts.
+* ``spotsafe restore`` - ``CheckpointManager(root)`` + ``.restore(state)``: reads every file,
+  checks its size and xxh3 checksum, then loads model and optimizer (and the RNGs) in place.
 * ``torch.load`` - ``torch.load(f, weights_only=True)`` + ``model.load_state_dict`` +
   ``opt.load_state_dict``.
 * ``torch.load mmap`` - the same with ``mmap=True``. Lazy: the optimizer state stays file-backed
@@ -33,14 +38,38 @@ clock starts; every restored tensor is checked against the original after the cl
 * ``DCP load`` - ``get_state_dict(model, opt)`` (which allocates the fresh optimizer's state),
   ``dcp.load`` with a ``FileSystemReader``, then ``set_state_dict``.
 
+Every restore runs in a fresh child process (timed inside the child, after its imports and
+model build), as a restarting job would: in one long-lived process the allocator's history
+decides the cost instead (glibc keeps freed 16 MiB blocks mapped, so torch.load's per-tensor
+buffers come back already faulted in while one big buffer is always a fresh mapping).
+``--in-process`` runs them in the benchmark process instead (faster, but biased that way).
+
 Restores are measured with a cold page cache when this process may write
 ``/proc/sys/vm/drop_caches`` (``sync`` then ``echo 3``, before each restore); otherwise they read
 from the warm page cache and the table title says so. ``--cache both`` adds warm rows (the same
-restore again right after the cold one), which show the CPU cost with no disk in the way.
+restore again in another fresh process), which show the CPU cost with no disk in the way.
 
-Each measurement is repeated (``--repeats``, default 3 for sizes of 512 MiB and more, else 5);
-within a repeat the methods run one after the other in an order rotated every repeat, so slow
-spells of the disk hit all of them alike, and the tables report the median (and the spread).
+Pre-faulting (on by default; ``--no-prefault`` to skip): some VMs (Firecracker with free page
+reporting, ballooning) hand freed guest memory back to the host, so the first touch of a page
+costs a host page fault; on such a VM buffered writes and fresh read buffers run at a fraction
+of the disk's speed, and how often that hits one measurement is random (seen here: the same
+1 GiB save taking 0.7 s or 4 s). Before every measurement the benchmark therefore allocates,
+touches and frees about 2.5x the state size of anonymous memory (not timed), so that the page
+cache and the buffers of the measured method land on pages the host already backs, as on a
+bare-metal or ordinary cloud machine.
+
+Settling (``--settle``): on a virtual disk with a write-back cache on the host, fsync returns
+once the host has the bytes, and a write right after another one waits for the host to drain
+the previous one (seen here: back-to-back 1 GiB saves at 3 s, the same save after a pause at
+0.8 s). Before every save the benchmark sleeps ``--settle`` seconds (default: the state size
+at 0.4 GB/s, at most 5 s; not timed) so that every method starts from the same drained state.
+
+Each measurement is repeated (``--repeats``, default 4 for sizes of 512 MiB and more, else 8:
+multiples of the 4 save methods, so that each method runs first, second, third and last in
+a repeat equally often); within a repeat the methods run one after the other in an order
+rotated every repeat, so slow spells of the disk hit all of them alike. The tables report
+the median, the spread, the ratio of medians and the median of the per-repeat ratios (the
+steadier estimate when the disk drifts over the run; the goals are judged on it).
 Files go under ``--dir`` (default ``bench/results/tmp-<pid>`` in this repository, on the same
 file system as the checkout, not ``/tmp``) and are deleted after every repeat.
 
@@ -56,8 +85,10 @@ Run it from the repository root::
     .venv/bin/python bench/bench_save_restore.py --sizes 100M --repeats 2
     .venv/bin/python bench/bench_save_restore.py --sizes 1G --cache both --json bench/results/run.json
 
-This is a benchmark, not a test: it asserts nothing beyond the restored tensors being equal
-to the saved ones, and it needs about 3x the largest size in free memory plus 4x on disk.
+This is a benchmark, not a test: it checks nothing beyond the restored tensors being equal
+to the saved ones. It needs about 4x the largest size in free memory and 4x on disk; the
+default run took about 9 minutes on a 2-core VM (most of it settling, pre-faulting and
+starting the restore processes, none of which is timed).
 """
 
 from __future__ import annotations
@@ -71,12 +102,14 @@ import re
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
+import xxhash
 
 REPO = Path(__file__).resolve().parent.parent
 try:
@@ -92,6 +125,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 warnings.filterwarnings("ignore", message=r".*torch\.distributed is disabled.*")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+THREADS = 2
 CHUNK = 64 << 20
 SAVE_METHODS = ["raw", "spotsafe", "torch", "dcp"]
 RESTORE_METHODS = ["raw", "spotsafe", "torch", "torch_mmap", "dcp"]
@@ -146,9 +180,11 @@ def train_one_step(model: torch.nn.Module, opt: torch.optim.Optimizer, width: in
 
 
 def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every model and optimizer tensor in a fixed order (module order, then params x sorted keys)."""
     ts = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
-    for st in opt.state.values():
-        ts += [v for v in st.values() if isinstance(v, torch.Tensor)]
+    for p in model.parameters():
+        st = opt.state.get(p, {})
+        ts += [st[k] for k in sorted(st) if isinstance(st[k], torch.Tensor)]
     return ts
 
 
@@ -156,26 +192,19 @@ def nbytes(ts: list[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
 
-def same_state(a: tuple, b: tuple) -> bool:
-    (ma, oa), (mb, ob) = a, b
-    for x, y in zip(ma.state_dict().values(), mb.state_dict().values()):
-        if not torch.equal(x, y):
-            return False
-    for pa, pb in zip(ma.parameters(), mb.parameters()):
-        sa, sb = oa.state.get(pa, {}), ob.state.get(pb, {})
-        if sa.keys() != sb.keys():
-            return False
-        for k in sa:
-            va, vb = sa[k], sb[k]
-            if isinstance(va, torch.Tensor):
-                if not torch.equal(va, vb.to(va.dtype)):
-                    return False
-            elif va != vb:
-                return False
-    return True
+def byte_view(t: torch.Tensor) -> memoryview:
+    return memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-# -- file-system helpers -------------------------------------------------------------
+def digest_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str:
+    """xxh3 of the bytes of state_tensors(), i.e. also of the raw baseline's file."""
+    h = xxhash.xxh3_64()
+    for t in state_tensors(model, opt):
+        h.update(byte_view(t))
+    return h.hexdigest()
+
+
+# -- file-system and memory helpers ----------------------------------------------------
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -205,15 +234,42 @@ def try_drop_caches() -> bool:
         return False
 
 
-def clear(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def prefault(nbytes_: int) -> float:
+    """Allocate, touch and free ``nbytes_`` of memory (see the module docstring); seconds taken."""
+    if nbytes_ <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    x = torch.empty(nbytes_, dtype=torch.uint8)
+    x.fill_(1)
+    del x
+    return time.perf_counter() - t0
+
+
+def source_fingerprint() -> str:
+    """xxh3 over spotsafe's Python sources, to tell which code a run measured (and catch edits mid-run)."""
+    h = xxhash.xxh3_64()
+    pkg = Path(spotsafe.__file__).resolve().parent
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(str(f.relative_to(pkg)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # -- phase timing of spotsafe (wraps the names the manager module calls; no source change) ---
 PHASES: dict[str, float] = {}
+PERSIST = "save.persist (write+hash+fsync files)"
 
 
 def _timed(name: str, fn, materialize: bool = False):
@@ -227,7 +283,7 @@ def _timed(name: str, fn, materialize: bool = False):
     return wrapper
 
 
-_mgr_mod.persist = _timed("save.persist (write+hash+fsync files)", _mgr_mod.persist)
+_mgr_mod.persist = _timed(PERSIST, _mgr_mod.persist)
 _mgr_mod.read_manifest = _timed("restore.read_manifest", _mgr_mod.read_manifest)
 _mgr_mod.read_verified = _timed("restore.read_verified (read+xxh3)", _mgr_mod.read_verified)
 _mgr_mod.decode_components = _timed("restore.decode_components", _mgr_mod.decode_components, materialize=True)
@@ -240,7 +296,7 @@ def save_raw(base: Path, model, opt) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         for t in state_tensors(model, opt):
-            view = memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+            view = byte_view(t)
             for start in range(0, len(view), CHUNK):
                 chunk = view[start:start + CHUNK]
                 while chunk:
@@ -252,12 +308,12 @@ def save_raw(base: Path, model, opt) -> Path:
     return path
 
 
-def save_spotsafe(base: Path, model, opt, extra: dict) -> Path:
-    root = base / "spotsafe"
+def save_spotsafe(base: Path, model, opt, extra: dict, root: Path | None = None, step: int = 1) -> Path:
+    root = root or base / "spotsafe"
     mgr = spotsafe.CheckpointManager(root, keep_last=1)
     try:
         t0 = time.perf_counter()
-        stats = mgr.save(1, {"model": model, "optimizer": opt})
+        stats = mgr.save(step, {"model": model, "optimizer": opt})
         extra["time"] = time.perf_counter() - t0
         extra["stats"] = {"stage_s": stats.stage_s, "persist_s": stats.persist_s, "total_s": stats.total_s,
                           "bytes": stats.bytes}
@@ -285,7 +341,7 @@ def save_dcp(base: Path, model, opt) -> Path:
     return path
 
 
-# -- restore methods: each restores into ``target`` (fresh model, opt) --------------------
+# -- restore methods: each restores into a fresh (model, opt) ---------------------------
 def restore_raw(path: Path, buf: torch.Tensor) -> None:
     mv = memoryview(buf.numpy())
     total = 0
@@ -302,7 +358,7 @@ def restore_raw(path: Path, buf: torch.Tensor) -> None:
 def restore_spotsafe(root: Path, model, opt) -> None:
     mgr = spotsafe.CheckpointManager(root, keep_last=1)
     try:
-        if mgr.restore({"model": model, "optimizer": opt}) != 1:
+        if mgr.restore({"model": model, "optimizer": opt}) is None:
             raise RuntimeError("spotsafe restored no checkpoint")
     finally:
         mgr.close()
@@ -321,8 +377,52 @@ def restore_dcp(path: Path, model, opt) -> None:
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
 
 
+def measure_restore(spec: dict) -> dict:
+    """One restore as described by ``spec``; returns its time, spotsafe phases and a digest."""
+    method, path = spec["method"], Path(spec["path"])
+    if method == "raw":
+        buf = torch.empty(spec["total"], dtype=torch.uint8)
+    else:
+        model, opt = make_model(spec["width"], spec["layers"], fresh=True)
+    gc.collect()
+    if spec["cold"]:
+        if not try_drop_caches():
+            raise RuntimeError("cannot write /proc/sys/vm/drop_caches")
+    else:
+        os.sync()
+    pf_s = prefault(spec["prefault"])
+    PHASES.clear()
+    t0 = time.perf_counter()
+    if method == "raw":
+        restore_raw(path, buf)
+    elif method == "spotsafe":
+        restore_spotsafe(path, model, opt)
+    elif method in ("torch", "torch_mmap"):
+        restore_torch(path, model, opt, mmap=method == "torch_mmap")
+    elif method == "dcp":
+        restore_dcp(path, model, opt)
+    else:
+        raise ValueError(method)
+    dt = time.perf_counter() - t0
+    digest = xxhash.xxh3_64(memoryview(buf.numpy())).hexdigest() if method == "raw" else digest_state(model, opt)
+    return {"time": dt, "phases": dict(PHASES), "digest": digest, "prefault_s": pf_s, "peak_rss": peak_rss()}
+
+
+def run_restore(spec: dict, in_process: bool) -> dict:
+    if in_process:
+        out = measure_restore(spec)
+        gc.collect()
+        return out
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"restore child for {spec['method']} failed:\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # -- one size ------------------------------------------------------------------------
-def run_size(label: str, target: int, repeats: int, workdir: Path, cache: str, can_drop: bool) -> dict:
+def run_size(label: str, target: int, repeats: int, workdir: Path, cold: bool, warm: bool,
+             use_prefault: bool, in_process: bool, settle: float, steady: bool = False) -> dict:
     width, layers = plan_layers(target)
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -330,23 +430,26 @@ def run_size(label: str, target: int, repeats: int, workdir: Path, cache: str, c
     train_one_step(model, opt, width)
     tensors = state_tensors(model, opt)
     total = nbytes(tensors)
-    model_bytes = nbytes([t for t in model.state_dict().values()])
+    model_bytes = nbytes(list(model.state_dict().values()))
     n_tensors = len(tensors)
     del tensors
+    expected = digest_state(model, opt)
+    pf_bytes = 0
+    if use_prefault:  # the page cache of one file set plus the read buffers, within what is free
+        pf_bytes = max(0, int(min(2.5 * total + (256 << 20), mem_available() - total - (2 << 30))))
     print(f"\n[{label}] {layers} x Linear({width},{width}) + Adam: {total / 1e9:.3f} GB "
           f"({total / 2**30:.3f} GiB; model {model_bytes / 1e6:.0f} MB, {n_tensors} tensors), "
-          f"built in {time.perf_counter() - t0:.1f}s; {repeats} repeats", flush=True)
+          f"built in {time.perf_counter() - t0:.1f}s; {repeats} repeats; prefault {pf_bytes / 2**30:.2f} GiB; "
+          f"settle {settle:.1f}s before each save",
+          flush=True)
 
-    cold = cache in ("cold", "both") or (cache == "auto" and can_drop)
-    warm_rows = cache in ("warm", "both") or (cache == "auto" and not can_drop)
     res = {"label": label, "target_bytes": target, "bytes": total, "model_bytes": model_bytes, "width": width,
            "layers": layers, "tensors": n_tensors, "repeats": repeats,
-           "save": {m: [] for m in SAVE_METHODS}, "restore_cold": {m: [] for m in RESTORE_METHODS} if cold else {},
-           "restore_warm": {m: [] for m in RESTORE_METHODS} if warm_rows and cold else {},
-           "disk_bytes": {}, "spotsafe_save_stats": [], "spotsafe_phases": [], "peak_disk_bytes": 0}
-    if not cold:  # warm only: put the warm numbers in the main restore table
-        res["restore_warm"] = {m: [] for m in RESTORE_METHODS}
-    original = (model, opt)
+           "save": {m: [] for m in SAVE_METHODS},
+           "restore_cold": {m: [] for m in RESTORE_METHODS} if cold else {},
+           "restore_warm": {m: [] for m in RESTORE_METHODS} if warm else {},
+           "disk_bytes": {}, "spotsafe_save_stats": [], "spotsafe_phases": [], "peak_disk_bytes": 0,
+           "prefault_bytes": pf_bytes, "prefault_s": [], "child_peak_rss": 0, "settle_s": settle, "steady": steady}
 
     for r in range(repeats):
         base = workdir / f"{label}-r{r}"
@@ -356,68 +459,44 @@ def run_size(label: str, target: int, repeats: int, workdir: Path, cache: str, c
         for m in SAVE_METHODS[rot:] + SAVE_METHODS[:rot]:
             os.sync()
             gc.collect()
+            time.sleep(settle)
+            res["prefault_s"].append(prefault(pf_bytes))
             PHASES.clear()
             extra: dict = {}
             t0 = time.perf_counter()
             if m == "raw":
                 paths[m] = save_raw(base, model, opt)
             elif m == "spotsafe":
-                paths[m] = save_spotsafe(base, model, opt, extra)
+                paths[m] = save_spotsafe(base, model, opt, extra, workdir / f"{label}-spotsafe-steady" if steady
+                                         else None, r + 1)
             elif m == "torch":
                 paths[m] = save_torch(base, model, opt)
             else:
                 paths[m] = save_dcp(base, model, opt)
-            dt = extra.get("time", time.perf_counter() - t0)
-            res["save"][m].append(dt)
+            res["save"][m].append(extra.get("time", time.perf_counter() - t0))
             if m == "spotsafe":
-                extra["stats"]["persist_files_s"] = PHASES.get("save.persist (write+hash+fsync files)", 0.0)
+                extra["stats"]["persist_files_s"] = PHASES.get(PERSIST, 0.0)
                 res["spotsafe_save_stats"].append(extra["stats"])
             res["disk_bytes"][m] = disk_bytes(paths[m])
-        res["peak_disk_bytes"] = max(res["peak_disk_bytes"], disk_bytes(base))
+        res["peak_disk_bytes"] = max(res["peak_disk_bytes"], disk_bytes(workdir))
 
         rot = r % len(RESTORE_METHODS)
         for m in RESTORE_METHODS[rot:] + RESTORE_METHODS[:rot]:
-            src = paths["torch" if m == "torch_mmap" else m]
-            passes = (["cold"] if cold else []) + (["warm"] if warm_rows else [])
-            for kind in passes:
-                if m == "raw":
-                    target_obj = torch.empty(total, dtype=torch.uint8)
-                else:
-                    fresh = make_model(width, layers, fresh=True)
-                gc.collect()
-                if kind == "cold":
-                    if not try_drop_caches():
-                        raise RuntimeError("drop_caches stopped working")
-                else:
-                    os.sync()
-                PHASES.clear()
-                t0 = time.perf_counter()
-                if m == "raw":
-                    restore_raw(src, target_obj)
-                elif m == "spotsafe":
-                    restore_spotsafe(src, *fresh)
-                elif m == "torch":
-                    restore_torch(src, *fresh, mmap=False)
-                elif m == "torch_mmap":
-                    restore_torch(src, *fresh, mmap=True)
-                else:
-                    restore_dcp(src, *fresh)
-                dt = time.perf_counter() - t0
-                key = "restore_cold" if kind == "cold" else "restore_warm"
-                res[key][m].append(dt)
+            for kind in (["cold"] if cold else []) + (["warm"] if warm else []):
+                spec = {"method": m, "path": str(paths["torch" if m == "torch_mmap" else m]), "width": width,
+                        "layers": layers, "total": total, "prefault": pf_bytes, "cold": kind == "cold"}
+                out = run_restore(spec, in_process)
+                if out["digest"] != expected:
+                    raise RuntimeError(f"{m} restored bytes that differ from the saved state")
+                res[f"restore_{kind}"][m].append(out["time"])
+                res["prefault_s"].append(out["prefault_s"])
+                res["child_peak_rss"] = max(res["child_peak_rss"], out["peak_rss"])
                 if m == "spotsafe":
-                    res["spotsafe_phases"].append({"cache": kind, "total_s": dt, **PHASES})
-                if m == "raw":
-                    del target_obj
-                else:
-                    if not same_state(original, fresh):
-                        raise RuntimeError(f"{m} restored state differs from the saved one")
-                    del fresh
-                gc.collect()
-        clear(base)
+                    res["spotsafe_phases"].append({"cache": kind, "total_s": out["time"], **out["phases"]})
+        shutil.rmtree(base)
         os.sync()
         print(f"  repeat {r + 1}/{repeats} done", flush=True)
-    del model, opt, original
+    del model, opt
     gc.collect()
     return res
 
@@ -427,47 +506,62 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def print_table(title: str, rows: dict[str, list[float]], side: str, nbytes_: int, ref: str,
-                ref_name: str, disk: dict[str, int] | None) -> None:
+def paired(xs: list[float], refs: list[float]) -> float:
+    """Median over repeats of xs[r] / refs[r]: the runs of one repeat are interleaved, so this
+    cancels slow drifts of the disk that move whole repeats (which a ratio of medians does not)."""
+    return med([x / y for x, y in zip(xs, refs)])
+
+
+def print_table(title: str, rows: dict[str, list[float]], side: str, nbytes_: int, ref_name: str,
+                disk: dict[str, int] | None) -> None:
     print(f"\n{title}")
-    hdr = f"  {'method':<38} {'median s':>9} {'min..max s':>15} {'GB/s':>6} {'vs raw':>7} {'vs ' + ref_name:>14}"
+    hdr = (f"  {'method':<38} {'median s':>9} {'min..max s':>15} {'GB/s':>6} {'vs raw':>13} "
+           f"{'vs ' + ref_name:>15}")
     if disk is not None:
         hdr += f" {'disk MB':>8}"
     print(hdr)
     print("  " + "-" * (len(hdr) - 2))
-    base, refv = med(rows["raw"]), med(rows[ref])
+    base, ref = rows["raw"], rows["torch"]
     for m, xs in rows.items():
         t = med(xs)
         line = (f"  {LABELS[(side, m)]:<38} {t:>9.3f} {min(xs):>7.3f}..{max(xs):<7.3f} {nbytes_ / t / 1e9:>6.2f} "
-                f"{t / base:>6.2f}x {t / refv:>13.2f}x")
+                f"{t / med(base):>5.2f}x/{paired(xs, base):>5.2f}x {t / med(ref):>7.2f}x/{paired(xs, ref):>5.2f}x")
         if disk is not None:
             line += f" {disk.get(m, 0) / 1e6:>8.1f}"
         print(line)
+    print("  (ratios: time / reference time, above 1 is slower; "
+          "first the ratio of medians, then the median of per-repeat ratios)")
 
 
-def report(results: list[dict], cache_note: str) -> list[dict]:
+def report(results: list[dict], in_process: bool) -> list[dict]:
     goals = []
+    where = "in the benchmark process" if in_process else "each in a fresh process"
     for res in results:
         n = res["bytes"]
-        head = (f"=== {res['label']}: {n / 1e9:.3f} GB state ({n / 2**30:.3f} GiB), "
-                f"{res['layers']} x Linear({res['width']},{res['width']}) + Adam, {res['tensors']} tensors, "
-                f"median of {res['repeats']} ===")
-        print("\n" + head)
-        print_table(f"Durable save ({res['label']})", res["save"], "save", n, "torch", "torch.save", res["disk_bytes"])
+        print(f"\n=== {res['label']}: {n / 1e9:.3f} GB state ({n / 2**30:.3f} GiB), {res['layers']} x "
+              f"Linear({res['width']},{res['width']}) + Adam, {res['tensors']} tensors, median of {res['repeats']} ===")
+        print_table(f"Durable save ({res['label']}" + ("; spotsafe also prunes the previous checkpoint, --steady"
+                                                       if res.get("steady") else "") + ")", res["save"], "save", n, "torch.save", res["disk_bytes"])
         if res["restore_cold"]:
-            print_table(f"Restore ({res['label']}, cold page cache: sync + drop_caches before each)",
-                        res["restore_cold"], "restore", n, "torch", "torch.load", None)
+            print_table(f"Restore ({res['label']}, cold page cache: sync + drop_caches before each; {where})",
+                        res["restore_cold"], "restore", n, "torch.load", None)
         if res["restore_warm"]:
-            t = ("warm page cache" if res["restore_cold"] else cache_note)
-            print_table(f"Restore ({res['label']}, {t})", res["restore_warm"], "restore", n, "torch",
+            print_table(f"Restore ({res['label']}, warm page cache; {where})", res["restore_warm"], "restore", n,
                         "torch.load", None)
-        print(f"  disk used by one repeat (all methods' files at once): {res['peak_disk_bytes'] / 1e6:.1f} MB")
+        if res["prefault_bytes"]:
+            print(f"  prefaulted {res['prefault_bytes'] / 2**30:.2f} GiB before each measurement "
+                  f"(median {med(res['prefault_s']):.2f}s, not timed)")
+        else:
+            print("  no prefault: this machine's cost of fresh memory is in the times")
+        print(f"  disk used by one repeat (all methods' files at once): {res['peak_disk_bytes'] / 1e6:.1f} MB; "
+              f"peak RSS of a restore child: {res['child_peak_rss'] / 2**30:.2f} GiB")
         st = res["spotsafe_save_stats"]
         if st:
             print("  spotsafe save phases (median s): "
                   f"stage {med([s['stage_s'] for s in st]):.3f}, "
                   f"persist files {med([s['persist_files_s'] for s in st]):.3f}, "
                   f"commit {med([s['persist_s'] - s['persist_files_s'] for s in st]):.3f}, "
+                  f"after commit (prune) {med([s['total_s'] - s['stage_s'] - s['persist_s'] for s in st]):.3f}, "
                   f"total {med([s['total_s'] for s in st]):.3f}")
         for kind in ("cold", "warm"):
             ph = [p for p in res["spotsafe_phases"] if p["cache"] == kind]
@@ -477,16 +571,19 @@ def report(results: list[dict], cache_note: str) -> list[dict]:
                 print(f"  spotsafe restore phases, {kind} (median s): {parts}, total {med([p['total_s'] for p in ph]):.3f}")
 
         restore_rows = res["restore_cold"] or res["restore_warm"]
-        s_ratio = med(res["save"]["spotsafe"]) / med(res["save"]["raw"])
-        r_ratio = med(restore_rows["spotsafe"]) / med(restore_rows["torch"])
-        goals.append({"size": res["label"], "goal": f"durable save within {SAVE_GOAL}x of the raw write+fsync of the same bytes",
-                      "ratio": s_ratio, "met": s_ratio <= SAVE_GOAL})
-        goals.append({"size": res["label"], "goal": "restore no slower than torch.load"
-                      + ("" if res["restore_cold"] else " (warm page cache)"),
-                      "ratio": r_ratio, "met": r_ratio <= 1.0})
-    print("\n=== Goals (spotsafe time / reference time) ===")
+        for goal, xs, refs, limit in (
+                (f"durable save within {SAVE_GOAL}x of the raw write+fsync of the same bytes",
+                 res["save"]["spotsafe"], res["save"]["raw"], SAVE_GOAL),
+                ("restore no slower than torch.load" + ("" if res["restore_cold"] else " (warm page cache)"),
+                 restore_rows["spotsafe"], restore_rows["torch"], 1.0)):
+            pr, mr = paired(xs, refs), med(xs) / med(refs)
+            goals.append({"size": res["label"], "goal": goal, "limit": limit, "paired_ratio": pr,
+                          "ratio_of_medians": mr, "met": pr <= limit, "estimates_agree": (pr <= limit) == (mr <= limit)})
+    print("\n=== Goals (spotsafe time / reference time; verdict on the median of per-repeat ratios) ===")
     for g in goals:
-        print(f"  [{'MET' if g['met'] else 'NOT MET':>7}] {g['size']:>5}: {g['goal']}: {g['ratio']:.2f}x")
+        note = "" if g["estimates_agree"] else "  <- the two estimates disagree: too noisy to call, rerun with more --repeats"
+        print(f"  [{'MET' if g['met'] else 'NOT MET':>7}] {g['size']:>5}: {g['goal']}: {g['paired_ratio']:.2f}x paired "
+              f"({g['ratio_of_medians']:.2f}x of medians){note}")
     return goals
 
 
@@ -495,23 +592,36 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100M,1G", help="comma-separated state sizes (default 100M,1G)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="repeats per size (default 3 for sizes >= 512M, else 5)")
+                    help="repeats per size (default 4 for sizes >= 512M, else 8)")
     ap.add_argument("--dir", type=Path, default=REPO / "bench" / "results" / f"tmp-{os.getpid()}",
                     help="scratch directory for the checkpoints, on the disk to measure "
                          "(default bench/results/tmp-<pid>; removed at the end)")
     ap.add_argument("--cache", choices=["auto", "cold", "warm", "both"], default="auto",
                     help="restore from a cold page cache (needs drop_caches), a warm one, or both; "
                          "auto: cold when drop_caches is permitted, else warm")
+    ap.add_argument("--no-prefault", dest="prefault", action="store_false",
+                    help="do not touch fresh memory before each measurement (see the module docstring)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="seconds to sleep before each save (default: state size / 0.4 GB/s, at most 5)")
+    ap.add_argument("--steady", action="store_true",
+                    help="spotsafe saves into one root for all repeats, so each save also prunes the previous one")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run restores in this process instead of a fresh one each (see the module docstring)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
+    if args._child:
+        print(json.dumps(measure_restore(json.loads(args._child))))
+        return 0
+
     sizes = [(s.strip(), parse_size(s)) for s in args.sizes.split(",") if s.strip()]
     can_drop = try_drop_caches()
     if args.cache in ("cold", "both") and not can_drop:
         ap.error("cannot write /proc/sys/vm/drop_caches here; use --cache warm or auto")
-    cache_note = ("cold page cache (drop_caches permitted)" if can_drop and args.cache != "warm"
-                  else "warm page cache")
+    cold = args.cache in ("cold", "both") or (args.cache == "auto" and can_drop)
+    warm = args.cache in ("warm", "both") or (args.cache == "auto" and not can_drop)
     workdir = args.dir.resolve()
     if workdir.exists() and any(workdir.iterdir()):
         ap.error(f"{workdir} exists and is not empty; pass an empty or new --dir")
@@ -521,31 +631,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"spotsafe {spotsafe.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
           f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}")
     print(f"scratch dir {workdir} ({free / 1e9:.1f} GB free, a repeat needs about {need / 1e9:.1f} GB)")
-    print(f"drop_caches permitted: {can_drop}; restores measured with a {cache_note}"
-          + (" plus warm rows" if args.cache == "both" else ""))
+    print(f"drop_caches permitted: {can_drop}; restores from a "
+          + " and a ".join((["cold"] if cold else []) + (["warm"] if warm else [])) + " page cache, "
+          + ("in the benchmark process" if args.in_process else "each in a fresh process")
+          + ("; prefault on" if args.prefault else "; prefault off")
+          + ("; spotsafe saves prune the previous checkpoint (--steady)" if args.steady else ""))
     if free < need:
         print("not enough free disk space", file=sys.stderr)
         return 1
 
+    fingerprint = source_fingerprint()
+    print(f"spotsafe sources {Path(spotsafe.__file__).resolve().parent} fingerprint xxh3 {fingerprint}")
     t_start = time.perf_counter()
     results = []
     try:
         for label, target in sizes:
-            repeats = args.repeats or (3 if target >= 512 << 20 else 5)
-            results.append(run_size(label, target, repeats, workdir, args.cache, can_drop))
+            repeats = args.repeats or (4 if target >= 512 << 20 else 8)
+            settle = args.settle if args.settle is not None else min(5.0, target / 0.4e9)
+            results.append(run_size(label, target, repeats, workdir, cold, warm, args.prefault, args.in_process,
+                                    settle, args.steady))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    goals = report(results, cache_note)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    goals = report(results, args.in_process)
+    changed = source_fingerprint() != fingerprint
+    if changed:
+        print("\nWARNING: spotsafe's sources changed during the run; restores (fresh processes) may have "
+              "measured different code than saves. Run again.")
     elapsed = time.perf_counter() - t_start
-    print(f"\npeak RSS {peak_rss / 2**30:.2f} GiB; total benchmark time {elapsed:.0f}s")
+    print(f"\npeak RSS of the benchmark process {peak_rss() / 2**30:.2f} GiB; total benchmark time {elapsed:.0f}s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         out = {"env": {"spotsafe": spotsafe.__version__, "torch": torch.__version__,
-                       "python": platform.python_version(), "cpus": os.cpu_count(),
-                       "torch_threads": torch.get_num_threads(), "dir": str(workdir),
-                       "drop_caches": can_drop, "cache_mode": args.cache, "cache_note": cache_note},
-               "results": results, "goals": goals, "peak_rss_bytes": peak_rss, "elapsed_s": elapsed}
+                       "python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": THREADS,
+                       "dir": str(workdir), "drop_caches": can_drop, "cache": args.cache, "cold": cold,
+                       "warm": warm, "prefault": args.prefault, "in_process": args.in_process,
+                       "steady": args.steady, "source_fingerprint": fingerprint, "sources_changed_during_run": changed},
+               "results": results, "goals": goals, "peak_rss_bytes": peak_rss(), "elapsed_s": elapsed}
         args.json.write_text(json.dumps(out, indent=2))
         print(f"results written to {args.json}")
     return 0
