@@ -35,7 +35,7 @@ def _killpg(proc: subprocess.Popen) -> None:
         pass
 
 
-def run_with_kills(train_args: list[str], *, kills: int, seed: int, save_every: int,
+def run_with_kills(train_args: list[str], *, kills: int, seed: int, save_every: int, total_steps: int,
                    timeout: float = 600.0, log=print) -> list[tuple[int, int | None]]:
     """Run train.py until it finishes, SIGKILLing it ``kills`` times at random steps.
 
@@ -57,9 +57,12 @@ def run_with_kills(train_args: list[str], *, kills: int, seed: int, save_every: 
                 word, _, rest = line.partition(" ")
                 if word == "resumed":
                     resumed = int(rest.split()[0])
-                    if len(history) < kills:
-                        # Far enough ahead that a save lands in between; any phase of the epoch.
-                        target = resumed + rng.randint(save_every + 1, 3 * save_every)
+                    left = kills - len(history)
+                    if left > 0:
+                        # Spread over what remains, far enough ahead that a save lands in
+                        # between; any phase of the epoch, of a save, of a worker's batch.
+                        span = max(save_every + 2, (total_steps - resumed) // (left + 1) * 2)
+                        target = resumed + rng.randint(save_every + 1, span)
                 elif word == "step" and target is not None and int(rest.split()[0]) >= target:
                     killed_at = int(rest.split()[0])
                     _killpg(proc)
@@ -114,7 +117,8 @@ def main() -> int:
                     str(work / "reference.pt"), *common], check=True, stdout=subprocess.DEVNULL)
     print(f"[2/3] the same run, SIGKILLed {args.kills} times at random steps, resumed each time")
     history = run_with_kills(["--root", str(work / "interrupted"), "--out", str(work / "interrupted.pt"), *common],
-                             kills=args.kills, seed=args.seed, save_every=args.save_every)
+                             kills=args.kills, seed=args.seed, save_every=args.save_every,
+                             total_steps=args.steps)
     kills = len(history) - 1
     replayed = sum(killed - history[i + 1][0] for i, (_, killed) in enumerate(history[:-1]))
     print(f"[3/3] comparing final parameters and optimizer state ({kills} kills, "

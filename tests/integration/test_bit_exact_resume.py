@@ -36,7 +36,8 @@ def test_sigkill_at_random_steps_then_resume_is_bit_exact(tmp_path, seed, monkey
 
     history = run_with_kills(["--root", str(tmp_path / "int"), "--out", str(tmp_path / "int.pt"),
                               "--workers", "2", *common],
-                             kills=3, seed=seed, save_every=SAVE_EVERY, timeout=400, log=lambda *_: None)
+                             kills=3, seed=seed, save_every=SAVE_EVERY, total_steps=STEPS, timeout=400,
+                             log=lambda *_: None)
     kills = [k for _, k in history if k is not None]
     assert len(kills) == 3 and history[-1][1] is None
     # every restart resumed from a checkpoint taken before the kill, and made progress
