@@ -50,14 +50,6 @@ class Staged:
     metadata: dict[str, Any] = field(default_factory=dict)
     stage_s: float = 0.0
 
-    @property
-    def nbytes(self) -> int:
-        return sum(_nbytes(a) for c in self.components for a in c.arrays)
-
-
-def _nbytes(a: Any) -> int:
-    return a.numel() * a.element_size() if isinstance(a, torch.Tensor) else a.nbytes
-
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
