@@ -73,3 +73,21 @@ def test_inspect_shows_components_tensors_and_metadata(run_root):
 
 def test_usage_error_exits_2():
     assert cli("verify").returncode == 2
+
+
+def test_ls_quick_checks_sizes_but_not_content(run_root):
+    path = run_root / "step-000000000300" / "model.bin"
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x01  # same size, different content
+    path.write_bytes(bytes(data))
+    quick = [json.loads(x) for x in cli("ls", run_root, "--quick", "--json").stdout.splitlines()]
+    deep = [json.loads(x) for x in cli("ls", run_root, "--json").stdout.splitlines()]
+    assert [r["valid"] for r in quick] == [True, True, True]
+    assert [r["valid"] for r in deep] == [True, True, False]
+    assert "model.bin fails its checksum" in deep[2]["reason"]
+
+
+def test_inspect_of_a_damaged_checkpoint_says_why(run_root):
+    (run_root / "step-000000000300" / "manifest.json").write_text("{")
+    out = cli("inspect", run_root, "--step", 300)
+    assert out.returncode == 1 and "is unreadable: manifest.json is not valid JSON" in out.stderr
