@@ -21,7 +21,16 @@ import numpy as np
 import torch
 
 from ..errors import CorruptCheckpointError, UnsupportedStateError
-from ..format import ComponentEntry, FileEntry, Manifest, TensorEntry, component_file, default_versions
+from ..format import (
+    ComponentEntry,
+    FileEntry,
+    Manifest,
+    TensorEntry,
+    component_file,
+    content_problem,
+    default_versions,
+    size_problem,
+)
 from ..state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
 
 ALIGN = 64
@@ -139,20 +148,16 @@ def read_verified(storage: Any, name: str, manifest: Manifest, io_executor: Any)
     """
     names, bufs = [], {}
     for fname, entry in manifest.files.items():
-        size = storage.size(f"{name}/{fname}")
-        if size is None:
-            raise CorruptCheckpointError(f"{fname} is missing")
-        if size != entry.size:
-            raise CorruptCheckpointError(f"{fname} is {size} bytes, manifest says {entry.size}")
+        problem = size_problem(fname, entry, storage.size(f"{name}/{fname}"))
+        if problem is not None:
+            raise CorruptCheckpointError(problem)
         names.append(fname)
         bufs[fname] = torch.empty(entry.size, dtype=torch.uint8)
     results = storage.read_files([(f"{name}/{f}", memoryview(bufs[f].numpy())) for f in names], io_executor)
     for fname, (n, digest) in zip(names, results):
-        entry = manifest.files[fname]
-        if n != entry.size:
-            raise CorruptCheckpointError(f"{fname} ended after {n} bytes, manifest says {entry.size}")
-        if digest != entry.checksum:
-            raise CorruptCheckpointError(f"{fname} fails its checksum ({digest}, manifest says {entry.checksum})")
+        problem = content_problem(fname, manifest.files[fname], n, digest)
+        if problem is not None:
+            raise CorruptCheckpointError(problem)
     return bufs
 
 

@@ -20,7 +20,15 @@ from ._manifest import (
     default_versions,
     parse_manifest,
 )
-from ._verify import CheckpointInfo, check_checkpoint, committed_steps, list_checkpoints, read_manifest
+from ._verify import (
+    CheckpointInfo,
+    check_checkpoint,
+    committed_steps,
+    content_problem,
+    list_checkpoints,
+    read_manifest,
+    size_problem,
+)
 
 __all__ = [
     "ALGORITHM",
@@ -35,6 +43,7 @@ __all__ = [
     "check_checkpoint",
     "committed_steps",
     "component_file",
+    "content_problem",
     "default_versions",
     "digest_bytes",
     "digest_file",
@@ -44,6 +53,7 @@ __all__ = [
     "parse_manifest",
     "parse_step_dir",
     "read_manifest",
+    "size_problem",
     "step_dir",
     "tmp_dir",
     "trash_dir",

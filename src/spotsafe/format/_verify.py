@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ._hash import digest_file
 from ._layout import MANIFEST, parse_step_dir, step_dir
-from ._manifest import Manifest, ManifestError, parse_manifest
+from ._manifest import FileEntry, Manifest, ManifestError, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,30 @@ def check_checkpoint(storage, step: int, *, deep: bool = True) -> CheckpointInfo
     for fname, entry in manifest.files.items():
         rel = f"{name}/{fname}"
         size = storage.size(rel)
-        if size is None:
-            return CheckpointInfo(step, name, location, False, f"{fname} is missing", manifest)
-        if size != entry.size:
-            return CheckpointInfo(step, name, location, False,
-                                  f"{fname} is {size} bytes, manifest says {entry.size}", manifest)
-        if deep:
-            _, digest = digest_file(storage.path(rel), size)
-            if digest != entry.checksum:
-                return CheckpointInfo(step, name, location, False,
-                                      f"{fname} fails its checksum ({digest}, manifest says {entry.checksum})",
-                                      manifest)
+        problem = size_problem(fname, entry, size)
+        if problem is None and deep:
+            problem = content_problem(fname, entry, *digest_file(storage.path(rel), size))
+        if problem is not None:
+            return CheckpointInfo(step, name, location, False, problem, manifest)
     return CheckpointInfo(step, name, location, True, None, manifest)
+
+
+def size_problem(fname: str, entry: FileEntry, size: int | None) -> str | None:
+    """Why a file of ``size`` bytes (None: missing) does not match its entry, or None."""
+    if size is None:
+        return f"{fname} is missing"
+    if size != entry.size:
+        return f"{fname} is {size} bytes, manifest says {entry.size}"
+    return None
+
+
+def content_problem(fname: str, entry: FileEntry, nread: int, digest: str) -> str | None:
+    """Why ``nread`` bytes hashing to ``digest`` do not match the entry, or None."""
+    if nread != entry.size:
+        return f"{fname} ended after {nread} bytes, manifest says {entry.size}"
+    if digest != entry.checksum:
+        return f"{fname} fails its checksum ({digest}, manifest says {entry.checksum})"
+    return None
 
 
 def committed_steps(storage) -> list[int]:
