@@ -6,11 +6,14 @@ exception that matches it, so ``except FileNotFoundError`` keeps working::
     SpotsafeError(Exception)
     ├── CheckpointNotFoundError(SpotsafeError, FileNotFoundError)
     ├── CorruptCheckpointError(SpotsafeError, ValueError)
+    ├── RemoteError(SpotsafeError)
+    │   └── RemoteUnavailableError(RemoteError, ConnectionError)
     ├── StateMismatchError(SpotsafeError, ValueError)
     └── UnsupportedStateError(SpotsafeError, TypeError)
 
     SpotsafeWarning(UserWarning)
-    └── CheckpointSkippedWarning(SpotsafeWarning)
+    ├── CheckpointSkippedWarning(SpotsafeWarning)
+    └── RemoteUnavailableWarning(SpotsafeWarning)
 
 A message is one sentence that names the object and the way out.
 """
@@ -30,6 +33,14 @@ class CorruptCheckpointError(SpotsafeError, ValueError):
     """A checkpoint failed verification: a file is missing, short, or has the wrong checksum."""
 
 
+class RemoteError(SpotsafeError):
+    """The remote store could not be written or read, after every retry."""
+
+
+class RemoteUnavailableError(RemoteError, ConnectionError):
+    """Restore could read no valid checkpoint because the remote store could not be reached."""
+
+
 class StateMismatchError(SpotsafeError, ValueError):
     """A valid checkpoint does not fit the objects it is restored into (keys, shapes, dtypes)."""
 
@@ -44,3 +55,7 @@ class SpotsafeWarning(UserWarning):
 
 class CheckpointSkippedWarning(SpotsafeWarning):
     """Restore skipped an invalid checkpoint and fell back to an older one."""
+
+
+class RemoteUnavailableWarning(SpotsafeWarning):
+    """Restore could not reach the remote store and used the local checkpoints alone."""

@@ -47,6 +47,7 @@ def test_rng_streams_continue_exactly_after_restore(root):
 def test_rng_opt_out_leaves_generators_alone(root):
     with spotsafe.CheckpointManager(root, rng=False) as mgr:
         mgr.save(1, {"x": 1})
+        mgr.wait()
         manifest = json.loads((root / "step-000000000001" / "manifest.json").read_text())
         assert "__rng__" not in manifest["components"]
         torch.manual_seed(5)
@@ -90,6 +91,7 @@ def test_retention_on_disk_keeps_last_and_every(root):
     with spotsafe.CheckpointManager(root, keep_last=2, keep_every=30) as mgr:
         for s in range(10, 101, 10):
             mgr.save(s, {"v": s})
+        mgr.wait()
         assert [c.step for c in mgr.checkpoints()] == [30, 60, 90, 100]
         assert all(c.valid for c in mgr.checkpoints())
 
@@ -149,6 +151,7 @@ def test_a_failed_background_deletion_is_raised_on_the_next_save(root, monkeypat
         mgr.save(1, {"v": 1})
         monkeypatch.setattr(shutil, "rmtree", refuse)
         mgr.save(2, {"v": 2})  # prunes step 1 in the background, which fails
+        mgr.wait()
         mgr._gc_executor.submit(lambda: None).result()  # let the deletion run
         with pytest.raises(spotsafe.SpotsafeError, match=r"Deleting old checkpoint step-000000000001\.trash-\w+ in .* failed"):
             mgr.save(3, {"v": 3})

@@ -2,6 +2,10 @@
 
 One manager writes to a root at a time. Construction cleans the leftovers of interrupted
 saves (``*.tmp-*``) so they never accumulate; they are never loaded in any case.
+
+Saves are asynchronous by default: ``save()`` copies the state into reusable host
+buffers and returns; writing, checksumming, committing and pruning run on a background
+thread, and replication to a remote store on another (:mod:`._replicate`).
 """
 
 from __future__ import annotations
@@ -11,10 +15,19 @@ import os
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import CheckpointNotFoundError, CheckpointSkippedWarning, CorruptCheckpointError, SpotsafeError
+from .._backoff import Backoff
+from ..errors import (
+    CheckpointNotFoundError,
+    CheckpointSkippedWarning,
+    CorruptCheckpointError,
+    RemoteUnavailableError,
+    RemoteUnavailableWarning,
+    SpotsafeError,
+)
 from ..format import (
     MANIFEST,
     CheckpointInfo,
@@ -23,39 +36,68 @@ from ..format import (
     committed_steps,
     is_leftover,
     list_checkpoints,
+    parse_step_dir,
     read_manifest,
     step_dir,
     tmp_dir,
     trash_dir,
 )
 from ..state import RNG_COMPONENT, apply_checkpoint, check_components
-from ..storage import LocalStorage
+from ..storage import FsspecStorage, LocalStorage, open_storage
 from ._pipeline import decode_components, persist, read_verified, stage
+from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import select_deletions
+from ._staging import StagingBuffers
 
 logger = logging.getLogger(__name__)
+
+WHEN_BUSY = ("wait", "skip")
 
 
 @dataclass(frozen=True)
 class SaveStats:
-    """Timings and size of one save, in seconds and bytes."""
+    """Timings and size of one save, in seconds and bytes.
+
+    ``stall_s`` is how long ``save()`` blocked the caller (``waited_s`` of it waiting for
+    the previous save, ``stage_s`` copying the state). ``persist_s`` (write, checksum,
+    commit) and ``total_s`` (from the call to durable on local storage) are None until the
+    checkpoint is durable: read them from :meth:`CheckpointManager.wait` or ``last_save``.
+    """
 
     step: int
     bytes: int
     stage_s: float
-    persist_s: float
-    total_s: float
+    persist_s: float | None
+    total_s: float | None
     skipped: bool = False
+    stall_s: float = 0.0
+    waited_s: float = 0.0
+
+    @property
+    def durable(self) -> bool:
+        return self.total_s is not None and not self.skipped
 
 
 class CheckpointManager:
-    """Save and restore the full training state under ``root``.
+    """Save and restore the full training state under ``root``, optionally replicated to ``remote``.
 
     Args:
-        root: A local directory (created when missing) holding one ``step-N/`` per checkpoint.
-        keep_last: How many of the newest checkpoints to keep (at least 1).
+        root: A local directory (created when missing) holding one ``step-N/`` per
+            checkpoint, or an fsspec URL (``s3://bucket/run``) to write to directly.
+        remote: An fsspec URL (``s3://``, ``gs://``, ``az://``, ...) to replicate every
+            committed checkpoint to, in the background. Restore looks at both tiers.
+        storage_options: Options for the fsspec file system(s) (endpoint, credentials);
+            by default each store reads its usual environment variables and config files.
+        keep_last: How many of the newest checkpoints to keep (at least 1), on both tiers.
         keep_every: Also keep every checkpoint whose step is a multiple of this.
         rng: Capture and restore the python, numpy, torch CPU and CUDA RNGs (default True).
+        async_save: ``save()`` returns once the state is copied to host buffers and
+            persists in the background (default True). False: ``save()`` returns durable.
+        when_busy: What ``save()`` does while the previous save is still persisting:
+            ``"wait"`` for it (default), or ``"skip"`` this save (counted in ``skipped_saves``).
+        max_pending_uploads: Steps that may wait for upload; beyond, the oldest waiting
+            one is dropped (counted in ``dropped_uploads``).
+        upload_backoff: Retry policy for transient remote errors.
 
     ``state`` arguments are dicts of name -> object with ``state_dict()`` /
     ``load_state_dict()`` (model, optimizer, scheduler, scaler, data loader, ...) or a plain
@@ -63,39 +105,83 @@ class CheckpointManager:
 
     Example::
 
-        mgr = CheckpointManager("runs/exp1", keep_last=3)
+        mgr = CheckpointManager("runs/exp1", remote="s3://bucket/exp1", keep_last=3)
         state = {"model": model, "optimizer": opt, "scheduler": sched, "data": loader}
         start = (mgr.restore(state) or 0) + 1
         for step in range(start, total + 1):
             ...
             if step % 500 == 0:
-                mgr.save(step, state)
-        mgr.close()
+                mgr.save(step, state)   # returns after a memory copy
+        mgr.close()                     # waits until everything is durable
     """
 
-    def __init__(self, root: str | os.PathLike, *, keep_last: int = 3, keep_every: int | None = None,
-                 rng: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, *, remote: str | None = None,
+                 storage_options: dict[str, Any] | None = None, keep_last: int = 3, keep_every: int | None = None,
+                 rng: bool = True, async_save: bool = True, when_busy: str = "wait",
+                 max_pending_uploads: int = 2, upload_backoff: Backoff = Backoff()) -> None:
         select_deletions([], committed=0, keep_last=keep_last, keep_every=keep_every)  # validates
-        self.storage = LocalStorage(root)
+        if when_busy not in WHEN_BUSY:
+            raise ValueError(f"when_busy={when_busy!r} is not one of {WHEN_BUSY}.")
+        self.storage = open_storage(root, storage_options)
+        self.remote: FsspecStorage | None = None
+        if remote is not None:
+            if isinstance(self.storage, FsspecStorage):
+                raise ValueError(f"root {self.storage.url} is already remote; pass a local directory as root "
+                                 "and the URL as remote, or drop remote.")
+            rs = open_storage(remote, storage_options)
+            if not isinstance(rs, FsspecStorage):
+                raise ValueError(f"remote={remote!r} is a local path; pass a URL such as s3://bucket/run.")
+            self.remote = rs
         self.keep_last = keep_last
         self.keep_every = keep_every
         self.rng = rng
+        self.async_save = async_save
+        self.when_busy = when_busy
         self.restored: CheckpointInfo | None = None
         self.last_save: SaveStats | None = None
+        self.skipped_saves = 0
+        self._buffers = StagingBuffers()
         self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-hash")
         self._io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spotsafe-io")
         self._gc_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-gc")
+        self._persist_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-persist")
         self._deletions: list[tuple[str, Future]] = []
+        self._inflight: tuple[int, Future] | None = None
         self._closed = False
         self.storage.make_root()
         self._clean_leftovers()
+        self._replicator = None
+        if self.remote is not None:
+            self._replicator = Replicator(self.storage, self.remote, keep_last=keep_last, keep_every=keep_every,
+                                          max_pending=max_pending_uploads, backoff=upload_backoff)
 
     @property
     def root(self) -> str:
         return self.storage.url
 
+    @property
+    def remote_watermark(self) -> int | None:
+        """The newest step committed on the remote (None: none yet, or no remote)."""
+        return self._replicator.watermark if self._replicator else None
+
+    @property
+    def dropped_uploads(self) -> int:
+        """Steps whose upload was dropped because newer ones were queued."""
+        return self._replicator.dropped if self._replicator else 0
+
+    @property
+    def uploads(self) -> list[UploadStats]:
+        """The most recent uploads to the remote, oldest first."""
+        return list(self._replicator.uploads) if self._replicator else []
+
+    @property
+    def staging_bytes(self) -> int:
+        """Host memory held by the reusable staging buffers of asynchronous saves."""
+        return self._buffers.capacity
+
     def __repr__(self) -> str:
-        return f"CheckpointManager({self.root!r}, keep_last={self.keep_last}, keep_every={self.keep_every})"
+        remote = f", remote={self.remote.url!r}" if self.remote else ""
+        return f"CheckpointManager({self.root!r}{remote}, keep_last={self.keep_last}, keep_every={self.keep_every})"
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -106,53 +192,118 @@ class CheckpointManager:
     # -- save ----------------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any], *, epoch: int | None = None,
              metadata: dict[str, Any] | None = None) -> SaveStats:
-        """Commit a checkpoint of ``state`` at ``step``; returns when it is durable on disk.
+        """Checkpoint ``state`` at ``step``.
+
+        Asynchronous (the default): returns as soon as the state is copied into host
+        buffers, so the caller may change it at once; :meth:`wait` makes it durable. While
+        the previous save still persists, ``when_busy`` decides: wait for it, or skip this
+        one (``skipped=True``). Synchronous: returns once the checkpoint is durable.
 
         Saving a step that already has a valid checkpoint keeps that one and returns
-        ``skipped=True``; an invalid one at that step is moved aside and replaced.
+        ``skipped=True``; an invalid one at that step is moved aside and replaced. A failure
+        of an earlier background save is raised here.
         """
         self._check_open()
-        self._raise_background_errors()
         t0 = time.perf_counter()
+        waited = 0.0
+        if self._inflight is not None and not self._inflight[1].done():
+            if self.when_busy == "skip":
+                self.skipped_saves += 1
+                logger.info("Skipping the save of step %d: step %d is still persisting", step, self._inflight[0])
+                return SaveStats(step, 0, 0.0, None, None, skipped=True, stall_s=time.perf_counter() - t0)
+            self._finish_inflight()
+            waited = time.perf_counter() - t0
+        self._finish_inflight()
+        self._raise_background_errors()
         name = step_dir(step)
         if step in committed_steps(self.storage):
             existing = check_checkpoint(self.storage, step, deep=True)
             if existing.valid:
                 logger.info("Checkpoint %s already committed in %s; keeping it", name, self.root)
-                self.last_save = SaveStats(step, 0, 0.0, 0.0, time.perf_counter() - t0, skipped=True)
-                return self.last_save
+                elapsed = time.perf_counter() - t0
+                return SaveStats(step, 0, 0.0, 0.0, elapsed, skipped=True, stall_s=elapsed, waited_s=waited)
             logger.warning("Replacing invalid checkpoint %s in %s (%s)", name, self.root, existing.reason)
-            trash = trash_dir(step)
-            self.storage.rename(name, trash)
-            self.storage.remove(trash)
-        staged = stage(step, state, rng=self.rng, epoch=epoch, metadata=metadata)
-        tmp_name = tmp_dir(step)
-        tmp = self.storage.begin(tmp_name)
+            self.storage.remove(self.storage.retire(name, trash_dir(step)))
+        staged = stage(step, state, rng=self.rng, epoch=epoch, metadata=metadata,
+                       buffers=self._buffers if self.async_save else None)
+        if not self.async_save:
+            return self._persist(staged, t0, waited)
+        stall = time.perf_counter() - t0
+        fut = self._persist_executor.submit(self._persist, staged, t0, waited, stall)
+        self._inflight = (step, fut)
+        return SaveStats(step, staged.nbytes, staged.stage_s, None, None, stall_s=stall, waited_s=waited)
+
+    def _persist(self, staged, t0: float, waited: float, stall: float | None = None) -> SaveStats:
+        """Write, commit, prune and queue the upload of a staged checkpoint (any thread)."""
+        name = step_dir(staged.step)
+        handle = self.storage.begin(name, tmp_dir(staged.step))
         try:
             t1 = time.perf_counter()
-            manifest = persist(staged, self.storage, tmp, self._hash_executor)
-            self.storage.commit(tmp, name, MANIFEST, manifest.to_json_bytes())
+            manifest = persist(staged, self.storage, handle, self._hash_executor)
+            self.storage.commit(handle, name, MANIFEST, manifest.to_json_bytes())
             persist_s = time.perf_counter() - t1
         except BaseException:
-            self.storage.remove(tmp_name)
+            self.storage.abort(handle)
             raise
-        self._prune(step)
-        self.last_save = SaveStats(step, manifest.total_bytes, staged.stage_s, persist_s, time.perf_counter() - t0)
-        logger.debug("Saved %s (%d bytes) in %.3fs", name, manifest.total_bytes, self.last_save.total_s)
+        self._prune(staged.step)
+        if self._replicator is not None:
+            self._replicator.submit(staged.step)
+        total = time.perf_counter() - t0
+        stats = SaveStats(staged.step, manifest.total_bytes, staged.stage_s, persist_s, total,
+                          stall_s=total if stall is None else stall, waited_s=waited)
+        self.last_save = stats
+        logger.debug("Saved %s (%d bytes) in %.3fs", name, manifest.total_bytes, total)
+        return stats
+
+    def _finish_inflight(self, timeout: float | None = None) -> SaveStats | None:
+        """Wait for the background save; raise its failure (once)."""
+        if self._inflight is None:
+            return None
+        step, fut = self._inflight
+        try:
+            stats = fut.result(timeout)
+        except (FutureTimeout, TimeoutError):
+            raise TimeoutError(f"The save of {step_dir(step)} to {self.root} is not durable after {timeout}s.") from None
+        except BaseException as e:
+            self._inflight = None
+            newest = committed_steps(self.storage)
+            raise SpotsafeError(
+                f"Background save of {step_dir(step)} to {self.root} failed ({type(e).__name__}: {e}); the newest "
+                f"checkpoint there is {step_dir(newest[-1]) if newest else 'none'}. Check free space and permissions, "
+                "then save again.") from e
+        self._inflight = None
+        return stats
+
+    def wait(self, timeout: float | None = None, *, remote: bool = False) -> SaveStats | None:
+        """Block until the last save is durable locally (and on the remote with ``remote=True``).
+
+        Returns the last durable save's stats (None when nothing was saved). Raises
+        TimeoutError after ``timeout`` seconds, and any failure of a background save,
+        deletion or upload.
+        """
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._finish_inflight(timeout)
+        self._raise_background_errors()
+        if remote and self._replicator is not None and self.last_save is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._replicator.wait(self.last_save.step, left):
+                raise TimeoutError(f"{step_dir(self.last_save.step)} is not on {self.remote.url} after {timeout}s "
+                                   f"(remote watermark: {self.remote_watermark}).")
         return self.last_save
 
     def _prune(self, committed: int) -> None:
+        pinned = self._replicator.pinned() if self._replicator else set()
         doomed = select_deletions(committed_steps(self.storage), committed=committed,
                                   keep_last=self.keep_last, keep_every=self.keep_every)
         for s in doomed:
-            # Rename first (fast, durable) so a crash mid-delete leaves a leftover that the next
-            # writer removes, never a half-deleted step-N/; the slow delete runs in the background.
-            trash = trash_dir(s)
-            self.storage.rename(step_dir(s), trash)
-            self._deletions.append((trash, self._gc_executor.submit(self.storage.remove, trash, strict=True)))
+            if s in pinned:
+                continue  # still to be uploaded; a later prune removes it
+            gone = self.storage.retire(step_dir(s), trash_dir(s))
+            self._deletions.append((gone, self._gc_executor.submit(self.storage.remove, gone, strict=True)))
 
     def _raise_background_errors(self, wait: bool = False) -> None:
-        """Re-raise the first failure of a background deletion (called from save and close)."""
+        """Re-raise the first failure of a background deletion or upload."""
         pending = []
         for trash, fut in self._deletions:
             if not wait and not fut.done():
@@ -164,93 +315,157 @@ class CheckpointManager:
                 raise SpotsafeError(f"Deleting old checkpoint {trash} in {self.root} failed ({err}); check "
                                     "the permissions and free space of the run root.") from err
         self._deletions = pending
+        if self._replicator is not None:
+            self._replicator.check()
 
     def _clean_leftovers(self) -> None:
+        committed = set(self.storage.listdir_committed(MANIFEST))
         for n in self.storage.listdir():
-            if is_leftover(n):
+            if is_leftover(n) or (parse_step_dir(n) is not None and n not in committed):
                 logger.info("Removing leftover %s from an interrupted save in %s", n, self.root)
                 self.storage.remove(n)
 
     # -- restore -------------------------------------------------------------------
-    def restore(self, state: dict[str, Any], step: int | None = None, *, fresh_if_invalid: bool = False) -> int | None:
+    def restore(self, state: dict[str, Any], step: int | None = None, *, fresh_if_invalid: bool = False,
+                fresh_if_unreachable: bool = False) -> int | None:
         """Load the newest valid checkpoint (or ``step``) into ``state`` in place; return its step.
 
-        Every file is read and checked against its size and checksum before any object is
-        touched. An invalid checkpoint is skipped with a :class:`CheckpointSkippedWarning`
-        naming it and the reason, and the next older one is tried. A checkpoint that does
-        not fit the objects raises :class:`StateMismatchError` and leaves them unchanged.
+        Both tiers are searched: the newest step wins, read from local storage when it is
+        valid there, else downloaded from the remote. Every file is read and checked against
+        its size and checksum before any object is touched. An invalid checkpoint is
+        skipped with a :class:`CheckpointSkippedWarning` naming it and the reason, and the
+        next candidate is tried. A checkpoint that does not fit the objects raises
+        :class:`StateMismatchError` and leaves them unchanged.
 
-        Returns None when the root holds no checkpoint. When checkpoints exist but none is
-        valid, raises :class:`CorruptCheckpointError` unless ``fresh_if_invalid`` is True.
-        Asking for a ``step`` that is missing or invalid raises instead of falling back.
+        Returns None when neither tier holds a checkpoint. When checkpoints exist but none
+        is valid, raises :class:`CorruptCheckpointError` unless ``fresh_if_invalid``. When
+        the remote cannot be reached, valid local checkpoints are used with a
+        :class:`RemoteUnavailableWarning`; with none, raises :class:`RemoteUnavailableError`
+        unless ``fresh_if_unreachable`` (never a silent restart from step 0). Asking for a
+        ``step`` that is missing or invalid raises instead of falling back.
         """
         self._check_open()
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
-        steps = committed_steps(self.storage)
-        if step is not None:
-            if step not in steps:
-                raise CheckpointNotFoundError(
-                    f"Checkpoint {step_dir(step)} does not exist in {self.root}; run `spotsafe ls {self.root}` "
-                    "to see the steps that do.")
-            candidates = [step]
-        else:
-            candidates = list(reversed(steps))
-        skipped = []
-        for s in candidates:
-            name = step_dir(s)
+        self._finish_inflight()
+        tiers: list[tuple[str, Any, list[int]]] = [("local", self.storage, committed_steps(self.storage))]
+        unreachable: str | None = None
+        if self.remote is not None:
             try:
-                manifest = read_manifest(self.storage, name)
-                bufs = read_verified(self.storage, name, manifest, self._io_executor)
-                loaded = dict(decode_components(manifest, bufs))
-            except (ManifestError, CorruptCheckpointError, OSError) as e:
-                if step is not None:
-                    raise CorruptCheckpointError(f"Checkpoint {name} in {self.root} is invalid: {e}; "
-                                                 "restore another step or none to take the newest valid one.") from None
-                skipped.append(f"{name} ({e})")
-                warnings.warn(f"Checkpoint {name} in {self.root} is invalid: {e}. Skipping it and falling back "
-                              "to an older one.", CheckpointSkippedWarning, stacklevel=2)
-                continue
-            rng = loaded.pop(RNG_COMPONENT, None)
-            check_components(name, {n: c.kind for n, c in manifest.components.items() if n != RNG_COMPONENT}, state)
-            if self.rng and rng is None:
-                warnings.warn(f"Checkpoint {name} holds no RNG state; randomness will not replay exactly.",
-                              CheckpointSkippedWarning, stacklevel=2)
-            apply_checkpoint(name, state, loaded, rng if self.rng else None)
-            self.restored = CheckpointInfo(s, name, f"{self.root}/{name}", True, None, manifest)
-            if skipped:
-                logger.warning("Restored %s after skipping %d invalid checkpoint(s): %s", name, len(skipped),
-                               "; ".join(skipped))
-            return s
+                tiers.append(("remote", self.remote, committed_steps(self.remote)))
+            except Exception as e:  # noqa: BLE001 - classified
+                if not is_transient(e):
+                    raise
+                unreachable = f"{type(e).__name__}: {e}"
+                warnings.warn(f"Cannot reach the remote {self.remote.url} ({unreachable}); restoring from the local "
+                              f"checkpoints in {self.root} only.", RemoteUnavailableWarning, stacklevel=2)
+        every = sorted({s for _, _, steps in tiers for s in steps}, reverse=True)
+        if step is not None:
+            if step not in every:
+                where = " or ".join(st.url for _, st, _ in tiers)
+                raise CheckpointNotFoundError(
+                    f"Checkpoint {step_dir(step)} does not exist in {where}; run `spotsafe ls {self.root}` "
+                    "to see the steps that do.")
+            every = [step]
+        skipped = []
+        for s in every:
+            name = step_dir(s)
+            for tier, storage, steps in tiers:
+                if s not in steps:
+                    continue
+                try:
+                    manifest = read_manifest(storage, name)
+                    bufs = read_verified(storage, name, manifest, self._io_executor)
+                    loaded = dict(decode_components(manifest, bufs))
+                except (ManifestError, CorruptCheckpointError, OSError, Exception) as e:
+                    transient = tier == "remote" and not isinstance(e, (ManifestError, CorruptCheckpointError)) \
+                        and is_transient(e)
+                    if not transient and not isinstance(e, (ManifestError, CorruptCheckpointError, OSError)):
+                        raise
+                    where = f"{name} in {storage.url}"
+                    if step is not None:
+                        raise CorruptCheckpointError(f"Checkpoint {where} is invalid: {e}; restore another step or "
+                                                     "none to take the newest valid one.") from None
+                    if transient:
+                        unreachable = f"{type(e).__name__}: {e}"
+                        warnings.warn(f"Cannot read {where} ({unreachable}); trying an older checkpoint.",
+                                      RemoteUnavailableWarning, stacklevel=2)
+                        continue
+                    skipped.append(f"{where} ({e})")
+                    warnings.warn(f"Checkpoint {where} is invalid: {e}. Skipping it and falling back to another "
+                                  "copy or an older one.", CheckpointSkippedWarning, stacklevel=2)
+                    continue
+                rng = loaded.pop(RNG_COMPONENT, None)
+                check_components(name, {n: c.kind for n, c in manifest.components.items() if n != RNG_COMPONENT},
+                                 state)
+                if self.rng and rng is None:
+                    warnings.warn(f"Checkpoint {name} holds no RNG state; randomness will not replay exactly.",
+                                  CheckpointSkippedWarning, stacklevel=2)
+                apply_checkpoint(name, state, loaded, rng if self.rng else None)
+                self.restored = CheckpointInfo(s, name, f"{storage.url}/{name}", True, None, manifest)
+                if skipped:
+                    logger.warning("Restored %s from %s after skipping %d invalid checkpoint(s): %s", name, tier,
+                                   len(skipped), "; ".join(skipped))
+                else:
+                    logger.info("Restored %s from %s (%s)", name, tier, storage.url)
+                return s
+        if unreachable is not None and not fresh_if_unreachable:
+            raise RemoteUnavailableError(
+                f"No valid checkpoint could be read: the remote {self.remote.url} is unreachable ({unreachable}) and "
+                f"{self.root} holds {'no valid' if skipped or committed_steps(self.storage) else 'no'} checkpoint; "
+                "retry when the store is back, or pass fresh_if_unreachable=True to start from scratch.")
         if skipped and not fresh_if_invalid:
             raise CorruptCheckpointError(
-                f"No valid checkpoint in {self.root}: all {len(skipped)} failed verification "
-                f"({'; '.join(skipped)}); repair or remove them, or pass fresh_if_invalid=True to start over.")
+                f"No valid checkpoint in {self.root}{' or ' + self.remote.url if self.remote else ''}: all "
+                f"{len(skipped)} failed verification ({'; '.join(skipped)}); repair or remove them, or pass "
+                "fresh_if_invalid=True to start over.")
         return None
 
     # -- listing -------------------------------------------------------------------
-    def checkpoints(self, *, deep: bool = True) -> list[CheckpointInfo]:
-        """Every checkpoint under the root, oldest first, with validity and reason."""
+    def checkpoints(self, *, deep: bool = True, remote: bool = False) -> list[CheckpointInfo]:
+        """Every checkpoint under the root (or the remote), oldest first, with validity and reason."""
+        if remote:
+            if self.remote is None:
+                raise ValueError(f"{self!r} has no remote; pass remote= when creating it.")
+            return list_checkpoints(self.remote, deep=deep)
         return list_checkpoints(self.storage, deep=deep)
 
     def latest_step(self) -> int | None:
-        """The newest valid step (content checksums included), or None."""
+        """The newest valid local step (content checksums included), or None."""
         for s in reversed(committed_steps(self.storage)):
             if check_checkpoint(self.storage, s).valid:
                 return s
         return None
 
-    def close(self) -> None:
-        """Finish background deletions, release the helper threads; idempotent.
+    def close(self, *, wait_remote: bool = True, timeout: float | None = None) -> None:
+        """Finish the background save, deletions and (``wait_remote``) uploads; idempotent.
 
-        Raises the failure of a background deletion, if any.
+        Raises the failure of any background work.
         """
-        if not self._closed:
-            self._closed = True
-            self._gc_executor.shutdown(wait=True)
-            self._hash_executor.shutdown(wait=True)
-            self._io_executor.shutdown(wait=True)
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[BaseException] = []
+        try:
+            self._finish_inflight(timeout)
+        except BaseException as e:  # noqa: BLE001 - raised below, after the threads stop
+            errors.append(e)
+        self._persist_executor.shutdown(wait=True)
+        if self._replicator is not None:
+            try:
+                self._replicator.close(wait=wait_remote and not errors, timeout=timeout)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+        self._gc_executor.shutdown(wait=True)
+        self._hash_executor.shutdown(wait=True)
+        self._io_executor.shutdown(wait=True)
+        self._buffers.release()
+        try:
             self._raise_background_errors(wait=True)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        if errors:
+            raise errors[0]
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,12 +1,12 @@
 """The save pipeline in stages: stage -> persist -> commit, and the verified read for restore.
 
 * stage: ask every component for its state dict, encode it (:mod:`spotsafe.state._tree`),
-  and bring each tensor to contiguous CPU memory. Synchronous saves stage CPU tensors
-  without copying them (the caller is blocked until the bytes are on disk); CUDA tensors
-  are copied to the host.
-* persist: write one raw-bytes file per component straight from tensor memory (no
-  intermediate buffers), 64-byte aligned so a restore can view the bytes as tensors in
-  place, hashing on a helper thread while writing and fsyncing.
+  and bring each tensor to host memory. Asynchronous saves copy every tensor into reusable
+  staging buffers (:mod:`._staging`), the one copy that stalls training. Synchronous saves
+  reference CPU tensors in place (the caller is blocked until the bytes are on disk); CUDA
+  tensors are copied to the host.
+* persist: write one raw-bytes file per component, 64-byte aligned so a restore can view
+  the bytes as tensors in place, hashing on a helper thread while writing and fsyncing.
 * commit: the storage's commit strategy publishes the directory with the manifest last.
 """
 
@@ -31,22 +31,27 @@ from ..format import (
     default_versions,
     size_problem,
 )
+from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
 from ..state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
 
-ALIGN = 64
 _ZEROS = memoryview(bytes(ALIGN))
 
 
 @dataclass
 class StagedComponent:
-    """One component after staging: its encoded tree and its arrays in host memory."""
+    """One component after staging: its encoded tree, tensor table and file bytes in pieces."""
 
     name: str
     kind: str
     type: str
     tree: Any
-    arrays: list  # contiguous CPU tensors or numpy arrays
-    devices: list[str]
+    entries: list[TensorEntry]
+    pieces: list[memoryview]  # the component file's bytes, in order (empty: no file)
+    keep: list = field(default_factory=list)  # owners of the memory the pieces view
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(p) for p in self.pieces)
 
 
 @dataclass
@@ -58,6 +63,10 @@ class Staged:
     epoch: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     stage_s: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.components)
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
@@ -71,9 +80,43 @@ def _type_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _byte_view(a: Any) -> memoryview:
+    if isinstance(a, torch.Tensor):
+        return memoryview(a.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+def _entries(arrays: list, devices: list[str], offsets: list[int], file: str) -> list[TensorEntry]:
+    entries = []
+    for a, dev, off in zip(arrays, devices, offsets):
+        n = array_nbytes(a)
+        if isinstance(a, torch.Tensor):
+            entries.append(TensorEntry(dtype_name(a.dtype), tuple(a.shape), off, n, file, "tensor", dev))
+        else:
+            entries.append(TensorEntry(a.dtype.str, tuple(a.shape), off, n, file, "ndarray"))
+    return entries
+
+
+def _zero_copy_pieces(arrays: list, offsets: list[int]) -> list[memoryview]:
+    pieces, pos = [], 0
+    for a, off in zip(arrays, offsets):
+        if off > pos:
+            pieces.append(_ZEROS[:off - pos])
+        view = _byte_view(a)
+        pieces.append(view)
+        pos = off + len(view)
+    return pieces
+
+
 def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = None,
-          metadata: dict[str, Any] | None = None) -> Staged:
-    """Snapshot ``state`` (and the RNGs) into host memory; see the module docstring."""
+          metadata: dict[str, Any] | None = None, buffers: StagingBuffers | None = None) -> Staged:
+    """Snapshot ``state`` (and the RNGs) into host memory.
+
+    With ``buffers`` every tensor is copied into the reusable staging buffers, so the
+    caller may change the state as soon as this returns (asynchronous saves). Without,
+    CPU tensors are referenced in place (the caller waits until they are written) and
+    only CUDA tensors are copied to the host.
+    """
     t0 = time.perf_counter()
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}; "
@@ -84,7 +127,7 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
             raise ValueError(f"State key {name!r} is not allowed; use a non-empty string that does not start with '__'.")
     if rng:
         items.append((RNG_COMPONENT, capture_rng()))
-    comps = []
+    comps, files, cuda_devices = [], set(), set()
     for name, obj in items:
         stateful = name != RNG_COMPONENT and is_stateful(obj)
         sd = obj.state_dict() if stateful else obj
@@ -93,33 +136,28 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
             tree = encode(sd, arrays, (name,))
         except UnsupportedStateError as e:
             raise UnsupportedStateError(f"state[{name!r}]: {e}") from None
+        fname = component_file(name)
+        if arrays and fname in files:
+            raise ValueError(f"State keys map to the same file {fname!r}; rename one of them.")
+        files.add(fname)
         devices = [str(a.device) if isinstance(a, torch.Tensor) else "cpu" for a in arrays]
-        arrays = [_to_host(a) if isinstance(a, torch.Tensor) else np.ascontiguousarray(a) for a in arrays]
-        comps.append(StagedComponent(name, "stateful" if stateful else "value", _type_name(obj), tree, arrays, devices))
-    return Staged(step, comps, epoch, dict(metadata or {}), time.perf_counter() - t0)
-
-
-def _byte_view(a: Any) -> memoryview:
-    if isinstance(a, torch.Tensor):
-        return memoryview(a.reshape(-1).view(torch.uint8).numpy())
-    return memoryview(a.reshape(-1).view(np.uint8))
-
-
-def _layout(comp: StagedComponent, file: str) -> tuple[list[TensorEntry], list[memoryview]]:
-    entries, pieces, offset = [], [], 0
-    for a, dev in zip(comp.arrays, comp.devices):
-        pad = -offset % ALIGN
-        if pad:
-            pieces.append(_ZEROS[:pad])
-            offset += pad
-        view = _byte_view(a)
-        if isinstance(a, torch.Tensor):
-            entries.append(TensorEntry(dtype_name(a.dtype), tuple(a.shape), offset, len(view), file, "tensor", dev))
+        cuda_devices.update(d for d in devices if d.startswith("cuda"))
+        if buffers is not None:
+            arrays = [a if isinstance(a, torch.Tensor) else np.asarray(a) for a in arrays]
+            flat, offsets = buffers.copy_in(name, arrays) if arrays else (None, [])
+            pieces = [_byte_view(flat)] if arrays else []
+            keep = [flat]
         else:
-            entries.append(TensorEntry(a.dtype.str, tuple(a.shape), offset, len(view), file, "ndarray"))
-        pieces.append(view)
-        offset += len(view)
-    return entries, pieces
+            arrays = [_to_host(a) if isinstance(a, torch.Tensor) else np.ascontiguousarray(a) for a in arrays]
+            offsets, _ = aligned_offsets([array_nbytes(a) for a in arrays])
+            pieces = _zero_copy_pieces(arrays, offsets)
+            keep = arrays
+        entries = _entries(arrays, devices, offsets, fname)
+        comps.append(StagedComponent(name, "stateful" if stateful else "value", _type_name(obj), tree, entries,
+                                     pieces, keep))
+    if buffers is not None:
+        synchronize(cuda_devices)
+    return Staged(step, comps, epoch, dict(metadata or {}), time.perf_counter() - t0)
 
 
 def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manifest:
@@ -127,15 +165,11 @@ def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manif
     files: dict[str, FileEntry] = {}
     components: dict[str, ComponentEntry] = {}
     for comp in staged.components:
-        entries: list[TensorEntry] = []
-        if comp.arrays:
+        if comp.entries:
             fname = component_file(comp.name)
-            if fname in files:
-                raise ValueError(f"State keys map to the same file {fname!r}; rename one of them.")
-            entries, pieces = _layout(comp, fname)
-            size, digest = storage.write_file(tmp / fname, pieces, hash_executor)
+            size, digest = storage.write_file(tmp, fname, comp.pieces, hash_executor)
             files[fname] = FileEntry(size, digest)
-        components[comp.name] = ComponentEntry(comp.kind, comp.type, comp.tree, tuple(entries))
+        components[comp.name] = ComponentEntry(comp.kind, comp.type, comp.tree, tuple(comp.entries))
     return Manifest(step=staged.step, files=files, components=components, epoch=staged.epoch,
                     versions=default_versions(torch=torch.__version__), metadata=staged.metadata)
 

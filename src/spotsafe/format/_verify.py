@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._hash import digest_file
 from ._layout import MANIFEST, parse_step_dir, step_dir
 from ._manifest import FileEntry, Manifest, ManifestError, parse_manifest
 
@@ -59,7 +58,7 @@ def check_checkpoint(storage, step: int, *, deep: bool = True) -> CheckpointInfo
         size = storage.size(rel)
         problem = size_problem(fname, entry, size)
         if problem is None and deep:
-            problem = content_problem(fname, entry, *digest_file(storage.path(rel), size))
+            problem = content_problem(fname, entry, *storage.digest(rel, size))
         if problem is not None:
             return CheckpointInfo(step, name, location, False, problem, manifest)
     return CheckpointInfo(step, name, location, True, None, manifest)
@@ -85,7 +84,7 @@ def content_problem(fname: str, entry: FileEntry, nread: int, digest: str) -> st
 
 def committed_steps(storage) -> list[int]:
     """Steps with a committed-looking directory (``step-N``), ascending; not yet verified."""
-    return sorted(s for s in (parse_step_dir(n) for n in storage.listdir()) if s is not None)
+    return sorted(s for s in (parse_step_dir(n) for n in storage.listdir_committed(MANIFEST)) if s is not None)
 
 
 def list_checkpoints(storage, *, deep: bool = True) -> list[CheckpointInfo]:

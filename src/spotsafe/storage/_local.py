@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from ..format._hash import new_hasher
+from ..format._hash import digest_file, new_hasher
 
 _PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large enough to stream
 _READ_PIECE = 8 << 20  # read granularity: several reads in flight even for small files
@@ -109,6 +109,10 @@ class LocalStorage:
         except FileNotFoundError:
             return []
 
+    def listdir_committed(self, marker: str) -> list[str]:
+        """Names under the root; a rename is the commit, so every ``step-N`` is committed."""
+        return self.listdir()
+
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
@@ -122,6 +126,10 @@ class LocalStorage:
 
     def read_bytes(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
+
+    def digest(self, rel: str, size: int | None = None) -> tuple[int, str]:
+        """(bytes read, xxh3 digest) of a file, reading at most ``size`` bytes."""
+        return digest_file(self.root / rel, size)
 
     def read_files(self, items: list[tuple[str, memoryview]], io_executor: Executor) -> list[tuple[int, str]]:
         """Fill each ``(rel, buf)`` from its file and hash it; (bytes read, digest) per item.
@@ -165,14 +173,19 @@ class LocalStorage:
     def make_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def begin(self, name: str) -> Path:
-        """Create the temp directory of a save."""
-        p = self.root / name
+    def begin(self, final_name: str, tmp_name: str) -> Path:
+        """Start a save that will be published as ``final_name``: create its temp directory."""
+        p = self.root / tmp_name
         p.mkdir()
         return p
 
-    def write_file(self, path: Path, pieces: Iterable[memoryview], hash_executor: Executor) -> tuple[int, str]:
-        """Write ``pieces`` to a new file, hash them on ``hash_executor``, fsync; (size, digest).
+    def abort(self, handle: Path) -> None:
+        """Throw away an uncommitted save."""
+        self.remove(handle.name)
+
+    def write_file(self, handle: Path, name: str, pieces: Iterable[memoryview],
+                   hash_executor: Executor) -> tuple[int, str]:
+        """Write ``pieces`` to a new file of the save, hash them on ``hash_executor``, fsync; (size, digest).
 
         The executor must run tasks in submission order (one worker), because the hash
         is a stream. Writing and hashing overlap, and hashing also hides under fsync.
@@ -181,7 +194,7 @@ class LocalStorage:
         futures = []
         batch: list[memoryview] = []
         batched = size = 0
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(handle / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for piece in pieces:
                 for start in range(0, len(piece), _PIECE):
@@ -202,8 +215,17 @@ class LocalStorage:
                 f.result()
         return size, hasher.hexdigest()
 
-    def commit(self, tmp: Path, final_name: str, manifest_name: str, manifest: bytes) -> None:
-        self.commit_strategy.commit(tmp, self.root / final_name, manifest_name, manifest)
+    def commit(self, handle: Path, final_name: str, manifest_name: str, manifest: bytes) -> None:
+        self.commit_strategy.commit(handle, self.root / final_name, manifest_name, manifest)
+
+    def retire(self, name: str, trash_name: str) -> str:
+        """Make committed ``name`` invisible at once; returns what to :meth:`remove` later.
+
+        A rename is fast and durable, so a crash mid-delete leaves a leftover that the next
+        writer removes, never a half-deleted ``step-N/``.
+        """
+        self.rename(name, trash_name)
+        return trash_name
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(self.root / src, self.root / dst)

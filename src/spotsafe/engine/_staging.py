@@ -1,0 +1,95 @@
+"""Reusable host buffers for asynchronous saves: the only copy a save makes.
+
+An asynchronous save must snapshot the state before ``save()`` returns, because the
+training loop changes the parameters in place right after. Each component is copied into
+one flat byte buffer laid out exactly as its file (64-byte aligned tensors), so the
+background writer streams a single buffer per file and no second copy is ever made.
+
+Buffers are kept between saves and reused while they are large enough, so a warm save
+allocates nothing. A buffer that holds CUDA tensors is pinned (page-locked) so the
+device-to-host copies run as DMA without a bounce buffer; they are issued non-blocking
+and synchronized once, before ``save()`` returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ALIGN = 64
+
+
+def aligned_offsets(nbytes: list[int]) -> tuple[list[int], int]:
+    """Offsets of consecutive arrays of ``nbytes`` each aligned to ALIGN, and the total size."""
+    offsets, offset = [], 0
+    for n in nbytes:
+        offset += -offset % ALIGN
+        offsets.append(offset)
+        offset += n
+    return offsets, offset
+
+
+def array_nbytes(a: Any) -> int:
+    if isinstance(a, torch.Tensor):
+        return a.numel() * a.element_size()
+    return int(a.nbytes)
+
+
+class StagingBuffers:
+    """One reusable flat host buffer per component name."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+        self.allocations = 0  # how many buffers were ever allocated (a warm save adds none)
+
+    @property
+    def capacity(self) -> int:
+        """Bytes held in staging buffers (the extra host memory of asynchronous saves)."""
+        return sum(b.numel() for b in self._buffers.values())
+
+    def release(self) -> None:
+        self._buffers.clear()
+
+    def _buffer(self, name: str, size: int, pin: bool) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < size or (pin and not buf.is_pinned()):
+            self._buffers.pop(name, None)  # free the old one before allocating the new one
+            buf = torch.empty(max(size, 1), dtype=torch.uint8, pin_memory=pin)
+            self._buffers[name] = buf
+            self.allocations += 1
+        return buf
+
+    def copy_in(self, name: str, arrays: list) -> tuple[torch.Tensor, list[int]]:
+        """Copy ``arrays`` into the buffer of ``name``; (the filled bytes, each array's offset).
+
+        CUDA copies are issued non-blocking: call :func:`synchronize` before trusting them.
+        """
+        offsets, total = aligned_offsets([array_nbytes(a) for a in arrays])
+        pin = any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in arrays)
+        pin = pin and torch.cuda.is_available()
+        buf = self._buffer(name, total, pin)
+        for a, off in zip(arrays, offsets):
+            n = array_nbytes(a)
+            if n == 0:
+                continue
+            dst = buf[off:off + n]
+            if isinstance(a, torch.Tensor):
+                src = a.detach()
+                if src.is_conj():
+                    src = src.resolve_conj()
+                if src.is_neg():
+                    src = src.resolve_neg()
+                dst = dst.view(src.dtype).view(src.shape)
+                dst.copy_(src, non_blocking=src.device.type == "cuda")
+            else:
+                np.copyto(dst.numpy().view(a.dtype).reshape(a.shape), a, casting="no")
+        return buf[:total], offsets
+
+
+def synchronize(arrays_devices: set[str]) -> None:
+    """Wait for the non-blocking device-to-host copies on every CUDA device in the set."""
+    for dev in sorted(arrays_devices):
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize(torch.device(dev))

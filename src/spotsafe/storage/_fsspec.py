@@ -1,0 +1,241 @@
+"""Object stores and other remote file systems, through fsspec (s3://, gs://, az://, memory://).
+
+Why fsspec: one maintained interface to every object store (s3fs, gcsfs, adlfs), with the
+stores' own credential chains, endpoints and multipart uploads, instead of three SDKs.
+
+Commit strategy (:class:`ManifestLastCommit`): object stores have no rename, so a save
+writes its files straight to their final keys under ``step-N/`` and publishes them by
+writing ``manifest.json`` last. A single PUT is atomic, so a reader sees the whole
+manifest or none; a ``step-N/`` without a manifest is an upload in flight or abandoned,
+invisible to readers (:meth:`FsspecStorage.listdir_committed`), and removed later by the
+next writer. Retiring a checkpoint deletes its manifest first, for the same reason.
+
+Settings come from where the store's own library reads them: for S3, ``AWS_ENDPOINT_URL``
+/ ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, AWS config
+files, or explicit ``storage_options``. Options are never shown in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from typing import Any
+
+from ..format._hash import new_hasher
+
+logger = logging.getLogger(__name__)
+
+_READ_PIECE = 16 << 20  # ranged GETs in flight at once during a restore
+_PART = 16 << 20  # multipart upload part size
+_SMALL = 32 << 20  # files below this go up in a single PUT
+UPLOAD_CONCURRENCY = 8
+
+
+def is_url(root: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` other than ``file://``."""
+    s = os.fspath(root)
+    return "://" in s and not s.startswith("file://")
+
+
+class ManifestLastCommit:
+    """Commit strategy for object stores: every file first, the manifest PUT last."""
+
+    def commit(self, storage: FsspecStorage, final_name: str, manifest_name: str, manifest: bytes) -> None:
+        storage.put_bytes(f"{final_name}/{manifest_name}", manifest)
+
+
+class FsspecStorage:
+    """A run root at an fsspec URL. Same methods as :class:`LocalStorage`."""
+
+    commit_strategy = ManifestLastCommit()
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self._url = url.rstrip("/")
+        try:
+            self.fs, path = fsspec.core.url_to_fs(self._url, **(storage_options or {}))
+        except ImportError as e:
+            raise ImportError(f"Storage URL {self._url} needs a file-system package that is not installed "
+                              f"({e}); install it, e.g. `pip install spotsafe[s3]` for s3://.") from None
+        self.root = path.rstrip("/")
+        protocol = self.fs.protocol
+        self.protocol = protocol if isinstance(protocol, str) else protocol[0]
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"FsspecStorage({self._url!r})"
+
+    def _p(self, rel: str = "") -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    # -- reading -------------------------------------------------------------------
+    def exists(self) -> bool:
+        return bool(self.listdir())
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names under ``root/rel``; an empty list when there are none."""
+        path = self._p(rel)
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted({posixpath.basename(e.rstrip("/")) for e in entries} - {""})
+
+    def listdir_committed(self, marker: str) -> list[str]:
+        """Directory names under the root that hold ``marker`` (their commit point)."""
+        self.fs.invalidate_cache(self.root)
+        try:
+            found = self.fs.find(self.root)
+        except FileNotFoundError:
+            return []
+        prefix = self.root + "/"
+        names = set()
+        for p in found:
+            rel = p[len(prefix):] if p.startswith(prefix) else None
+            if rel and rel.count("/") == 1 and rel.endswith("/" + marker):
+                names.add(rel.split("/", 1)[0])
+        return sorted(names)
+
+    def size(self, rel: str) -> int | None:
+        """Size of an object in bytes, or None when missing."""
+        try:
+            info = self.fs.info(self._p(rel))
+        except FileNotFoundError:
+            return None
+        return int(info["size"]) if info.get("type", "file") == "file" else None
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self._p(rel))
+
+    def digest(self, rel: str, size: int | None = None) -> tuple[int, str]:
+        """(bytes read, xxh3 digest) of an object, streamed."""
+        h, n = new_hasher(), 0
+        with self.fs.open(self._p(rel), "rb", block_size=_READ_PIECE, cache_type="none") as f:
+            while True:
+                chunk = f.read(_READ_PIECE)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+        return n, h.hexdigest()
+
+    def read_files(self, items: list[tuple[str, memoryview]], io_executor: Executor) -> list[tuple[int, str]]:
+        """Fill each ``(rel, buf)`` with ranged GETs in parallel; (bytes read, digest) per item."""
+
+        def fetch(path: str, view: memoryview, start: int) -> int:
+            data = self.fs.cat_file(path, start=start, end=start + len(view))
+            view[:len(data)] = data
+            return len(data)
+
+        jobs = [[(start, min(start + _READ_PIECE, len(buf)),
+                  io_executor.submit(fetch, self._p(rel), buf[start:min(start + _READ_PIECE, len(buf))], start))
+                 for start in range(0, len(buf), _READ_PIECE)] for rel, buf in items]
+        try:
+            results = []
+            for (_, buf), pieces in zip(items, jobs):
+                hasher, total = new_hasher(), 0
+                for start, stop, fut in pieces:
+                    got = fut.result()
+                    hasher.update(buf[start:start + got])
+                    total += got
+                    if start + got < stop:
+                        break
+                results.append((total, hasher.hexdigest()))
+            return results
+        finally:
+            for pieces in jobs:
+                for _, _, fut in pieces:
+                    fut.cancel()
+
+    # -- writing -------------------------------------------------------------------
+    def make_root(self) -> None:
+        """Nothing to create: object stores make prefixes implicitly (the bucket must exist)."""
+
+    def begin(self, final_name: str, tmp_name: str) -> str:
+        """Uploads go straight to ``final_name``; a stale uncommitted one there is removed first."""
+        self.remove(final_name)
+        return final_name
+
+    def abort(self, handle: str) -> None:
+        self.remove(handle)
+
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        self.fs.pipe_file(self._p(rel), bytes(data))
+
+    def write_file(self, handle: str, name: str, pieces: Iterable[memoryview],
+                   hash_executor: Executor) -> tuple[int, str]:
+        """Upload ``pieces`` as one object; (size, digest)."""
+        hasher, size = new_hasher(), 0
+        pieces = list(pieces)
+        for p in pieces:
+            hasher.update(p)
+            size += len(p)
+        path = self._p(f"{handle}/{name}")
+        if size < _SMALL:
+            self.fs.pipe_file(path, b"".join(pieces))
+        else:
+            with self.fs.open(path, "wb", block_size=_PART) as f:
+                for p in pieces:
+                    for start in range(0, len(p), _PART):
+                        f.write(p[start:start + _PART])
+        return size, hasher.hexdigest()
+
+    def upload_file(self, local_path: str | os.PathLike, rel: str) -> None:
+        """Upload a local file; large files go in parallel multipart parts on S3."""
+        if self.protocol in ("s3", "s3a"):
+            self.fs.put_file(os.fspath(local_path), self._p(rel), chunksize=_PART,
+                             max_concurrency=UPLOAD_CONCURRENCY)
+        else:
+            self.fs.put_file(os.fspath(local_path), self._p(rel))
+
+    def commit(self, handle: str, final_name: str, manifest_name: str, manifest: bytes) -> None:
+        self.commit_strategy.commit(self, final_name, manifest_name, manifest)
+
+    def retire(self, name: str, trash_name: str) -> str:
+        """Uncommit ``name`` at once by deleting its manifest; returns what to :meth:`remove` later."""
+        from ..format import MANIFEST
+
+        try:
+            self.fs.rm_file(self._p(f"{name}/{MANIFEST}"))
+        except FileNotFoundError:
+            pass
+        return name
+
+    def rename(self, src: str, dst: str) -> None:
+        raise NotImplementedError(f"{self._url} is an object store; it has no rename.")
+
+    def remove(self, rel: str, *, strict: bool = False) -> None:
+        """Remove everything under ``rel``; missing is fine. ``strict`` raises other errors."""
+        path = self._p(rel)
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception:
+            if strict:
+                raise
+            logger.warning("Could not remove %s/%s", self._url, rel, exc_info=True)
+        finally:
+            self.fs.invalidate_cache(self.root)
+
+    def abort_incomplete_uploads(self, rel: str = "") -> int:
+        """Abort multipart uploads left under ``root/rel`` by killed writers (S3 only); how many."""
+        if self.protocol not in ("s3", "s3a"):
+            return 0
+        bucket, _, key = self._p(rel).partition("/")
+        prefix = key + "/" if key and not key.endswith("/") else key
+        resp = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        n = 0
+        for up in resp.get("Uploads", []) or []:
+            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+            n += 1
+        return n
