@@ -8,7 +8,8 @@ step 1 is deleted after step 2 commits) -- or, in timed mode, steps 1, 2, 3, ...
 -- and dies by SIGKILL: in syscall mode it kills itself at the K-th os call (open, write,
 fsync, mkdir, rename, unlink, rmdir) of the second save, for every K; in timed mode this
 process kills it after a random delay. Forking keeps torch imported once. Prints one JSON
-line per trial: root, the kill point, and the steps whose save() returned before the kill.
+line per trial: root, the kill point, and the steps whose save() and wait() returned
+before the kill (durable).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def saver(root: str, report_fd: int, kill_at: int | None, loop: bool) -> None:
         state = make_state(step)
         active[0] = step == 2
         mgr.save(step, state)
+        mgr.wait()  # durable: the background write, commit and prune ran
         mgr._gc_executor.submit(lambda: None).result()  # the background prune of step 1 counts too
         active[0] = False
         os.write(report_fd, f"{step} {counter[0]}\n".encode())

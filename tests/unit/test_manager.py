@@ -151,7 +151,7 @@ def test_a_failed_background_deletion_is_raised_on_the_next_save(root, monkeypat
         mgr.save(1, {"v": 1})
         monkeypatch.setattr(shutil, "rmtree", refuse)
         mgr.save(2, {"v": 2})  # prunes step 1 in the background, which fails
-        mgr.wait()
+        mgr._persist_executor.submit(lambda: None).result()  # let the save and its prune run
         mgr._gc_executor.submit(lambda: None).result()  # let the deletion run
         with pytest.raises(spotsafe.SpotsafeError, match=r"Deleting old checkpoint step-000000000001\.trash-\w+ in .* failed"):
             mgr.save(3, {"v": 3})
