@@ -348,7 +348,7 @@ class CheckpointManager:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
         self._finish_inflight()
-        tiers: list[tuple[str, Any, list[int]]] = [("local", self.storage, committed_steps(self.storage))]
+        tiers: list[tuple[str, Any, list[int]]] = [("root", self.storage, committed_steps(self.storage))]
         unreachable: str | None = None
         if self.remote is not None:
             try:
