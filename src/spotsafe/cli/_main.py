@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .._version import __version__
 from ..format import check_checkpoint, committed_steps, list_checkpoints, step_dir
-from ..storage import LocalStorage
+from ..storage import FsspecStorage, LocalStorage, open_storage
 
 _out = Console(highlight=False)
 
@@ -25,8 +25,8 @@ def _err(msg: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def _storage(root: str) -> LocalStorage:
-    storage = LocalStorage(root)
+def _storage(root: str) -> LocalStorage | FsspecStorage:
+    storage = open_storage(root)
     if not storage.exists():
         _err(f"{storage.url} does not exist; pass the run root you gave CheckpointManager.")
     return storage
