@@ -87,7 +87,8 @@ class FsspecStorage:
             entries = self.fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
-        return sorted({posixpath.basename(e.rstrip("/")) for e in entries} - {""})
+        own = path.rstrip("/")
+        return sorted({posixpath.basename(e.rstrip("/")) for e in entries if e.rstrip("/") != own} - {""})
 
     def listdir_committed(self, marker: str) -> list[str]:
         """Directory names under the root that hold ``marker`` (their commit point)."""
@@ -218,6 +219,12 @@ class FsspecStorage:
         try:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
+            if self.protocol in ("s3", "s3a"):
+                # Some S3-compatible stores (SeaweedFS) keep an emptied prefix as a directory
+                # entry until its "key/" marker is deleted; on AWS this is a no-op.
+                bucket, _, key = path.partition("/")
+                if key:
+                    self.fs.call_s3("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
         except FileNotFoundError:
             pass
         except Exception:
