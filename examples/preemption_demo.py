@@ -36,27 +36,31 @@ def _killpg(proc: subprocess.Popen) -> None:
 
 
 def run_with_kills(train_args: list[str], *, kills: int, seed: int, save_every: int, total_steps: int,
-                   timeout: float = 600.0, log=print) -> list[tuple[int, int | None]]:
+                   timeout: float = 600.0, log=print) -> list[tuple[int, int | None, int]]:
     """Run train.py until it finishes, SIGKILLing it ``kills`` times at random steps.
 
-    Returns (resumed-from step, killed-at step or None for the run that finished) per
-    start. Bounded: at most ``kills + 3`` starts and ``timeout`` seconds in all.
+    Returns per start: (resumed-from step, killed-at step or None for the run that
+    finished, newest step reported durable before the kill). Bounded: at most
+    ``kills + 3`` starts and ``timeout`` seconds in all.
     """
     rng = random.Random(seed)
     deadline = time.monotonic() + timeout
-    history: list[tuple[int, int | None]] = []
+    history: list[tuple[int, int | None, int]] = []
     for _attempt in range(kills + 3):
         cmd = [sys.executable, str(TRAIN), *train_args]
         # A session of its own: a kill takes the DataLoader workers too, as losing the machine would.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
         watchdog = threading.Timer(max(1.0, deadline - time.monotonic()), _killpg, (proc,))
         watchdog.start()
-        resumed, target, killed_at = None, None, None
+        resumed, target, killed_at, durable = None, None, None, 0
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
                 word, _, rest = line.partition(" ")
-                if word == "resumed":
+                if word == "durable":
+                    durable = int(rest)
+                elif word == "resumed":
                     resumed = int(rest.split()[0])
+                    durable = resumed
                     left = kills - len(history)
                     if left > 0:
                         # Spread over what remains, far enough ahead that a save lands in
@@ -73,12 +77,12 @@ def run_with_kills(train_args: list[str], *, kills: int, seed: int, save_every: 
             if proc.stdout:
                 proc.stdout.close()
         if killed_at is not None:
-            history.append((resumed or 0, killed_at))
+            history.append((resumed or 0, killed_at, durable))
             log(f"  attempt {len(history)}: resumed at step {resumed}, SIGKILL at step {killed_at}")
             continue
         if proc.returncode != 0:
             raise RuntimeError(f"train.py exited with {proc.returncode} after {len(history)} kills")
-        history.append((resumed or 0, None))
+        history.append((resumed or 0, None, durable))
         log(f"  attempt {len(history)}: resumed at step {resumed}, finished")
         return history
     raise RuntimeError(f"train.py did not finish within {kills + 3} starts")
@@ -120,7 +124,7 @@ def main() -> int:
                              kills=args.kills, seed=args.seed, save_every=args.save_every,
                              total_steps=args.steps)
     kills = len(history) - 1
-    replayed = sum(killed - history[i + 1][0] for i, (_, killed) in enumerate(history[:-1]))
+    replayed = sum(killed - history[i + 1][0] for i, (_, killed, _) in enumerate(history[:-1]))
     print(f"[3/3] comparing final parameters and optimizer state ({kills} kills, "
           f"{replayed} steps replayed in all)")
     diffs = compare(str(work / "reference.pt"), str(work / "interrupted.pt"))

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     with spotsafe.CheckpointManager(args.root, keep_last=args.keep_last) as mgr:
         step = mgr.restore(state) or 0
         print(f"resumed {step} epoch {loader.epoch} position {loader.position}", flush=True)
+        durable = step
         model.train()
         while step < args.steps:
             for x, y in loader:
@@ -95,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                 sched.step()
                 print(f"step {step} epoch {loader.epoch} loss {loss.item():.6f}", flush=True)
                 if step % args.save_every == 0 or step == args.steps:
-                    mgr.save(step, state, epoch=loader.epoch, metadata={"loss": loss.item()})
+                    mgr.save(step, state, epoch=loader.epoch, metadata={"loss": loss.item()})  # returns after a copy
                     print(f"saved {step}", flush=True)
+                if mgr.last_save is not None and mgr.last_save.step > durable:  # persisted in the background
+                    durable = mgr.last_save.step
+                    print(f"durable {durable}", flush=True)
                 if args.step_delay:
                     time.sleep(args.step_delay)
                 if step >= args.steps:
