@@ -109,8 +109,9 @@ def main() -> None:
             return up.upload_s
 
         runners = [("boto3", run_boto3), ("s3fs", run_s3fs), ("spotsafe", run_spotsafe)]
+        n_runners = len(runners)
         for r in range(args.repeats):
-            order = runners[r % 3:] + runners[:r % 3]
+            order = runners[r % n_runners:] + runners[:r % n_runners]
             for name, fn in order:
                 prefix = f"{name}-{r}-{uuid.uuid4().hex[:6]}"
                 res[name].append(fn(prefix))

@@ -46,6 +46,11 @@ def remote_objects(url: str) -> list[str]:
         return []
 
 
+def incomplete_uploads(st) -> list[str]:
+    bucket, _, key = st._p("").partition("/")
+    return [u["Key"] for u in st.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads") or []]
+
+
 def test_round_trip_and_a_new_machine_restores_from_the_remote_bit_exact(s3_url, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     model, opt, sched = make_training()
@@ -121,21 +126,23 @@ def test_server_down_mid_upload_then_back_completes_the_upload(s3_private, tmp_p
     server = s3_private
     server.make_bucket("bkt")
     url = "s3://bkt/run"
-    real = FsspecStorage.upload_file
-    sent: list[str] = []
+    import s3fs
+
+    real_call = s3fs.S3FileSystem._call_s3
+    parts: list[int] = []
     stopped = threading.Event()
 
-    def stop_after_first_file(self, path, rel):
-        out = real(self, path, rel)
-        sent.append(rel)
-        if rel.startswith(step_dir(2)) and len([s for s in sent if s.startswith(step_dir(2))]) == 1:
-            server.stop()  # one file of step 2 is up, the rest is not
-            stopped.set()
-        return out
+    async def stop_after_two_parts(self, method, *a, **kw):
+        if method == "upload_part" and step_dir(2) in kw.get("Key", "") and not stopped.is_set():
+            parts.append(kw["PartNumber"])
+            if len(parts) == 3:  # two parts of step 2's model.bin are stored, the rest is not
+                server.stop()
+                stopped.set()
+        return await real_call(self, method, *a, **kw)
 
-    monkeypatch.setattr(FsspecStorage, "upload_file", stop_after_first_file)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", stop_after_two_parts)
     state1 = {"model": {"w": torch.randn(3 << 20)}, "optimizer": {"m": torch.randn(1 << 20)}}
-    state2 = {"model": {"w": torch.randn(3 << 20)}, "optimizer": {"m": torch.randn(1 << 20)}}
+    state2 = {"model": {"w": torch.randn(20 << 20)}, "optimizer": {"m": torch.randn(1 << 20)}}  # 80 MiB: multipart
     with spotsafe.CheckpointManager(tmp_path / "run", remote=url, storage_options=server.storage_options(),
                                     upload_backoff=Backoff(base=0.5, cap=4.0, attempts=10, max_elapsed=60)) as mgr:
         mgr.save(1, state1)
@@ -150,6 +157,7 @@ def test_server_down_mid_upload_then_back_completes_the_upload(s3_private, tmp_p
         assert mgr.remote_watermark == 2
         assert mgr.uploads[-1].step == 2 and mgr.uploads[-1].upload_s >= 1.0  # it rode out the outage
         assert [(c.step, c.valid) for c in mgr.checkpoints(remote=True)] == [(1, True), (2, True)]
+        assert incomplete_uploads(mgr.remote) == []  # parts sent before the outage were not left behind
     restored = {"model": None, "optimizer": None}
     with spotsafe.CheckpointManager(tmp_path / "new", remote=url, storage_options=server.storage_options()) as mgr:
         assert mgr.restore(restored) == 2
@@ -191,6 +199,7 @@ def test_sigkill_during_an_upload_the_next_process_resumes_and_cleans_up(s3_url,
     leftover = [o for o in remote_objects(s3_url) if o.startswith(step_dir(2))]
     assert leftover and f"{step_dir(2)}/manifest.json" not in leftover  # partial, uncommitted
     assert committed_steps(st) == [1]  # and invisible to readers
+    assert incomplete_uploads(st) == [f"run/{step_dir(2)}/optimizer.bin"]
 
     # A new machine (no local disk) sees step 1 only, with no warning about the partial step 2.
     state = {"model": None, "optimizer": None, "step": None}
@@ -204,9 +213,7 @@ def test_sigkill_during_an_upload_the_next_process_resumes_and_cleans_up(s3_url,
         mgr._replicator.wait(timeout=120)
         assert mgr.remote_watermark == 2
         assert [(c.step, c.valid) for c in mgr.checkpoints(remote=True)] == [(1, True), (2, True)]
-    bucket, _, key = st._p("").partition("/")
-    uploads = st.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads") or []
-    assert uploads == []
+    assert incomplete_uploads(st) == []
     objs = remote_objects(s3_url)
     assert all(o.split("/")[0] in (step_dir(1), step_dir(2)) for o in objs)
     assert f"{step_dir(2)}/manifest.json" in objs

@@ -3,9 +3,10 @@
 Usage: upload_child.py LOCAL_ROOT REMOTE_URL
 
 Saves step 1 and waits until it is on the remote; then saves step 2 and SIGKILLs itself
-in the middle of its upload: after the largest file went up and while the next one is
-being sent, so the remote holds a step-2/ with some files, no manifest, and possibly an
-incomplete multipart upload. Prints "remote 1" once step 1 is durable on the remote.
+in the middle of its upload: the largest file is up, and the next one is a multipart
+upload with two parts sent. The remote then holds a step-2/ with some files, no
+manifest, and an incomplete multipart upload. Prints "remote 1" once step 1 is durable
+on the remote.
 """
 
 from __future__ import annotations
@@ -13,34 +14,36 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 
+import s3fs
 import torch
 
 import spotsafe
-from spotsafe.storage import FsspecStorage
+from spotsafe.format import step_dir
 
 torch.set_num_threads(1)
 
 
 def state(step: int) -> dict:
     g = torch.Generator().manual_seed(step)
-    return {"model": {"w": torch.randn(6 << 20, generator=g)}, "optimizer": {"m": torch.randn(5 << 20, generator=g)},
+    return {"model": {"w": torch.randn(12 << 20, generator=g)}, "optimizer": {"m": torch.randn(10 << 20, generator=g)},
             "step": step}
 
 
 def main() -> None:
     local, remote = sys.argv[1], sys.argv[2]
-    real = FsspecStorage.upload_file
-    calls = []
+    real = s3fs.S3FileSystem._call_s3
+    parts = []
 
-    def upload_then_die(self, path, rel):
-        calls.append(rel)
-        if "step-000000000002" in rel and len([c for c in calls if "step-000000000002" in c]) == 2:
-            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGKILL)).start()
-        return real(self, path, rel)
+    async def die_mid_upload(self, method, *a, **kw):
+        out = await real(self, method, *a, **kw)
+        if method == "upload_part" and kw["Key"].endswith(f"{step_dir(2)}/optimizer.bin"):
+            parts.append(kw["PartNumber"])
+            if len(parts) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return out
 
-    FsspecStorage.upload_file = upload_then_die
+    s3fs.S3FileSystem._call_s3 = die_mid_upload
     with spotsafe.CheckpointManager(local, remote=remote, keep_last=3) as mgr:
         mgr.save(1, state(1))
         mgr.wait(remote=True, timeout=120)

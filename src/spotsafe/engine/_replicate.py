@@ -243,6 +243,11 @@ class Replicator:
 
             self._retry(put, f"Uploading {rel}")
         self._retry(lambda: self.remote.commit(name, name, MANIFEST, raw), f"Committing {name}")
+        if self._retries:
+            try:  # a failed attempt may have left an incomplete multipart upload behind
+                self.remote.abort_incomplete_uploads(name)
+            except Exception as e:  # noqa: BLE001 - the next writer cleans it up at start
+                logger.info("Could not list incomplete uploads of %s in %s (%s)", name, self.remote.url, e)
         self.uploads.append(UploadStats(step, manifest.total_bytes, time.perf_counter() - t0, self._retries))
         del self.uploads[:-100]
         logger.info("Uploaded %s to %s (%d bytes, %.2fs)", name, self.remote.url, manifest.total_bytes,

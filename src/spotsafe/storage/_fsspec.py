@@ -192,10 +192,12 @@ class FsspecStorage:
     def upload_file(self, local_path: str | os.PathLike, rel: str) -> None:
         """Upload a local file; large files go in parallel multipart parts on S3."""
         if self.protocol in ("s3", "s3a"):
-            self.fs.put_file(os.fspath(local_path), self._p(rel), chunksize=_PART,
-                             max_concurrency=UPLOAD_CONCURRENCY)
+            from fsspec.asyn import sync
+
+            sync(self.fs.loop, _s3_multipart_upload, self.fs, os.fspath(local_path), self._p(rel))
         else:
             self.fs.put_file(os.fspath(local_path), self._p(rel))
+        self.fs.invalidate_cache(posixpath.dirname(self._p(rel)))
 
     def commit(self, handle: str, final_name: str, manifest_name: str, manifest: bytes) -> None:
         self.commit_strategy.commit(self, final_name, manifest_name, manifest)
@@ -246,3 +248,49 @@ class FsspecStorage:
             self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
             n += 1
         return n
+
+
+async def _s3_multipart_upload(fs: Any, lpath: str, rpath: str, part: int = _PART,
+                               concurrency: int = UPLOAD_CONCURRENCY) -> None:
+    """Upload ``lpath`` with a sliding window of ``concurrency`` parts in flight.
+
+    s3fs's ``put_file`` sends parts in batches and waits for the slowest of each batch;
+    keeping the window full is what lets it match boto3's transfer manager. Each part is
+    read just before it is sent, so at most ``concurrency`` parts are in memory. On any
+    error the multipart upload is aborted, so no parts are left stored.
+    """
+    import asyncio
+
+    bucket, key, _ = fs.split_path(rpath)
+    size = os.path.getsize(lpath)
+
+    def read(offset: int, n: int) -> bytes:
+        with open(lpath, "rb", buffering=0) as f:
+            return os.pread(f.fileno(), n, offset)
+
+    loop = asyncio.get_running_loop()
+    if size < 2 * part:
+        data = await loop.run_in_executor(None, read, 0, size)
+        await fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data)
+        return
+    mpu = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+    upload_id = mpu["UploadId"]
+    window = asyncio.Semaphore(concurrency)
+
+    async def send(number: int, offset: int) -> dict:
+        async with window:
+            data = await loop.run_in_executor(None, read, offset, min(part, size - offset))
+            out = await fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
+                                    PartNumber=number, Body=data)
+            return {"PartNumber": number, "ETag": out["ETag"]}
+
+    try:
+        parts = await asyncio.gather(*[send(i + 1, off) for i, off in enumerate(range(0, size, part))])
+        await fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                          MultipartUpload={"Parts": list(parts)})
+    except BaseException:
+        try:
+            await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception:  # noqa: BLE001 - the next writer aborts what is left
+            logger.debug("Could not abort multipart upload of %s", rpath, exc_info=True)
+        raise
