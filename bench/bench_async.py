@@ -1,0 +1,636 @@
+"""Benchmark: spotsafe's asynchronous save - how long it stalls training, how soon it is durable,
+and how much it slows the training steps that run while it persists in the background.
+
+The state is a model plus its Adam state (params + exp_avg + exp_avg_sq, about 3x the parameter
+bytes), a stack of ``nn.Linear`` float32 layers sized to ``--size`` (default 1G; one optimizer
+step is run so the Adam state exists). Everything runs on CPU with ``torch.set_num_threads(2)``
+(``--threads``), in one process, in three parts:
+
+1. Stall: the time the caller is blocked, median of ``--repeats`` warm measurements after
+   ``--warmup`` untimed rounds (so every method's buffers are allocated and touched). Within a
+   repeat the methods run one after the other, in an order rotated every repeat, except that
+   spotsafe always runs right after the per-tensor memcpy, so that every spotsafe stall has a
+   memcpy of the same moment to be paired with (memory bandwidth on a shared VM drifts a lot):
+
+   * ``memcpy`` - the floor: ``dst.copy_(src)`` for every model and Adam tensor into
+     preallocated destination tensors touched beforehand; ``memcpy flat`` - one ``copy_`` of a
+     flat buffer of the same size (reference only).
+   * ``spotsafe`` - ``mgr.save(step, {"model": model, "optimizer": opt})`` of an
+     ``async_save=True`` manager (RNG capture on, the default): the wall-clock around ``save()``
+     and its own ``stats.stall_s``; then ``mgr.wait()``, untimed.
+   * ``dcp.async_save`` - ``torch.distributed.checkpoint.async_save({"model": model.state_dict(),
+     "optimizer": opt.state_dict()}, checkpoint_id=dir, no_dist=True)`` (no process group is
+     needed in this torch), timed until it returns its Future; the Future is waited on untimed.
+     As called plainly, DCP stages into fresh memory at every call; ``dcp.async_save (warm
+     stager)`` passes one ``DefaultStager`` kept across calls, which reuses its staging storages.
+   * ``torch.save`` - ``torch.save`` of the same state dict into a new file, timed until the
+     file is closed (no fsync: only the blocking part; ``os.sync`` runs untimed afterwards).
+
+2. Time to durable: ``mgr.save()`` + ``mgr.wait()`` (``stats.total_s``: from the save() call until
+   the checkpoint is committed and fsynced) against a raw write+fsync of the same bytes (every
+   tensor's bytes written with ``os.write`` from a memoryview of the tensor, in 64 MiB chunks,
+   into one new file in the same directory, then fsync of the file and of the directory),
+   alternating raw, spotsafe, spotsafe, raw, ... Before each: ``sync``, a page cache drop when
+   ``/proc/sys/vm/drop_caches`` is writable, ``--settle`` seconds of sleep (a virtual disk with a
+   write-back cache on the host needs time to drain the previous write) and the pre-fault below.
+
+3. Training-step slowdown: forward + backward + Adam step on a batch of 64 (``--batch``) of the
+   same model (``--train-model auto`` switches to a separate 4 x Linear(2048, 2048) MLP when a step
+   of the big model takes over 1 s; the big model's state is what is saved either way). The
+   median step time with no save running (half of ``--steps`` before the saves, half after, and
+   3 steps right before each save) against the median time of the steps that *started* while a
+   save persisted in the background (``save()`` is called between steps; the stall itself is in
+   no step), over ``--saves`` saves; also paired per save against the 3 steps just before it.
+
+Goals are judged on the paired estimate (the median over repeats of per-repeat ratios, which
+cancels drifts that move whole repeats); where the ratio of medians disagrees, the verdict is
+marked with ``?``: too noisy to call, rerun with more ``--repeats``.
+
+Checkpoints go under ``--dir`` (default ``bench/results/tmp-async-<pid>``, on the repository's file
+system, removed at the end). The manager is built with a large ``keep_last`` and the benchmark
+deletes every checkpoint itself, untimed, so no pruning or background deletion overlaps a
+measurement.
+
+Pre-faulting (default on, ``--no-prefault`` to skip), as in ``bench_save_restore.py``: on this kind
+of VM (free page reporting) the first touch of memory the host took back costs a host page fault,
+which makes fresh allocations and page-cache writes randomly several times slower. Before every
+measurement that allocates or writes through the page cache (dcp.async_save with its fresh
+staging memory and torch.save in part 1, everything in parts 2 and 3) the benchmark touches and
+frees about 2.5x the state size (untimed) so those land on host-backed pages, as on an ordinary
+machine. The warm buffers of memcpy, spotsafe and the warm DCP stager need none.
+
+Run it from the repository root::
+
+    .venv/bin/python bench/bench_async.py
+    .venv/bin/python bench/bench_async.py --size 128M --repeats 2
+    .venv/bin/python bench/bench_async.py --json bench/results/async.json
+
+This is a benchmark, not a test. It needs about 8x ``--size`` of free memory and 3x on disk; the
+default (1 GiB) run takes about 5 minutes on a 2-core VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+try:
+    import spotsafe
+except ImportError:  # not installed in this interpreter: use the checkout
+    sys.path.insert(0, str(REPO / "src"))
+    import spotsafe
+
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+warnings.filterwarnings("ignore", message=r".*torch\.distributed is disabled.*")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed.*")
+
+CHUNK = 64 << 20
+STALL_METHODS = ["memcpy", "memcpy_flat", "spotsafe", "dcp", "dcp_warm", "torch"]
+LABELS = {
+    "memcpy": "memcpy (per tensor, warm dst)",
+    "memcpy_flat": "memcpy flat (one copy_)",
+    "spotsafe": "spotsafe save() (async)",
+    "dcp": "dcp.async_save",
+    "dcp_warm": "dcp.async_save (warm stager)",
+    "torch": "torch.save (to close, no fsync)",
+}
+STALL_FACTOR, STALL_SLACK = 1.2, 0.005
+TORCH_FACTOR = 5.0
+DURABLE_GOAL = 1.10
+SLOWDOWN_GOAL = 0.10
+STEP_LIMIT_S = 1.0
+
+
+# -- sizes, models, tensors -----------------------------------------------------------
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 256M or 1G")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+
+
+def plan_layers(target: int) -> tuple[int, int]:
+    """(width, layers) of a stack of Linear(width, width) whose params + Adam state ~ target bytes."""
+    width = 2048 if target >= 512 << 20 else 1024
+    per_layer = (width * width + width) * 4 * 3
+    return width, max(1, round(target / per_layer))
+
+
+def make_model(width: int, layers: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
+def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, width: int, batch: int):
+    x = torch.randn(batch, width)
+
+    def step() -> None:
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every model and optimizer tensor (module order, then params x sorted state keys)."""
+    ts = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+    for p in model.parameters():
+        st = opt.state.get(p, {})
+        ts += [st[k] for k in sorted(st) if isinstance(st[k], torch.Tensor)]
+    return ts
+
+
+def nbytes(ts: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def byte_view(t: torch.Tensor) -> memoryview:
+    return memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+# -- file-system and memory helpers -----------------------------------------------------
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def try_drop_caches() -> bool:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def prefault(nbytes_: int) -> float:
+    """Allocate, touch and free ``nbytes_`` of memory (see the module docstring); seconds taken."""
+    if nbytes_ <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    x = torch.empty(nbytes_, dtype=torch.uint8)
+    x.fill_(1)
+    del x
+    return time.perf_counter() - t0
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def paired(xs: list[float], refs: list[float]) -> float:
+    """Median over repeats of xs[r] / refs[r] (cancels slow drifts that move whole repeats)."""
+    return med([x / y for x, y in zip(xs, refs)])
+
+
+class Bench:
+    """State shared by the three parts: the model, its tensors, the manager and the scratch dir."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.dir = workdir
+        self.width, self.layers = plan_layers(args.size)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        self.model, self.opt = make_model(self.width, self.layers)
+        make_step(self.model, self.opt, self.width, 8)()  # creates the Adam state
+        self.state = {"model": self.model, "optimizer": self.opt}
+        ts = state_tensors(self.model, self.opt)
+        self.bytes, self.n_tensors = nbytes(ts), len(ts)
+        self.build_s = time.perf_counter() - t0
+        self.pf_bytes = 0
+        if args.prefault:
+            self.pf_bytes = max(0, int(min(2.5 * self.bytes + (256 << 20), mem_available() - self.bytes - (2 << 30))))
+        self.settle = args.settle if args.settle is not None else min(5.0, self.bytes / 0.4e9)
+        self.root = workdir / "spotsafe"
+        # keep_last large: the benchmark deletes checkpoints itself, outside every timing
+        self.mgr = spotsafe.CheckpointManager(self.root, keep_last=1_000_000, async_save=True)
+        self.step = 0
+        self.prefault_s: list[float] = []
+
+    def prepare(self, settle: float, fresh_memory: bool = True) -> None:
+        """Untimed: flush, let the disk drain, pre-fault (for methods that need fresh memory)."""
+        gc.collect()
+        os.sync()
+        if settle > 0:
+            time.sleep(settle)
+        if fresh_memory:
+            self.prefault_s.append(prefault(self.pf_bytes))
+
+    def next_step(self) -> int:
+        self.step += 1
+        return self.step
+
+    def drop_checkpoints(self) -> None:
+        for p in self.root.iterdir():
+            if p.name.startswith("step-"):
+                remove(p)
+
+    def sd(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def close(self) -> None:
+        self.mgr.close()
+
+
+# -- part 1: stall ------------------------------------------------------------------------
+def part_stall(b: Bench) -> dict:
+    args = b.args
+    src = state_tensors(b.model, b.opt)
+    dst = [torch.empty_like(t) for t in src]
+    for d in dst:
+        d.fill_(0)  # warm: touched before
+    flat_src = torch.empty(b.bytes, dtype=torch.uint8)
+    flat_dst = torch.empty(b.bytes, dtype=torch.uint8)
+    flat_src.fill_(1)
+    flat_dst.fill_(0)
+    stager = DefaultStager(StagingOptions(False, False, False, False))  # kept across calls: warm
+    settle = min(1.0, b.settle)
+    res: dict = {m: [] for m in STALL_METHODS}
+    res.update({"spotsafe_stall_s": [], "spotsafe_stage_s": [], "spotsafe_total_s": [], "dcp_done_s": [],
+                "dcp_warm_done_s": [], "spotsafe_first_stall_s": None, "spotsafe_staging_allocations": 0})
+
+    def run(m: str, record: bool) -> None:
+        if m != "spotsafe":  # spotsafe runs right after memcpy, in the same conditions
+            b.prepare(settle, fresh_memory=m in ("dcp", "torch"))
+        if m == "memcpy":
+            t0 = time.perf_counter()
+            for d, s in zip(dst, src):
+                d.copy_(s)
+            dt = time.perf_counter() - t0
+        elif m == "memcpy_flat":
+            t0 = time.perf_counter()
+            flat_dst.copy_(flat_src)
+            dt = time.perf_counter() - t0
+        elif m == "spotsafe":
+            t0 = time.perf_counter()
+            stats = b.mgr.save(b.next_step(), b.state)
+            dt = time.perf_counter() - t0
+            final = b.mgr.wait()
+            if res["spotsafe_first_stall_s"] is None:
+                res["spotsafe_first_stall_s"] = dt  # the first (cold) save: buffers allocated and faulted in
+            if record:
+                res["spotsafe_stall_s"].append(stats.stall_s)
+                res["spotsafe_stage_s"].append(stats.stage_s)
+                res["spotsafe_total_s"].append(final.total_s)
+            b.drop_checkpoints()
+        elif m in ("dcp", "dcp_warm"):
+            path = b.dir / "dcp"
+            t0 = time.perf_counter()
+            fut = dcp.async_save(b.sd(), checkpoint_id=str(path), no_dist=True,
+                                 **({"async_stager": stager} if m == "dcp_warm" else {}))
+            dt = time.perf_counter() - t0
+            fut.result()
+            if record:
+                res[f"{m}_done_s"].append(time.perf_counter() - t0)
+            remove(path)
+        else:
+            path = b.dir / "torch.pt"
+            t0 = time.perf_counter()
+            with open(path, "wb") as f:
+                torch.save(b.sd(), f)
+            dt = time.perf_counter() - t0
+            os.sync()
+            remove(path)
+        if record:
+            res[m].append(dt)
+
+    # memcpy and spotsafe run back to back as one unit, so each spotsafe stall has a memcpy
+    # measured a moment before it to be paired with (this VM's memory bandwidth drifts a lot)
+    units = [["memcpy", "spotsafe"], ["memcpy_flat"], ["dcp"], ["dcp_warm"], ["torch"]]
+    for _ in range(args.warmup):
+        for unit in units:
+            for m in unit:
+                run(m, record=False)
+    for r in range(args.repeats):
+        rot = r % len(units)
+        for unit in units[rot:] + units[:rot]:
+            for m in unit:
+                run(m, record=True)
+        print(f"  stall repeat {r + 1}/{args.repeats}: " + ", ".join(f"{m} {res[m][-1]:.3f}" for m in STALL_METHODS),
+              flush=True)
+    res["spotsafe_staging_allocations"] = b.mgr._buffers.allocations
+    res["spotsafe_staging_bytes"] = b.mgr.staging_bytes
+    stager.close()
+    del src, dst, flat_src, flat_dst, stager
+    gc.collect()
+    return res
+
+
+# -- part 2: time to durable ----------------------------------------------------------------
+def save_raw(b: Bench) -> float:
+    path = b.dir / "raw.bin"
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for t in state_tensors(b.model, b.opt):
+            view = byte_view(t)
+            for start in range(0, len(view), CHUNK):
+                chunk = view[start:start + CHUNK]
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(b.dir)
+    dt = time.perf_counter() - t0
+    remove(path)
+    return dt
+
+
+def part_durable(b: Bench, can_drop: bool) -> dict:
+    res: dict = {"raw": [], "spotsafe": [], "spotsafe_wall_s": [], "spotsafe_stall_s": [], "spotsafe_persist_s": []}
+    for r in range(b.args.repeats):
+        order = ["raw", "spotsafe"] if r % 2 == 0 else ["spotsafe", "raw"]
+        for m in order:
+            if can_drop:
+                try_drop_caches()
+            b.prepare(b.settle)
+            if m == "raw":
+                res["raw"].append(save_raw(b))
+            else:
+                t0 = time.perf_counter()
+                stats = b.mgr.save(b.next_step(), b.state)
+                final = b.mgr.wait()
+                res["spotsafe_wall_s"].append(time.perf_counter() - t0)
+                res["spotsafe"].append(final.total_s)
+                res["spotsafe_stall_s"].append(stats.stall_s)
+                res["spotsafe_persist_s"].append(final.persist_s)
+                b.drop_checkpoints()
+        print(f"  durable repeat {r + 1}/{b.args.repeats}: raw {res['raw'][-1]:.3f}, "
+              f"spotsafe {res['spotsafe'][-1]:.3f}", flush=True)
+    return res
+
+
+# -- part 3: training-step slowdown ------------------------------------------------------------
+def part_steps(b: Bench) -> dict:
+    args = b.args
+    big_step = make_step(b.model, b.opt, b.width, args.batch)
+    probe = []
+    if args.train_model in ("auto", "big"):
+        big_step()  # warm-up
+        for _ in range(3):
+            t0 = time.perf_counter()
+            big_step()
+            probe.append(time.perf_counter() - t0)
+    use_big = args.train_model == "big" or (args.train_model == "auto" and med(probe) <= STEP_LIMIT_S)
+    if use_big:
+        step, train_desc = big_step, (f"the saved model itself ({b.layers} x Linear({b.width},{b.width}), "
+                                      f"batch {args.batch})")
+        small = None
+    else:
+        torch.manual_seed(1)
+        small = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Linear(2048, 2048), torch.nn.ReLU())])
+        small_opt = torch.optim.Adam(small.parameters(), lr=1e-4)
+        step = make_step(small, small_opt, 2048, args.batch)
+        train_desc = (f"a separate 4 x Linear(2048,2048)+ReLU MLP, batch {args.batch} (a step of the saved model "
+                      f"took {med(probe):.2f}s > {STEP_LIMIT_S:.0f}s)")
+    for _ in range(3):
+        step()
+
+    def timed_steps(n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            step()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    half = max(1, args.steps // 2)
+    base = timed_steps(half)
+    during: list[float] = []
+    per_save = []
+    for i in range(args.saves):
+        b.prepare(b.settle)
+        step()  # untimed: the first step after the pre-fault
+        pre = timed_steps(3)  # a baseline right before this save, to pair with (the VM drifts)
+        base += pre
+        stats = b.mgr.save(b.next_step(), b.state)
+        t_start = time.perf_counter()
+        mine = []
+        while not (b.mgr._inflight is None or b.mgr._inflight[1].done()):
+            t0 = time.perf_counter()
+            step()
+            mine.append(time.perf_counter() - t0)
+        persist_wall = time.perf_counter() - t_start
+        final = b.mgr.wait()
+        during += mine
+        per_save.append({"steps": len(mine), "median_step_s": med(mine), "pre_median_step_s": med(pre),
+                         "stall_s": stats.stall_s,
+                         "total_s": final.total_s, "persist_wall_s": persist_wall})
+        b.drop_checkpoints()
+        print(f"  save {i + 1}/{args.saves}: {len(mine)} steps while persisting, median {med(mine):.3f}s, "
+              f"just before {med(pre):.3f}s "
+              f"(durable after {final.total_s:.2f}s)", flush=True)
+    os.sync()
+    time.sleep(min(1.0, b.settle))
+    base += timed_steps(args.steps - half)
+    del step, big_step, small
+    gc.collect()
+    return {"train_model": "big" if use_big else "small", "train_desc": train_desc, "probe_big_step_s": probe,
+            "baseline_s": base, "during_s": during, "per_save": per_save}
+
+
+# -- report ---------------------------------------------------------------------------------------
+def goal(name: str, of_medians: float, paired_: float, limit: float, detail: str) -> dict:
+    """A goal as 'x <= limit', judged on the paired estimate; both estimates are kept."""
+    return {"goal": name, "of_medians": of_medians, "paired": paired_, "limit": limit, "met": paired_ <= limit,
+            "estimates_agree": (paired_ <= limit) == (of_medians <= limit), "detail": detail}
+
+
+def report(b: Bench, st: dict, du: dict | None, sp: dict | None, threads: int) -> list[dict]:
+    gib = b.bytes / 2**30
+    print(f"\n== Async save, {gib:.2f} GiB state ({b.layers} x Linear({b.width},{b.width}) + Adam, {b.n_tensors} "
+          f"tensors; CPU, {threads} threads), median of {b.args.repeats} ==")
+    print(f"\nStall: time the caller is blocked (warm, after {b.args.warmup} warm-up rounds)")
+    hdr = f"  {'method':<34} {'median s':>9} {'min..max s':>15} {'GB/s':>6} {'vs memcpy':>10} {'vs spotsafe':>12}"
+    print(hdr)
+    print("  " + "-" * (len(hdr) - 2))
+    for m in STALL_METHODS:
+        xs = st[m]
+        t = med(xs)
+        print(f"  {LABELS[m]:<34} {t:>9.4f} {min(xs):>7.4f}..{max(xs):<7.4f} {b.bytes / t / 1e9:>6.2f} "
+              f"{t / med(st['memcpy']):>9.2f}x {t / med(st['spotsafe']):>11.2f}x")
+    print(f"  spotsafe: stats.stall_s median {med(st['spotsafe_stall_s']):.4f}s (stage_s {med(st['spotsafe_stage_s']):.4f}); "
+          f"first (cold) save stalled {st['spotsafe_first_stall_s']:.3f}s; staging buffers allocated "
+          f"{st['spotsafe_staging_allocations']} times, {st['spotsafe_staging_bytes'] / 2**30:.2f} GiB held")
+    print(f"  until durable/done (untimed above, median s): spotsafe {med(st['spotsafe_total_s']):.3f}, "
+          f"dcp.async_save {med(st['dcp_done_s']):.3f}, dcp warm stager {med(st['dcp_warm_done_s']):.3f}")
+
+    sstall, mc = med(st["spotsafe"]), med(st["memcpy"])
+    lines = [f"stall (median s): memcpy {mc:.3f} (flat {med(st['memcpy_flat']):.3f}), spotsafe {sstall:.3f} "
+             f"({sstall / mc:.2f}x memcpy, paired {paired(st['spotsafe'], st['memcpy']):.2f}x), dcp.async_save "
+             f"{med(st['dcp']):.3f} (warm stager {med(st['dcp_warm']):.3f}), torch.save {med(st['torch']):.3f} "
+             f"({med(st['torch']) / sstall:.1f}x spotsafe)"]
+    limit = STALL_FACTOR * mc + STALL_SLACK
+    pair_mc = med([x / (STALL_FACTOR * y + STALL_SLACK) for x, y in zip(st["spotsafe"], st["memcpy"])])
+    dc, pair_dc = med(st["dcp"]), paired(st["spotsafe"], st["dcp"])
+    tr, pair_tr = med(st["torch"]) / sstall, med([y / x for x, y in zip(st["spotsafe"], st["torch"])])
+    goals = [
+        goal(f"stall <= {STALL_FACTOR}x memcpy + {STALL_SLACK * 1e3:.0f} ms", sstall / limit, pair_mc, 1.0,
+             f"{sstall * 1e3:.1f} ms vs limit {limit * 1e3:.1f} ms; spotsafe / limit {sstall / limit:.2f} of medians, "
+             f"{pair_mc:.2f} paired with the memcpy run just before"),
+        goal("stall <= dcp.async_save blocking", sstall / dc, pair_dc, 1.0,
+             f"{sstall * 1e3:.1f} ms vs {dc * 1e3:.1f} ms, {pair_dc:.2f}x paired; vs the warm stager "
+             f"{med(st['dcp_warm']) * 1e3:.1f} ms: {paired(st['spotsafe'], st['dcp_warm']):.2f}x paired"),
+        goal(f"stall >= {TORCH_FACTOR:.0f}x lower than torch.save", TORCH_FACTOR / tr, TORCH_FACTOR / pair_tr, 1.0,
+             f"{tr:.1f}x of medians, {pair_tr:.1f}x paired"),
+    ]
+    if du:
+        print("\nTime to durable (save() to committed and fsynced; raw: write+fsync of file and dir)")
+        for m, xs in (("raw write+fsync", du["raw"]), ("spotsafe save()+wait() total_s", du["spotsafe"])):
+            print(f"  {m:<34} {med(xs):>9.3f} {min(xs):>7.3f}..{max(xs):<7.3f} {b.bytes / med(xs) / 1e9:>6.2f} GB/s")
+        print(f"  spotsafe: stall {med(du['spotsafe_stall_s']):.3f}, persist {med(du['spotsafe_persist_s']):.3f}, "
+              f"wall until wait() returned {med(du['spotsafe_wall_s']):.3f}")
+        r_med, r_pair = med(du["spotsafe"]) / med(du["raw"]), paired(du["spotsafe"], du["raw"])
+        lines.append(f"durable (median s): raw write+fsync {med(du['raw']):.2f}, spotsafe {med(du['spotsafe']):.2f} "
+                     f"({r_med:.2f}x, paired {r_pair:.2f}x)")
+        goals.append(goal(f"durable <= {DURABLE_GOAL}x raw write+fsync", r_med / DURABLE_GOAL, r_pair / DURABLE_GOAL,
+                          1.0, f"{r_pair:.2f}x paired, {r_med:.2f}x of medians"))
+    if sp:
+        bs, ds = med(sp["baseline_s"]), med(sp["during_s"])
+        slow = ds / bs - 1 if sp["during_s"] else float("nan")
+        pairs = [p["median_step_s"] / p["pre_median_step_s"] - 1 for p in sp["per_save"] if p["steps"]]
+        slow_pair = med(pairs)
+        print(f"\nTraining steps ({sp['train_desc']})")
+        print(f"  no save running: {len(sp['baseline_s'])} steps (before, between and after the saves), "
+              f"median {bs:.4f}s, min..max {min(sp['baseline_s']):.4f}..{max(sp['baseline_s']):.4f}")
+        print(f"  while persisting: {len(sp['during_s'])} steps over {len(sp['per_save'])} saves, median {ds:.4f}s, "
+              f"max {max(sp['during_s'], default=float('nan')):.4f}s; per save, against the 3 steps just before "
+              f"it: {', '.join(f'{x * 100:+.0f}%' for x in pairs)} (median {slow_pair * 100:+.1f}%)")
+        print(f"  persisting under training took (median) {med([p['total_s'] for p in sp['per_save']]):.2f}s to "
+              f"durable, against {med(du['spotsafe']) if du else float('nan'):.2f}s with no training (part 2)")
+        lines.append(f"step slowdown while persisting: baseline {bs:.3f} s/step, during {ds:.3f} ({slow * 100:+.1f}%, "
+                     f"paired per save {slow_pair * 100:+.1f}%)")
+        goals.append(goal(f"step slowdown while persisting <= {SLOWDOWN_GOAL * 100:.0f}%", slow / SLOWDOWN_GOAL,
+                          slow_pair / SLOWDOWN_GOAL, 1.0, f"{slow * 100:+.1f}% of medians, {slow_pair * 100:+.1f}% paired"))
+    print(f"\n== Async save, {gib:.2f} GiB state (CPU, {threads} threads) ==")
+    for line in lines:
+        print(line)
+    print("Goals (verdict on the paired estimate; '?' where the ratio of medians disagrees: too noisy to call):")
+    for g in goals:
+        print(f"  [{'MET' if g['met'] else 'NOT MET':>7}{'' if g['estimates_agree'] else '?'}] {g['goal']}: {g['detail']}")
+    return goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=parse_size, default=parse_size("1G"), help="state size (default 1G)")
+    ap.add_argument("--repeats", type=int, default=5, help="measured repeats of parts 1 and 2 (default 5)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up rounds of part 1 (default 2)")
+    ap.add_argument("--steps", type=int, default=30, help="baseline training steps of part 3 (default 30)")
+    ap.add_argument("--saves", type=int, default=4, help="saves persisting under training in part 3 (default 4)")
+    ap.add_argument("--batch", type=int, default=64, help="training batch size (default 64)")
+    ap.add_argument("--train-model", choices=["auto", "big", "small"], default="auto",
+                    help="train the saved model (big), a 4-layer MLP (small), or big unless a step takes > 1 s")
+    ap.add_argument("--parts", default="stall,durable,steps", help="which parts to run (default all three)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--dir", type=Path, default=REPO / "bench" / "results" / f"tmp-async-{os.getpid()}",
+                    help="scratch directory on the disk to measure (default bench/results/tmp-async-<pid>; removed)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="seconds to sleep before each durable save (default: size / 0.4 GB/s, at most 5; "
+                         "part 1 sleeps at most 1)")
+    ap.add_argument("--no-prefault", dest="prefault", action="store_false",
+                    help="do not touch fresh memory before each measurement (see the module docstring)")
+    ap.add_argument("--json", type=Path, default=None, help="also write all raw numbers to this JSON file")
+    args = ap.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts <= {"stall", "durable", "steps"} or "stall" not in parts:
+        ap.error("--parts: a subset of stall,durable,steps that includes stall")
+
+    torch.set_num_threads(args.threads)
+    workdir = args.dir.resolve()
+    if workdir.exists() and any(workdir.iterdir()):
+        ap.error(f"{workdir} exists and is not empty; pass an empty or new --dir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    can_drop = try_drop_caches()
+    free = shutil.disk_usage(workdir).free
+    print(f"spotsafe {spotsafe.__version__} ({Path(spotsafe.__file__).resolve().parent}), torch {torch.__version__}, "
+          f"python {platform.python_version()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}")
+    print(f"scratch dir {workdir} ({free / 1e9:.1f} GB free); drop_caches permitted: {can_drop}")
+    t_start = time.perf_counter()
+    threads_before = set(threading.enumerate())
+    b = None
+    st = du = sp = None
+    try:
+        b = Bench(args, workdir)
+        print(f"state: {b.layers} x Linear({b.width},{b.width}) + Adam = {b.bytes / 2**30:.3f} GiB in {b.n_tensors} "
+              f"tensors, built in {b.build_s:.1f}s; prefault {b.pf_bytes / 2**30:.2f} GiB; settle {b.settle:.1f}s",
+              flush=True)
+        print("part 1: stall", flush=True)
+        st = part_stall(b)
+        if "durable" in parts:
+            print("part 2: time to durable", flush=True)
+            du = part_durable(b, can_drop)
+        if "steps" in parts:
+            print("part 3: training steps while persisting", flush=True)
+            sp = part_steps(b)
+    finally:
+        if b is not None:
+            b.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    goals = report(b, st, du, sp, args.threads)
+    left = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
+    elapsed = time.perf_counter() - t_start
+    print(f"\npeak RSS {peak_rss() / 2**30:.2f} GiB; prefault median {med(b.prefault_s):.2f}s (untimed); "
+          f"threads left running: {left or 'none'}; total benchmark time {elapsed:.0f}s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        out = {"env": {"spotsafe": spotsafe.__version__, "torch": torch.__version__,
+                       "python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+                       "dir": str(workdir), "drop_caches": can_drop, "prefault_bytes": b.pf_bytes,
+                       "settle_s": b.settle},
+               "state": {"bytes": b.bytes, "width": b.width, "layers": b.layers, "tensors": b.n_tensors},
+               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "stall": st, "durable": du, "steps": sp, "goals": goals, "prefault_s": b.prefault_s,
+               "peak_rss_bytes": peak_rss(), "elapsed_s": elapsed, "threads_left": left}
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
