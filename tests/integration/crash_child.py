@@ -5,7 +5,7 @@ Usage: crash_child.py BASE syscall           # one trial per file-system call of
 
 Each trial forks a saver process that commits step 1 and then step 2 (keep_last=1, so
 step 1 is deleted after step 2 commits) -- or, in timed mode, steps 1, 2, 3, ... in a loop
--- and dies by SIGKILL: in syscall mode it kills itself at the K-th os call (open, write,
+-- and dies by SIGKILL: in syscall mode it kills itself at the K-th os call (open, write, pwrite,
 fsync, mkdir, rename, unlink, rmdir) of the second save, for every K; in timed mode this
 process kills it after a random delay. Forking keeps torch imported once. Prints one JSON
 line per trial: root, the kill point, and the steps whose save() and wait() returned
@@ -26,7 +26,7 @@ import torch
 import spotsafe
 
 torch.set_num_threads(1)
-HOOKED = ("open", "write", "fsync", "mkdir", "rename", "unlink", "rmdir")
+HOOKED = ("open", "write", "pwrite", "fsync", "mkdir", "rename", "unlink", "rmdir")
 
 
 def make_state(step: int) -> dict:

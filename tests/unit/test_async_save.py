@@ -66,7 +66,9 @@ def test_staging_buffers_are_reused_and_hold_at_most_the_state(root):
         assert mgr._buffers.allocations == allocations  # warm saves allocate nothing
         assert {k: b.data_ptr() for k, b in mgr._buffers._buffers.items()} == ptrs
         # one save in flight: the extra host memory is the state plus alignment padding
-        assert state_bytes <= mgr.staging_bytes <= state_bytes + 64 * (len(tensors) + 3)
+        # (64 bytes per tensor, and each component's buffer rounded up to a 4 KiB page)
+        assert len(mgr._buffers._buffers) == 3
+        assert state_bytes <= mgr.staging_bytes <= state_bytes + 64 * (len(tensors) + 3) + 4096 * 3
     model2 = torch.nn.Linear(256, 512)
     with spotsafe.CheckpointManager(root, rng=False) as mgr:
         restored = {"model": model2, "optimizer": torch.optim.Adam(model2.parameters()), "arr": None}
@@ -157,3 +159,61 @@ def test_synchronous_saves_return_durable(root):
 def test_when_busy_must_be_known(root):
     with pytest.raises(ValueError, match="when_busy='later' is not one of"):
         spotsafe.CheckpointManager(root, when_busy="later")
+
+
+class IoSpy:
+    """Records which bytes went through O_DIRECT descriptors and which through the page cache."""
+
+    def __init__(self, monkeypatch, fail_direct: bool = False) -> None:
+        self.direct_fds: set[int] = set()
+        self.direct = self.buffered = 0
+        real_open, real_pwrite = os.open, os.pwrite
+
+        def spy_open(path, flags, *a, **kw):
+            fd = real_open(path, flags, *a, **kw)
+            if flags & getattr(os, "O_DIRECT", 0):
+                self.direct_fds.add(fd)
+            else:
+                self.direct_fds.discard(fd)
+            return fd
+
+        def spy_pwrite(fd, data, offset):
+            if fd in self.direct_fds:
+                if fail_direct:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+                self.direct += len(data)
+            else:
+                self.buffered += len(data)
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(os, "open", spy_open)
+        monkeypatch.setattr(os, "pwrite", spy_pwrite)
+
+
+def direct_io_supported(path) -> bool:
+    try:
+        fd = os.open(path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    except (OSError, AttributeError):
+        return False
+    os.close(fd)
+    os.unlink(path / "probe")
+    return True
+
+
+@pytest.mark.parametrize("fail_direct", [False, True], ids=["direct", "einval-fallback"])
+def test_async_saves_write_whole_pages_with_o_direct_and_fall_back_cleanly(root, tmp_path, monkeypatch, fail_direct):
+    weights = torch.randn(3 << 18)  # 3 MiB
+    with spotsafe.CheckpointManager(root, rng=False) as mgr:
+        spy = IoSpy(monkeypatch, fail_direct)
+        mgr.save(1, {"model": {"w": weights}})
+        mgr.wait()
+        monkeypatch.undo()
+    nbytes = weights.numel() * 4
+    if direct_io_supported(tmp_path) and not fail_direct:
+        assert spy.direct >= nbytes - 4096 and spy.buffered < 4096  # the page cache saw only the tail
+    else:
+        assert spy.direct == 0 and spy.buffered >= nbytes  # refused: everything through the page cache
+    state = {"model": None}
+    with spotsafe.CheckpointManager(root, rng=False) as mgr:
+        assert mgr.restore(state) == 1
+    assert torch.equal(state["model"]["w"], weights)

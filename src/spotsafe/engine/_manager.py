@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +53,20 @@ from ._staging import StagingBuffers
 logger = logging.getLogger(__name__)
 
 WHEN_BUSY = ("wait", "skip")
+BACKGROUND_NICE = 10  # added to the nice value of the threads that persist and upload
+
+
+def lower_thread_priority(by: int = BACKGROUND_NICE) -> None:
+    """Make the calling thread yield the CPU to the training loop (Linux: per-thread nice).
+
+    Persisting mostly waits on the disk, so it loses little; the loop, which on a small
+    machine uses every core, no longer loses its CPU to checksums and kernel copies.
+    """
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except (AttributeError, OSError):
+        pass
 
 
 @dataclass(frozen=True)
@@ -141,10 +156,12 @@ class CheckpointManager:
         self.last_save: SaveStats | None = None
         self.skipped_saves = 0
         self._buffers = StagingBuffers()
-        self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-hash")
+        self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-hash",
+                                                 initializer=lower_thread_priority)
         self._io_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spotsafe-io")
         self._gc_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-gc")
-        self._persist_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-persist")
+        self._persist_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-persist",
+                                                    initializer=lower_thread_priority)
         self._deletions: list[tuple[str, Future]] = []
         self._inflight: tuple[int, Future] | None = None
         self._closed = False

@@ -48,6 +48,7 @@ class StagedComponent:
     entries: list[TensorEntry]
     pieces: list[memoryview]  # the component file's bytes, in order (empty: no file)
     keep: list = field(default_factory=list)  # owners of the memory the pieces view
+    direct: bool = False  # the pieces are one page-aligned staging buffer: O_DIRECT may write it
 
     @property
     def nbytes(self) -> int:
@@ -154,7 +155,7 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
             keep = arrays
         entries = _entries(arrays, devices, offsets, fname)
         comps.append(StagedComponent(name, "stateful" if stateful else "value", _type_name(obj), tree, entries,
-                                     pieces, keep))
+                                     pieces, keep, direct=buffers is not None))
     if buffers is not None:
         synchronize(cuda_devices)
     return Staged(step, comps, epoch, dict(metadata or {}), time.perf_counter() - t0)
@@ -167,7 +168,7 @@ def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manif
     for comp in staged.components:
         if comp.entries:
             fname = component_file(comp.name)
-            size, digest = storage.write_file(tmp, fname, comp.pieces, hash_executor)
+            size, digest = storage.write_file(tmp, fname, comp.pieces, hash_executor, direct=comp.direct)
             files[fname] = FileEntry(size, digest)
         components[comp.name] = ComponentEntry(comp.kind, comp.type, comp.tree, tuple(comp.entries))
     return Manifest(step=staged.step, files=files, components=components, epoch=staged.epoch,

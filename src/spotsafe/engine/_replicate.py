@@ -158,6 +158,9 @@ class Replicator:
         return retry(fn, policy=self.backoff, transient=is_transient, what=what, stop=self._stop, on_retry=on_retry)
 
     def _loop(self) -> None:
+        from ._manager import lower_thread_priority
+
+        lower_thread_priority()
         self._retries = 0
         try:
             self._start()

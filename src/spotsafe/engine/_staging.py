@@ -9,16 +9,38 @@ Buffers are kept between saves and reused while they are large enough, so a warm
 allocates nothing. A buffer that holds CUDA tensors is pinned (page-locked) so the
 device-to-host copies run as DMA without a bounce buffer; they are issued non-blocking
 and synchronized once, before ``save()`` returns.
+
+CPU buffers are anonymous memory maps: page-aligned, so the writer can send them to disk
+with ``O_DIRECT`` (no copy into the page cache, which on a small machine costs the
+training loop more CPU than the copy into the buffer did), and advised to use transparent
+huge pages where the kernel allows it (fewer page faults on the first save, faster copies).
 """
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
 import torch
 
 ALIGN = 64
+PAGE = 4096
+
+
+def _host_buffer(size: int, pin: bool) -> tuple[torch.Tensor, Any]:
+    """A page-aligned uint8 host tensor of at least ``size`` bytes and the object owning its memory."""
+    if pin:
+        t = torch.empty(size, dtype=torch.uint8, pin_memory=True)  # page-locked, page-aligned
+        return t, None
+    n = max(PAGE, -(-size // PAGE) * PAGE)
+    mm = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return torch.frombuffer(mm, dtype=torch.uint8), mm
 
 
 def aligned_offsets(nbytes: list[int]) -> tuple[list[int], int]:
@@ -42,6 +64,7 @@ class StagingBuffers:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self._owners: dict[str, Any] = {}
         self.allocations = 0  # how many buffers were ever allocated (a warm save adds none)
 
     @property
@@ -51,13 +74,16 @@ class StagingBuffers:
 
     def release(self) -> None:
         self._buffers.clear()
+        self._owners.clear()
 
     def _buffer(self, name: str, size: int, pin: bool) -> torch.Tensor:
         buf = self._buffers.get(name)
         if buf is None or buf.numel() < size or (pin and not buf.is_pinned()):
             self._buffers.pop(name, None)  # free the old one before allocating the new one
-            buf = torch.empty(max(size, 1), dtype=torch.uint8, pin_memory=pin)
+            self._owners.pop(name, None)
+            buf, owner = _host_buffer(size, pin)
             self._buffers[name] = buf
+            self._owners[name] = owner
             self.allocations += 1
         return buf
 

@@ -172,7 +172,7 @@ class FsspecStorage:
         self.fs.pipe_file(self._p(rel), bytes(data))
 
     def write_file(self, handle: str, name: str, pieces: Iterable[memoryview],
-                   hash_executor: Executor) -> tuple[int, str]:
+                   hash_executor: Executor, *, direct: bool = False) -> tuple[int, str]:
         """Upload ``pieces`` as one object; (size, digest)."""
         hasher, size = new_hasher(), 0
         pieces = list(pieces)
