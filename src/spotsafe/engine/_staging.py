@@ -12,8 +12,9 @@ and synchronized once, before ``save()`` returns.
 
 CPU buffers are anonymous memory maps: page-aligned, so the writer can send them to disk
 with ``O_DIRECT`` (no copy into the page cache, which on a small machine costs the
-training loop more CPU than the copy into the buffer did), and advised to use transparent
-huge pages where the kernel allows it (fewer page faults on the first save, faster copies).
+training loop more CPU than the copy into the buffer did). They are not advised to use
+transparent huge pages: measured here, that made the first save's page faults 5x slower
+(1.7 s instead of 0.3 s per GiB) for a 4% faster warm copy.
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ def _host_buffer(size: int, pin: bool) -> tuple[torch.Tensor, Any]:
         return t, None
     n = max(PAGE, -(-size // PAGE) * PAGE)
     mm = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            mm.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass
     return torch.frombuffer(mm, dtype=torch.uint8), mm
 
 
