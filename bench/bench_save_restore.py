@@ -9,7 +9,8 @@ Durable save (every method returns only once its bytes are on disk):
 * ``raw write+fsync`` - the baseline: the same tensor bytes (every model and optimizer tensor,
   back to back) written to one file with ``os.write`` in chunks of up to 64 MiB straight from
   tensor memory, then ``os.fsync`` of the file and of its directory. Nothing can be much faster.
-* ``spotsafe save`` - ``CheckpointManager(root).save(step, {"model": model, "optimizer": opt})``
+* ``spotsafe save`` - ``CheckpointManager(root, async_save=False).save(step, {"model": model, "optimizer": opt})``
+  (synchronous: it returns durable; ``bench_async.py`` measures the asynchronous save)
   with the RNG capture left on (the default). The manager is built before the clock starts.
   By default every repeat saves into an empty root, so ``keep_last`` never deletes anything
   inside ``save``; ``--steady`` keeps one root for all repeats (``keep_last=1``), so that from
@@ -310,7 +311,7 @@ def save_raw(base: Path, model, opt) -> Path:
 
 def save_spotsafe(base: Path, model, opt, extra: dict, root: Path | None = None, step: int = 1) -> Path:
     root = root or base / "spotsafe"
-    mgr = spotsafe.CheckpointManager(root, keep_last=1)
+    mgr = spotsafe.CheckpointManager(root, keep_last=1, async_save=False)
     try:
         t0 = time.perf_counter()
         stats = mgr.save(step, {"model": model, "optimizer": opt})
