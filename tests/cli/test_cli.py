@@ -91,3 +91,18 @@ def test_inspect_of_a_damaged_checkpoint_says_why(run_root):
     (run_root / "step-000000000300" / "manifest.json").write_text("{")
     out = cli("inspect", run_root, "--step", 300)
     assert out.returncode == 1 and "is unreadable: manifest.json is not valid JSON" in out.stderr
+
+
+def test_ls_and_verify_read_a_remote_root_from_the_usual_environment(s3_url, tmp_path):
+    with spotsafe.CheckpointManager(tmp_path / "local", remote=s3_url, keep_last=5) as mgr:
+        for s in (1, 2):
+            mgr.save(s, {"w": torch.full((64,), float(s))})
+    rows = [json.loads(x) for x in cli("ls", s3_url, "--json").stdout.splitlines()]
+    assert [(r["step"], r["valid"]) for r in rows] == [(1, True), (2, True)]
+    assert cli("verify", s3_url).returncode == 0
+    from spotsafe.storage import open_storage
+
+    st = open_storage(s3_url)
+    st.fs.pipe_file(st._p("step-000000000002/w.bin"), b"\0" * 256)  # same size, wrong bytes
+    bad = cli("verify", s3_url)
+    assert bad.returncode == 1 and "w.bin fails its checksum" in bad.stdout + bad.stderr
