@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,26 +48,11 @@ from ._pipeline import decode_components, persist, read_verified, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import select_deletions
 from ._staging import StagingBuffers
+from ._threads import lower_thread_priority
 
 logger = logging.getLogger(__name__)
 
 WHEN_BUSY = ("wait", "skip")
-BACKGROUND_NICE = 10  # added to the nice value of the threads that persist and upload
-
-
-def lower_thread_priority(by: int = BACKGROUND_NICE) -> None:
-    """Make the calling thread yield the CPU to the training loop (Linux: per-thread nice).
-
-    Persisting mostly waits on the disk, so it loses little; the loop, which on a small
-    machine uses every core, no longer loses its CPU to checksums and kernel copies.
-    """
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
-    except (AttributeError, OSError):
-        pass
-
-
 @dataclass(frozen=True)
 class SaveStats:
     """Timings and size of one save, in seconds and bytes.
@@ -394,10 +378,10 @@ class CheckpointManager:
                     manifest = read_manifest(storage, name)
                     bufs = read_verified(storage, name, manifest, self._io_executor)
                     loaded = dict(decode_components(manifest, bufs))
-                except (ManifestError, CorruptCheckpointError, OSError, Exception) as e:
-                    transient = tier == "remote" and not isinstance(e, (ManifestError, CorruptCheckpointError)) \
-                        and is_transient(e)
-                    if not transient and not isinstance(e, (ManifestError, CorruptCheckpointError, OSError)):
+                except Exception as e:  # noqa: BLE001 - classified: invalid copy, unreachable store, or a bug
+                    invalid = isinstance(e, (ManifestError, CorruptCheckpointError))
+                    transient = tier == "remote" and not invalid and is_transient(e)
+                    if not (invalid or transient or isinstance(e, OSError)):
                         raise
                     where = f"{name} in {storage.url}"
                     if step is not None:

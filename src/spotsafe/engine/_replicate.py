@@ -27,6 +27,7 @@ from .._backoff import Backoff, retry
 from ..errors import RemoteError
 from ..format import MANIFEST, committed_steps, is_leftover, parse_manifest, parse_step_dir, step_dir, trash_dir
 from ._retention import select_deletions
+from ._threads import lower_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ class Replicator:
         return retry(fn, policy=self.backoff, transient=is_transient, what=what, stop=self._stop, on_retry=on_retry)
 
     def _loop(self) -> None:
-        from ._manager import lower_thread_priority
-
         lower_thread_priority()
         self._retries = 0
         try:
@@ -258,16 +257,18 @@ class Replicator:
         self._committed(step)
 
     def _committed(self, step: int) -> None:
-        with self._cond:
-            if self.watermark is None or step > self.watermark:
-                self.watermark = step
-            self._cond.notify_all()
+        """Prune the remote, then publish ``step`` as the watermark and unpin it, in one go."""
+        newest = step if self.watermark is None else max(step, self.watermark)
         try:
             steps = committed_steps(self.remote)
-            for s in select_deletions(steps, committed=self.watermark, keep_last=self.keep_last,
-                                      keep_every=self.keep_every):
+            for s in select_deletions(steps, committed=newest, keep_last=self.keep_last, keep_every=self.keep_every):
                 gone = self.remote.retire(step_dir(s), trash_dir(s))
                 self.remote.remove(gone, strict=True)
         except Exception as e:  # noqa: BLE001 - an old remote checkpoint left is not data loss
             logger.warning("Pruning old checkpoints in %s failed (%s); will retry after the next upload",
                            self.remote.url, e)
+        with self._cond:
+            self.watermark = newest
+            if self._inflight == step:
+                self._inflight = None
+            self._cond.notify_all()
