@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "is ignored" || true
+pip_install() {  # quiet, minus pip's "is ignored" chatter, but failing when pip fails
+    .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored" || true; }
+    return "${PIPESTATUS[0]}"
+}
+pip_install torch==2.13.0
+pip_install -c scripts/constraints.txt -e ".[test]"
 .venv/bin/python -c "import torch, spotsafe; print(f'setup ok: torch {torch.__version__}, spotsafe {spotsafe.__version__}')"
