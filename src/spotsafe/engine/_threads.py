@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-BACKGROUND_NICE = 10  # added to the nice value of the threads that persist and upload
+BACKGROUND_NICE = int(os.environ.get("SPOTSAFE_BACKGROUND_NICE", "10"))  # added to the nice value of the
+# threads that persist and upload; 0 turns it off
 
 
 def lower_thread_priority(by: int = BACKGROUND_NICE) -> None:
@@ -14,6 +15,8 @@ def lower_thread_priority(by: int = BACKGROUND_NICE) -> None:
     Persisting mostly waits on the disk, so it loses little; the loop, which on a small
     machine uses every core, no longer loses its CPU to checksums and kernel copies.
     """
+    if by <= 0:
+        return
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
