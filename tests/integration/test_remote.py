@@ -217,3 +217,47 @@ def test_sigkill_during_an_upload_the_next_process_resumes_and_cleans_up(s3_url,
     objs = remote_objects(s3_url)
     assert all(o.split("/")[0] in (step_dir(1), step_dir(2)) for o in objs)
     assert f"{step_dir(2)}/manifest.json" in objs
+
+
+def test_a_hung_server_fails_the_upload_instead_of_hanging_it_and_later_saves_land(s3_private, tmp_path,
+                                                                                     monkeypatch):
+    """A server that accepts connections but never answers (SIGSTOP), hit in the middle of a PUT."""
+    import os
+    import signal
+
+    import s3fs
+
+    server = s3_private
+    server.make_bucket("bkt")
+    opts = dict(server.storage_options(), config_kwargs={"read_timeout": 2, "connect_timeout": 2,
+                                                         "retries": {"max_attempts": 1, "mode": "standard"}})
+    real_call = s3fs.S3FileSystem._call_s3
+    frozen = threading.Event()
+
+    async def freeze_at_first_put(self, method, *a, **kw):
+        if method in ("put_object", "upload_part") and step_dir(2) in kw.get("Key", "") and not frozen.is_set():
+            os.killpg(server.proc.pid, signal.SIGSTOP)
+            frozen.set()
+        return await real_call(self, method, *a, **kw)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", freeze_at_first_put)
+    monkeypatch.setattr("spotsafe.storage._fsspec.REQUEST_TIMEOUT", 3.0)
+    try:
+        with spotsafe.CheckpointManager(tmp_path / "run", remote="s3://bkt/run", storage_options=opts,
+                                        upload_backoff=Backoff(base=0.2, cap=0.5, attempts=2, max_elapsed=20)) as mgr:
+            mgr.save(1, {"w": torch.ones(1 << 20)})
+            mgr.wait(remote=True, timeout=60)
+            mgr.save(2, {"w": torch.ones(8 << 20) * 2})  # 32 MiB: more than the socket buffers hold
+            started = time.monotonic()
+            try:
+                with pytest.raises(RemoteError, match=r"Uploading step-000000000002 .* failed"):
+                    mgr.wait(remote=True, timeout=120)  # a TimeoutError here would mean the upload hung
+            finally:
+                os.killpg(server.proc.pid, signal.SIGCONT)
+            assert frozen.is_set() and time.monotonic() - started < 120
+            assert mgr.remote_watermark == 1
+            mgr.save(3, {"w": torch.ones(1 << 20) * 3})
+            mgr.wait(remote=True, timeout=60)
+            assert mgr.remote_watermark == 3
+    finally:
+        os.killpg(server.proc.pid, signal.SIGCONT)

@@ -32,12 +32,39 @@ _READ_PIECE = 16 << 20  # ranged GETs in flight at once during a restore
 _PART = 16 << 20  # multipart upload part size
 _SMALL = 32 << 20  # files below this go up in a single PUT
 UPLOAD_CONCURRENCY = 8
+# Longest one request with a body may take. aiohttp has no timeout on writing a body: a
+# server that stops reading (a frozen VM) would hang the upload forever once the socket
+# buffer is full. 120 s lets a 16 MiB part go at 140 KB/s.
+REQUEST_TIMEOUT = 120.0
 
 
 def is_url(root: str | os.PathLike) -> bool:
     """True for ``scheme://...`` other than ``file://``."""
     s = os.fspath(root)
     return "://" in s and not s.startswith("file://")
+
+
+def _drop_expect_header(request: Any, **_: Any) -> None:
+    request.headers.pop("Expect", None)
+
+
+def _tune_s3(fs: Any) -> None:
+    """Make a hung S3 endpoint fail instead of hanging an upload forever.
+
+    botocore sends uploads with ``Expect: 100-continue``, and aiohttp waits for the
+    ``100 Continue`` with no timeout: a server that accepts connections but never
+    answers (a stopped VM, a wedged gateway) then hangs the upload thread for good.
+    Without the header the body is sent at once and the read timeout applies. The
+    header only saves bandwidth on requests the server would reject, which ours are not.
+    """
+    from fsspec.asyn import sync
+
+    fs.retries = min(getattr(fs, "retries", 2), 2)
+    try:
+        sync(fs.loop, fs.set_session)
+        fs.s3.meta.events.register("before-send.s3", _drop_expect_header, unique_id="spotsafe-no-expect")
+    except Exception:  # noqa: BLE001 - an s3fs without these internals still works, only without the fix
+        logger.debug("Could not tune the S3 client", exc_info=True)
 
 
 class ManifestLastCommit:
@@ -56,14 +83,22 @@ class FsspecStorage:
         import fsspec
 
         self._url = url.rstrip("/")
+        options = dict(storage_options or {})
+        if self._url.split("://", 1)[0] in ("s3", "s3a"):
+            # One retry inside botocore and s3fs each: spotsafe's own retries (with backoff,
+            # jitter and a watermark) wrap every whole file, so nested 5x5 retries would only
+            # turn a dead endpoint into minutes of silence.
+            options.setdefault("config_kwargs", {"retries": {"max_attempts": 2, "mode": "standard"}})
         try:
-            self.fs, path = fsspec.core.url_to_fs(self._url, **(storage_options or {}))
+            self.fs, path = fsspec.core.url_to_fs(self._url, **options)
         except ImportError as e:
             raise ImportError(f"Storage URL {self._url} needs a file-system package that is not installed "
                               f"({e}); install it, e.g. `pip install spotsafe[s3]` for s3://.") from None
         self.root = path.rstrip("/")
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
+        if self.protocol in ("s3", "s3a"):
+            _tune_s3(self.fs)
 
     @property
     def url(self) -> str:
@@ -271,7 +306,7 @@ async def _s3_multipart_upload(fs: Any, lpath: str, rpath: str, part: int = _PAR
     loop = asyncio.get_running_loop()
     if size < 2 * part:
         data = await loop.run_in_executor(None, read, 0, size)
-        await fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data)
+        await asyncio.wait_for(fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data), REQUEST_TIMEOUT)
         return
     mpu = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
     upload_id = mpu["UploadId"]
@@ -280,17 +315,17 @@ async def _s3_multipart_upload(fs: Any, lpath: str, rpath: str, part: int = _PAR
     async def send(number: int, offset: int) -> dict:
         async with window:
             data = await loop.run_in_executor(None, read, offset, min(part, size - offset))
-            out = await fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                                    PartNumber=number, Body=data)
+            out = await asyncio.wait_for(fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
+                                                     PartNumber=number, Body=data), REQUEST_TIMEOUT)
             return {"PartNumber": number, "ETag": out["ETag"]}
 
     try:
         parts = await asyncio.gather(*[send(i + 1, off) for i, off in enumerate(range(0, size, part))])
-        await fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
-                          MultipartUpload={"Parts": list(parts)})
+        await asyncio.wait_for(fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                                            MultipartUpload={"Parts": list(parts)}), REQUEST_TIMEOUT)
     except BaseException:
         try:
             await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
-        except Exception:  # noqa: BLE001 - the next writer aborts what is left
+        except BaseException:  # noqa: BLE001 - the next writer aborts what is left
             logger.debug("Could not abort multipart upload of %s", rpath, exc_info=True)
         raise
