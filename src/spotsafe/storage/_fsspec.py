@@ -25,6 +25,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ..format._hash import new_hasher
+from ._reads import hash_in_order
 
 logger = logging.getLogger(__name__)
 
@@ -175,17 +176,7 @@ class FsspecStorage:
                   io_executor.submit(fetch, self._p(rel), buf[start:min(start + _READ_PIECE, len(buf))], start))
                  for start in range(0, len(buf), _READ_PIECE)] for rel, buf in items]
         try:
-            results = []
-            for (_, buf), pieces in zip(items, jobs):
-                hasher, total = new_hasher(), 0
-                for start, stop, fut in pieces:
-                    got = fut.result()
-                    hasher.update(buf[start:start + got])
-                    total += got
-                    if start + got < stop:
-                        break
-                results.append((total, hasher.hexdigest()))
-            return results
+            return hash_in_order([buf for _, buf in items], jobs)
         finally:
             for pieces in jobs:
                 for _, _, fut in pieces:

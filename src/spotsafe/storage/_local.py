@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..format._hash import digest_file, new_hasher
+from ._reads import hash_in_order
 
 _PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large enough to stream
 _READ_PIECE = 8 << 20  # read granularity: several reads in flight even for small files
@@ -170,17 +171,7 @@ class LocalStorage:
                 jobs.append([(start, min(start + _READ_PIECE, n),
                               io_executor.submit(_pread_full, fd, buf[start:min(start + _READ_PIECE, n)], start))
                              for start in range(0, n, _READ_PIECE)])
-            results = []
-            for (_, buf), pieces in zip(items, jobs):
-                hasher, total = new_hasher(), 0
-                for start, stop, fut in pieces:
-                    got = fut.result()
-                    hasher.update(buf[start:start + got])
-                    total += got
-                    if start + got < stop:
-                        break  # the file is shorter than it said: report what was read
-                results.append((total, hasher.hexdigest()))
-            return results
+            return hash_in_order([buf for _, buf in items], jobs)
         finally:
             for pieces in jobs:
                 for _, _, fut in pieces:
