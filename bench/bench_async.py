@@ -77,9 +77,7 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
-import statistics
 import sys
 import threading
 import time
@@ -94,6 +92,9 @@ try:
 except ImportError:  # not installed in this interpreter: use the checkout
     sys.path.insert(0, str(REPO / "src"))
     import spotsafe
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (byte_view, fsync_dir, med, mem_available, nbytes, peak_rss,  # noqa: E402
+                     plan_layers, prefault, try_drop_caches)
 
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
@@ -127,13 +128,6 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
-def plan_layers(target: int) -> tuple[int, int]:
-    """(width, layers) of a stack of Linear(width, width) whose params + Adam state ~ target bytes."""
-    width = 2048 if target >= 512 << 20 else 1024
-    per_layer = (width * width + width) * 4 * 3
-    return width, max(1, round(target / per_layer))
-
-
 def make_model(width: int, layers: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
     return model, torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -159,65 +153,12 @@ def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[to
     return ts
 
 
-def nbytes(ts: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in ts)
-
-
-def byte_view(t: torch.Tensor) -> memoryview:
-    return memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
 # -- file-system and memory helpers -----------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def try_drop_caches() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def prefault(nbytes_: int) -> float:
-    """Allocate, touch and free ``nbytes_`` of memory (see the module docstring); seconds taken."""
-    if nbytes_ <= 0:
-        return 0.0
-    t0 = time.perf_counter()
-    x = torch.empty(nbytes_, dtype=torch.uint8)
-    x.fill_(1)
-    del x
-    return time.perf_counter() - t0
-
-
 def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 def paired(xs: list[float], refs: list[float]) -> float:

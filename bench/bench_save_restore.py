@@ -100,9 +100,7 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -118,6 +116,9 @@ try:
 except ImportError:  # not installed in this interpreter: use the checkout
     sys.path.insert(0, str(REPO / "src"))
     import spotsafe
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (byte_view, fsync_dir, med, mem_available, nbytes, peak_rss,  # noqa: E402
+                     plan_layers, prefault, try_drop_caches)
 
 import spotsafe.engine._manager as _mgr_mod  # only to time the phases of save and restore
 import torch.distributed.checkpoint as dcp
@@ -152,13 +153,6 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
-def plan_layers(target: int) -> tuple[int, int]:
-    """(width, layers) of a stack of Linear(width, width) whose params + Adam state ~ target bytes."""
-    width = 2048 if target >= 512 << 20 else 1024
-    per_layer = (width * width + width) * 4 * 3
-    return width, max(1, round(target / per_layer))
-
-
 def make_model(width: int, layers: int, *, fresh: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     if fresh:  # what a restarting job has: initialized (touched) params, no optimizer state
         with torch.device("meta"):
@@ -189,14 +183,6 @@ def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[to
     return ts
 
 
-def nbytes(ts: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in ts)
-
-
-def byte_view(t: torch.Tensor) -> memoryview:
-    return memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
 def digest_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str:
     """xxh3 of the bytes of state_tensors(), i.e. also of the raw baseline's file."""
     h = xxhash.xxh3_64()
@@ -206,14 +192,6 @@ def digest_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str:
 
 
 # -- file-system and memory helpers ----------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def disk_bytes(path: Path) -> int:
     """Bytes allocated on disk under path (like du)."""
     if path.is_file():
@@ -225,35 +203,6 @@ def disk_bytes(path: Path) -> int:
     return total
 
 
-def try_drop_caches() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def prefault(nbytes_: int) -> float:
-    """Allocate, touch and free ``nbytes_`` of memory (see the module docstring); seconds taken."""
-    if nbytes_ <= 0:
-        return 0.0
-    t0 = time.perf_counter()
-    x = torch.empty(nbytes_, dtype=torch.uint8)
-    x.fill_(1)
-    del x
-    return time.perf_counter() - t0
-
-
 def source_fingerprint() -> str:
     """xxh3 over spotsafe's Python sources, to tell which code a run measured (and catch edits mid-run)."""
     h = xxhash.xxh3_64()
@@ -262,10 +211,6 @@ def source_fingerprint() -> str:
         h.update(str(f.relative_to(pkg)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # -- phase timing of spotsafe (wraps the names the manager module calls; no source change) ---
@@ -503,10 +448,6 @@ def run_size(label: str, target: int, repeats: int, workdir: Path, cold: bool, w
 
 
 # -- reporting -------------------------------------------------------------------------
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
 def paired(xs: list[float], refs: list[float]) -> float:
     """Median over repeats of xs[r] / refs[r]: the runs of one repeat are interleaved, so this
     cancels slow drifts of the disk that move whole repeats (which a ratio of medians does not)."""
