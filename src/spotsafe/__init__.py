@@ -9,11 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._backoff import Backoff
 from ._version import __version__
 from .errors import (
     CheckpointNotFoundError,
     CheckpointSkippedWarning,
     CorruptCheckpointError,
+    RemoteError,
+    RemoteUnavailableError,
+    RemoteUnavailableWarning,
     SpotsafeError,
     SpotsafeWarning,
     StateMismatchError,
@@ -22,7 +26,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from . import data
-    from .engine import CheckpointManager, SaveStats
+    from .engine import CheckpointManager, SaveStats, UploadStats
     from .format import CheckpointInfo
     from .state import Stateful
 
@@ -31,21 +35,27 @@ _LAZY = {
     "CheckpointManager": "spotsafe.engine",
     "SaveStats": "spotsafe.engine",
     "Stateful": "spotsafe.state",
+    "UploadStats": "spotsafe.engine",
     "data": "spotsafe.data",
 }
 
 __all__ = [
+    "Backoff",
     "CheckpointInfo",
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointSkippedWarning",
     "CorruptCheckpointError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "RemoteUnavailableWarning",
     "SaveStats",
     "SpotsafeError",
     "SpotsafeWarning",
     "StateMismatchError",
     "Stateful",
     "UnsupportedStateError",
+    "UploadStats",
     "__version__",
     "data",
 ]

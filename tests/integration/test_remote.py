@@ -21,7 +21,7 @@ import torch
 import spotsafe
 from conftest import child_env
 from helpers import assert_same_tensors, fresh_training, make_training, snapshot
-from spotsafe._backoff import Backoff
+from spotsafe import Backoff
 from spotsafe.errors import RemoteError, RemoteUnavailableError, RemoteUnavailableWarning
 from spotsafe.format import committed_steps, step_dir
 from spotsafe.storage import FsspecStorage, open_storage

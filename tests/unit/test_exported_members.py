@@ -4,17 +4,22 @@ import sys
 import spotsafe
 
 EXPECTED = [
+    "Backoff",
     "CheckpointInfo",
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointSkippedWarning",
     "CorruptCheckpointError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "RemoteUnavailableWarning",
     "SaveStats",
     "SpotsafeError",
     "SpotsafeWarning",
     "StateMismatchError",
     "Stateful",
     "UnsupportedStateError",
+    "UploadStats",
     "__version__",
     "data",
 ]
