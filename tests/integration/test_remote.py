@@ -24,7 +24,7 @@ from helpers import assert_same_tensors, fresh_training, make_training, snapshot
 from spotsafe import Backoff
 from spotsafe.errors import RemoteError, RemoteUnavailableError, RemoteUnavailableWarning
 from spotsafe.format import committed_steps, step_dir
-from spotsafe.storage import FsspecStorage, open_storage
+from spotsafe.storage import open_storage
 
 pytestmark = pytest.mark.slow
 FAST = Backoff(base=0.2, cap=1.0, attempts=3, max_elapsed=10)

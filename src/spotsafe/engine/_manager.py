@@ -16,7 +16,7 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .._backoff import Backoff
@@ -43,7 +43,7 @@ from ..format import (
     trash_dir,
 )
 from ..state import RNG_COMPONENT, apply_checkpoint, check_components
-from ..storage import FsspecStorage, LocalStorage, open_storage
+from ..storage import FsspecStorage, open_storage
 from ._pipeline import decode_components, persist, read_verified, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import select_deletions

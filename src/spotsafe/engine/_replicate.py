@@ -75,7 +75,6 @@ class Replicator:
         self._inflight: int | None = None
         self._error: BaseException | None = None
         self._ready = False
-        self._closing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="spotsafe-upload", daemon=True)
         self._thread.start()
@@ -98,10 +97,6 @@ class Replicator:
         """Steps waiting for upload or being uploaded: local retention must keep them."""
         with self._cond:
             return set(self._pending) | ({self._inflight} if self._inflight is not None else set())
-
-    def idle(self) -> bool:
-        with self._cond:
-            return self._ready and not self._pending and self._inflight is None
 
     def wait(self, step: int | None = None, timeout: float | None = None) -> bool:
         """Until ``step`` (default: everything queued) is committed on the remote; False on timeout.
@@ -145,7 +140,6 @@ class Replicator:
 
     def _shutdown(self) -> None:
         with self._cond:
-            self._closing = True
             self._stop.set()
             self._cond.notify_all()
         self._thread.join(timeout=60)
@@ -171,7 +165,7 @@ class Replicator:
             self._cond.notify_all()
         while True:
             with self._cond:
-                while not self._pending and not self._closing:
+                while not self._pending and not self._stop.is_set():
                     self._cond.wait()
                 if self._stop.is_set() or not self._pending:
                     return

@@ -238,9 +238,6 @@ class FsspecStorage:
             pass
         return name
 
-    def rename(self, src: str, dst: str) -> None:
-        raise NotImplementedError(f"{self._url} is an object store; it has no rename.")
-
     def remove(self, rel: str, *, strict: bool = False) -> None:
         """Remove everything under ``rel``; missing is fine. ``strict`` raises other errors."""
         path = self._p(rel)
