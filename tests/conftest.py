@@ -10,7 +10,37 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+GUARD = Path(__file__).resolve().parent / "_guard"
 sys.path.insert(0, str(EXAMPLES))
+
+# ---------------------------------------------------------------------------------------
+# Never the real cloud metadata addresses. Every process of the suite (this one and every
+# child, which inherit the environment) points the three metadata URLs at a closed
+# loopback port unless a test sets its own, and loads tests/_guard/sitecustomize.py,
+# which refuses and records any connection to 169.254.169.254 or metadata.google.internal.
+# ---------------------------------------------------------------------------------------
+_GUARD_LOG = Path(os.environ.setdefault(
+    "SPOTSAFE_TEST_GUARD_LOG", os.path.join(__import__("tempfile").mkdtemp(prefix="spotsafe-guard-"), "log")))
+_GUARD_LOG.touch()
+for _name in ("SPOTSAFE_AWS_METADATA_URL", "SPOTSAFE_GCP_METADATA_URL", "SPOTSAFE_AZURE_METADATA_URL"):
+    os.environ[_name] = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD), os.environ.get("PYTHONPATH", "")) if p)
+sys.path.insert(0, str(GUARD))
+import sitecustomize as _guard  # noqa: E402  (this folder's, first on sys.path)
+
+_guard.install()
+
+
+@pytest.fixture(autouse=True)
+def _no_metadata_contact():
+    """Fail the test if it (or any child process) tried to reach a real metadata address."""
+    before = _GUARD_LOG.stat().st_size
+    yield
+    with open(_GUARD_LOG) as f:
+        f.seek(before)
+        tried = f.read().strip()
+    if tried:
+        pytest.fail(f"contacted a real cloud metadata address: {tried}", pytrace=False)
 
 
 @pytest.fixture
@@ -33,6 +63,18 @@ def spotsafe_cli() -> list[str]:
     """The installed ``spotsafe`` entry point next to this interpreter."""
     exe = Path(sys.executable).with_name("spotsafe")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "spotsafe.cli"]
+
+
+@pytest.fixture
+def metadata():
+    """A loopback server speaking AWS IMDSv2, GCP metadata and Azure Scheduled Events."""
+    from metadata_server import MetadataServer
+
+    server = MetadataServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def child_env() -> dict[str, str]:

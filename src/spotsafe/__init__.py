@@ -10,6 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._backoff import Backoff
+from ._exitcodes import EXIT_OK, EXIT_PREEMPTED
+from ._units import parse_duration
 from ._version import __version__
 from .errors import (
     CheckpointNotFoundError,
@@ -25,19 +27,30 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from . import data
+    from . import data, notices, policy
     from .engine import CheckpointManager, SaveStats, UploadStats
     from .format import CheckpointInfo
+    from .notices import Notice
+    from .policy import EveryDuration, EverySteps
+    from .run import Preempted, Run
     from .state import Stateful
 
 _LAZY = {
     "CheckpointInfo": "spotsafe.format",
     "CheckpointManager": "spotsafe.engine",
+    "EveryDuration": "spotsafe.policy",
+    "EverySteps": "spotsafe.policy",
+    "Notice": "spotsafe.notices",
+    "Preempted": "spotsafe.run",
+    "Run": "spotsafe.run",
     "SaveStats": "spotsafe.engine",
     "Stateful": "spotsafe.state",
     "UploadStats": "spotsafe.engine",
     "data": "spotsafe.data",
+    "notices": "spotsafe.notices",
+    "policy": "spotsafe.policy",
 }
+_MODULES = {"data", "notices", "policy"}
 
 __all__ = [
     "Backoff",
@@ -46,9 +59,16 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointSkippedWarning",
     "CorruptCheckpointError",
+    "EXIT_OK",
+    "EXIT_PREEMPTED",
+    "EveryDuration",
+    "EverySteps",
+    "Notice",
+    "Preempted",
     "RemoteError",
     "RemoteUnavailableError",
     "RemoteUnavailableWarning",
+    "Run",
     "SaveStats",
     "SpotsafeError",
     "SpotsafeWarning",
@@ -58,6 +78,9 @@ __all__ = [
     "UploadStats",
     "__version__",
     "data",
+    "notices",
+    "parse_duration",
+    "policy",
 ]
 
 
@@ -66,7 +89,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'spotsafe' has no attribute {name!r}")
     mod = importlib.import_module(module)
-    value = mod if name == "data" else getattr(mod, name)
+    value = mod if name in _MODULES else getattr(mod, name)
     globals()[name] = value
     return value
 

@@ -10,9 +10,16 @@ EXPECTED = [
     "CheckpointNotFoundError",
     "CheckpointSkippedWarning",
     "CorruptCheckpointError",
+    "EXIT_OK",
+    "EXIT_PREEMPTED",
+    "EveryDuration",
+    "EverySteps",
+    "Notice",
+    "Preempted",
     "RemoteError",
     "RemoteUnavailableError",
     "RemoteUnavailableWarning",
+    "Run",
     "SaveStats",
     "SpotsafeError",
     "SpotsafeWarning",
@@ -22,6 +29,9 @@ EXPECTED = [
     "UploadStats",
     "__version__",
     "data",
+    "notices",
+    "parse_duration",
+    "policy",
 ]
 
 

@@ -137,6 +137,8 @@ class CheckpointManager:
         self.async_save = async_save
         self.when_busy = when_busy
         self.restored: CheckpointInfo | None = None
+        self.restored_tier: str | None = None
+        self.restore_skipped: list[str] = []
         self.last_save: SaveStats | None = None
         self.skipped_saves = 0
         self._buffers = StagingBuffers()
@@ -174,6 +176,14 @@ class CheckpointManager:
     def uploads(self) -> list[UploadStats]:
         """The most recent uploads to the remote, oldest first."""
         return list(self._replicator.uploads) if self._replicator else []
+
+    def upload_backlog(self, step: int) -> list[int]:
+        """Older steps that still upload before ``step`` (the one in flight first); [] without a remote."""
+        return self._replicator.ahead_of(step) if self._replicator else []
+
+    def prioritize_upload(self, step: int) -> int:
+        """Drop the uploads waiting behind an older step than ``step``, which supersedes them."""
+        return self._replicator.supersede(step) if self._replicator else 0
 
     @property
     def staging_bytes(self) -> int:
@@ -404,12 +414,15 @@ class CheckpointManager:
                                   CheckpointSkippedWarning, stacklevel=2)
                 apply_checkpoint(name, state, loaded, rng if self.rng else None)
                 self.restored = CheckpointInfo(s, name, f"{storage.url}/{name}", True, None, manifest)
+                self.restored_tier = tier
+                self.restore_skipped = skipped
                 if skipped:
                     logger.warning("Restored %s from %s after skipping %d invalid checkpoint(s): %s", name, tier,
                                    len(skipped), "; ".join(skipped))
                 else:
                     logger.info("Restored %s from %s (%s)", name, tier, storage.url)
                 return s
+        self.restore_skipped = skipped
         if unreachable is not None and not fresh_if_unreachable:
             raise RemoteUnavailableError(
                 f"No valid checkpoint could be read: the remote {self.remote.url} is unreachable ({unreachable}) and "

@@ -98,6 +98,25 @@ class Replicator:
         with self._cond:
             return set(self._pending) | ({self._inflight} if self._inflight is not None else set())
 
+    def ahead_of(self, step: int) -> list[int]:
+        """Older steps still to upload before ``step`` (in flight first)."""
+        with self._cond:
+            older = [s for s in self._pending if s < step]
+            if self._inflight is not None and self._inflight < step:
+                older.insert(0, self._inflight)
+            return older
+
+    def supersede(self, step: int) -> int:
+        """Drop the waiting uploads older than ``step`` (it replaces them); returns how many."""
+        with self._cond:
+            older = [s for s in self._pending if s < step]
+            self._pending = [s for s in self._pending if s >= step]
+            self.dropped += len(older)
+            self._cond.notify_all()
+        for s in older:
+            logger.info("Upload of %s to %s dropped: %s supersedes it", step_dir(s), self.remote.url, step_dir(step))
+        return len(older)
+
     def wait(self, step: int | None = None, timeout: float | None = None) -> bool:
         """Until ``step`` (default: everything queued) is committed on the remote; False on timeout.
 
@@ -129,20 +148,23 @@ class Replicator:
             raise err
 
     def close(self, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop the thread; ``wait`` first for everything queued. Without ``wait``, an upload in
+        flight is abandoned after a few seconds (the daemon thread dies with the process; the
+        next writer cleans the partial upload)."""
         if wait:
             try:
                 self.wait(timeout=timeout)
             finally:
-                self._shutdown()
+                self._shutdown(60.0)
         else:
-            self._shutdown()
+            self._shutdown(2.0)
         self.check()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, join_timeout: float) -> None:
         with self._cond:
             self._stop.set()
             self._cond.notify_all()
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=join_timeout)
 
     # -- the upload thread -----------------------------------------------------------
     def _retry(self, fn, what: str):

@@ -1,0 +1,68 @@
+"""A file whose appearance is a notice: for drills, and for orchestrators that can touch a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from .._units import parse_duration
+from ._notice import DEFAULT_GRACE, Notice, NoticeSource
+from ._poller import poll_interval
+
+logger = logging.getLogger(__name__)
+
+FILE_ENV = "SPOTSAFE_NOTICE_FILE"
+
+
+class FileTrigger(NoticeSource):
+    """A notice when ``path`` exists; the file may hold the seconds left (``"45"``, ``"2m"``).
+
+    Default path: ``$SPOTSAFE_NOTICE_FILE``. Polled every ``interval`` (default as the
+    other pollers) from a daemon thread; one ``stat`` per poll.
+    """
+
+    name = "file"
+
+    def __init__(self, path: str | os.PathLike | None = None, *, interval: float | str | timedelta | None = None,
+                 grace: float | str | timedelta = DEFAULT_GRACE) -> None:
+        path = path if path is not None else os.environ.get(FILE_ENV)
+        if not path:
+            raise ValueError(f"FileTrigger needs a path; pass one or set {FILE_ENV}.")
+        self.path = Path(path)
+        self.interval = poll_interval(interval)
+        self.grace = parse_duration(grace, what="grace")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, watcher) -> None:
+        self._watcher = watcher
+        self._thread = threading.Thread(target=self._run, name="spotsafe-notice-file", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.path.exists():
+                now = time.time()
+                grace = self.grace
+                try:
+                    text = self.path.read_text()[:100].strip()
+                    if text:
+                        grace = parse_duration(text, what=str(self.path))
+                except (OSError, ValueError) as e:
+                    logger.info("Notice file %s does not hold a duration (%s); assuming %gs", self.path, e, grace)
+                self._watcher.post(Notice(self.name, now + grace, f"{self.path} appeared", now))
+                return
+            self._stop.wait(self.interval)
+
+    @property
+    def active(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)

@@ -1,0 +1,169 @@
+"""Polling sources: a daemon thread per source, HTTP to a metadata server, no proxies.
+
+Metadata servers must be reached directly (a corporate ``HTTP_PROXY`` would swallow the
+request), so the client ignores proxy settings. Every request has a short timeout and
+the thread never touches the training loop: it only ``post()``s a notice.
+
+In ``auto`` mode a source first *probes*: a cloud it is not on does not answer its
+protocol (connection refused, a timeout, or a 404 from another cloud's server), and the
+source then ends quietly (a debug line in the log). A source asked for by name keeps
+trying and logs a warning once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .._units import parse_duration
+from ._notice import NoticeSource
+
+logger = logging.getLogger(__name__)
+
+POLL_ENV = "SPOTSAFE_NOTICE_POLL_S"
+DEFAULT_POLL_S = 2.0
+MAX_POLL_S = 5.0
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Unreachable(Exception):
+    """The metadata server did not answer (refused, timed out, reset)."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+
+def http(method: str, url: str, *, headers: dict[str, str] | None = None, body: bytes | None = None,
+         timeout: float = 1.0) -> Response:
+    """One request; any HTTP status is returned, a network failure raises :class:`Unreachable`."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with _OPENER.open(req, timeout=timeout) as r:
+            return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read(1 << 20))
+    except urllib.error.HTTPError as e:
+        try:
+            data = e.read(1 << 20)
+        except Exception:  # noqa: BLE001 - the status is what matters
+            data = b""
+        return Response(e.code, {k.lower(): v for k, v in (e.headers or {}).items()}, data)
+    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client's bad status line
+        raise Unreachable(f"{method} {url}: {getattr(e, 'reason', e)}") from e
+
+
+def poll_interval(value: float | str | timedelta | None) -> float:
+    """The polling period: the argument, else ``$SPOTSAFE_NOTICE_POLL_S``, else 2 s; at most 5 s."""
+    if value is None:
+        value = os.environ.get(POLL_ENV) or DEFAULT_POLL_S
+    seconds = parse_duration(value, what="poll interval")
+    if not 0 < seconds <= MAX_POLL_S:
+        raise ValueError(f"A notice poll interval of {seconds:g}s is outside (0, {MAX_POLL_S:g}] s; notices "
+                         "give 30 s to 2 min, so poll at least every 5 s.")
+    return seconds
+
+
+def base_url(url: str | None, env: str, default: str) -> str | None:
+    """The argument, else ``$env``, else ``default``; None when set to ``off``."""
+    value = url if url is not None else os.environ.get(env, default)
+    value = value.strip()
+    if value.lower() in ("off", "none", "0", ""):
+        return None
+    return value.rstrip("/")
+
+
+class Poller(NoticeSource):
+    """A source that polls an HTTP endpoint from a daemon thread.
+
+    Subclasses set ``name`` and ``env`` (the base-URL variable) and ``default_url``, and
+    implement ``probe()`` (True when the server speaks this protocol) and ``poll()``
+    (post a notice when there is one; return True to stop polling).
+    """
+
+    env = ""
+    default_url = ""
+
+    def __init__(self, url: str | None = None, *, interval: float | str | timedelta | None = None,
+                 timeout: float = 1.0, auto: bool = False) -> None:
+        self.url = base_url(url, self.env, self.default_url)
+        self.interval = poll_interval(interval)
+        self.timeout = timeout
+        self.auto = auto
+        self.polls = 0
+        self._watcher = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._active = False
+
+    def start(self, watcher) -> None:
+        if self.url is None:
+            logger.debug("%s notices are off (%s=off)", self.name, self.env)
+            return
+        self._watcher = watcher
+        self._active = True
+        self._thread = threading.Thread(target=self._run, name=f"spotsafe-notice-{self.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 1.0)
+        self._active = False
+
+    def post(self, notice) -> None:
+        self._watcher.post(notice)
+
+    def probe(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def poll(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        warned = False
+        try:
+            answered = self._probe_once()
+            if not answered and self.auto:
+                logger.debug("No %s metadata server at %s: %s notices off", self.name, self.url, self.name)
+                self._active = False
+                return
+            while not self._stop.is_set():
+                try:
+                    self.polls += 1
+                    if self.poll():
+                        return
+                    warned = False
+                except Unreachable as e:
+                    if not warned:
+                        logger.warning("The %s metadata server at %s does not answer (%s); still trying every %gs",
+                                       self.name, self.url, e, self.interval)
+                        warned = True
+                self._stop.wait(self.interval)
+        except Exception:  # noqa: BLE001 - a broken poller must not take the training run down
+            logger.exception("The %s notice poller failed; %s notices are off", self.name, self.name)
+            self._active = False
+
+    def _probe_once(self) -> bool:
+        try:
+            return self.probe()
+        except Unreachable as e:
+            if not self.auto:
+                logger.warning("The %s metadata server at %s does not answer (%s); still trying every %gs",
+                               self.name, self.url, e, self.interval)
+            return False

@@ -1,0 +1,135 @@
+"""POSIX signals as notices: plain signals, Kubernetes' SIGTERM, SLURM's ``--signal``.
+
+A handler only records the signal (a list append: no lock, nothing that could deadlock
+with the interrupted main thread); the training loop reads it after the current step. The
+previous handlers are put back by ``stop()``. Handlers can only be installed from the
+main thread; elsewhere the source says so in the log and stays inactive.
+
+Several signal sources share one handler per signal; the one started last names the
+source and sets the deadline (``Kubernetes`` after ``Signals`` makes SIGTERM a
+"kubernetes" notice with the pod's grace period).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+
+from .._units import parse_duration
+from ._notice import DEFAULT_GRACE, Notice, NoticeSource
+
+logger = logging.getLogger(__name__)
+
+
+def _signum(sig: int | str | signal.Signals) -> signal.Signals:
+    if isinstance(sig, str):
+        name = sig.upper() if sig.upper().startswith("SIG") else f"SIG{sig.upper()}"
+        try:
+            return signal.Signals[name]
+        except KeyError:
+            raise ValueError(f"Unknown signal {sig!r}; use a name such as SIGTERM, SIGINT or SIGUSR1.") from None
+    return signal.Signals(sig)
+
+
+def _grace(value: float | str | timedelta | None, env: str) -> float:
+    if value is None:
+        value = os.environ.get(env) or DEFAULT_GRACE
+        return parse_duration(value, what=env)
+    return parse_duration(value, what="grace")
+
+
+class Signals(NoticeSource):
+    """Signals as notices (default SIGTERM, SIGINT and SIGUSR1).
+
+    Args:
+        signals: Signal numbers or names.
+        grace: Seconds between the signal and a forced kill, used as the deadline
+            (default ``$SPOTSAFE_SIGNAL_GRACE`` or 30 s).
+    """
+
+    name = "signal"
+    env = "SPOTSAFE_SIGNAL_GRACE"
+
+    def __init__(self, signals: Iterable[int | str] = ("SIGTERM", "SIGINT", "SIGUSR1"), *,
+                 grace: float | str | timedelta | None = None) -> None:
+        self.signals = tuple(_signum(s) for s in signals)
+        if not self.signals:
+            raise ValueError(f"{type(self).__name__} needs at least one signal.")
+        self.grace = _grace(grace, self.env)
+        self._previous: dict[signal.Signals, object] = {}
+        self._watcher = None
+        self._installed = False
+
+    def start(self, watcher) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Not installing handlers for %s: signal handlers can only be set from the main thread; "
+                           "use the other notice sources or enter spotsafe.Run in the main thread.",
+                           ", ".join(s.name for s in self.signals))
+            return
+        self._watcher = watcher
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        self._installed = True
+
+    def _handle(self, signum: int, frame: object) -> None:
+        # Runs in the main thread between two bytecodes: record and return, nothing else.
+        now = time.time()
+        self._watcher.post(Notice(self.name, now + self.grace, f"{signal.Signals(signum).name} received", now),
+                           signal=True)
+
+    def stop(self) -> None:
+        if not self._installed:
+            return
+        for sig, previous in self._previous.items():
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self._installed = False
+
+    @property
+    def active(self) -> bool:
+        return self._installed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({[s.name for s in self.signals]}, grace={self.grace:g})"
+
+
+class Kubernetes(Signals):
+    """Kubernetes: SIGTERM, with the pod's grace period as the deadline.
+
+    The kubelet sends SIGTERM, then SIGKILL after ``terminationGracePeriodSeconds``; the
+    pod cannot read that value, so pass it here or set ``SPOTSAFE_TERMINATION_GRACE``
+    (default 30 s, Kubernetes' own default).
+    """
+
+    name = "kubernetes"
+    env = "SPOTSAFE_TERMINATION_GRACE"
+
+    def __init__(self, *, grace: float | str | timedelta | None = None) -> None:
+        super().__init__(("SIGTERM",), grace=grace)
+
+    @staticmethod
+    def detected() -> bool:
+        return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+class Slurm(Signals):
+    """SLURM: ``sbatch --signal=USR1@120`` sends SIGUSR1 before the time limit, scancel and
+    preemption send SIGTERM then SIGKILL after KillWait. The deadline is ``grace``
+    (default ``$SPOTSAFE_SLURM_GRACE`` or 30 s; set it to the ``@`` seconds you chose)."""
+
+    name = "slurm"
+    env = "SPOTSAFE_SLURM_GRACE"
+
+    def __init__(self, signals: Iterable[int | str] = ("SIGUSR1", "SIGTERM"), *,
+                 grace: float | str | timedelta | None = None) -> None:
+        super().__init__(signals, grace=grace)
+
+    @staticmethod
+    def detected() -> bool:
+        return "SLURM_JOB_ID" in os.environ

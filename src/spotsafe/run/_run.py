@@ -1,0 +1,405 @@
+"""spotsafe.Run: the training-loop integration of state, engine, policy and notices.
+
+The loop asks one question per step (``step_done``): is a checkpoint due, and has a
+notice arrived? Both answers are cheap reads; every wait happens on background threads
+except on the emergency path, which by then is the only thing left to do.
+
+The emergency path, after the step that was running when the notice came:
+
+1. checkpoint that step (or reuse the checkpoint of it already taken or in flight);
+2. wait until it is durable locally, bounded by the deadline less ``margin``;
+3. with a remote: estimate the upload from the measured bandwidth and the backlog; when it
+   fits the time left, wait for it (a second signal or the deadline stops the wait);
+4. acknowledge the notice (Azure lets the eviction proceed), record the events, log which
+   tier holds the checkpoint, and exit 75 (:data:`spotsafe.EXIT_PREEMPTED`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from .._exitcodes import EXIT_OK, EXIT_PREEMPTED
+from .._units import format_duration, parse_duration
+from ..engine import CheckpointManager, SaveStats
+from ..format import step_dir
+from ..notices import Notice, NoticeWatcher, make_sources
+from ..notices._watcher import NoticesSpec
+from ..policy import SavePolicy, as_policy
+from ..storage import is_url
+from ..telemetry import EVENTS_DIR_ENV, EventLog
+
+logger = logging.getLogger("spotsafe.run")
+
+_SLICE = 0.1  # seconds between looks at a second signal while waiting on the emergency path
+
+
+class Preempted(SystemExit):
+    """Raised out of the training loop after a notice once the checkpoint is durable; exits 75."""
+
+    def __init__(self, notice: Notice, step: int, tier: str | None) -> None:
+        super().__init__(EXIT_PREEMPTED)
+        self.notice, self.step, self.tier = notice, step, tier
+
+
+class Run:
+    """Restore, checkpoint by policy, watch for notices, and exit safely on one.
+
+    Args:
+        root: Local directory (or URL) of the run's checkpoints, as for CheckpointManager.
+        state: Dict of name -> object with ``state_dict()``/``load_state_dict()`` or plain value.
+        save_every: Steps (``500``, ``"500steps"``), a duration (``"15m"``, ``"2h"``, float
+            seconds, a timedelta), a :class:`~spotsafe.policy.SavePolicy`, or None (only on
+            notices and at the end).
+        notices: ``"auto"`` (signals and every cloud that answers), None, or source names /
+            objects (see :func:`spotsafe.notices.make_sources`).
+        remote, storage_options, keep_last, keep_every, rng, async_save: As for
+            :class:`~spotsafe.CheckpointManager`.
+        margin: Time kept in hand before a notice's deadline (default 3 s): waits on the
+            emergency path end this long before it.
+        exit_on_notice: Raise :class:`Preempted` (``SystemExit(75)``) after the emergency
+            checkpoint (default). False: ``steps()`` just ends, ``stop_requested`` and
+            ``exit_code`` tell the caller.
+        events_dir: Where the JSON-lines events go (default ``$SPOTSAFE_EVENTS_DIR``, else
+            ``<root>/events`` for a local root).
+
+    Example::
+
+        with spotsafe.Run("runs/exp1", state, save_every="15m") as run:
+            for step in run.steps(total_steps):
+                loss = train_step(next(batches))
+                run.log(loss=loss.item())
+    """
+
+    def __init__(self, root: str | os.PathLike, state: dict[str, Any], *,
+                 save_every: SavePolicy | int | float | str | timedelta | None = None, notices: NoticesSpec = "auto",
+                 remote: str | None = None, storage_options: dict[str, Any] | None = None, keep_last: int = 3,
+                 keep_every: int | None = None, rng: bool = True, async_save: bool = True,
+                 margin: float | str | timedelta = 3.0, exit_on_notice: bool = True,
+                 events_dir: str | os.PathLike | None = None, clock=time.monotonic) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
+        self.root = os.fspath(root)
+        self.state = state
+        self.policy = as_policy(save_every)
+        self.margin = parse_duration(margin, what="margin")
+        self.exit_on_notice = exit_on_notice
+        self._sources = make_sources(notices)
+        self._manager_options = dict(remote=remote, storage_options=storage_options, keep_last=keep_last,
+                                     keep_every=keep_every, rng=rng, async_save=async_save)
+        if events_dir is None:
+            events_dir = os.environ.get(EVENTS_DIR_ENV) or (None if is_url(self.root) else os.path.join(self.root,
+                                                                                                     "events"))
+        self._events_dir = events_dir
+        self._clock = clock
+        self.manager: CheckpointManager | None = None
+        self.watcher: NoticeWatcher | None = None
+        self.events: EventLog | None = None
+        self.start_step = 0
+        self.step = 0
+        self.total: int | None = None
+        self.exit_code: int | None = None
+        self.tier: str | None = None
+        self.completed = False
+        self._current: int | None = None
+        self._handled: Notice | None = None
+        self._submitted: int | None = None       # newest step handed to the manager
+        self._reasons: dict[int, str] = {}
+        self._reported = 0                       # newest step whose checkpoint event is written
+        self._uploads_reported = 0
+        self._restore_window = (0.0, 0.0)
+
+    # -- entering and leaving --------------------------------------------------------
+    def __enter__(self) -> Run:
+        self.events = EventLog(self._events_dir)
+        self.watcher = NoticeWatcher(self._sources)
+        try:
+            self.watcher.start()  # before the restore: a notice during it is kept
+            self.manager = CheckpointManager(self.root, **self._manager_options)
+            self.events.emit("run_start", root=self.manager.root, remote=self._manager_options["remote"],
+                             sources=[s.name for s in self._sources], policy=repr(self.policy))
+            t0, w0 = time.perf_counter(), time.time()
+            restored = self.manager.restore(self.state)
+            self._restore_window = (w0, time.time())
+            self.start_step = self.step = restored or 0
+            self._submitted = self._reported = self.step
+            info = self.manager.restored
+            self.events.emit("restore", step=restored, tier=self.manager.restored_tier if restored else None,
+                             seconds=time.perf_counter() - t0,
+                             bytes=info.manifest.total_bytes if info and info.manifest else 0,
+                             skipped=list(self.manager.restore_skipped))
+            if restored:
+                logger.info("Resuming at step %d from %s", restored, info.path if info else self.root)
+        except BaseException:
+            self._teardown(wait_remote=False)
+            raise
+        self.policy.start(self.step, self._clock())
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if isinstance(exc, Preempted):
+            self._teardown(wait_remote=exc.tier == "remote")
+            return
+        if exc_type is not None:
+            self.exit_code = 1
+            try:
+                self._report_durable()
+                self.events.emit("stop", reason="error", exit_code=1, step=self.step,
+                                 error=f"{exc_type.__name__}: {exc}")
+            finally:
+                self._teardown(wait_remote=False)
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self._teardown(wait_remote=False)
+            raise
+        self._teardown(wait_remote=self.tier == "remote")
+
+    def _finish(self) -> None:
+        """Leaving normally: a final checkpoint of the last step, durable (on the remote too)."""
+        if self.exit_code == EXIT_PREEMPTED:  # exit_on_notice=False: the emergency path already ran
+            return
+        notice = self.watcher.notice
+        if self.step > (self._submitted or 0):
+            self._save(self.step, "final")
+        if self._submitted:
+            deadline = self._deadline(notice) if notice is not None else None
+            self.tier = self._make_durable(self._submitted, deadline, notice)
+            if notice is not None and self.tier is not None:
+                self.watcher.acknowledge()
+        self.exit_code = EXIT_OK
+        self._report_durable()
+        self.events.emit("stop", reason="completed" if self.completed else "exit", exit_code=EXIT_OK,
+                         step=self.step, tier=self.tier, notice=notice.source if notice else None)
+
+    def _teardown(self, *, wait_remote: bool) -> None:
+        errors = []
+        if self.manager is not None:
+            try:
+                self.manager.close(wait_remote=wait_remote)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+            try:
+                self._report_durable()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.events is not None:
+            self.events.close()
+        if errors and self.exit_code != EXIT_PREEMPTED:
+            raise errors[0]
+        for e in errors:
+            logger.warning("After the notice: %s", e)
+
+    # -- the loop ----------------------------------------------------------------------
+    def steps(self, total: int) -> Iterator[int]:
+        """Yield the step numbers left, ``restored + 1`` .. ``total``; save and watch between them."""
+        self.total = total
+        if self.step >= total:
+            self.completed = True
+            return
+        if self._notice_now():
+            return
+        for step in range(self.step + 1, total + 1):
+            self._current = step
+            yield step
+            self.step_done(step)
+            if self.stop_requested:
+                return
+
+    def step_done(self, step: int) -> None:
+        """Call after each finished step when not using :meth:`steps`: saves by policy, handles notices."""
+        self.step = step
+        self._current = None
+        if self.total is not None and step >= self.total:
+            self.completed = True
+        now = self._clock()
+        if not self.completed and self._notice_now():
+            return
+        due = self.policy.due(step, now)
+        for adv in self.watcher.new_advisories():
+            self.events.emit("notice", source=adv.source, reason=adv.reason, seconds_left=None, advisory=True,
+                             step=step)
+            logger.warning("Early warning from %s (%s): checkpointing step %d now", adv.source, adv.reason, step)
+            due, reason = True, "notice"
+            break
+        else:
+            reason = "policy"
+        if due and not self.completed:
+            self._save(step, reason)
+        self._report_durable()
+
+    @property
+    def stop_requested(self) -> bool:
+        """A notice arrived: finish the current step and stop (loops without :meth:`steps` check this)."""
+        return self.watcher is not None and self.watcher.notice is not None
+
+    @property
+    def notice(self) -> Notice | None:
+        return self.watcher.notice if self.watcher else None
+
+    def log(self, **values: Any) -> None:
+        """Record user metrics (``loss=...``) as a ``metrics`` event of the current step."""
+        step = values.pop("step", None)
+        if step is None:
+            step = self._current if self._current is not None else self.step
+        self.events.emit("metrics", step=step, values=values)
+
+    def save(self, reason: str = "manual") -> SaveStats:
+        """Checkpoint the last finished step now (asynchronously, as policy saves are)."""
+        return self._save(self.step, reason)
+
+    # -- internals -------------------------------------------------------------------------
+    def _save(self, step: int, reason: str) -> SaveStats:
+        epoch = next((v.epoch for v in self.state.values() if isinstance(getattr(v, "epoch", None), int)), None)
+        stats = self.manager.save(step, self.state, epoch=epoch)
+        self._reasons[step] = reason
+        self._submitted = step
+        self.policy.saved(step, self._clock())
+        return stats
+
+    def _report_durable(self) -> None:
+        last = self.manager.last_save if self.manager else None
+        if last is not None and last.step > self._reported and last.durable:
+            self._reported = last.step
+            self.events.emit("checkpoint", step=last.step, reason=self._reasons.get(last.step, "policy"),
+                             bytes=last.bytes, stall_s=last.stall_s, stage_s=last.stage_s, persist_s=last.persist_s,
+                             total_s=last.total_s)
+        for up in self.manager.uploads if self.manager else []:
+            if up.step > self._uploads_reported:
+                self._uploads_reported = up.step
+                self.events.emit("upload", step=up.step, bytes=up.bytes, upload_s=up.upload_s, retries=up.retries)
+
+    def _deadline(self, notice: Notice) -> float:
+        """The notice's deadline, less the margin, on the monotonic clock."""
+        left = notice.seconds_left()
+        if left is None:
+            from ..notices import DEFAULT_GRACE
+            left = DEFAULT_GRACE - (time.time() - notice.received)
+        return time.monotonic() + left - self.margin
+
+    def _notice_now(self) -> bool:
+        """Handle a pending notice; True when the loop must stop (exit_on_notice=False)."""
+        notice = self.watcher.notice
+        if notice is None or self._handled is not None:
+            return notice is not None
+        self._handled = notice
+        self._emergency(notice)
+        return True
+
+    def _emergency(self, notice: Notice) -> None:
+        step = self.step
+        deadline = self._deadline(notice)
+        w0, w1 = self._restore_window
+        during = "restore" if w0 <= notice.received <= w1 else ("step" if step > self.start_step else "start")
+        self.events.emit("notice", source=notice.source, reason=notice.reason, seconds_left=notice.seconds_left(),
+                         advisory=False, step=step, during=during)
+        logger.warning("Interruption notice from %s (%s, %s left): checkpointing step %d and stopping",
+                       notice.source, notice.reason, format_duration(max(0.0, deadline - time.monotonic()
+                                                                         + self.margin)), step)
+        if step > (self._submitted or 0):
+            self._save(step, "notice")
+        if self._submitted != self.start_step:
+            tier = self._make_durable(self._submitted, deadline, notice)
+        elif self.start_step:
+            tier = self._tier_name(self.manager.restored_tier)
+            logger.warning("No step has run since the restore: %s (%s) is the checkpoint to resume from.",
+                           step_dir(self.start_step), tier)
+        else:
+            tier = "none"
+            logger.warning("No step has run yet: nothing to checkpoint, nothing is lost.")
+        self.tier = tier
+        if tier is not None:
+            self.watcher.acknowledge()
+        self._report_durable()
+        self.exit_code = EXIT_PREEMPTED
+        self.events.emit("stop", reason="notice", exit_code=EXIT_PREEMPTED, step=step, tier=tier,
+                         checkpoint_step=self._submitted, source=notice.source,
+                         notice_to_durable_s=time.time() - notice.received if tier in ("local", "remote") else None,
+                         seconds_left=notice.seconds_left())
+        if self.exit_on_notice:
+            raise Preempted(notice, step, tier)
+
+    def _make_durable(self, step: int, deadline: float | None, notice: Notice | None) -> str | None:
+        """Wait until ``step`` is durable on the best tier that fits; return "remote", "local" or None."""
+        mgr = self.manager
+        name = step_dir(step)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                logger.error("%s is not durable and the deadline has come: the newest durable checkpoint is %s; "
+                             "restarting replays from it.", name,
+                             step_dir(mgr.last_save.step) if mgr.last_save else "none")
+                return None
+            try:
+                mgr.wait(timeout=None if left is None else min(left, 1.0))
+                break
+            except TimeoutError:
+                continue
+        if mgr.remote is None:
+            if notice is not None:
+                logger.warning("%s is durable at %s.", name, mgr.root)
+            return self._tier_name("root")
+        mgr.prioritize_upload(step)
+        estimate, why = self._upload_estimate(step)
+        left = None if deadline is None else deadline - time.monotonic()
+        if notice is not None and self.watcher.urgent:
+            logger.warning("%s is durable on local disk at %s; not waiting for the upload to %s: a second signal "
+                           "came.", name, mgr.root, mgr.remote.url)
+            return "local"
+        if left is not None and estimate is not None and estimate > left:
+            logger.warning("%s is durable on local disk at %s only: its upload to %s would take about %s (%s), "
+                           "more than the %s left. The remote holds %s.", name, mgr.root, mgr.remote.url,
+                           format_duration(estimate), why, format_duration(max(0.0, left)),
+                           step_dir(mgr.remote_watermark) if mgr.remote_watermark else "nothing yet")
+            return "local"
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                logger.warning("%s is durable on local disk at %s; its upload to %s did not finish before the "
+                               "deadline. The remote holds %s.", name, mgr.root, mgr.remote.url,
+                               step_dir(mgr.remote_watermark) if mgr.remote_watermark else "nothing yet")
+                return "local"
+            if notice is not None and self.watcher.urgent:
+                logger.warning("%s is durable on local disk at %s; stopped waiting for the upload to %s: a second "
+                               "signal came.", name, mgr.root, mgr.remote.url)
+                return "local"
+            try:
+                mgr.wait(timeout=_SLICE if notice is not None else (None if left is None else min(left, 1.0)),
+                         remote=True)
+            except TimeoutError:
+                continue
+            except Exception as e:  # noqa: BLE001 - the local copy stands
+                if notice is None:
+                    raise
+                logger.warning("%s is durable on local disk at %s; its upload to %s failed (%s).", name, mgr.root,
+                               mgr.remote.url, e)
+                return "local"
+            if (mgr.remote_watermark or 0) >= step:
+                if notice is not None:
+                    logger.warning("%s is durable on %s (and on local disk).", name, mgr.remote.url)
+                return "remote"
+            return "local"  # the upload was dropped
+
+    def _tier_name(self, tier: str | None) -> str | None:
+        """"local" or "remote" for the manager's "root"/"remote" (a URL root is remote)."""
+        if tier == "root":
+            return "remote" if is_url(self.root) else "local"
+        return tier
+
+    def _upload_estimate(self, step: int) -> tuple[float | None, str]:
+        """Seconds to upload ``step`` and the older steps ahead of it, from measured bandwidth."""
+        ups = [u for u in self.manager.uploads if u.upload_s > 0 and u.bytes > 0][-5:]
+        if not ups:
+            return None, "no upload measured yet"
+        bw = statistics.median(u.bytes / u.upload_s for u in ups)
+        size = self.manager.last_save.bytes if self.manager.last_save else ups[-1].bytes
+        ahead = len(self.manager.upload_backlog(step))
+        return (1 + ahead) * size / bw, f"{(1 + ahead) * size / 2**20:.0f} MiB at {bw / 1e6:.0f} MB/s"

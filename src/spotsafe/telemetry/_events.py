@@ -1,0 +1,109 @@
+"""Telemetry events: one JSON object per line, one writer per file (no torch).
+
+Every event carries ``ts`` (wall-clock seconds), ``event``, ``run_id``, ``attempt``,
+``rank``, ``host`` and ``pid`` (../shared/DESIGN.md). A process writes
+``<dir>/<host>-<pid>.jsonl``, appending, one ``write`` per line, flushed at once so a
+killed process loses at most the line it was writing; readers skip a torn last line.
+
+The run id and attempt come from ``SPOTSAFE_RUN_ID`` / ``SPOTSAFE_ATTEMPT`` (set by the
+``spotsafe run`` supervisor), the rank from ``RANK`` (torchrun), the directory from
+``SPOTSAFE_EVENTS_DIR`` or ``<run root>/events``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EVENTS_DIR_ENV = "SPOTSAFE_EVENTS_DIR"
+RUN_ID_ENV = "SPOTSAFE_RUN_ID"
+ATTEMPT_ENV = "SPOTSAFE_ATTEMPT"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numbers stay numbers (nan/inf become null), tensors and numpy scalars become floats."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return _clean(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(value)
+
+
+class EventLog:
+    """Appends events to ``directory/<host>-<pid>.jsonl`` (or keeps them in memory only when None)."""
+
+    def __init__(self, directory: str | os.PathLike | None, *, run_id: str | None = None,
+                 attempt: int | None = None, rank: int | None = None) -> None:
+        self.host = socket.gethostname() or "localhost"
+        self.pid = os.getpid()
+        self.run_id = run_id or os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex[:12]
+        self.attempt = attempt if attempt is not None else int(os.environ.get(ATTEMPT_ENV) or 1)
+        self.rank = rank if rank is not None else int(os.environ.get("RANK") or 0)
+        self.events: list[dict[str, Any]] = []
+        self.path: Path | None = None
+        self._fd: int | None = None
+        if directory is not None:
+            d = Path(directory)
+            d.mkdir(parents=True, exist_ok=True)
+            safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", self.host)
+            self.path = d / f"{safe_host}-{self.pid}.jsonl"
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        record = {"ts": time.time(), "event": event, "run_id": self.run_id, "attempt": self.attempt,
+                  "rank": self.rank, "host": self.host, "pid": self.pid}
+        record.update({k: _clean(v) for k, v in fields.items()})
+        self.events.append(record)
+        del self.events[:-1000]
+        if self._fd is not None:
+            try:
+                os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+            except OSError as e:  # telemetry must never stop training
+                logger.warning("Cannot write event %s to %s (%s)", event, self.path, e)
+        return record
+
+    def close(self, *, fsync: bool = True) -> None:
+        if self._fd is None:
+            return
+        try:
+            if fsync:
+                os.fsync(self._fd)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def read_events(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every event under ``directory`` (all writers), oldest first; torn or foreign lines skipped."""
+    out = []
+    for p in sorted(Path(directory).glob("*.jsonl")):
+        for line in p.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "event" in rec and "ts" in rec:
+                out.append(rec)
+    out.sort(key=lambda r: r["ts"])
+    return out
