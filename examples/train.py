@@ -7,6 +7,8 @@ seed, so nothing is downloaded.
 
     python examples/train.py --root runs/demo --steps 200 --save-every 10 --workers 2
 
+It runs under ``spotsafe.Run``: a notice (SIGTERM, SIGINT, SIGUSR1, a cloud's metadata
+endpoint, ``$SPOTSAFE_NOTICE_FILE``) makes it finish the step, checkpoint it and exit 75.
 Kill it at any moment (even with SIGKILL) and run the same command again: it continues
 from the newest valid checkpoint and ends with exactly the parameters of a run that was
 never interrupted. ``--out FILE`` writes the final model and optimizer state for checking.
@@ -15,6 +17,7 @@ never interrupted. ``--out FILE`` writes the final model and optimizer state for
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 import time
@@ -64,47 +67,65 @@ def build(args: argparse.Namespace):
     return model, opt, sched, loader
 
 
+def batches(loader: ResumableDataLoader):
+    """Batches forever, epoch after epoch, continuing where the restored loader stands."""
+    while True:
+        yield from loader
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="checkpoint root (a local directory)")
+    p.add_argument("--remote", help="object store URL to replicate checkpoints to (s3://bucket/run)")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--save-every", type=int, default=10)
+    p.add_argument("--save-every", default="10", help="steps (10, '10steps') or a duration ('15m', '30s')")
+    p.add_argument("--notices", default="auto", help="'auto', 'off', or source names (signals,aws,gcp,...)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-last", type=int, default=3)
-    p.add_argument("--step-delay", type=float, default=0.0, help="sleep per step (makes kills land mid-run)")
+    p.add_argument("--ballast-mib", type=float, default=0.0,
+                   help="add a buffer of this size to the model (big checkpoints for drills and benchmarks)")
+    p.add_argument("--step-delay", type=float, default=0.0, help="sleep per step (makes notices land mid-run)")
     p.add_argument("--out", help="write the final model and optimizer state here (torch.save)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     model, opt, sched, loader = build(args)
+    if args.ballast_mib:
+        model.register_buffer("ballast", torch.zeros(int(args.ballast_mib * 2**20) // 4))
     state = {"model": model, "optimizer": opt, "scheduler": sched, "data": loader}
-    with spotsafe.CheckpointManager(args.root, keep_last=args.keep_last) as mgr:
-        step = mgr.restore(state) or 0
-        print(f"resumed {step} epoch {loader.epoch} position {loader.position}", flush=True)
-        durable = step
-        model.train()
-        while step < args.steps:
-            for x, y in loader:
-                step += 1
+    save_every = int(args.save_every) if args.save_every.isdigit() else args.save_every
+    try:
+        with spotsafe.Run(args.root, state, save_every=save_every, notices=args.notices, remote=args.remote,
+                          keep_last=args.keep_last) as run:
+            print(f"resumed {run.step} epoch {loader.epoch} position {loader.position}", flush=True)
+            durable = run.step
+            model.train()
+            data = batches(loader)
+            for step in run.steps(args.steps):
+                x, y = next(data)
                 smoothing = float(np.random.uniform(0.0, 0.1))   # numpy randomness in the loop
                 loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
+                if args.ballast_mib:
+                    model.ballast.add_(1.0)
+                run.log(loss=loss.item())
                 print(f"step {step} epoch {loader.epoch} loss {loss.item():.6f}", flush=True)
-                if step % args.save_every == 0 or step == args.steps:
-                    mgr.save(step, state, epoch=loader.epoch, metadata={"loss": loss.item()})  # returns after a copy
-                    print(f"saved {step}", flush=True)
-                if mgr.last_save is not None and mgr.last_save.step > durable:  # persisted in the background
-                    durable = mgr.last_save.step
+                last = run.manager.last_save
+                if last is not None and last.step > durable:    # persisted in the background
+                    durable = last.step
                     print(f"durable {durable}", flush=True)
                 if args.step_delay:
                     time.sleep(args.step_delay)
-                if step >= args.steps:
-                    break
+            step = run.step
+    except spotsafe.Preempted as stop:
+        print(f"preempted {stop.step} source {stop.notice.source} tier {stop.tier}", flush=True)
+        raise  # exits 75: spotsafe.EXIT_PREEMPTED
     if args.out:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, args.out)
     print(f"done {step}", flush=True)

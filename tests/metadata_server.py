@@ -107,6 +107,14 @@ class MetadataServer:
             self.azure_incarnation += 1
         return event_id
 
+    def reset(self) -> None:
+        """A new machine: no notice pending anywhere (acks and the request log are kept)."""
+        with self.lock:
+            self.aws_action = self.aws_rebalance = None
+            self.gcp_preempted = False
+            self.azure_events = []
+            self.azure_incarnation += 1
+
     def count(self, path_prefix: str, method: str = "GET") -> int:
         with self.lock:
             return sum(1 for _, m, p, _ in self.requests if m == method and p.startswith(path_prefix))

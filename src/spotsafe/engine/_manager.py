@@ -177,6 +177,17 @@ class CheckpointManager:
         """The most recent uploads to the remote, oldest first."""
         return list(self._replicator.uploads) if self._replicator else []
 
+    def wait_uploaded(self, step: int, timeout: float | None = None) -> bool:
+        """Block until ``step`` is committed on the remote; False on timeout or when it will not be
+        (dropped, or no remote). Raises the error that stopped the uploads."""
+        if self._replicator is None:
+            return False
+        return self._replicator.wait(step, timeout)
+
+    def upload_pending(self, step: int) -> bool:
+        """Whether ``step`` is still on its way to the remote (queued, in flight, uploader starting)."""
+        return self._replicator.expects(step) if self._replicator else False
+
     def upload_backlog(self, step: int) -> list[int]:
         """Older steps that still upload before ``step`` (the one in flight first); [] without a remote."""
         return self._replicator.ahead_of(step) if self._replicator else []

@@ -106,6 +106,11 @@ class Replicator:
                 older.insert(0, self._inflight)
             return older
 
+    def expects(self, step: int) -> bool:
+        """Whether ``step`` may still reach the remote: queued, in flight, or not started yet."""
+        with self._cond:
+            return not self._ready or step in self._pending or step == self._inflight
+
     def supersede(self, step: int) -> int:
         """Drop the waiting uploads older than ``step`` (it replaces them); returns how many."""
         with self._cond:

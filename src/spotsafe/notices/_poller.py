@@ -136,13 +136,13 @@ class Poller(NoticeSource):
         raise NotImplementedError
 
     def _run(self) -> None:
-        warned = False
         try:
             answered = self._probe_once()
             if not answered and self.auto:
                 logger.debug("No %s metadata server at %s: %s notices off", self.name, self.url, self.name)
                 self._active = False
                 return
+            warned = not answered  # the probe has said so already
             while not self._stop.is_set():
                 try:
                     self.polls += 1

@@ -122,19 +122,20 @@ class Run:
             self.watcher.start()  # before the restore: a notice during it is kept
             self.manager = CheckpointManager(self.root, **self._manager_options)
             self.events.emit("run_start", root=self.manager.root, remote=self._manager_options["remote"],
-                             sources=[s.name for s in self._sources], policy=repr(self.policy))
+                             sources=self.watcher.active, policy=repr(self.policy))
             t0, w0 = time.perf_counter(), time.time()
             restored = self.manager.restore(self.state)
             self._restore_window = (w0, time.time())
             self.start_step = self.step = restored or 0
             self._submitted = self._reported = self.step
             info = self.manager.restored
-            self.events.emit("restore", step=restored, tier=self.manager.restored_tier if restored else None,
+            self.events.emit("restore", step=restored, tier=self._tier_name(self.manager.restored_tier) if restored
+                             else None,
                              seconds=time.perf_counter() - t0,
                              bytes=info.manifest.total_bytes if info and info.manifest else 0,
                              skipped=list(self.manager.restore_skipped))
             if restored:
-                logger.info("Resuming at step %d from %s", restored, info.path if info else self.root)
+                logger.info("Resuming at step %d from %s", restored, info.location if info else self.root)
         except BaseException:
             self._teardown(wait_remote=False)
             raise
@@ -270,8 +271,8 @@ class Run:
         if last is not None and last.step > self._reported and last.durable:
             self._reported = last.step
             self.events.emit("checkpoint", step=last.step, reason=self._reasons.get(last.step, "policy"),
-                             bytes=last.bytes, stall_s=last.stall_s, stage_s=last.stage_s, persist_s=last.persist_s,
-                             total_s=last.total_s)
+                             bytes=last.bytes, stall_s=last.stall_s, waited_s=last.waited_s, stage_s=last.stage_s,
+                             persist_s=last.persist_s, total_s=last.total_s)
         for up in self.manager.uploads if self.manager else []:
             if up.step > self._uploads_reported:
                 self._uploads_reported = up.step
@@ -316,9 +317,9 @@ class Run:
             tier = "none"
             logger.warning("No step has run yet: nothing to checkpoint, nothing is lost.")
         self.tier = tier
+        self._report_durable()
         if tier is not None:
             self.watcher.acknowledge()
-        self._report_durable()
         self.exit_code = EXIT_PREEMPTED
         self.events.emit("stop", reason="notice", exit_code=EXIT_PREEMPTED, step=step, tier=tier,
                          checkpoint_step=self._submitted, source=notice.source,
@@ -372,21 +373,19 @@ class Run:
                                "signal came.", name, mgr.root, mgr.remote.url)
                 return "local"
             try:
-                mgr.wait(timeout=_SLICE if notice is not None else (None if left is None else min(left, 1.0)),
-                         remote=True)
-            except TimeoutError:
-                continue
+                done = mgr.wait_uploaded(step, timeout=_SLICE if notice is not None else 1.0)
             except Exception as e:  # noqa: BLE001 - the local copy stands
                 if notice is None:
                     raise
                 logger.warning("%s is durable on local disk at %s; its upload to %s failed (%s).", name, mgr.root,
                                mgr.remote.url, e)
                 return "local"
-            if (mgr.remote_watermark or 0) >= step:
+            if done:
                 if notice is not None:
                     logger.warning("%s is durable on %s (and on local disk).", name, mgr.remote.url)
                 return "remote"
-            return "local"  # the upload was dropped
+            if not mgr.upload_pending(step) and (mgr.remote_watermark or 0) < step:
+                return "local"  # neither queued nor in flight: dropped
 
     def _tier_name(self, tier: str | None) -> str | None:
         """"local" or "remote" for the manager's "root"/"remote" (a URL root is remote)."""
