@@ -260,12 +260,12 @@ def test_deadline_too_short_for_the_upload_keeps_the_local_checkpoint(tmp_path, 
     os.kill(child.proc.pid, signal.SIGTERM)
     assert child.finish() == 75, child.stderr
     on = int(child.lines[-1].split()[1])
-    assert child.lines[-1] == f"preempted {on} source signal tier local"
+    assert child.lines[-1] == f"preempted {on} source signal tier local", child.stderr
     assert newest_valid(root) == on
     assert f"step-{on:012d} is durable on local disk at {root} only: its upload to {s3_url} would take about" \
-        in child.stderr
+        in child.stderr, child.stderr
     stop = events(root)[-1]
-    assert stop["tier"] == "local" and stop["checkpoint_step"] == on and stop["exit_code"] == 75
+    assert stop["tier"] == "local" and stop["checkpoint_step"] == on and stop["exit_code"] == 75, stop
 
     import spotsafe
 
@@ -273,4 +273,5 @@ def test_deadline_too_short_for_the_upload_keeps_the_local_checkpoint(tmp_path, 
     assert state_probe.wait_for("resumed ").split()[1] == str(on)
     assert state_probe.finish() == 0, state_probe.stderr
     with spotsafe.CheckpointManager(tmp_path / "other", remote=s3_url) as mgr:
-        assert on in [c.step for c in mgr.checkpoints(remote=True) if c.valid]  # uploaded on the restart
+        on_remote = [c.step for c in mgr.checkpoints(remote=True) if c.valid]
+    assert on in on_remote, (on_remote, state_probe.stderr)  # uploaded on the restart

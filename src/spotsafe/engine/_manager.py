@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import warnings
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ class CheckpointManager:
         self.restored_tier: str | None = None
         self.restore_skipped: list[str] = []
         self.last_save: SaveStats | None = None
+        self.durable_saves: deque[SaveStats] = deque(maxlen=100)
         self.skipped_saves = 0
         self._buffers = StagingBuffers()
         self._hash_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-hash",
@@ -273,6 +275,7 @@ class CheckpointManager:
         total = time.perf_counter() - t0
         stats = SaveStats(staged.step, manifest.total_bytes, staged.stage_s, persist_s, total,
                           stall_s=total if stall is None else stall, waited_s=waited)
+        self.durable_saves.append(stats)
         self.last_save = stats
         logger.debug("Saved %s (%d bytes) in %.3fs", name, manifest.total_bytes, total)
         return stats

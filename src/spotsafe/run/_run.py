@@ -149,6 +149,10 @@ class Run:
         if exc_type is not None:
             self.exit_code = 1
             try:
+                try:
+                    self.manager.wait()  # the save in flight is a consistent snapshot: keep it
+                except Exception as e:  # noqa: BLE001 - the loop's own error is the one to raise
+                    logger.warning("The checkpoint in flight failed too: %s", e)
                 self._report_durable()
                 self.events.emit("stop", reason="error", exit_code=1, step=self.step,
                                  error=f"{exc_type.__name__}: {exc}")
@@ -267,8 +271,9 @@ class Run:
         return stats
 
     def _report_durable(self) -> None:
-        last = self.manager.last_save if self.manager else None
-        if last is not None and last.step > self._reported and last.durable:
+        for last in list(self.manager.durable_saves) if self.manager else []:
+            if last.step <= self._reported:
+                continue
             self._reported = last.step
             self.events.emit("checkpoint", step=last.step, reason=self._reasons.get(last.step, "policy"),
                              bytes=last.bytes, stall_s=last.stall_s, waited_s=last.waited_s, stage_s=last.stage_s,

@@ -1,0 +1,236 @@
+"""spotsafe.Run in-process: the loop, policies, notices, exit codes, events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+import spotsafe
+from spotsafe.notices import AWS, FileTrigger, Signals
+from spotsafe.telemetry import read_events
+
+
+def make_state():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt, {"model": model, "optimizer": opt}
+
+
+def train_step(model, opt):
+    opt.zero_grad()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+
+
+def test_steps_restore_save_by_policy_and_a_final_checkpoint(root):
+    model, opt, state = make_state()
+    with spotsafe.Run(root, state, save_every=3, notices=None) as run:
+        assert run.start_step == 0
+        seen = []
+        for step in run.steps(7):
+            train_step(model, opt)
+            run.log(loss=torch.tensor(1.5) / step, lr=0.1)
+            seen.append(step)
+    assert seen == list(range(1, 8)) and run.exit_code == 0 and run.completed
+    final = {k: v.clone() for k, v in model.state_dict().items()}
+    with spotsafe.CheckpointManager(root, keep_last=10) as mgr:
+        assert [c.step for c in mgr.checkpoints() if c.valid] == [3, 6, 7]
+    ev = read_events(root / "events")
+    assert [e["event"] for e in ev][:2] == ["run_start", "restore"] and ev[-1]["event"] == "stop"
+    assert [(e["step"], e["reason"]) for e in ev if e["event"] == "checkpoint"] == [(3, "policy"), (6, "policy"),
+                                                                                   (7, "final")]
+    metrics = [e for e in ev if e["event"] == "metrics"]
+    assert [m["step"] for m in metrics] == list(range(1, 8)) and metrics[1]["values"] == {"loss": 0.75, "lr": 0.1}
+    assert ev[-1]["reason"] == "completed" and ev[-1]["exit_code"] == 0
+    assert {"ts", "run_id", "attempt", "rank", "host", "pid"} <= set(ev[0])
+
+    model2, opt2, state2 = make_state()
+    with spotsafe.Run(root, state2, save_every=3, notices=None) as run:
+        assert run.start_step == 7 and list(run.steps(9)) == [8, 9]
+    for k, v in final.items():
+        assert torch.equal(model2.state_dict()[k], v) or k  # loaded at 7 (steps 8, 9 did no training)
+    restore = [e for e in read_events(root / "events") if e["event"] == "restore"][-1]
+    assert restore["step"] == 7 and restore["tier"] == "local" and restore["bytes"] > 0
+
+
+def test_save_every_a_duration_uses_the_injected_clock(root):
+    model, opt, state = make_state()
+    now = [0.0]
+    with spotsafe.Run(root, state, save_every="2.5s", notices=None, clock=lambda: now[0]) as run:
+        for _ in run.steps(10):
+            now[0] += 1.0          # each step takes one (fake) second
+    ev = [e for e in read_events(root / "events") if e["event"] == "checkpoint"]
+    assert [(e["step"], e["reason"]) for e in ev] == [(3, "policy"), (6, "policy"), (9, "policy"), (10, "final")]
+
+
+def test_a_notice_finishes_the_step_checkpoints_it_and_raises_exit_75(root, tmp_path):
+    model, opt, state = make_state()
+    trigger = tmp_path / "now"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(spotsafe.Preempted) as stop:
+        with spotsafe.Run(root, state, save_every=100, notices=[Signals(), FileTrigger(trigger, interval=0.02)]) \
+                as run:
+            for step in run.steps(1000):
+                train_step(model, opt)
+                if step == 3:
+                    trigger.write_text("20")
+                time.sleep(0.01)
+    assert stop.value.code == spotsafe.EXIT_PREEMPTED == 75
+    on = stop.value.step
+    assert 3 <= on < 50 and stop.value.tier == "local" and stop.value.notice.source == "file"
+    assert signal.getsignal(signal.SIGTERM) == before          # handlers put back
+    with spotsafe.CheckpointManager(root) as mgr:
+        assert mgr.latest_step() == on
+        model2, _, state2 = make_state()
+        mgr.restore(state2)
+    for k, v in model.state_dict().items():
+        assert torch.equal(model2.state_dict()[k], v)          # the state after step `on`, exactly
+    stop_ev = read_events(root / "events")[-1]
+    assert stop_ev["event"] == "stop" and stop_ev["exit_code"] == 75 and stop_ev["source"] == "file"
+    assert 18 <= stop_ev["seconds_left"] <= 20
+
+
+def test_without_exit_on_notice_the_loop_ends_and_says_so(root):
+    model, opt, state = make_state()
+    with spotsafe.Run(root, state, notices=[Signals(["SIGUSR1"])], exit_on_notice=False) as run:
+        for step in run.steps(100):
+            train_step(model, opt)
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGUSR1)
+        assert run.stop_requested and run.notice.source == "signal" and run.step == 5
+    assert run.exit_code == 75 and run.tier == "local"
+    with spotsafe.CheckpointManager(root) as mgr:
+        assert mgr.latest_step() == 5
+
+
+def test_manual_loops_use_step_done_and_stop_requested(root, tmp_path):
+    model, opt, state = make_state()
+    trigger = tmp_path / "go"
+    with pytest.raises(spotsafe.Preempted) as stop:
+        with spotsafe.Run(root, state, save_every=4, notices=[FileTrigger(trigger, interval=0.02)]) as run:
+            step = run.step
+            while True:                                        # no steps(): the user's own loop
+                step += 1
+                train_step(model, opt)
+                if step == 6:
+                    trigger.touch()
+                    deadline = time.monotonic() + 5
+                    while not run.stop_requested and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                run.step_done(step)
+    assert stop.value.step == 6
+    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+        assert [c.step for c in mgr.checkpoints()] == [4, 6]
+
+
+def test_a_notice_before_any_step_exits_75_with_nothing_to_save(root):
+    model, opt, state = make_state()
+    with pytest.raises(spotsafe.Preempted) as stop:
+        with spotsafe.Run(root, state, notices=[Signals(["SIGUSR1"])]) as run:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            for _ in run.steps(10):
+                pytest.fail("no step may run after a notice")
+    assert stop.value.code == 75 and stop.value.tier == "none" and stop.value.step == 0
+    assert not [d for d in os.listdir(root) if d.startswith("step-")]
+
+
+def test_an_aws_rebalance_recommendation_checkpoints_at_once_and_training_goes_on(root, metadata):
+    model, opt, state = make_state()
+    with spotsafe.Run(root, state, save_every=1000, notices=[AWS(metadata.url, interval=0.05)]) as run:
+        for step in run.steps(40):
+            train_step(model, opt)
+            if step == 5:
+                metadata.aws_rebalance_now()
+            time.sleep(0.02)
+    assert run.exit_code == 0 and run.step == 40
+    ev = read_events(root / "events")
+    advisory = [e for e in ev if e["event"] == "notice"]
+    assert len(advisory) == 1 and advisory[0]["source"] == "aws-rebalance" and advisory[0]["advisory"]
+    ck = [(e["step"], e["reason"]) for e in ev if e["event"] == "checkpoint"]
+    assert ck[0][1] == "notice" and 5 <= ck[0][0] < 40 and ck[-1] == (40, "final")
+
+
+def test_an_error_in_the_loop_is_recorded_and_not_checkpointed(root):
+    model, opt, state = make_state()
+    with pytest.raises(ZeroDivisionError):
+        with spotsafe.Run(root, state, save_every=2, notices=None) as run:
+            for step in run.steps(10):
+                train_step(model, opt)
+                if step == 3:
+                    1 / 0
+    assert run.exit_code == 1
+    with spotsafe.CheckpointManager(root) as mgr:
+        assert mgr.latest_step() == 2                          # not the half-done step 3
+    stop = read_events(root / "events")[-1]
+    assert stop["reason"] == "error" and "ZeroDivisionError" in stop["error"]
+
+
+def test_bad_arguments_are_named(root):
+    _, _, state = make_state()
+    with pytest.raises(ValueError, match="save_every='sometimes'"):
+        spotsafe.Run(root, state, save_every="sometimes")
+    with pytest.raises(ValueError, match="Unknown notice source 'ec2'"):
+        spotsafe.Run(root, state, notices="ec2")
+    with pytest.raises(TypeError, match="state must be a dict"):
+        spotsafe.Run(root, [1, 2])
+
+
+def test_events_are_json_lines_even_when_the_last_one_is_torn(root):
+    model, opt, state = make_state()
+    with spotsafe.Run(root, state, notices=None) as run:
+        for _ in run.steps(3):
+            run.log(loss=float("nan"))                         # not JSON: recorded as null
+    (path,) = (root / "events").glob("*.jsonl")
+    with open(path, "a") as f:
+        f.write('{"ts": 1, "event": "metr')                     # a writer killed mid-line
+    ev = read_events(root / "events")
+    assert [e["values"]["loss"] for e in ev if e["event"] == "metrics"] == [None, None, None]
+    assert all(json.loads(line) for line in path.read_text().splitlines()[:-1])
+
+
+def _freeze(server, sig):
+    os.killpg(server.proc.pid, sig)
+
+
+def test_a_second_signal_or_the_deadline_stops_waiting_for_a_hung_remote(root, s3_private, tmp_path):
+    """The server freezes (SIGSTOP) after the first upload: the emergency upload cannot finish.
+    A second SIGTERM ends the wait at once; without it, the deadline does. Both keep the local
+    checkpoint and exit 75."""
+    server = s3_private
+    server.make_bucket("bkt")
+    opts = dict(server.storage_options(), config_kwargs={"read_timeout": 2, "connect_timeout": 2,
+                                                         "retries": {"max_attempts": 1, "mode": "standard"}})
+    for case, grace in (("second signal", 30), ("deadline", 4)):
+        model, opt, state = make_state()
+        run_root = tmp_path / case.replace(" ", "-")
+        t0 = None
+        try:
+            with pytest.raises(spotsafe.Preempted) as stop:
+                with spotsafe.Run(run_root, state, save_every=2, remote=f"s3://bkt/{run_root.name}",
+                                  storage_options=opts, notices=[Signals(grace=grace)], margin=1) as run:
+                    for step in run.steps(1000):
+                        train_step(model, opt)
+                        if step == 2:
+                            run.manager.wait(remote=True, timeout=60)     # one upload measured
+                            _freeze(server, signal.SIGSTOP)
+                        if step == 3:
+                            t0 = time.monotonic()
+                            os.kill(os.getpid(), signal.SIGTERM)
+                            if case == "second signal":
+                                threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        finally:
+            _freeze(server, signal.SIGCONT)
+        took = time.monotonic() - t0
+        assert stop.value.code == 75 and stop.value.step == 3 and stop.value.tier == "local", case
+        assert (took < 6) if case == "second signal" else (2.5 < took < 10), (case, took)
+        with spotsafe.CheckpointManager(run_root) as mgr:
+            assert mgr.latest_step() == 3
+        last = read_events(run_root / "events")[-1]
+        assert last["tier"] == "local" and last["checkpoint_step"] == 3
