@@ -234,3 +234,37 @@ def test_a_second_signal_or_the_deadline_stops_waiting_for_a_hung_remote(root, s
             assert mgr.latest_step() == 3
         last = read_events(run_root / "events")[-1]
         assert last["tier"] == "local" and last["checkpoint_step"] == 3
+
+
+class _SignalWhileSaving(spotsafe.policy.SavePolicy):
+    """Due every 5 steps; the notice lands while the policy's own save is being taken."""
+
+    def due(self, step, now):
+        return step % 5 == 0
+
+    def saved(self, step, now):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_notice_during_the_policy_save_still_stops_at_that_step(root):
+    model, opt, state = make_state()
+    with pytest.raises(spotsafe.Preempted) as stop:
+        with spotsafe.Run(root, state, save_every=_SignalWhileSaving(), notices=[Signals(["SIGUSR1"])]) as run:
+            for _ in run.steps(20):
+                train_step(model, opt)
+    assert stop.value.step == 5 and stop.value.code == 75
+    assert read_events(root / "events")[-1]["exit_code"] == 75
+
+
+def test_leaving_the_loop_early_with_a_notice_pending_takes_the_emergency_path(root):
+    model, opt, state = make_state()
+    with pytest.raises(spotsafe.Preempted) as stop:
+        with spotsafe.Run(root, state, notices=[Signals(["SIGUSR1"])]) as run:
+            for step in range(1, 4):
+                train_step(model, opt)
+                run.step_done(step) if step < 3 else os.kill(os.getpid(), signal.SIGUSR1)
+            run.step = 3  # the user's loop says where it stands, then leaves
+    assert stop.value.step == 3
+    with spotsafe.CheckpointManager(root) as mgr:
+        assert mgr.latest_step() == 3

@@ -171,6 +171,9 @@ class Run:
         if self.exit_code == EXIT_PREEMPTED:  # exit_on_notice=False: the emergency path already ran
             return
         notice = self.watcher.notice
+        if notice is not None and not self.completed:
+            self._notice_now()  # the loop ended early with a notice pending: the emergency path
+            return
         if self.step > (self._submitted or 0):
             self._save(self.step, "final")
         if self._submitted:
@@ -216,8 +219,8 @@ class Run:
             self._current = step
             yield step
             self.step_done(step)
-            if self.stop_requested:
-                return
+            if self.stop_requested and not self.completed and self._notice_now():
+                return  # a notice that came during step_done's own save is handled here
 
     def step_done(self, step: int) -> None:
         """Call after each finished step when not using :meth:`steps`: saves by policy, handles notices."""
