@@ -36,9 +36,9 @@ medians and the median of per-repeat (paired) ratios.
 
 4. Watchers' overhead, in this process: a 3-layer MLP (384-768-768-384, 4.5 MiB of float32
    parameters, Adam, batch 64, ``torch.set_num_threads(1)``: about 15 ms a step here) runs
-   ``--steps`` steps (default 300) under ``spotsafe.Run(root, state, save_every=None,
-   notices=...)``, alternately (ABAB, ``--rounds`` rounds each, after one untimed warm-up round
-   of each) with ``notices=None`` (A) and with ``Signals()`` + ``AWS``/``GCP``/``Azure``
+   ``--steps`` steps (default 100) under ``spotsafe.Run(root, state, save_every=None,
+   notices=...)``, alternately (ABBA ABBA ..., ``--rounds`` rounds each, after one untimed
+   warm-up round of each) with ``notices=None`` (A) and with ``Signals()`` + ``AWS``/``GCP``/``Azure``
    polling a loopback ``MetadataServer`` + a ``FileTrigger``, all at ``interval=0.1`` s, 20x
    the default rate, to magnify the cost (B). The metadata server runs in its own process, as
    a real one is not in the training process. Step time is the time between consecutive
@@ -92,6 +92,7 @@ EXIT_PREEMPTED = 75
 LOCAL_FACTOR, LOCAL_SLACK = 1.2, 0.100
 OVERHEAD_GOAL = 0.01
 POLL_S = 0.1
+DEFAULT_POLL_S = 2.0  # spotsafe's default notice poll interval
 METADATA_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from metadata_server import MetadataServer; "
                   "s = MetadataServer().start(); print(s.url, flush=True); sys.stdin.read()")
 
@@ -359,10 +360,10 @@ def measure_watchers(work: Path, rounds: int, steps: int) -> dict:
         for name, u in configs.items():  # warm-up, untimed
             timed_round(work / f"watch-warm-{name}", state, step, watcher_sources(u, trigger), steps)
         res: dict = {"off": [], "on": []}
-        for r in range(rounds):
-            for name, u in configs.items():
+        for r in range(rounds):  # ABBA...: a linear drift of the machine hits both alike
+            for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 res[name].append(timed_round(work / f"watch-{name}-{r}", state, step,
-                                             watcher_sources(u, trigger), steps))
+                                             watcher_sources(configs[name], trigger), steps))
             print(f"  watchers round {r + 1}/{rounds}: mean step off {res['off'][-1]['mean_s'] * 1e3:.2f} ms, "
                   f"on {res['on'][-1]['mean_s'] * 1e3:.2f} ms ({res['on'][-1]['polls']} polls)", flush=True)
         res["check"] = check_cost(work / "watch-check", state, url, trigger)
@@ -430,7 +431,7 @@ def report_remote(sizes: dict[str, dict]) -> None:
 
 def report_watchers(w: dict) -> dict:
     off, on = w["off"], w["on"]
-    print(f"\n== Watchers' overhead per step ({len(off)} rounds x {w['steps']} steps each, ABAB; "
+    print(f"\n== Watchers' overhead per step ({len(off)} rounds x {w['steps']} steps each, ABBA; "
           f"MLP 384-768-768-384, batch 64, 1 thread) ==")
     print("| notices | median step ms | mean step ms (wall / steps) | sources active | polls/s |")
     print("| --- | --- | --- | --- | --- |")
@@ -443,7 +444,9 @@ def report_watchers(w: dict) -> dict:
     med_pair = paired([x["median_s"] for x in on], [x["median_s"] for x in off]) - 1
     c = w["check"]
     print(f"overhead: mean step {mean_pair * 100:+.2f}% paired ({mean_med * 100:+.2f}% of medians); median step "
-          f"{med_pair * 100:+.2f}% paired")
+          f"{med_pair * 100:+.2f}% paired; at the default {DEFAULT_POLL_S:g} s interval "
+          f"({DEFAULT_POLL_S / POLL_S:.0f}x fewer polls) that would be about "
+          f"{mean_pair * POLL_S / DEFAULT_POLL_S * 100:+.2f}% (scaled, not measured)")
     print(f"loop's check: run.watcher.notice read {c['notice_read_us']:.3f} us per call (best of 5 x 40k; median "
           f"{c['notice_read_us_median']:.3f}); a whole run.steps() iteration with an empty body "
           f"{c['empty_step_us']:.2f} us")
@@ -507,8 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="100M,1G", help="checkpoint sizes (train.py's ballast), default 100M,1G")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of parts 1-3 (default 3)")
     ap.add_argument("--no-s3", action="store_true", help="skip the remote (SeaweedFS S3) measurements")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of each watcher configuration (default 5)")
-    ap.add_argument("--steps", type=int, default=300, help="training steps per watcher round (default 300)")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds of each watcher configuration (default 10)")
+    ap.add_argument("--steps", type=int, default=100, help="training steps per watcher round (default 100)")
     ap.add_argument("--no-prefault", dest="prefault", action="store_false", help="no pre-fault before measurements")
     ap.add_argument("--json", type=Path, default=RESULTS / "notice.json", help="default bench/results/notice.json")
     ap.add_argument("--_raw", nargs=2, help=argparse.SUPPRESS)

@@ -47,7 +47,8 @@ class Child:
             self._q.put(line.strip())
         self._q.put(None)
 
-    def wait_for(self, prefix: str, timeout: float = 60.0) -> str:
+    def _take(self, timeout: float, prefix: str | None = None) -> str | None:
+        """Collect lines until one starts with ``prefix`` (returned), the output ends, or time is up."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
@@ -55,12 +56,18 @@ class Child:
             except queue.Empty:
                 continue
             if line is None:
-                break
+                return None
             self.lines.append(line)
-            if line.startswith(prefix):
+            if prefix is not None and line.startswith(prefix):
                 return line
-        raise AssertionError(f"no line starting with {prefix!r} within {timeout}s; got {self.lines[-5:]}, "
-                             f"stderr {''.join(self._err)[-2000:]}")
+        return None
+
+    def wait_for(self, prefix: str, timeout: float = 60.0) -> str:
+        line = self._take(timeout, prefix)
+        if line is None:
+            raise AssertionError(f"no line starting with {prefix!r} within {timeout}s; got {self.lines[-5:]}, "
+                                 f"stderr {''.join(self._err)[-2000:]}")
+        return line
 
     def finish(self, timeout: float = 90.0) -> int:
         try:
@@ -68,15 +75,7 @@ class Child:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise
-        end = time.monotonic() + 5
-        while time.monotonic() < end:
-            try:
-                line = self._q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.lines.append(line)
+        self._take(5.0)  # the rest of the output
         return rc
 
     @property
