@@ -220,3 +220,31 @@ def test_the_pollers_cost_the_loop_nothing(metadata):
     finally:
         w.stop()
     assert per_call < 50e-6  # a step is milliseconds at the very least
+
+
+def test_a_third_signal_is_obeyed_at_once():
+    """First signal: a notice. Second: hurry. Third: the previous handler runs, as if spotsafe were not there."""
+    calls = []
+    before = signal.signal(signal.SIGUSR2, lambda s, f: calls.append(s))
+    try:
+        w = NoticeWatcher([Signals(["SIGUSR2"])]).start()
+        try:
+            for expected_urgent in (False, True):
+                os.kill(os.getpid(), signal.SIGUSR2)
+                assert wait_for(lambda: w.urgent == expected_urgent, 2)
+            assert calls == []
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert wait_for(lambda: calls == [signal.SIGUSR2], 2)
+        finally:
+            w.stop()
+        with pytest.raises(KeyboardInterrupt):               # SIGINT's default: KeyboardInterrupt
+            w = NoticeWatcher([Signals(["SIGINT"])]).start()
+            try:
+                for _ in range(3):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)
+            finally:
+                w.stop()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGUSR2, before)

@@ -25,6 +25,9 @@ from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 
 logger = logging.getLogger(__name__)
 
+GIVE_UP_AFTER = 3
+"""The first signal is a notice, the second says hurry (skip the remote), the third is obeyed at once."""
+
 
 def _signum(sig: int | str | signal.Signals) -> signal.Signals:
     if isinstance(sig, str):
@@ -81,6 +84,18 @@ class Signals(NoticeSource):
         now = time.time()
         self._watcher.post(Notice(self.name, now + self.grace, f"{signal.Signals(signum).name} received", now),
                            signal=True)
+        if self._watcher.signals >= GIVE_UP_AFTER:
+            self._give_up(signum, frame)
+
+    def _give_up(self, signum: int, frame: object) -> None:
+        """A third signal: behave as if spotsafe were not there (Ctrl-C three times always stops)."""
+        sig = signal.Signals(signum)
+        previous = self._previous.get(sig)
+        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)  # e.g. Python's default SIGINT handler: KeyboardInterrupt
+        elif previous != signal.SIG_IGN:
+            os.kill(os.getpid(), signum)  # the default action: end the process by this signal
 
     def stop(self) -> None:
         if not self._installed:

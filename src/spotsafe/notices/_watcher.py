@@ -82,6 +82,11 @@ class NoticeWatcher:
         return fresh
 
     @property
+    def signals(self) -> int:
+        """How many signals were received."""
+        return self._signals
+
+    @property
     def urgent(self) -> bool:
         """A second signal arrived: stop waiting for anything but the local checkpoint."""
         return self._signals >= 2
