@@ -268,3 +268,22 @@ def test_leaving_the_loop_early_with_a_notice_pending_takes_the_emergency_path(r
     assert stop.value.step == 3
     with spotsafe.CheckpointManager(root) as mgr:
         assert mgr.latest_step() == 3
+
+
+def test_with_a_remote_and_time_enough_the_emergency_checkpoint_is_on_the_remote(root, s3_url, tmp_path):
+    model, opt, state = make_state()
+    with pytest.raises(spotsafe.Preempted) as stop:
+        with spotsafe.Run(root, state, save_every=2, remote=s3_url, notices=[Signals(["SIGUSR1"], grace=60)]) as run:
+            for step in run.steps(100):
+                train_step(model, opt)
+                if step == 3:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+    assert stop.value.step == 3 and stop.value.tier == "remote"
+    last = read_events(root / "events")[-1]
+    assert last["tier"] == "remote" and last["checkpoint_step"] == 3 and last["notice_to_durable_s"] < 30
+    with spotsafe.CheckpointManager(tmp_path / "new-node", remote=s3_url) as mgr:   # the machine is gone
+        assert [c.step for c in mgr.checkpoints(remote=True) if c.valid][-1] == 3
+        model2, _, state2 = make_state()
+        assert mgr.restore(state2) == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(model2.state_dict()[k], v)
