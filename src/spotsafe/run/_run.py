@@ -28,7 +28,7 @@ from .._exitcodes import EXIT_OK, EXIT_PREEMPTED
 from .._units import format_duration, parse_duration
 from ..engine import CheckpointManager, SaveStats
 from ..format import step_dir
-from ..notices import Notice, NoticeWatcher, make_sources
+from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
 from ..notices._watcher import NoticesSpec
 from ..policy import SavePolicy, as_policy
 from ..storage import is_url
@@ -231,15 +231,13 @@ class Run:
         now = self._clock()
         if not self.completed and self._notice_now():
             return
-        due = self.policy.due(step, now)
-        for adv in self.watcher.new_advisories():
+        advisories = self.watcher.new_advisories()
+        for adv in advisories:
             self.events.emit("notice", source=adv.source, reason=adv.reason, seconds_left=None, advisory=True,
                              step=step)
             logger.warning("Early warning from %s (%s): checkpointing step %d now", adv.source, adv.reason, step)
-            due, reason = True, "notice"
-            break
-        else:
-            reason = "policy"
+        due = self.policy.due(step, now) or bool(advisories)
+        reason = "notice" if advisories else "policy"
         if due and not self.completed:
             self._save(step, reason)
         self._report_durable()
@@ -274,23 +272,30 @@ class Run:
         return stats
 
     def _report_durable(self) -> None:
-        for last in list(self.manager.durable_saves) if self.manager else []:
-            if last.step <= self._reported:
-                continue
-            self._reported = last.step
-            self.events.emit("checkpoint", step=last.step, reason=self._reasons.get(last.step, "policy"),
-                             bytes=last.bytes, stall_s=last.stall_s, waited_s=last.waited_s, stage_s=last.stage_s,
-                             persist_s=last.persist_s, total_s=last.total_s)
-        for up in self.manager.uploads if self.manager else []:
-            if up.step > self._uploads_reported:
-                self._uploads_reported = up.step
-                self.events.emit("upload", step=up.step, bytes=up.bytes, upload_s=up.upload_s, retries=up.retries)
+        """Write the events of saves and uploads finished since the last call (cheap when none did)."""
+        mgr = self.manager
+        if mgr is None:
+            return
+        if mgr.last_save is not None and mgr.last_save.step > self._reported:
+            for last in list(mgr.durable_saves):
+                if last.step <= self._reported:
+                    continue
+                self._reported = last.step
+                self.events.emit("checkpoint", step=last.step, reason=self._reasons.get(last.step, "policy"),
+                                 bytes=last.bytes, stall_s=last.stall_s, waited_s=last.waited_s,
+                                 stage_s=last.stage_s, persist_s=last.persist_s, total_s=last.total_s)
+        watermark = mgr.remote_watermark
+        if watermark is not None and watermark > self._uploads_reported:
+            for up in mgr.uploads:
+                if up.step > self._uploads_reported:
+                    self.events.emit("upload", step=up.step, bytes=up.bytes, upload_s=up.upload_s,
+                                     retries=up.retries)
+            self._uploads_reported = max(watermark, *(u.step for u in mgr.uploads), self._uploads_reported)
 
     def _deadline(self, notice: Notice) -> float:
         """The notice's deadline, less the margin, on the monotonic clock."""
         left = notice.seconds_left()
         if left is None:
-            from ..notices import DEFAULT_GRACE
             left = DEFAULT_GRACE - (time.time() - notice.received)
         return time.monotonic() + left - self.margin
 
