@@ -193,10 +193,11 @@ class Run:
                 self.manager.close(wait_remote=wait_remote)
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
-            try:
-                self._report_durable()
-            except Exception:  # noqa: BLE001
-                pass
+            if self.exit_code is None:  # no stop event yet (it is the last event of a process)
+                try:
+                    self._report_durable()
+                except Exception:  # noqa: BLE001
+                    pass
         if self.watcher is not None:
             self.watcher.stop()
         if self.events is not None:
