@@ -242,7 +242,7 @@ class _SignalWhileSaving(spotsafe.policy.SavePolicy):
     def due(self, step, now):
         return step % 5 == 0
 
-    def saved(self, step, now):
+    def saved(self, step, now, stall_s=None):
         if step == 5:
             os.kill(os.getpid(), signal.SIGUSR1)
 

@@ -32,7 +32,7 @@ from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
 from ..notices._watcher import NoticesSpec
 from ..policy import SavePolicy, as_policy
 from ..storage import is_url
-from ..telemetry import EVENTS_DIR_ENV, EventLog
+from ..telemetry import EVENTS_DIR_ENV, EventLog, measure, read_events
 
 logger = logging.getLogger("spotsafe.run")
 
@@ -139,6 +139,10 @@ class Run:
         except BaseException:
             self._teardown(wait_remote=False)
             raise
+        if self.policy.wants_history and self.events.path is not None:
+            mine = (self.events.host, self.events.pid)
+            past = [e for e in read_events(self.events.path.parent) if (e.get("host"), e.get("pid")) != mine]
+            self.policy.history(measure(past))
         self.policy.start(self.step, self._clock())
         return self
 
@@ -269,7 +273,7 @@ class Run:
         stats = self.manager.save(step, self.state, epoch=epoch)
         self._reasons[step] = reason
         self._submitted = step
-        self.policy.saved(step, self._clock())
+        self.policy.saved(step, self._clock(), stats.stall_s)
         return stats
 
     def _report_durable(self) -> None:
