@@ -152,3 +152,8 @@ def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
             tensors.add_row(name, str(i), t.dtype, str(list(t.shape)), _size(t.nbytes))
             shown += 1
     _out.print(tensors)
+
+
+from ._plan import plan_cmd  # noqa: E402  (registered after the group exists)
+
+main.add_command(plan_cmd)
