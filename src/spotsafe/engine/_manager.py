@@ -43,11 +43,12 @@ from ..format import (
     tmp_dir,
     trash_dir,
 )
+from ..policy._retention import RetentionPolicy, as_retention
 from ..state import RNG_COMPONENT, apply_checkpoint, check_components
 from ..storage import FsspecStorage, open_storage
 from ._pipeline import decode_components, persist, read_verified, stage
 from ._replicate import Replicator, UploadStats, is_transient
-from ._retention import select_deletions
+from ._retention import StoreRetention
 from ._staging import StagingBuffers
 from ._threads import lower_thread_priority
 
@@ -90,6 +91,10 @@ class CheckpointManager:
             by default each store reads its usual environment variables and config files.
         keep_last: How many of the newest checkpoints to keep (at least 1), on both tiers.
         keep_every: Also keep every checkpoint whose step is a multiple of this.
+        keep: A retention policy that replaces ``keep_last`` and ``keep_every``, on both
+            tiers: ``KeepLast(n)``, ``KeepEvery(k)``, ``KeepEveryDuration("1h")`` (the oldest
+            checkpoint of each hour), combined with ``|``. Whatever it says, the newest
+            checkpoint, the one just saved and any newer step are kept.
         rng: Capture and restore the python, numpy, torch CPU and CUDA RNGs (default True).
         async_save: ``save()`` returns once the state is copied to host buffers and
             persists in the background (default True). False: ``save()`` returns durable.
@@ -117,9 +122,9 @@ class CheckpointManager:
 
     def __init__(self, root: str | os.PathLike, *, remote: str | None = None,
                  storage_options: dict[str, Any] | None = None, keep_last: int = 3, keep_every: int | None = None,
-                 rng: bool = True, async_save: bool = True, when_busy: str = "wait",
-                 max_pending_uploads: int = 2, upload_backoff: Backoff = Backoff()) -> None:
-        select_deletions([], committed=0, keep_last=keep_last, keep_every=keep_every)  # validates
+                 keep: RetentionPolicy | None = None, rng: bool = True, async_save: bool = True,
+                 when_busy: str = "wait", max_pending_uploads: int = 2, upload_backoff: Backoff = Backoff()) -> None:
+        self.keep = as_retention(keep_last, keep_every, keep)
         if when_busy not in WHEN_BUSY:
             raise ValueError(f"when_busy={when_busy!r} is not one of {WHEN_BUSY}.")
         self.storage = open_storage(root, storage_options)
@@ -132,8 +137,8 @@ class CheckpointManager:
             if not isinstance(rs, FsspecStorage):
                 raise ValueError(f"remote={remote!r} is a local path; pass a URL such as s3://bucket/run.")
             self.remote = rs
-        self.keep_last = keep_last
-        self.keep_every = keep_every
+        self.keep_last = keep_last if keep is None else None
+        self.keep_every = keep_every if keep is None else None
         self.rng = rng
         self.async_save = async_save
         self.when_busy = when_busy
@@ -155,9 +160,10 @@ class CheckpointManager:
         self._closed = False
         self.storage.make_root()
         self._clean_leftovers()
+        self._retention = StoreRetention(self.storage, self.keep)
         self._replicator = None
         if self.remote is not None:
-            self._replicator = Replicator(self.storage, self.remote, keep_last=keep_last, keep_every=keep_every,
+            self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
                                           max_pending=max_pending_uploads, backoff=upload_backoff)
 
     @property
@@ -205,7 +211,7 @@ class CheckpointManager:
 
     def __repr__(self) -> str:
         remote = f", remote={self.remote.url!r}" if self.remote else ""
-        return f"CheckpointManager({self.root!r}{remote}, keep_last={self.keep_last}, keep_every={self.keep_every})"
+        return f"CheckpointManager({self.root!r}{remote}, keep={self.keep!r})"
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -319,9 +325,7 @@ class CheckpointManager:
 
     def _prune(self, committed: int) -> None:
         pinned = self._replicator.pinned() if self._replicator else set()
-        doomed = select_deletions(committed_steps(self.storage), committed=committed,
-                                  keep_last=self.keep_last, keep_every=self.keep_every)
-        for s in doomed:
+        for s in self._retention.deletions(committed):
             if s in pinned:
                 continue  # still to be uploaded; a later prune removes it
             gone = self.storage.retire(step_dir(s), trash_dir(s))

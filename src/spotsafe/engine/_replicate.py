@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from .._backoff import Backoff, retry
 from ..errors import RemoteError
 from ..format import MANIFEST, committed_steps, is_leftover, parse_manifest, parse_step_dir, step_dir, trash_dir
-from ._retention import select_deletions
+from ..policy._retention import RetentionPolicy
+from ._retention import StoreRetention
 from ._threads import lower_thread_priority
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,18 @@ class UploadStats:
 
 
 class Replicator:
-    """Uploads committed checkpoints from ``local`` to ``remote`` on a daemon thread."""
+    """Uploads committed checkpoints from ``local`` to ``remote`` on a daemon thread.
 
-    def __init__(self, local, remote, *, keep_last: int, keep_every: int | None, max_pending: int = 2,
+    After each upload the remote is pruned under ``retention``, the same policy as the
+    local root's.
+    """
+
+    def __init__(self, local, remote, *, retention: RetentionPolicy, max_pending: int = 2,
                  backoff: Backoff = Backoff()) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending_uploads must be at least 1, got {max_pending}.")
         self.local, self.remote = local, remote
-        self.keep_last, self.keep_every = keep_last, keep_every
+        self._retention = StoreRetention(remote, retention)
         self.max_pending = max_pending
         self.backoff = backoff
         self.watermark: int | None = None
@@ -281,8 +286,7 @@ class Replicator:
         """Prune the remote, then publish ``step`` as the watermark and unpin it, in one go."""
         newest = step if self.watermark is None else max(step, self.watermark)
         try:
-            steps = committed_steps(self.remote)
-            for s in select_deletions(steps, committed=newest, keep_last=self.keep_last, keep_every=self.keep_every):
+            for s in self._retention.deletions(newest):
                 gone = self.remote.retire(step_dir(s), trash_dir(s))
                 self.remote.remove(gone, strict=True)
         except Exception as e:  # noqa: BLE001 - an old remote checkpoint left is not data loss

@@ -30,7 +30,7 @@ from ..engine import CheckpointManager, SaveStats
 from ..format import step_dir
 from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
 from ..notices._watcher import NoticesSpec
-from ..policy import SavePolicy, as_policy
+from ..policy import RetentionPolicy, SavePolicy, as_policy
 from ..storage import is_url
 from ..telemetry import EVENTS_DIR_ENV, EventLog, measure, read_events
 
@@ -58,7 +58,7 @@ class Run:
             notices and at the end).
         notices: ``"auto"`` (signals and every cloud that answers), None, or source names /
             objects (see :func:`spotsafe.notices.make_sources`).
-        remote, storage_options, keep_last, keep_every, rng, async_save: As for
+        remote, storage_options, keep_last, keep_every, keep, rng, async_save: As for
             :class:`~spotsafe.CheckpointManager`.
         margin: Time kept in hand before a notice's deadline (default 3 s): waits on the
             emergency path end this long before it.
@@ -79,7 +79,8 @@ class Run:
     def __init__(self, root: str | os.PathLike, state: dict[str, Any], *,
                  save_every: SavePolicy | int | float | str | timedelta | None = None, notices: NoticesSpec = "auto",
                  remote: str | None = None, storage_options: dict[str, Any] | None = None, keep_last: int = 3,
-                 keep_every: int | None = None, rng: bool = True, async_save: bool = True,
+                 keep_every: int | None = None, keep: RetentionPolicy | None = None, rng: bool = True,
+                 async_save: bool = True,
                  margin: float | str | timedelta = 3.0, exit_on_notice: bool = True,
                  events_dir: str | os.PathLike | None = None, clock=time.monotonic) -> None:
         if not isinstance(state, dict):
@@ -91,7 +92,7 @@ class Run:
         self.exit_on_notice = exit_on_notice
         self._sources = make_sources(notices)
         self._manager_options = dict(remote=remote, storage_options=storage_options, keep_last=keep_last,
-                                     keep_every=keep_every, rng=rng, async_save=async_save)
+                                     keep_every=keep_every, keep=keep, rng=rng, async_save=async_save)
         if events_dir is None:
             events_dir = os.environ.get(EVENTS_DIR_ENV) or (None if is_url(self.root) else os.path.join(self.root,
                                                                                                      "events"))

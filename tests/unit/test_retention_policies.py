@@ -1,0 +1,298 @@
+"""Retention policies combined with ``|``, the safety rules no policy overrides, and the manager
+pruning its root under them. Creation times are given by hand (or by a fake clock), never slept."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+
+import spotsafe
+from spotsafe.engine import _pipeline
+from spotsafe.engine import _retention as engine_retention
+from spotsafe.engine._retention import StoreRetention
+from spotsafe.format import MANIFEST, Manifest, step_dir
+from spotsafe.policy import EverySteps
+from spotsafe.policy._retention import (
+    KeepAny,
+    KeepEvery,
+    KeepEveryDuration,
+    KeepLast,
+    as_retention,
+    select_deletions,
+)
+from spotsafe.storage import open_storage
+
+HOUR = 1_700_002_800.0  # a whole hour since the epoch, so 10-minute windows start on it
+
+
+def at_zero(steps):
+    """``(step, created)`` pairs for rules that do not look at times."""
+    return [(s, 0.0) for s in steps]
+
+
+def ten_minutes_apart(steps):
+    """``(step, created)`` pairs, one checkpoint every 10 minutes from ``HOUR``."""
+    return [(s, HOUR + 600.0 * i) for i, s in enumerate(steps)]
+
+
+# -- each rule alone -----------------------------------------------------------------------
+def test_keep_last_keeps_the_n_newest():
+    assert KeepLast(2).keep(at_zero([10, 20, 30, 40])) == {30, 40}
+    assert KeepLast(9).keep(at_zero([10, 20])) == {10, 20}
+    assert select_deletions(KeepLast(2), at_zero([10, 20, 30, 40]), 40) == [10, 20]
+
+
+def test_keep_every_keeps_the_multiples_of_k():
+    assert KeepEvery(25).keep(at_zero(range(10, 101, 10))) == {50, 100}
+    assert select_deletions(KeepEvery(25), at_zero(range(10, 101, 10)), 100) == [10, 20, 30, 40, 60, 70, 80, 90]
+
+
+def test_keep_every_duration_keeps_the_oldest_checkpoint_of_each_window():
+    # 30-minute windows from HOUR: [1, 2, 3], [4, 5, 6], [7]
+    checkpoints = ten_minutes_apart(range(1, 8))
+    assert KeepEveryDuration("30m").keep(checkpoints) == {1, 4, 7}
+    assert select_deletions(KeepEveryDuration("30m"), checkpoints, 7) == [2, 3, 5, 6]
+
+
+def test_keep_every_duration_windows_follow_the_clock_not_the_first_checkpoint():
+    # a run that starts 20 minutes into the hour: its first window ends 10 minutes later
+    checkpoints = [(s, HOUR + 1200.0 + 600.0 * i) for i, s in enumerate(range(1, 6))]
+    assert KeepEveryDuration("30m").keep(checkpoints) == {1, 2, 5}
+
+
+def test_keep_every_duration_goes_by_creation_time_within_a_window():
+    # step 12 was written before step 11 (clocks of two writers): it is the older one
+    assert KeepEveryDuration("1h").keep([(11, HOUR + 60.0), (12, HOUR + 30.0), (13, HOUR + 3600.0)]) == {12, 13}
+
+
+@pytest.mark.parametrize("interval", ["1h", "60m", 3600, 3600.0, timedelta(hours=1)])
+def test_keep_every_duration_reads_every_form_of_a_duration(interval):
+    assert KeepEveryDuration(interval).seconds == 3600.0
+
+
+# -- combinations ----------------------------------------------------------------------------
+def test_or_keeps_what_any_part_keeps():
+    policy = KeepLast(2) | KeepEvery(10)
+    assert isinstance(policy, KeepAny)
+    assert policy.keep(at_zero(range(1, 26))) == {10, 20, 24, 25}
+    assert select_deletions(policy, at_zero(range(1, 26)), 25) == [s for s in range(1, 24) if s not in (10, 20)]
+
+
+def test_or_with_a_duration_keeps_recent_ones_and_one_per_window():
+    policy = KeepLast(2) | KeepEveryDuration("30m")
+    assert select_deletions(policy, ten_minutes_apart(range(1, 9)), 8) == [2, 3, 5, 6]
+
+
+def test_or_flattens_and_reads_back_as_written():
+    policy = (KeepLast(2) | KeepEvery(10)) | (KeepEvery(1000) | KeepEveryDuration("10m"))
+    assert [type(p) for p in policy.policies] == [KeepLast, KeepEvery, KeepEvery, KeepEveryDuration]
+    assert repr(policy) == "KeepLast(2) | KeepEvery(10) | KeepEvery(1000) | KeepEveryDuration('10m')"
+
+
+def test_only_time_based_rules_need_creation_times():
+    assert not KeepLast(1).needs_times and not KeepEvery(5).needs_times
+    assert not (KeepLast(1) | KeepEvery(5)).needs_times
+    assert KeepEveryDuration("1h").needs_times
+    assert (KeepLast(1) | KeepEvery(5) | KeepEveryDuration("1h")).needs_times
+
+
+def test_as_retention_builds_the_manager_defaults_or_passes_keep_through():
+    assert repr(as_retention()) == "KeepLast(3)"
+    assert repr(as_retention(keep_last=2, keep_every=10)) == "KeepLast(2) | KeepEvery(10)"
+    policy = KeepLast(1) | KeepEveryDuration("1h")
+    assert as_retention(keep=policy) is policy
+
+
+# -- the safety rules, for every rule --------------------------------------------------------
+EVERY_RULE = [KeepLast(1), KeepEvery(1000), KeepEveryDuration("1h"), KeepLast(1) | KeepEvery(1000), KeepAny()]
+
+
+@pytest.mark.parametrize("policy", EVERY_RULE, ids=repr)
+def test_the_newest_checkpoint_is_always_kept(policy):
+    # all in one window, none a multiple of 1000: each rule on its own would keep at most one
+    checkpoints = [(s, HOUR + s) for s in (10, 20, 30, 40)]
+    doomed = select_deletions(policy, checkpoints, 40)
+    assert 40 not in doomed
+    assert doomed == [s for s in (10, 20, 30) if s not in policy.keep(checkpoints)]
+
+
+@pytest.mark.parametrize("policy", EVERY_RULE, ids=repr)
+def test_the_committed_step_and_newer_ones_are_kept(policy):
+    # 90 is from an abandoned timeline (the run resumed from 30): it stays, and so does 30
+    checkpoints = [(s, HOUR + s) for s in (10, 20, 30, 90)]
+    doomed = select_deletions(policy, checkpoints, 30)
+    assert 30 not in doomed and 90 not in doomed
+    assert doomed == [s for s in (10, 20) if s not in policy.keep([c for c in checkpoints if c[0] <= 30])]
+
+
+@pytest.mark.parametrize("policy", EVERY_RULE, ids=repr)
+def test_nothing_is_deleted_without_older_checkpoints(policy):
+    assert select_deletions(policy, [], 5) == []
+    assert select_deletions(policy, [(7, HOUR)], 5) == []
+
+
+def test_keep_last_counts_only_the_steps_up_to_the_committed_one():
+    assert select_deletions(KeepLast(2), at_zero([10, 20, 30, 90]), 30) == [10]
+
+
+# -- bad arguments -------------------------------------------------------------------------------
+@pytest.mark.parametrize("make,message", [
+    (lambda: KeepLast(0), r"KeepLast\(0\) is not a whole number of at least 1; use KeepLast\(1\)"),
+    (lambda: KeepLast(2.5), r"KeepLast\(2.5\) is not a whole number"),
+    (lambda: KeepLast(True), r"KeepLast\(True\) is not a whole number"),
+    (lambda: KeepEvery(-10), r"KeepEvery\(-10\) is not a whole number of at least 1; use KeepEvery\(k\)"),
+    (lambda: KeepEveryDuration(0), r"KeepEveryDuration\(0\) must be longer than 0 seconds; use e.g. '1h'"),
+    (lambda: KeepEveryDuration("soon"), r"KeepEveryDuration='soon'.*15m"),
+    (lambda: KeepEveryDuration(-60), r"KeepEveryDuration=-60 must be a finite duration"),
+    (lambda: as_retention(keep_last=0), r"keep_last=0 is not a whole number of at least 1; use keep_last >= 1"),
+    (lambda: as_retention(keep_every=0), r"keep_every=0 is not a whole number of at least 1; use None"),
+    (lambda: as_retention(keep_every=10, keep=KeepLast(2)),
+     r"keep=KeepLast\(2\) replaces keep_last and keep_every, so keep_every=10 would be ignored"),
+    (lambda: as_retention(keep_last=5, keep=KeepLast(2)), r"so keep_last=5 would be ignored; drop it"),
+])
+def test_bad_arguments_name_the_value_and_the_way_out(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_keep_must_be_a_retention_policy():
+    with pytest.raises(TypeError, match=r"keep=5 is not a retention policy; use KeepLast\(n\)"):
+        as_retention(keep=5)
+    with pytest.raises(TypeError):
+        KeepLast(1) | EverySteps(5)  # a save policy says when to save, not what to keep
+    with pytest.raises(ValueError, match="keep=KeepLast"):
+        spotsafe.CheckpointManager("unused", keep=KeepLast(1), keep_every=10)
+
+
+# -- one store: creation times read only when needed, and only once --------------------------
+def write_checkpoint(root, step: int, created: float) -> None:
+    """A committed (empty) checkpoint of ``step`` whose manifest says it was made at ``created``."""
+    os.makedirs(root / step_dir(step))
+    manifest = Manifest(step=step, files={}, components={}, created=created)
+    (root / step_dir(step) / MANIFEST).write_bytes(manifest.to_json_bytes())
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The steps whose manifest the retention code read, in order."""
+    seen: list[int] = []
+    real = engine_retention.read_manifest
+
+    def counting(storage, name):
+        manifest = real(storage, name)
+        seen.append(manifest.step)
+        return manifest
+
+    monkeypatch.setattr(engine_retention, "read_manifest", counting)
+    return seen
+
+
+def test_count_and_step_rules_read_no_manifest(root, reads):
+    for i, s in enumerate(range(1, 6)):
+        write_checkpoint(root, s, HOUR + 600.0 * i)
+    assert StoreRetention(open_storage(root), KeepLast(2) | KeepEvery(2)).deletions(5) == [1, 3]
+    assert reads == []
+
+
+def test_creation_times_are_read_once_and_the_committed_one_afresh(root, reads):
+    storage = open_storage(root)
+    retention = StoreRetention(storage, KeepEveryDuration("30m"))
+    for i, s in enumerate(range(1, 5)):
+        write_checkpoint(root, s, HOUR + 600.0 * i)
+    assert retention.deletions(4) == [2, 3]
+    assert reads == [1, 2, 3, 4]
+    assert retention.deletions(4) == [2, 3]
+    assert reads == [1, 2, 3, 4, 4]
+    write_checkpoint(root, 5, HOUR + 2400.0)
+    assert retention.deletions(5) == [2, 3]  # nothing deleted them: the caller does that
+    assert reads == [1, 2, 3, 4, 4, 5]
+
+
+def test_a_checkpoint_whose_manifest_cannot_be_read_is_kept(root, reads, monkeypatch):
+    for i, s in enumerate(range(1, 5)):
+        write_checkpoint(root, s, HOUR + 60.0 * i)  # one window: only step 1 is kept by the rule
+    (root / step_dir(2) / MANIFEST).write_bytes(b"{not json")
+    # "created now" puts step 2 in that same window, as the newest: kept all the same
+    monkeypatch.setattr(engine_retention, "time", SimpleNamespace(time=lambda: HOUR + 240.0))
+    assert StoreRetention(open_storage(root), KeepEveryDuration("1h")).deletions(4) == [3]
+    assert reads == [1, 3, 4]
+
+
+# -- the manager on a real root --------------------------------------------------------------
+def remaining_steps(root) -> list[int]:
+    return sorted(int(n.split("-")[1]) for n in os.listdir(root))
+
+
+def test_manager_prunes_its_root_under_a_combined_policy(root):
+    with spotsafe.CheckpointManager(root, keep=KeepLast(2) | KeepEvery(10)) as mgr:
+        assert repr(mgr) == f"CheckpointManager({mgr.root!r}, keep=KeepLast(2) | KeepEvery(10))"
+        assert mgr.keep_last is None and mgr.keep_every is None  # keep= replaces them
+        for step in range(1, 26):
+            mgr.save(step, {"v": step})
+            mgr.wait()
+        assert [c.step for c in mgr.checkpoints()] == [10, 20, 24, 25]
+        assert all(c.valid for c in mgr.checkpoints())
+    assert remaining_steps(root) == [10, 20, 24, 25]
+
+
+def test_manager_default_retention_reads_no_manifest_to_prune(root, reads):
+    with spotsafe.CheckpointManager(root, keep_last=2, async_save=False) as mgr:
+        assert repr(mgr.keep) == "KeepLast(2)" and mgr.keep_last == 2
+        for step in range(1, 6):
+            mgr.save(step, {"v": step})
+    assert remaining_steps(root) == [4, 5]
+    assert reads == []
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Every manifest the manager writes says it was created 10 minutes after the previous one."""
+    times = iter(HOUR + 600.0 * i for i in range(1000))
+
+    def manifest(**fields):
+        return Manifest(created=next(times), **fields)
+
+    monkeypatch.setattr(_pipeline, "Manifest", manifest)
+
+
+def test_manager_keeps_the_oldest_checkpoint_of_every_half_hour(root, clock):
+    with spotsafe.CheckpointManager(root, keep=KeepEveryDuration("30m")) as mgr:
+        for step in range(1, 13):
+            mgr.save(step, {"v": step})
+            mgr.wait()
+        kept = mgr.checkpoints()
+    # steps 1..12 made at HOUR + 0, 10, ..., 110 minutes: windows start at 0, 30, 60 and 90
+    assert [c.step for c in kept] == [1, 4, 7, 10, 12]
+    assert [c.manifest.created - HOUR for c in kept] == [0.0, 1800.0, 3600.0, 5400.0, 6600.0]
+    assert remaining_steps(root) == [1, 4, 7, 10, 12]
+
+
+def test_manager_combines_duration_with_keep_last(root, clock):
+    with spotsafe.CheckpointManager(root, keep=KeepLast(2) | KeepEveryDuration("1h"), async_save=False) as mgr:
+        for step in range(100, 1300, 100):
+            mgr.save(step, {"v": step})
+    # made every 10 minutes: 100 opens the first hour, 700 the second; 1100 and 1200 are the last two
+    assert remaining_steps(root) == [100, 700, 1100, 1200]
+
+
+def test_retention_policies_import_no_torch():
+    code = "import sys, spotsafe.policy._retention; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
+
+
+def test_the_remote_is_pruned_under_the_same_policy(root, clock):
+    remote = f"memory://retention-{uuid.uuid4().hex[:8]}/run"
+    with spotsafe.CheckpointManager(root, remote=remote, keep=KeepLast(1) | KeepEveryDuration("30m")) as mgr:
+        for step in range(1, 8):
+            mgr.save(step, {"v": step})
+            mgr.wait(remote=True, timeout=30)
+        assert [c.step for c in mgr.checkpoints(remote=True)] == [1, 4, 7]
+        assert all(c.valid for c in mgr.checkpoints(remote=True))
+    assert remaining_steps(root) == [1, 4, 7]
