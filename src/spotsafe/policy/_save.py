@@ -198,22 +198,20 @@ class Optimal(SavePolicy):
         mtbf: Mean time between interruptions (a duration). None: estimated from the run's
             own event history (``history()``; with n interruptions seen in T hours of
             running, MTBF = T / (n + 1), so a clean history is not taken as "never").
-        restart_cost: What an interruption costs besides the lost work (restart, restore).
-            None: measured from the history, else 10 minutes.
         initial: The interval used until a save's stall has been measured.
 
     Daly's interval is recomputed after every save from the median of the last 20 stalls.
+    The restart cost does not enter it (in Daly's model it scales the expected wall time,
+    not the optimum); ``spotsafe plan`` uses it for time and money.
     """
 
     wants_history = True
 
     def __init__(self, mtbf: float | str | timedelta | None = None, *,
-                 restart_cost: float | str | timedelta | None = None,
                  initial: float | str | timedelta = "10m") -> None:
         self.mtbf = parse_duration(mtbf, what="mtbf") if mtbf is not None else None
         if self.mtbf is not None and self.mtbf <= 0:
             raise ValueError(f"mtbf={mtbf!r} must be longer than 0 seconds.")
-        self.restart_cost = parse_duration(restart_cost, what="restart_cost") if restart_cost is not None else None
         self.interval = parse_duration(initial, what="initial")
         self._stalls: deque[float] = deque(maxlen=20)
         self._last: float | None = None
@@ -223,8 +221,6 @@ class Optimal(SavePolicy):
             self.mtbf = measured.mtbf_s
             logger.info("Optimal checkpoint interval: MTBF %s estimated from %d interruption(s) in %.1f h of running",
                         format_duration(self.mtbf), measured.interruptions, measured.running_s / 3600)
-        if self.restart_cost is None and getattr(measured, "restart_s", None):
-            self.restart_cost = measured.restart_s
         for s in getattr(measured, "stalls_s", None) or []:
             self._stalls.append(s)
         self._update()
