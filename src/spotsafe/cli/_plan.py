@@ -148,7 +148,8 @@ def _print(p, out: dict, deadline: float | None) -> None:
     if p.savings_fraction > 0:
         _out.print(f"Spot saves {p.savings_fraction:.0%} ({p.on_demand_cost - p.spot_cost:.2f}).")
     else:
-        _out.print(f"On-demand is cheaper by {-p.savings_fraction:.0%}: interruptions cost more than the discount.")
+        _out.print(f"On-demand is cheaper: spot would cost {p.spot_cost / p.on_demand_cost:.2f}x as much "
+                   "(interruptions cost more than the discount).")
     if p.break_even_mtbf_s is None:
         _out.print("Break-even: none, spot is not cheaper per hour.")
     else:
