@@ -291,3 +291,27 @@ def test_with_a_remote_and_time_enough_the_emergency_checkpoint_is_on_the_remote
         assert mgr.restore(state2) == 3
     for k, v in model.state_dict().items():
         assert torch.equal(model2.state_dict()[k], v)
+
+
+def test_sys_exit_in_the_loop_is_recorded_with_its_code_and_the_handlers_are_restored(root):
+    model, opt, state = make_state()
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        with spotsafe.Run(root, state, save_every=2, notices=[Signals()]) as run:
+            for step in run.steps(10):
+                train_step(model, opt)
+                if step == 3:
+                    raise SystemExit(4)
+    assert run.exit_code == 4 and signal.getsignal(signal.SIGTERM) == before
+    stop = read_events(root / "events")[-1]
+    assert stop["event"] == "stop" and stop["reason"] == "exit" and stop["exit_code"] == 4
+
+
+def test_a_failing_history_read_leaves_nothing_installed(root, monkeypatch):
+    model, opt, state = make_state()
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("spotsafe.run._run.measure", lambda events: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        with spotsafe.Run(root, state, save_every=spotsafe.policy.Optimal("6h"), notices=[Signals()]):
+            pass
+    assert signal.getsignal(signal.SIGTERM) == before

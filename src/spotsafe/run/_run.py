@@ -137,14 +137,14 @@ class Run:
                              skipped=list(self.manager.restore_skipped))
             if restored:
                 logger.info("Resuming at step %d from %s", restored, info.location if info else self.root)
+            if self.policy.wants_history and self.events.path is not None:
+                mine = (self.events.host, self.events.pid)
+                past = [e for e in read_events(self.events.path.parent) if (e.get("host"), e.get("pid")) != mine]
+                self.policy.history(measure(past))
+            self.policy.start(self.step, self._clock())
         except BaseException:
             self._teardown(wait_remote=False)
             raise
-        if self.policy.wants_history and self.events.path is not None:
-            mine = (self.events.host, self.events.pid)
-            past = [e for e in read_events(self.events.path.parent) if (e.get("host"), e.get("pid")) != mine]
-            self.policy.history(measure(past))
-        self.policy.start(self.step, self._clock())
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -152,15 +152,17 @@ class Run:
             self._teardown(wait_remote=exc.tier == "remote")
             return
         if exc_type is not None:
-            self.exit_code = 1
+            # sys.exit() in the loop is the user's own way out; anything else is a failure
+            code = exc.code if isinstance(exc, SystemExit) else 1
+            self.exit_code = code if isinstance(code, int) else (0 if code is None else 1)
             try:
                 try:
                     self.manager.wait()  # the save in flight is a consistent snapshot: keep it
                 except Exception as e:  # noqa: BLE001 - the loop's own error is the one to raise
                     logger.warning("The checkpoint in flight failed too: %s", e)
                 self._report_durable()
-                self.events.emit("stop", reason="error", exit_code=1, step=self.step,
-                                 error=f"{exc_type.__name__}: {exc}")
+                self.events.emit("stop", reason="exit" if isinstance(exc, SystemExit) else "error",
+                                 exit_code=self.exit_code, step=self.step, error=f"{exc_type.__name__}: {exc}")
             finally:
                 self._teardown(wait_remote=False)
             return
