@@ -128,14 +128,16 @@ class GCP(Poller):
     default_url = "http://metadata.google.internal"
     HEADERS = {"Metadata-Flavor": "Google"}
 
+    def _preempted(self):
+        return http("GET", f"{self.url}/computeMetadata/v1/instance/preempted", headers=self.HEADERS,
+                    timeout=self.timeout)
+
     def probe(self) -> bool:
-        r = http("GET", f"{self.url}/computeMetadata/v1/instance/preempted", headers=self.HEADERS,
-                 timeout=self.timeout)
+        r = self._preempted()
         return r.status == 200 and r.headers.get("metadata-flavor", "").lower() == "google"
 
     def poll(self) -> bool:
-        r = http("GET", f"{self.url}/computeMetadata/v1/instance/preempted", headers=self.HEADERS,
-                 timeout=self.timeout)
+        r = self._preempted()
         if r.status == 200 and r.body.strip().upper() == b"TRUE":
             now = time.time()
             self.post(Notice("gcp", now + DEFAULT_GRACE, "instance/preempted is TRUE", now))
