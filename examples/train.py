@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 import time
@@ -75,10 +76,12 @@ def batches(loader: ResumableDataLoader):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", required=True, help="checkpoint root (a local directory)")
+    p.add_argument("--root", default=os.environ.get("SPOTSAFE_ROOT"),
+                   help="checkpoint root (a local directory; default $SPOTSAFE_ROOT, set by spotsafe run --root)")
     p.add_argument("--remote", help="object store URL to replicate checkpoints to (s3://bucket/run)")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--save-every", default="10", help="steps (10, '10steps') or a duration ('15m', '30s')")
+    p.add_argument("--save-every", help="steps (10, '10steps') or a duration ('15m', '30s'); "
+                   "default $SPOTSAFE_SAVE_EVERY (a spotsafe run profile's), else 10 steps")
     p.add_argument("--notices", default="auto", help="'auto', 'off', or source names (signals,aws,gcp,...)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-delay", type=float, default=0.0, help="sleep per step (makes notices land mid-run)")
     p.add_argument("--out", help="write the final model and optimizer state here (torch.save)")
     args = p.parse_args(argv)
+    if not args.root:
+        p.error("--root is required (or run under spotsafe run --root DIR)")
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -96,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ballast_mib:
         model.register_buffer("ballast", torch.zeros(int(args.ballast_mib * 2**20) // 4))
     state = {"model": model, "optimizer": opt, "scheduler": sched, "data": loader}
-    save_every = int(args.save_every) if args.save_every.isdigit() else args.save_every
+    if args.save_every is None:  # None: Run takes $SPOTSAFE_SAVE_EVERY
+        save_every = None if os.environ.get("SPOTSAFE_SAVE_EVERY") else 10
+    else:
+        save_every = int(args.save_every) if args.save_every.isdigit() else args.save_every
     try:
         with spotsafe.Run(args.root, state, save_every=save_every, notices=args.notices, remote=args.remote,
                           keep_last=args.keep_last) as run:

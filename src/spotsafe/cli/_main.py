@@ -157,3 +157,7 @@ def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
 from ._plan import plan_cmd  # noqa: E402  (registered after the group exists)
 
 main.add_command(plan_cmd)
+from ._run import report_cmd, run_cmd  # noqa: E402
+
+main.add_command(run_cmd)
+main.add_command(report_cmd)

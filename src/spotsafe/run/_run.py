@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED
-from .._units import format_duration, parse_duration
+from .._units import format_duration, parse_duration, parse_interval
 from ..engine import CheckpointManager, SaveStats
 from ..format import step_dir
 from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
@@ -33,6 +34,9 @@ from ..notices._watcher import NoticesSpec
 from ..policy import RetentionPolicy, SavePolicy, as_policy
 from ..storage import is_url
 from ..telemetry import EVENTS_DIR_ENV, EventLog, measure, read_events
+from ..telemetry._mirror import EventMirror
+
+MIRROR_EVERY_S = 30.0
 
 logger = logging.getLogger("spotsafe.run")
 
@@ -51,15 +55,19 @@ class Run:
     """Restore, checkpoint by policy, watch for notices, and exit safely on one.
 
     Args:
-        root: Local directory (or URL) of the run's checkpoints, as for CheckpointManager.
+        root: Local directory (or URL) of the run's checkpoints, as for CheckpointManager; None
+            takes ``$SPOTSAFE_ROOT`` (set by ``spotsafe run --root``).
         state: Dict of name -> object with ``state_dict()``/``load_state_dict()`` or plain value.
         save_every: Steps (``500``, ``"500steps"``), a duration (``"15m"``, ``"2h"``, float
-            seconds, a timedelta), a :class:`~spotsafe.policy.SavePolicy`, or None (only on
-            notices and at the end).
+            seconds, a timedelta), a :class:`~spotsafe.policy.SavePolicy`, or None:
+            ``$SPOTSAFE_SAVE_EVERY`` when set (by a ``spotsafe run`` profile), else only on
+            notices and at the end.
         notices: ``"auto"`` (signals and every cloud that answers), None, or source names /
             objects (see :func:`spotsafe.notices.make_sources`).
         remote, storage_options, keep_last, keep_every, keep, rng, async_save: As for
-            :class:`~spotsafe.CheckpointManager`.
+            :class:`~spotsafe.CheckpointManager`; ``remote=None`` takes ``$SPOTSAFE_REMOTE`` when
+            set. With a remote, the run's event file is copied to ``<remote>/events/`` too
+            (by the supervisor instead, under ``spotsafe run``).
         margin: Time kept in hand before a notice's deadline (default 3 s): waits on the
             emergency path end this long before it.
         exit_on_notice: Raise :class:`Preempted` (``SystemExit(75)``) after the emergency
@@ -76,7 +84,7 @@ class Run:
                 run.log(loss=loss.item())
     """
 
-    def __init__(self, root: str | os.PathLike, state: dict[str, Any], *,
+    def __init__(self, root: str | os.PathLike | None, state: dict[str, Any], *,
                  save_every: SavePolicy | int | float | str | timedelta | None = None, notices: NoticesSpec = "auto",
                  remote: str | None = None, storage_options: dict[str, Any] | None = None, keep_last: int = 3,
                  keep_every: int | None = None, keep: RetentionPolicy | None = None, rng: bool = True,
@@ -85,6 +93,15 @@ class Run:
                  events_dir: str | os.PathLike | None = None, clock=time.monotonic) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
+        if root is None:
+            root = os.environ.get(ROOT_ENV)
+            if not root:
+                raise ValueError(f"Run needs a checkpoint root: pass root= or run under `spotsafe run --root DIR`, "
+                                 f"which sets ${ROOT_ENV}.")
+        if save_every is None and os.environ.get(SAVE_EVERY_ENV):
+            save_every = parse_interval(os.environ[SAVE_EVERY_ENV], what=f"${SAVE_EVERY_ENV}")
+        if remote is None:
+            remote = os.environ.get(REMOTE_ENV) or None
         self.root = os.fspath(root)
         self.state = state
         self.policy = as_policy(save_every)
@@ -101,6 +118,8 @@ class Run:
         self.manager: CheckpointManager | None = None
         self.watcher: NoticeWatcher | None = None
         self.events: EventLog | None = None
+        self._mirror: EventMirror | None = None
+        self._mirrored_at = 0.0
         self.start_step = 0
         self.step = 0
         self.total: int | None = None
@@ -118,6 +137,10 @@ class Run:
     # -- entering and leaving --------------------------------------------------------
     def __enter__(self) -> Run:
         self.events = EventLog(self._events_dir)
+        remote = self._manager_options["remote"]
+        if remote and self.events.path is not None and not os.environ.get(SUPERVISED_ENV):
+            # under ``spotsafe run`` the supervisor copies the events (one writer per remote file)
+            self._mirror = EventMirror(remote, self._manager_options["storage_options"])
         self.watcher = NoticeWatcher(self._sources)
         try:
             self.watcher.start()  # before the restore: a notice during it is kept
@@ -209,6 +232,9 @@ class Run:
             self.watcher.stop()
         if self.events is not None:
             self.events.close()
+            if self._mirror is not None:
+                self._mirror.push(self.events.path)
+                self._mirror.close(timeout=2.0)
         if errors and self.exit_code != EXIT_PREEMPTED:
             raise errors[0]
         for e in errors:
@@ -299,6 +325,10 @@ class Run:
                     self.events.emit("upload", step=up.step, bytes=up.bytes, upload_s=up.upload_s,
                                      retries=up.retries)
             self._uploads_reported = max(watermark, *(u.step for u in mgr.uploads), self._uploads_reported)
+            now = time.monotonic()
+            if self._mirror is not None and now - self._mirrored_at >= MIRROR_EVERY_S:
+                self._mirrored_at = now
+                self._mirror.push(self.events.path)
 
     def _deadline(self, notice: Notice) -> float:
         """The notice's deadline, less the margin, on the monotonic clock."""

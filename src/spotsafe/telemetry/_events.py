@@ -53,12 +53,13 @@ class EventLog:
     """Appends events to ``directory/<host>-<pid>.jsonl`` (or keeps them in memory only when None)."""
 
     def __init__(self, directory: str | os.PathLike | None, *, run_id: str | None = None,
-                 attempt: int | None = None, rank: int | None = None) -> None:
+                 attempt: int | None = None, rank: int | None = None, role: str | None = None) -> None:
         self.host = socket.gethostname() or "localhost"
         self.pid = os.getpid()
         self.run_id = run_id or os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex[:12]
         self.attempt = attempt if attempt is not None else int(os.environ.get(ATTEMPT_ENV) or 1)
         self.rank = rank if rank is not None else int(os.environ.get("RANK") or 0)
+        self.role = role
         self.events: list[dict[str, Any]] = []
         self.path: Path | None = None
         self._fd: int | None = None
@@ -72,6 +73,8 @@ class EventLog:
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"ts": time.time(), "event": event, "run_id": self.run_id, "attempt": self.attempt,
                   "rank": self.rank, "host": self.host, "pid": self.pid}
+        if self.role is not None:
+            record["role"] = self.role
         record.update({k: _clean(v) for k, v in fields.items()})
         self.events.append(record)
         del self.events[:-1000]
@@ -94,16 +97,23 @@ class EventLog:
         self._fd = None
 
 
+def parse_lines(text: str) -> list[dict[str, Any]]:
+    """The events of one file's text; torn or foreign lines skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "event" in rec and isinstance(rec.get("ts"), (int, float)):
+            out.append(rec)
+    return out
+
+
 def read_events(directory: str | os.PathLike) -> list[dict[str, Any]]:
     """Every event under ``directory`` (all writers), oldest first; torn or foreign lines skipped."""
     out = []
     for p in sorted(Path(directory).glob("*.jsonl")):
-        for line in p.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "event" in rec and "ts" in rec:
-                out.append(rec)
+        out += parse_lines(p.read_text(errors="replace"))
     out.sort(key=lambda r: r["ts"])
     return out

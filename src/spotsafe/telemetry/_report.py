@@ -1,0 +1,288 @@
+"""The run report, computed from the events alone (no torch).
+
+Definitions (the README's "Reading the report" repeats them):
+
+- An *attempt* is one training process (rank 0), from its first event to its last.
+- An attempt is *interrupted* when it stopped for a notice (``stop`` reason ``notice``;
+  the source is the notice's) or was killed without one (no ``stop`` event, or the
+  supervisor recorded a drill's kill; source ``killed``). It *crashed* when it ended with
+  an error or a non-zero exit, or the supervisor recorded a crash.
+- A restart *resumed* when it restored at least the newest checkpoint an earlier attempt
+  reported durable before it started (a fall-back past a corrupt checkpoint is a failure).
+- Step time comes from the ``metrics`` events: an event at step s covers the steps since
+  the previous one (or since the restore) and the time since then. A step's *final*
+  execution is the last one; the others were *replayed*. Replayed work of an interruption
+  is the steps between the next attempt's restore and the last step reached, and the time
+  their executions took.
+- *Time lost to a restart* runs from the interrupted attempt's last step to the next
+  attempt's first (emergency save, downtime, backoff, start-up, restore).
+- *Useful time* is the time of final step executions less the checkpoint stalls inside
+  them; *goodput* is useful time / wall time (first event to last).
+- *Cost*: spot = wall hours x spot price; on-demand = the hours the run would have taken
+  without interruptions (wall less replayed and restart time) x on-demand price.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPERVISOR = "supervisor"
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    vals = sorted(v for v in values if isinstance(v, (int, float)))
+    if not vals:
+        return {"median": None, "p95": None, "count": 0, "sum": 0.0}
+    p95 = vals[0] if len(vals) == 1 else statistics.quantiles(vals, n=20, method="inclusive")[18]
+    return {"median": statistics.median(vals), "p95": p95, "count": len(vals), "sum": sum(vals)}
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for v in values:
+        out[str(v)] += 1
+    return dict(sorted(out.items()))
+
+
+def _summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "worst": None, "total": 0}
+    return {"mean": sum(values) / len(values), "worst": max(values), "total": sum(values)}
+
+
+@dataclass
+class _Interval:
+    """One metrics event: the steps (lo, hi] it covers, run from t0 to t1 by attempt ``span``."""
+
+    lo: int
+    hi: int
+    t0: float
+    t1: float
+    span: int
+    final: bool = True
+    attributed: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.t1 - self.t0)
+
+    def share(self, lo: int, hi: int) -> float:
+        """Seconds of this interval spent on steps (lo, hi]."""
+        overlap = min(hi, self.hi) - max(lo, self.lo)
+        return 0.0 if overlap <= 0 or self.hi <= self.lo else self.seconds * overlap / (self.hi - self.lo)
+
+
+@dataclass
+class _Span:
+    """One training process (rank 0)."""
+
+    key: tuple
+    events: list[dict]
+    restore_step: int | None = None
+    restore_ts: float | None = None
+    stop: dict | None = None
+    notice: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+    checkpoints: list[dict] = field(default_factory=list)
+
+    @property
+    def start(self) -> float:
+        return self.events[0]["ts"]
+
+    @property
+    def end(self) -> float:
+        return self.events[-1]["ts"]
+
+    @property
+    def last_step(self) -> int:
+        steps = [e.get("step") for e in self.metrics + self.checkpoints + ([self.stop] if self.stop else [])]
+        return max([s for s in steps if isinstance(s, int)] + [self.restore_step or 0])
+
+    @property
+    def last_step_ts(self) -> float:
+        return self.metrics[-1]["ts"] if self.metrics else (self.restore_ts or self.end)
+
+
+def _spans(events: list[dict]) -> list[_Span]:
+    procs: dict[tuple, list[dict]] = defaultdict(list)
+    for e in events:
+        if e.get("role") == SUPERVISOR or (e.get("rank") or 0) != 0:
+            continue
+        procs[(e.get("host"), e.get("pid"), e.get("run_id"), e.get("attempt"))].append(e)
+    spans = []
+    for key, evs in procs.items():
+        evs.sort(key=lambda e: e["ts"])
+        s = _Span(key, evs)
+        for e in evs:
+            kind = e["event"]
+            if kind == "restore" and s.restore_ts is None:
+                s.restore_step, s.restore_ts = e.get("step") or 0, e["ts"]
+            elif kind == "stop":
+                s.stop = e
+            elif kind == "notice" and not e.get("advisory") and s.notice is None:
+                s.notice = e
+            elif kind == "metrics" and isinstance(e.get("step"), int):
+                s.metrics.append(e)
+            elif kind == "checkpoint":
+                s.checkpoints.append(e)
+        spans.append(s)
+    spans.sort(key=lambda s: s.start)
+    return spans
+
+
+def _intervals(spans: list[_Span]) -> list[_Interval]:
+    out = []
+    for i, s in enumerate(spans):
+        prev_step, prev_ts = (s.restore_step or 0), (s.restore_ts if s.restore_ts is not None else s.start)
+        for m in s.metrics:
+            if m["step"] > prev_step:
+                out.append(_Interval(prev_step, m["step"], prev_ts, m["ts"], i))
+            prev_step, prev_ts = m["step"], m["ts"]
+    # an execution is final unless a later attempt ran any of its steps again
+    covered: list[tuple[int, int]] = []
+    for iv in sorted(out, key=lambda iv: iv.t1, reverse=True):
+        if any(lo < iv.hi and iv.lo < hi for lo, hi in covered):
+            iv.final = False
+        covered.append((iv.lo, iv.hi))
+        if len(covered) > 64:  # keep the scan short: merge into one range list
+            covered = _merge(covered)
+    return out
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def build_report(events: list[dict], *, root: str | None = None, spot_price: float | None = None,
+                 on_demand_price: float | None = None, metric: str = "loss") -> dict[str, Any]:
+    """Every figure of ``spotsafe report`` from ``events`` (any order, any number of writers)."""
+    events = sorted(events, key=lambda e: e["ts"])
+    sup = [e for e in events if e.get("role") == SUPERVISOR]
+    spans = _spans(events)
+    intervals = _intervals(spans)
+    exits = {(e.get("run_id"), e.get("attempt")): e for e in sup if e["event"] == "exit"}
+    spawned = {(e.get("run_id"), e.get("attempt")) for e in sup if e["event"] == "spawn"}
+    if spot_price is None or on_demand_price is None:
+        for e in reversed(sup):
+            if e["event"] == "supervisor_start" and isinstance(e.get("profile"), dict):
+                spot_price = spot_price if spot_price is not None else e["profile"].get("spot_price")
+                on_demand_price = on_demand_price if on_demand_price is not None else e["profile"].get("on_demand_price")
+                break
+
+    by_source: dict[str, int] = defaultdict(int)
+    crashes = 0
+    per_interruption: list[dict] = []
+    restarts = resumed = 0
+    restart_lost: list[float] = []
+    durable_before = []  # (ts, step) of every reported-durable checkpoint
+    for s in spans:
+        durable_before += [(c["ts"], c.get("step") or 0) for c in s.checkpoints]
+    for i, s in enumerate(spans):
+        nxt = spans[i + 1] if i + 1 < len(spans) else None
+        sup_exit = exits.get(s.key[2:])
+        cause = sup_exit.get("cause") if sup_exit else None
+        if i > 0:
+            restarts += 1
+            expected = max((step for ts, step in durable_before if ts < s.start), default=0)
+            if s.restore_ts is not None and (s.restore_step or 0) >= expected:
+                resumed += 1
+        reason = s.stop.get("reason") if s.stop else None
+        if reason == "notice" or (s.stop is None and s.notice is not None):
+            source = s.notice.get("source") if s.notice else "signal"
+        elif s.stop is None and cause in (None, "chaos_kill", "preempted") and (nxt is not None or cause):
+            source = "killed"
+        elif cause == "crash" or (s.stop is not None and s.stop.get("exit_code") not in (0, None)
+                                  and reason in ("error", "exit")):
+            crashes += 1
+            source = None
+        else:
+            source = None
+        if nxt is not None:
+            restart_lost.append(max(0.0, (nxt.metrics[0]["ts"] if nxt.metrics else nxt.end) - s.last_step_ts))
+        if source is None:
+            continue
+        by_source[source] += 1
+        entry = {"attempt": s.key[3], "source": source, "ts": s.stop["ts"] if s.stop else s.end,
+                 "step": s.last_step, "resumed_step": None, "replayed_steps": None, "replayed_s": None,
+                 "restart_s": restart_lost[-1] if nxt is not None else None,
+                 "tier": s.stop.get("tier") if s.stop else None}
+        if nxt is not None and nxt.restore_ts is not None:
+            r = nxt.restore_step or 0
+            entry["resumed_step"] = r
+            entry["replayed_steps"] = max(0, s.last_step - r)
+            secs = 0.0
+            for iv in intervals:
+                if iv.t1 <= nxt.start and not iv.attributed and iv.share(r, s.last_step) > 0:
+                    secs += iv.share(r, s.last_step)
+                    iv.attributed = True
+            entry["replayed_s"] = secs
+        per_interruption.append(entry)
+    crashes = max(crashes, sum(1 for e in exits.values() if e.get("cause") == "crash"))
+    attempts = len({s.key[2:] for s in spans} | spawned)
+
+    ckpts = [c for s in spans for c in s.checkpoints]
+    uploads = [e for e in events if e["event"] == "upload" and (e.get("rank") or 0) == 0 and e.get("role") != SUPERVISOR]
+    # checkpoint stalls inside final step executions are not useful work
+    stall_in_final = 0.0
+    finals_by_span: dict[int, list[_Interval]] = defaultdict(list)
+    for iv in intervals:
+        if iv.final:
+            finals_by_span[iv.span].append(iv)
+    for i, s in enumerate(spans):
+        for c in s.checkpoints:
+            step = c.get("step") or 0
+            if c.get("stall_s") and any(iv.lo <= step < iv.hi for iv in finals_by_span[i]):
+                stall_in_final += c["stall_s"]
+    useful = max(0.0, sum(iv.seconds for iv in intervals if iv.final) - stall_in_final)
+    wall = events[-1]["ts"] - events[0]["ts"] if events else 0.0
+    replayed_steps = [p["replayed_steps"] for p in per_interruption if p["replayed_steps"] is not None]
+    replayed_s = [p["replayed_s"] for p in per_interruption if p["replayed_s"] is not None]
+    cost = None
+    if spot_price is not None and on_demand_price is not None and wall > 0:
+        od_s = max(0.0, wall - sum(replayed_s) - sum(restart_lost))
+        spot_cost, od_cost = wall / 3600 * spot_price, od_s / 3600 * on_demand_price
+        cost = {"spot_price": spot_price, "on_demand_price": on_demand_price, "wall_h": wall / 3600,
+                "on_demand_h": od_s / 3600, "spot_cost": spot_cost, "on_demand_cost": od_cost,
+                "savings": od_cost - spot_cost, "savings_fraction": (od_cost - spot_cost) / od_cost if od_cost else None}
+    points = []
+    for s in spans:
+        for m in s.metrics:
+            v = (m.get("values") or {}).get(metric)
+            points.append([m["step"], v if isinstance(v, (int, float)) else None, s.key[3]])
+    last = spans[-1] if spans else None
+    return {
+        "root": root,
+        "run_ids": sorted({str(e.get("run_id")) for e in events if e.get("run_id")}),
+        "attempts": attempts,
+        "wall_s": wall,
+        "final_step": max((s.last_step for s in spans), default=0),
+        "completed": bool(last and last.stop and last.stop.get("reason") == "completed"),
+        "interruptions": {"total": sum(by_source.values()), "by_source": dict(sorted(by_source.items()))},
+        "crashes": crashes,
+        "drills": sum(1 for e in sup if e["event"] == "chaos"),
+        "resume": {"restarts": restarts, "resumed": resumed, "rate": resumed / restarts if restarts else None,
+                   "fallbacks": sum(len(e.get("skipped") or []) for e in events if e["event"] == "restore")},
+        "replayed": {"steps": _summary(replayed_steps), "seconds": _summary(replayed_s)},
+        "per_interruption": per_interruption,
+        "checkpoints": {"count": len(ckpts), "stall_s": _quantiles([c.get("stall_s") for c in ckpts]),
+                        "persist_s": _quantiles([c.get("persist_s") for c in ckpts]),
+                        "upload_s": _quantiles([u.get("upload_s") for u in uploads]),
+                        "by_reason": _count(c.get("reason") for c in ckpts)},
+        "checkpoint_list": [{"ts": c["ts"], "step": c.get("step"), "reason": c.get("reason"),
+                             "stall_s": c.get("stall_s"), "persist_s": c.get("persist_s"), "attempt": c.get("attempt")}
+                            for c in ckpts],
+        "restart_lost_s": sum(restart_lost),
+        "useful_s": useful,
+        "goodput": useful / wall if wall > 0 else None,
+        "cost": cost,
+        "loss": {"name": metric, "points": points},
+    }
