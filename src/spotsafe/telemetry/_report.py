@@ -227,6 +227,7 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
             entry["replayed_s"] = secs
         per_interruption.append(entry)
     crashes = max(crashes, sum(1 for e in exits.values() if e.get("cause") == "crash"))
+    restarts = max(restarts, sum(1 for e in sup if e["event"] == "restart"))  # attempts that never reported count
     attempts = len({s.key[2:] for s in spans} | spawned)
 
     ckpts = [c for s in spans for c in s.checkpoints]
