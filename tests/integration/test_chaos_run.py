@@ -1,0 +1,99 @@
+"""A real training run under ``spotsafe run --chaos``: drills of both kinds, bit-exact end, true report.
+
+examples/train.py (dropout, Adam, one-cycle LR, two DataLoader workers with random
+augmentation) is supervised with a fixed drill seed: SIGTERM notices (answered with a
+checkpoint and exit 75) and hard SIGKILLs of the whole process group. It must finish with
+parameters and Adam state ``torch.equal`` to an uninterrupted run, and ``spotsafe report``
+must tell exactly what the processes printed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXAMPLES, child_env, spotsafe_cli
+from preemption_demo import compare
+
+from spotsafe.telemetry import read_events
+
+pytestmark = pytest.mark.slow
+
+STEPS, SAVE_EVERY = 120, 7
+TRAIN = [sys.executable, str(EXAMPLES / "train.py"), "--steps", str(STEPS), "--save-every", str(SAVE_EVERY),
+         "--notices", "signals"]
+
+
+def attempts_from_stdout(out: str) -> list[dict]:
+    """What each attempt's process printed: where it resumed, the steps it ran, how it ended."""
+    runs: list[dict] = []
+    for line in out.splitlines():
+        if m := re.match(r"resumed (\d+) ", line):
+            runs.append({"resumed": int(m[1]), "steps": [], "preempted": None, "done": False})
+        elif m := re.match(r"step (\d+) ", line):
+            runs[-1]["steps"].append(int(m[1]))
+        elif m := re.match(r"preempted (\d+) source (\S+)", line):
+            runs[-1]["preempted"] = int(m[1])
+        elif line.startswith("done "):
+            runs[-1]["done"] = True
+    return runs
+
+
+def test_chaos_drills_then_bit_exact_and_the_report_matches_what_happened(tmp_path):
+    env = child_env()
+    subprocess.run([*TRAIN, "--root", str(tmp_path / "ref"), "--out", str(tmp_path / "ref.pt"), "--workers", "0"],
+                   check=True, env=env, stdout=subprocess.DEVNULL, timeout=300)
+
+    root = tmp_path / "run"
+    # seed 1 draws: notice, kill, kill, notice (one drill per attempt, ~1.5 s into training)
+    r = subprocess.run([*spotsafe_cli(), "run", "--root", str(root), "--chaos", "1.5s", "--chaos-seed", "1",
+                        "--chaos-max", "4", "--chaos-grace", "20s", "--seed", "0", "--",
+                        *TRAIN, "--workers", "2", "--step-delay", "0.03", "--out", str(tmp_path / "int.pt")],
+                       env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert compare(str(tmp_path / "ref.pt"), str(tmp_path / "int.pt")) == []
+
+    sup = [e for e in read_events(root / "events") if e.get("role") == "supervisor"]
+    drills = [e["action"] for e in sup if e["event"] == "chaos"]
+    causes = [e["cause"] for e in sup if e["event"] == "exit"]
+    assert drills == ["notice", "kill", "kill", "notice"]
+    assert causes == ["preempted", "chaos_kill", "chaos_kill", "preempted", "done"]
+
+    runs = attempts_from_stdout(r.stdout)
+    assert len(runs) == 5 and runs[-1]["done"]
+    for i in (0, 3):                       # notices: the step it stopped on is the step it resumed at
+        assert runs[i]["preempted"] == runs[i]["steps"][-1] == runs[i + 1]["resumed"]
+    for i in (1, 2):                       # kills: it resumed from a checkpoint before the kill
+        assert runs[i + 1]["resumed"] <= runs[i]["steps"][-1] and runs[i + 1]["resumed"] % SAVE_EVERY == 0
+
+    rep = json.loads(subprocess.run([*spotsafe_cli(), "report", str(root), "--json", "--spot-price", "1",
+                                     "--on-demand-price", "3"], env=env, capture_output=True, text=True,
+                                    timeout=60, check=True).stdout)
+    assert rep["attempts"] == 5 and rep["final_step"] == STEPS and rep["completed"]
+    assert rep["interruptions"] == {"total": 4, "by_source": {"killed": 2, "signal": 2}}
+    assert rep["drills"] == 4 and rep["crashes"] == 0
+    assert rep["resume"] == {"restarts": 4, "resumed": 4, "rate": 1.0, "fallbacks": 0}
+    per = rep["per_interruption"]
+    assert [p["source"] for p in per] == ["signal", "killed", "killed", "signal"]
+    for p, run, nxt in zip(per, runs, runs[1:]):
+        # a kill can land between the step's event and its print: the event may be one step ahead
+        assert p["step"] - run["steps"][-1] in (0, 1)
+        assert p["resumed_step"] == nxt["resumed"]
+        assert p["replayed_steps"] == p["step"] - nxt["resumed"]
+    assert per[0]["replayed_steps"] == per[3]["replayed_steps"] == 0       # a notice loses nothing
+    assert per[0]["replayed_s"] == 0.0 and per[0]["tier"] == "local"
+    assert rep["replayed"]["steps"]["total"] == sum(p["replayed_steps"] for p in per)
+    printed = sum(len(run["steps"]) for run in runs)
+    points = rep["loss"]["points"]
+    assert printed <= len(points) <= printed + 2                           # every step's loss, across restarts
+    assert len({p[0] for p in points}) == STEPS
+    assert rep["checkpoints"]["count"] >= STEPS // SAVE_EVERY
+    assert 0 < rep["goodput"] < 1 and rep["restart_lost_s"] > 0
+    c = rep["cost"]
+    assert c["spot_cost"] == pytest.approx(rep["wall_s"] / 3600)
+    assert c["on_demand_cost"] == pytest.approx(
+        3 * (rep["wall_s"] - rep["replayed"]["seconds"]["total"] - rep["restart_lost_s"]) / 3600)
