@@ -97,3 +97,70 @@ def test_chaos_drills_then_bit_exact_and_the_report_matches_what_happened(tmp_pa
     assert c["spot_cost"] == pytest.approx(rep["wall_s"] / 3600)
     assert c["on_demand_cost"] == pytest.approx(
         3 * (rep["wall_s"] - rep["replayed"]["seconds"]["total"] - rep["restart_lost_s"]) / 3600)
+
+
+def test_sigkill_then_a_corrupt_newest_checkpoint_is_skipped_recorded_and_still_bit_exact(tmp_path):
+    import os
+    import signal
+    import time
+
+    from spotsafe.format import committed_steps, step_dir
+    from spotsafe.storage import open_storage
+
+    env = child_env()
+    args = ["--steps", "60", "--save-every", "10", "--notices", "signals", "--workers", "0"]
+    subprocess.run([*TRAIN[:2], *args, "--root", str(tmp_path / "ref"), "--out", str(tmp_path / "ref.pt")],
+                   check=True, env=env, stdout=subprocess.DEVNULL, timeout=300)
+    root = tmp_path / "run"
+    p = subprocess.Popen([*spotsafe_cli(), "run", "--root", str(root), "--backoff-base", "3s", "--seed", "0", "--",
+                          *TRAIN[:2], *args, "--step-delay", "0.05", "--out", str(tmp_path / "int.pt")],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        for line in p.stdout:                                   # bounded: the child ends by step 60
+            if line.startswith("durable 30"):
+                break
+        spawn = next(e for e in read_events(root / "events") if e["event"] == "spawn")
+        os.kill(spawn["child_pid"], signal.SIGKILL)             # no notice, no checkpoint
+        time.sleep(0.3)
+        newest = committed_steps(open_storage(str(root)))[-1]
+        victim = max((root / step_dir(newest)).glob("*.bin"), key=lambda f: f.stat().st_size)
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0x01                            # same size: only the checksum can tell
+        victim.write_bytes(bytes(data))
+        out, err = p.communicate(timeout=300)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err[-3000:]
+    assert compare(str(tmp_path / "ref.pt"), str(tmp_path / "int.pt")) == []
+    restores = [e for e in read_events(root / "events") if e["event"] == "restore"]
+    assert restores[-1]["step"] == newest - 10 and len(restores[-1]["skipped"]) == 1
+    assert step_dir(newest) in restores[-1]["skipped"][0]
+    sup_exit = next(e for e in read_events(root / "events") if e["event"] == "exit")
+    assert sup_exit["cause"] == "crash" and sup_exit["signal"] == "SIGKILL" and sup_exit["checkpoint_step"] == newest
+    rep = json.loads(subprocess.run([*spotsafe_cli(), "report", str(root), "--json"], env=env, capture_output=True,
+                                    text=True, timeout=60, check=True).stdout)
+    assert rep["resume"] == {"restarts": 1, "resumed": 0, "rate": 0.0, "fallbacks": 1}
+    assert rep["crashes"] == 1 and rep["interruptions"]["total"] == 0
+
+
+def test_events_reach_the_remote_and_the_report_reads_them_there(tmp_path, s3_url):
+    env = child_env()
+    root = tmp_path / "run"
+    args = ["--steps", "20", "--save-every", "10", "--notices", "signals", "--workers", "0"]
+    r = subprocess.run([*spotsafe_cli(), "run", "--root", str(root), "--remote", s3_url, "--", *TRAIN[:2], *args],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    local = json.loads(subprocess.run([*spotsafe_cli(), "report", str(root), "--json"], env=env, capture_output=True,
+                                      text=True, timeout=60, check=True).stdout)
+    remote = json.loads(subprocess.run([*spotsafe_cli(), "report", s3_url, "--json"], env=env, capture_output=True,
+                                       text=True, timeout=60, check=True).stdout)
+    assert local["checkpoints"]["count"] == 2 and local["checkpoints"]["upload_s"]["count"] == 2
+    for key in ("attempts", "final_step", "completed", "checkpoints", "loss", "interruptions"):
+        assert remote[key] == local[key], key
+    # a Run outside the supervisor copies its own event file
+    r = subprocess.run([*TRAIN[:2], "--root", str(tmp_path / "solo"), "--remote", s3_url + "-solo", *args],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    solo = json.loads(subprocess.run([*spotsafe_cli(), "report", s3_url + "-solo", "--json"], env=env,
+                                     capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert solo["final_step"] == 20 and solo["completed"] and len(solo["loss"]["points"]) == 20
