@@ -119,7 +119,7 @@ def run_chromium(tmp_path: Path, page: Path, *extra: str) -> subprocess.Complete
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        out, err = proc.communicate(timeout=10)
         pytest.fail(f"chromium did not finish within 60 s:\n{err[-3000:]}")
     finally:
         try:  # helpers (zygote, crashpad) that outlived the browser

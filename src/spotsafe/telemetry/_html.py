@@ -189,7 +189,10 @@ _ERRORS_JS = """
   window.onerror = function (msg, src, line, col) { note(msg + " @" + line + ":" + col); return false; };
   window.addEventListener("unhandledrejection", function (e) { note("unhandled rejection: " + e.reason); });
   var orig = console.error;
-  console.error = function () { note(Array.prototype.slice.call(arguments).join(" ")); return orig.apply(console, arguments); };
+  console.error = function () {
+    note(Array.prototype.slice.call(arguments).join(" "));
+    return orig.apply(console, arguments);
+  };
   document.addEventListener("DOMContentLoaded", flush);
 })();
 """
@@ -305,8 +308,7 @@ _CHART_JS = r"""
       byAttempt[key].push(p);
     });
 
-    var W = 900, H = 380, rows = 1;
-    // Interruption labels are stacked in rows so that close ones do not overlap.
+    var W = 900, H = 380;
     var xd = widen(extent(pts.map(function (p) { return p[0]; }).concat(marks.map(function (m) { return m.step; }))), 0.01);
     var yd = widen(extent(pts.map(function (p) { return p[1]; })), 0.05);
     var box = {x: 64, y: 44, w: W - 64 - 20, h: H - 44 - 44};
@@ -337,6 +339,7 @@ _CHART_JS = r"""
       if (seg.length === 1) el("circle", {cx: s.x(seg[0][0]), cy: s.y(seg[0][1]), r: 2.5, fill: c}, gSeg);
     });
 
+    // Interruption labels are stacked in up to three rows so that close ones do not overlap.
     var gMark = el("g", {"class": "markers"}, svg), ends = [];
     marks.forEach(function (m) {
       var x = s.x(m.step), label = String(m.source === null || m.source === undefined ? "?" : m.source);
@@ -349,7 +352,6 @@ _CHART_JS = r"""
       while (row < ends.length && ends[row] > tx - w / 2) row++;
       if (row > 2) row = 2;
       ends[row] = tx + w / 2;
-      rows = Math.max(rows, row + 1);
       var ty = box.y - 8 - row * 14;
       t.setAttribute("y", ty);
       el("line", {x1: x, x2: x, y1: ty + 3, y2: box.y + box.h, stroke: "#555", "stroke-width": 1.2,
@@ -477,7 +479,8 @@ def _checkpoints(r: dict) -> str:
     table = _table(["", "median", "p95"], rows)
     n = _get(ck, "count")
     count = f'<p class="note">{_esc(_fmt_n(n))} checkpoints saved.</p>' if _num(n) is not None else ""
-    has_stalls = any(isinstance(c, dict) and _num(c.get("stall_s")) is not None for c in _list(r.get("checkpoint_list")))
+    has_stalls = any(isinstance(c, dict) and _num(c.get("stall_s")) is not None
+                     for c in _list(r.get("checkpoint_list")))
     if has_stalls:
         chart = ('<svg id="stall-chart" class="chart" viewBox="0 0 520 210" role="img" '
                  'aria-label="stall per checkpoint over time"></svg>')
