@@ -20,10 +20,11 @@ from conftest import EXAMPLES, child_env, spotsafe_cli
 from preemption_demo import compare
 
 from spotsafe.telemetry import read_events
+from test_report_html import PAGE, Tags, page_errors, run_chromium
 
 pytestmark = pytest.mark.slow
 
-STEPS, SAVE_EVERY = 120, 7
+STEPS, SAVE_EVERY = 240, 7   # long enough that all 4 drills land during training
 TRAIN = [sys.executable, str(EXAMPLES / "train.py"), "--steps", str(STEPS), "--save-every", str(SAVE_EVERY),
          "--notices", "signals"]
 
@@ -70,9 +71,10 @@ def test_chaos_drills_then_bit_exact_and_the_report_matches_what_happened(tmp_pa
     for i in (1, 2):                       # kills: it resumed from a checkpoint before the kill
         assert runs[i + 1]["resumed"] <= runs[i]["steps"][-1] and runs[i + 1]["resumed"] % SAVE_EVERY == 0
 
+    page = tmp_path / PAGE
     rep = json.loads(subprocess.run([*spotsafe_cli(), "report", str(root), "--json", "--spot-price", "1",
-                                     "--on-demand-price", "3"], env=env, capture_output=True, text=True,
-                                    timeout=60, check=True).stdout)
+                                     "--on-demand-price", "3", "--html", str(page)], env=env, capture_output=True,
+                                    text=True, timeout=60, check=True).stdout)
     assert rep["attempts"] == 5 and rep["final_step"] == STEPS and rep["completed"]
     assert rep["interruptions"] == {"total": 4, "by_source": {"killed": 2, "signal": 2}}
     assert rep["drills"] == 4 and rep["crashes"] == 0
@@ -97,6 +99,18 @@ def test_chaos_drills_then_bit_exact_and_the_report_matches_what_happened(tmp_pa
     assert c["spot_cost"] == pytest.approx(rep["wall_s"] / 3600)
     assert c["on_demand_cost"] == pytest.approx(
         3 * (rep["wall_s"] - rep["replayed"]["seconds"]["total"] - rep["restart_lost_s"]) / 3600)
+
+    # the HTML page of this real run, in a real headless Chromium: the curve of every attempt drawn
+    dom = run_chromium(tmp_path, page, "--dump-dom")
+    assert not page_errors(dom.stderr), page_errors(dom.stderr)
+    tags = Tags(dom.stdout)
+    assert "data-errors" not in tags.first("body")
+    chart = tags.first("svg", id="loss-chart")
+    assert int(chart["data-points"]) == sum(1 for p in points if p[1] is not None) == len(points)
+    assert chart["data-segments"] == "5" and chart["data-markers"] == "4"
+    shot = tmp_path / "real-report.png"
+    run_chromium(tmp_path, page, f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars")
+    assert shot.stat().st_size > 20_000
 
 
 def test_sigkill_then_a_corrupt_newest_checkpoint_is_skipped_recorded_and_still_bit_exact(tmp_path):

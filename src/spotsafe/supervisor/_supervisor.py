@@ -337,6 +337,8 @@ class Supervisor:
             cause, detail = "preempted", "exit 75, checkpoint durable"
         elif killed_by == "drill":
             cause, detail = "chaos_kill", "SIGKILL by --chaos"
+        elif drilled is not None and rc == -signal.SIGTERM:
+            cause, detail = "chaos_kill", "killed by the drill's SIGTERM (no handler installed at that moment)"
         elif killed_by == "deadline":
             cause, detail = "crash", "killed at the end of the grace period"
         else:

@@ -523,7 +523,7 @@ def _cost(r: dict) -> str:
     savings = (f'<p><strong>Savings: {_esc(_fmt_money(c.get("savings")))}</strong> '
                f'({_esc(_fmt_pct(c.get("savings_fraction")))} of the on-demand cost).</p>')
     note = ('<p class="note">Spot hours are the whole wall time, restarts and replayed steps included; '
-            'on-demand hours are the useful time alone.</p>')
+            'on-demand hours are the wall time less the replayed steps and the restarts (the run without its interruptions).</p>')
     return table + savings + note
 
 
