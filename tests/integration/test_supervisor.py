@@ -255,3 +255,22 @@ def test_prometheus_textfile_and_endpoint(tmp_path):
     text = prom.read_text()
     assert f"spotsafe_restarts_total{{{run}}} 1.0" in text
     assert "# TYPE spotsafe_checkpoint_stall_seconds summary" in text
+
+
+def test_production_advises_on_demand_after_n_interruptions(tmp_path):
+    cmd = script(tmp_path, "import os, sys; sys.exit(75 if int(os.environ['SPOTSAFE_ATTEMPT']) <= 3 else 0)\n")
+    root = tmp_path / "run"
+    r = supervise(["--root", str(root), "--profile", "production", "--remote", f"file://{tmp_path}/remote",
+                   "--spot-price", "1.2", "--on-demand-price", "3.06"], cmd)
+    assert r.returncode == 0, r.stderr
+    advice = sup_events(root / "events", "advice")
+    assert len(advice) == 1 and advice[0]["interruptions"] == 3               # once, after the 3rd (production: 3)
+    assert "3 interruptions in" in r.stderr and "consider on-demand capacity" in r.stderr
+    assert "spotsafe plan --mtbf" in advice[0]["message"] and "--on-demand-price 3.06" in advice[0]["message"]
+    # the supervisor copied every event file to the remote, and the report reads the prices it used
+    copied = sorted(p.name for p in (tmp_path / "remote" / "events").glob("*.jsonl"))
+    assert copied == sorted(p.name for p in (root / "events").glob("*.jsonl")) and len(copied) == 1
+    rep = json.loads(subprocess.run([*spotsafe_cli(), "report", str(root), "--json"], env=child_env(),
+                                    capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert rep["cost"]["spot_price"] == 1.2 and rep["cost"]["on_demand_price"] == 3.06
+    assert rep["attempts"] == 4 and rep["resume"]["restarts"] == 3

@@ -257,6 +257,14 @@ class LocalStorage:
         self.rename(name, trash_name)
         return trash_name
 
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        """Replace the small file ``rel`` whole: written beside it, then renamed over it."""
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(bytes(data))
+        os.replace(tmp, path)
+
     def rename(self, src: str, dst: str) -> None:
         os.rename(self.root / src, self.root / dst)
         _fsync_dir(self.root)
