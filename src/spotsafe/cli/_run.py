@@ -11,23 +11,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .._units import format_duration, parse_duration
+from .._units import format_duration
 from ..storage import is_url
 from ..supervisor import Chaos, Supervisor, get_profile
 from ..telemetry import build_report, prometheus_text, read_events, read_remote_events, serve_metrics, write_textfile
+from ._plan import _duration
 
 _out = Console(highlight=False, soft_wrap=True)
-
-
-def _duration(what: str):
-    def convert(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return parse_duration(value, what=what)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return convert
 
 
 def _load_events(root: str, events_dir: str | None) -> list[dict]:
