@@ -66,7 +66,7 @@ def test_exit_0_is_done_and_the_child_gets_run_id_attempt_and_events_dir(tmp_pat
     assert [(e["cause"], e["backoff_s"]) for e in restarts] == [("preempted", 0.0), ("preempted", 0.0)]
     stop = sup_events(root / "events", "supervisor_stop")[-1]
     assert stop["exit_code"] == 0 and stop["restarts"] == 2
-    assert "finished after 3 attempt(s)" in r.stderr
+    assert "finished (attempt 3; 2 restart(s) by this supervisor)" in r.stderr
 
     # a second supervisor on the same root keeps the run id and counts attempts on
     r2 = supervise(["--root", str(root)], cmd)
@@ -274,3 +274,59 @@ def test_production_advises_on_demand_after_n_interruptions(tmp_path):
                                     capture_output=True, text=True, timeout=60, check=True).stdout)
     assert rep["cost"]["spot_price"] == 1.2 and rep["cost"]["on_demand_price"] == 3.06
     assert rep["attempts"] == 4 and rep["resume"]["restarts"] == 3
+
+
+TORCHRUN_WORKER = """
+import os, sys, time, torch, spotsafe
+rank = int(os.environ["RANK"])
+state = {"w": torch.zeros(3)}
+with spotsafe.Run(os.path.join(os.environ["SPOTSAFE_ROOT"], f"rank{rank}"), state, save_every=5,
+                  notices="signals") as run:
+    print(f"rank {rank} resumed {run.step}", flush=True)
+    for step in run.steps(int(sys.argv[1])):
+        state["w"] += 1
+        run.log(loss=float(step))
+        time.sleep(0.05)
+print(f"rank {rank} done {run.step} w {state['w'][0].item():.0f}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_under_the_supervisor_stop_then_resume(tmp_path):
+    from spotsafe.format import committed_steps
+    from spotsafe.storage import open_storage
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(TORCHRUN_WORKER)
+    torchrun = [str(Path(PY).with_name("torchrun")), "--nproc-per-node", "2", "--standalone", str(worker), "200"]
+    root = tmp_path / "run"
+    p = subprocess.Popen([*spotsafe_cli(), "run", "--root", str(root), "--grace", "30s", "--", *torchrun],
+                         env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = set()
+        for line in p.stdout:                      # bounded: 200 steps of 50 ms at most
+            if line.startswith("rank ") and " resumed " in line:
+                seen.add(line.split()[1])
+            if seen == {"0", "1"}:
+                break
+        time.sleep(1.5)
+        p.send_signal(signal.SIGTERM)              # the machine is going away
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 75, err[-3000:]
+    last = sup_events(root / "events", "exit")[-1]
+    # torchrun turns its workers' exit 75 into a failure of its own; their stop events tell the truth
+    assert last["cause"] == "preempted" and last["exit_code"] not in (0, 75), last
+    stops = {e["rank"]: e for e in read_events(root / "events") if e["event"] == "stop"}
+    assert set(stops) == {0, 1}
+    for rank, stop in stops.items():
+        assert stop["exit_code"] == 75 and stop["reason"] == "notice"
+        assert committed_steps(open_storage(str(root / f"rank{rank}")))[-1] == stop["step"] > 0
+
+    r = subprocess.run([*spotsafe_cli(), "run", "--root", str(root), "--", *torchrun], env=child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank, stop in stops.items():
+        assert f"rank {rank} resumed {stop['step']}" in r.stdout
+        assert f"rank {rank} done 200 w 200" in r.stdout                  # no step lost or repeated

@@ -41,7 +41,7 @@ from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK,
                           EXIT_STOP_UNSAFE)
 from .._units import format_duration
 from ..storage import is_url
-from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, read_events
+from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, parse_lines, read_events
 from ..telemetry._mirror import EventMirror
 from ._chaos import KILL, Chaos
 from ._profile import Profile
@@ -222,7 +222,8 @@ class Supervisor:
             if ended["stop"] is not None:  # the supervisor was told to stop
                 return self._stopped(ended)
             if cause == "done":
-                return EXIT_OK, f"the command finished after {self.attempt} attempt(s), {self.restarts} restart(s)."
+                return EXIT_OK, (f"the command finished (attempt {self.attempt}; {self.restarts} restart(s) by this "
+                                 "supervisor).")
             if ended["budget"]:
                 return EXIT_BUDGET, (f"max_total_time ({format_duration(self.profile.max_total_time)}) is spent; "
                                      f"the command was stopped at step {after}. Raise --max-total-time to go on.")
@@ -341,6 +342,8 @@ class Supervisor:
             cause, detail = "chaos_kill", "killed by the drill's SIGTERM (no handler installed at that moment)"
         elif killed_by == "deadline":
             cause, detail = "crash", "killed at the end of the grace period"
+        elif rc > 0 and self._all_ranks_preempted(t0):
+            cause, detail = "preempted", f"exit {rc}, but every process reported exit 75 with a durable checkpoint"
         else:
             cause, detail = "crash", f"exit {rc}" if rc > 0 else f"killed by {_signal_name(rc)}"
         if drilled is not None and cause == "preempted":
@@ -348,20 +351,38 @@ class Supervisor:
         return {"rc": rc, "cause": cause, "detail": detail, "duration_s": duration, "stop": stop_sig,
                 "budget": budget}
 
-    def _restored(self, since: float) -> bool:
-        """Whether this attempt's command has written its ``restore`` event (so it handles notices)."""
+    def _attempt_events(self, since: float, needle: str | None = None) -> list[dict]:
+        """Events the current attempt's processes wrote (files touched since ``since``, on the monotonic clock).
+
+        ``needle``: skip files whose text does not contain it (a cheap pre-filter).
+        """
         wall0 = time.time() - (self._clock() - since)
-        needle = f'"attempt":{self.attempt},'
+        out = []
         for path in self.events_dir.glob("*.jsonl"):
             try:
-                if path.stat().st_mtime < wall0 - 1 or path.name.startswith(f"{self.events.host}-{os.getpid()}"):
+                if path.stat().st_mtime < wall0 - 1 or path == self.events.path:
                     continue
                 text = path.read_text(errors="replace")
             except OSError:
                 continue
-            if '"event":"restore"' in text and needle in text and self.run_id in text:
-                return True
-        return False
+            if needle is not None and needle not in text:
+                continue
+            out += [e for e in parse_lines(text) if e.get("run_id") == self.run_id
+                    and e.get("attempt") == self.attempt and e.get("role") != "supervisor"]
+        return out
+
+    def _restored(self, since: float) -> bool:
+        """Whether this attempt's command has written its ``restore`` event (so it handles notices)."""
+        return any(e["event"] == "restore" for e in self._attempt_events(since, '"event":"restore"'))
+
+    def _all_ranks_preempted(self, since: float) -> bool:
+        """Whether every process of the attempt that wrote a ``stop`` stopped with exit 75.
+
+        ``torchrun`` turns its workers' exit 75 into its own exit 1 (a failed worker group);
+        the workers' own ``stop`` events say they checkpointed for a notice.
+        """
+        stops = [e for e in self._attempt_events(since, '"event":"stop"') if e["event"] == "stop"]
+        return bool(stops) and all(e.get("exit_code") == EXIT_PREEMPTED for e in stops)
 
     def _kill_group(self, child: subprocess.Popen) -> None:
         try:
