@@ -9,7 +9,7 @@
 4. Prints ``spotsafe report`` (interruptions, lost work, checkpoint cost, money) and writes
    report.html beside the runs.
 
-    python examples/preemption_demo.py --drills 4 --steps 200
+    python examples/preemption_demo.py --drills 4 --steps 300
 
 Exits 0 only when drills were injected and the interrupted run is bit-identical to the
 uninterrupted one. ``run_with_kills`` (used by the tests) interrupts train.py by hand.
@@ -137,7 +137,7 @@ def spotsafe_cmd() -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--chaos", default="2s", help="mean time between drills (spotsafe run --chaos)")
     p.add_argument("--drills", type=int, default=4, help="interruptions to inject (--chaos-max)")

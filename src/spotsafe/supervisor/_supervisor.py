@@ -313,6 +313,9 @@ class Supervisor:
                     armed_at = now
             if drill is not None and armed_at is not None and drilled is None and stop_sig is None \
                     and now - armed_at >= drill[0]:
+                if any(e["event"] == "stop" for e in self._attempt_events(t0, '"event":"stop"')):
+                    drill = None  # training is over (the process is only exiting): nothing left to drill
+                    continue
                 drilled = drill[1]
                 self.chaos.injected += 1
                 self._emit("chaos", action=drilled, after_s=now - t0, after_ready_s=now - armed_at,
