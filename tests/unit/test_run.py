@@ -315,3 +315,35 @@ def test_a_failing_history_read_leaves_nothing_installed(root, monkeypatch):
         with spotsafe.Run(root, state, save_every=spotsafe.policy.Optimal("6h"), notices=[Signals()]):
             pass
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_supervisors_environment_fills_root_remote_and_save_every(root, monkeypatch, tmp_path):
+    model, opt, state = make_state()
+    with pytest.raises(ValueError, match=r"Run needs a checkpoint root: pass root= or run under `spotsafe run"):
+        spotsafe.Run(None, state, notices=None)
+    monkeypatch.setenv("SPOTSAFE_ROOT", str(root))
+    monkeypatch.setenv("SPOTSAFE_SAVE_EVERY", "4steps")
+    import uuid
+
+    import fsspec
+
+    remote = f"memory://env-{uuid.uuid4().hex[:8]}/run"
+    monkeypatch.setenv("SPOTSAFE_REMOTE", remote)
+    monkeypatch.setenv("SPOTSAFE_RUN_ID", "run-42")
+    monkeypatch.setenv("SPOTSAFE_ATTEMPT", "3")
+    with spotsafe.Run(None, state, notices=None) as run:
+        for _ in run.steps(9):
+            train_step(model, opt)
+    with spotsafe.CheckpointManager(root, keep_last=10) as mgr:
+        assert [c.step for c in mgr.checkpoints() if c.valid] == [4, 8, 9]          # $SPOTSAFE_SAVE_EVERY
+    mem = fsspec.filesystem("memory")
+    names = sorted(p.rsplit("/", 1)[-1] for p in mem.ls(remote, detail=False))
+    assert names == ["events", "step-000000000004", "step-000000000008", "step-000000000009"]  # $SPOTSAFE_REMOTE
+    ev = read_events(root / "events")
+    assert {(e["run_id"], e["attempt"]) for e in ev} == {("run-42", 3)}
+    # not supervised: the Run copied its own event file to the remote, whole
+    (copied,) = mem.ls(f"{remote}/events", detail=False)
+    assert mem.cat(copied).decode() == next((root / "events").glob("*.jsonl")).read_text()
+    # code wins over the environment
+    with spotsafe.Run(None, state, save_every=2, notices=None) as run:
+        assert run.policy.__class__.__name__ == "EverySteps" and "2" in repr(run.policy)

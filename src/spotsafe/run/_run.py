@@ -99,7 +99,8 @@ class Run:
                 raise ValueError(f"Run needs a checkpoint root: pass root= or run under `spotsafe run --root DIR`, "
                                  f"which sets ${ROOT_ENV}.")
         if save_every is None and os.environ.get(SAVE_EVERY_ENV):
-            save_every = parse_interval(os.environ[SAVE_EVERY_ENV], what=f"${SAVE_EVERY_ENV}")
+            save_every = os.environ[SAVE_EVERY_ENV]
+            parse_interval(save_every, what=f"${SAVE_EVERY_ENV}")  # a bad value is named as the variable
         if remote is None:
             remote = os.environ.get(REMOTE_ENV) or None
         self.root = os.fspath(root)
