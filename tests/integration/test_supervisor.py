@@ -249,6 +249,7 @@ def test_prometheus_textfile_and_endpoint(tmp_path):
     finally:
         p.kill()
     assert p.returncode == 0, err
+    assert f"Prometheus metrics at http://127.0.0.1:{port}/metrics" in err
     assert ctype.startswith("text/plain; version=0.0.4")
     run = f'run="{tmp_path / "run"}"'
     assert f"spotsafe_restarts_total{{{run}}} 1.0" in scraped                 # mid-run: one restart so far

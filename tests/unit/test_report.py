@@ -139,3 +139,20 @@ def test_prometheus_text_is_well_formed_and_carries_the_figures():
     assert samples[("spotsafe_replayed_steps_total", run)] == 2
     kinds = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     assert kinds["spotsafe_checkpoint_stall_seconds"] == "summary" and kinds["spotsafe_attempts_total"] == "counter"
+
+
+def test_thin_points_keeps_every_attempt_its_ends_and_the_order():
+    from spotsafe.telemetry._html import MAX_POINTS, render_html
+    from spotsafe.telemetry._report import thin_points
+
+    pts = [[s, 1 / s, 1] for s in range(1, 60_001)] + [[s, 1 / s, 2] for s in range(50_001, 50_011)] + \
+          [[s, 1 / s, 3] for s in range(50_011, 140_001)]
+    thin = thin_points(pts, 6000)
+    assert 5990 <= len(thin) <= 6010
+    for a in (1, 2, 3):
+        mine = [p for p in thin if p[2] == a]
+        full = [p for p in pts if p[2] == a]
+        assert mine[0] == full[0] and mine[-1] == full[-1] and mine == sorted(mine)
+    assert len([p for p in thin if p[2] == 2]) == 10      # a short attempt stays whole
+    page = render_html({"loss": {"name": "loss", "points": pts}})
+    assert page.count("],[") < MAX_POINTS + 20            # the embedded data is thinned too

@@ -119,11 +119,24 @@ def run_cmd(command, root, profile_name, profiles_path, remote, save_every, max_
         raise click.UsageError(str(e)) from None
     server = None
     if metrics_port is not None:
-        def text() -> str:
-            return prometheus_text(build_report(read_events(sup.events_dir), root=root or os.fspath(sup.events_dir),
-                                                spot_price=profile.spot_price,
-                                                on_demand_price=profile.on_demand_price))
-        server = serve_metrics(text, metrics_port, metrics_host)
+        cache: dict = {}
+
+        def text() -> str:  # recomputed only when an event file has grown
+            files = sup.events_dir.glob("*.jsonl")
+            key = tuple(sorted((f.name, f.stat().st_size) for f in files))
+            if cache.get("key") != key:
+                cache["text"] = prometheus_text(build_report(
+                    read_events(sup.events_dir), root=root or os.fspath(sup.events_dir),
+                    spot_price=profile.spot_price, on_demand_price=profile.on_demand_price))
+                cache["key"] = key
+            return cache["text"]
+        try:
+            server = serve_metrics(text, metrics_port, metrics_host)
+        except OSError as e:
+            raise click.UsageError(f"Cannot serve metrics on {metrics_host}:{metrics_port} ({e.strerror}); "
+                                   "choose another --metrics-port.") from None
+        click.echo(f"spotsafe run: Prometheus metrics at http://{metrics_host}:{server.server_address[1]}/metrics",
+                   err=True)
     try:
         code = sup.run()
     finally:

@@ -16,6 +16,8 @@ import json
 import math
 from typing import Any
 
+from ._report import thin_points
+
 __all__ = ["render_html"]
 
 
@@ -527,9 +529,15 @@ def _cost(r: dict) -> str:
     return table + savings + note
 
 
+MAX_POINTS = 6000
+
+
 def render_html(report: dict) -> str:
     """The report as one self-contained HTML page (inline CSS and JS, nothing fetched)."""
     r = report if isinstance(report, dict) else {}
+    points = _get(r, "loss", "points")
+    if isinstance(points, list) and len(points) > MAX_POINTS:  # a page stays light on a million-step run
+        r = {**r, "loss": {**r["loss"], "points": thin_points(points, MAX_POINTS)}}
     root = r.get("root")
     title = f"spotsafe report: {root}" if root is not None else "spotsafe report"
     n_points = len(_loss_points(r))

@@ -162,6 +162,23 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in merged]
 
 
+def thin_points(points: list[list], limit: int) -> list[list]:
+    """About ``limit`` of the [step, value, attempt] points, evenly spread within each attempt
+    (its share in proportion to its length, at least 50: short attempts stay whole), each
+    attempt's first and last kept."""
+    by_attempt: dict[Any, list[list]] = defaultdict(list)
+    for p in points:
+        by_attempt[p[2] if len(p) > 2 else None].append(p)
+    out = []
+    for pts in by_attempt.values():
+        keep = min(len(pts), max(50, limit * len(pts) // max(1, len(points))))  # short attempts stay whole
+        if keep >= len(pts):
+            out += pts
+            continue
+        out += [pts[round(i * (len(pts) - 1) / (keep - 1))] for i in range(keep)]
+    return out
+
+
 def build_report(events: list[dict], *, root: str | None = None, spot_price: float | None = None,
                  on_demand_price: float | None = None, metric: str = "loss") -> dict[str, Any]:
     """Every figure of ``spotsafe report`` from ``events`` (any order, any number of writers)."""
