@@ -331,3 +331,40 @@ def test_torchrun_under_the_supervisor_stop_then_resume(tmp_path):
     for rank, stop in stops.items():
         assert f"rank {rank} resumed {stop['step']}" in r.stdout
         assert f"rank {rank} done 200 w 200" in r.stdout                  # no step lost or repeated
+
+
+def test_as_a_containers_pid_1_it_reaps_orphans_and_still_forwards_signals(tmp_path):
+    """In a PID namespace of its own (what a container gives its entrypoint), orphans are
+    handed to the supervisor: it must reap them, or zombies pile up attempt after attempt."""
+    probe = subprocess.run(["unshare", "--fork", "--pid", "--mount-proc", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a PID namespace here ({probe.stderr.decode().strip()})")
+    zombies = tmp_path / "zombies"
+    cmd = script(tmp_path, f"""
+        import os, sys, time
+        attempt = int(os.environ["SPOTSAFE_ATTEMPT"])
+        if attempt == 1:
+            if os.fork() == 0:          # a grandchild that outlives its parent, then exits: an orphan
+                time.sleep(0.3)
+                os._exit(0)
+            sys.exit(75)
+        if attempt == 2:                # meanwhile the orphan exits: a zombie of PID 1 until reaped
+            time.sleep(0.8)
+            sys.exit(75)
+        n = 0                           # attempt 3: after attempt 2 ended, nothing may be left
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    state = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    continue
+                n += state == "Z"
+        open({str(zombies)!r}, "w").write(str(n))
+    """)
+    r = subprocess.run(["unshare", "--fork", "--pid", "--mount-proc", *spotsafe_cli(), "run", "--root",
+                        str(tmp_path / "run"), "--", *cmd], env=child_env(), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    spawn = sup_events(tmp_path / "run" / "events", "supervisor_start")[0]
+    assert spawn["pid"] == 1                                                  # it really was PID 1
+    assert zombies.read_text() == "0"

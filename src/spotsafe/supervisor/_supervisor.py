@@ -76,6 +76,21 @@ def newest_checkpoint(locations: list[str], storage_options: dict | None = None)
     return best
 
 
+def _reap_orphans() -> int:
+    """As a container's PID 1, reap the orphans the kernel handed us (never the attempt's child:
+    this runs after it was waited for). Returns how many."""
+    reaped = 0
+    for _ in range(100_000):  # bounded; ends at the first "none left"
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped += 1
+    return reaped
+
+
 def _signal_name(rc: int) -> str:
     try:
         return signal.Signals(-rc).name
@@ -393,6 +408,8 @@ class Supervisor:
         except (ProcessLookupError, PermissionError):
             pass
         child.wait()
+        if os.getpid() == 1:
+            _reap_orphans()
 
     def _stopped(self, ended: dict) -> tuple[int, str]:
         name = signal.Signals(ended["stop"]).name
