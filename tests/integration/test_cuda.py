@@ -102,3 +102,53 @@ def test_a_gpu_run_preempted_by_a_signal_resumes_bit_exact(tmp_path):
             assert torch.equal(v, reference[k]), k
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+GPU_SCRIPT = '''
+import os, sys, time
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+import torch, spotsafe
+torch.use_deterministic_algorithms(True)
+torch.manual_seed(0); torch.cuda.manual_seed_all(0)
+model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                            torch.nn.Linear(256, 8)).cuda()
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+sched = torch.optim.lr_scheduler.StepLR(opt, step_size=50, gamma=0.5)
+scaler = torch.amp.GradScaler("cuda")
+state = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
+with spotsafe.Run(sys.argv[1], state, save_every=7, notices="signals") as run:
+    print(f"resumed {run.step}", flush=True)
+    for step in run.steps(300):
+        x = torch.randn(128, 64, device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x).float().pow(2).mean()
+        opt.zero_grad(); scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); sched.step()
+        run.log(loss=loss.item())
+        time.sleep(0.02)
+torch.save({k: v.cpu() for k, v in model.state_dict().items()}, sys.argv[2])
+'''
+
+
+def test_a_gpu_run_under_spotsafe_run_chaos_ends_bit_exact(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import child_env, spotsafe_cli
+
+    script = tmp_path / "gpu_train.py"
+    script.write_text(GPU_SCRIPT)
+    env = child_env()
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), str(tmp_path / "ref.pt")], env=env,
+                   check=True, timeout=300, stdout=subprocess.DEVNULL)
+    r = subprocess.run([*spotsafe_cli(), "run", "--root", str(tmp_path / "int"), "--chaos", "1.5s", "--chaos-seed",
+                        "1", "--chaos-max", "4", "--", sys.executable, str(script), str(tmp_path / "int"),
+                        str(tmp_path / "int.pt")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "int.pt")
+    for k, v in ref.items():
+        assert torch.equal(v, got[k]), k
+    rep = json.loads(subprocess.run([*spotsafe_cli(), "report", str(tmp_path / "int"), "--json"], env=env,
+                                    capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert rep["drills"] == 4 and rep["interruptions"]["total"] == 4 and rep["resume"]["rate"] == 1.0
+    print("GPU drill report:", json.dumps({k: rep[k] for k in ("attempts", "interruptions", "replayed", "goodput")}))
