@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -25,8 +26,10 @@ _GUARD_LOG.touch()
 for _name in ("SPOTSAFE_AWS_METADATA_URL", "SPOTSAFE_GCP_METADATA_URL", "SPOTSAFE_AZURE_METADATA_URL"):
     os.environ[_name] = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD), os.environ.get("PYTHONPATH", "")) if p)
-sys.path.insert(0, str(GUARD))
-import sitecustomize as _guard  # noqa: E402  (this folder's, first on sys.path)
+# Loaded by its path: an image's own sitecustomize may already be imported under that name.
+_spec = importlib.util.spec_from_file_location("_spotsafe_test_guard", GUARD / "sitecustomize.py")
+_guard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_guard)
 
 _guard.install()
 
