@@ -207,7 +207,7 @@ class Supervisor:
         self._say(reason)
         self._emit("supervisor_stop", exit_code=code, reason=reason, restarts=self.restarts,
                    interruptions=self.interruptions)
-        self._export(final=True)
+        self._export()
         self.events.close()
         if self.mirror is not None and not self.mirror.close(timeout=10.0):
             self._say(f"could not copy every event file to {self.profile.remote}/events in 10 s.")
@@ -440,7 +440,7 @@ class Supervisor:
         self._emit("advice", interruptions=self.interruptions, mtbf_s=mtbf_h * 3600, message=msg)
         self._say(msg)
 
-    def _export(self, *, final: bool = False) -> None:
+    def _export(self) -> None:
         if self.mirror is not None:
             self.mirror.push(self.events_dir)
         if self._on_attempt_end is not None:
