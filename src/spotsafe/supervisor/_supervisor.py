@@ -149,7 +149,6 @@ class Supervisor:
         self.restarts = 0
         self.interruptions = 0
         self.crashes_in_a_row = 0        # crashes since the last progress
-        self.history: list[dict] = []    # one dict per attempt: cause, exit code, backoff
         self._signals: list[int] = []
         self._advised = False
 
@@ -265,7 +264,6 @@ class Supervisor:
                 return EXIT_BUDGET, (f"max_total_time ({format_duration(self.profile.max_total_time)}) would be "
                                      f"spent before the next attempt; newest checkpoint step {after}.")
             self.restarts += 1
-            self.history.append({"attempt": self.attempt, "cause": cause, "rc": rc, "backoff_s": delay})
             self._emit("restart", cause=cause, backoff_s=delay, next_attempt=self.attempt + 1,
                        checkpoint_step=after)
             self._say(f"attempt {self.attempt} ended: {cause} ({ended['detail']}); "

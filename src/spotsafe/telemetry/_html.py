@@ -16,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from ._events import _clean  # the one JSON-safe conversion (non-finite floats become null)
 from ._report import thin_points
 
 __all__ = ["render_html"]
@@ -104,19 +105,6 @@ def _fmt_h(x: Any) -> str:
 # --------------------------------------------------------------------------------------
 # The embedded data
 # --------------------------------------------------------------------------------------
-
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None, tuples lists, keys strings."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if x is None or isinstance(x, (str, int, bool)):
-        return x
-    return str(x)
-
 
 def _json_for_script(report: dict) -> str:
     text = json.dumps(_clean(report), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
