@@ -143,6 +143,8 @@ class Supervisor:
         self.run_id = run_id or os.environ.get(RUN_ID_ENV) or self._kept_run_id()
         past = [e for e in read_events(self.events_dir) if e.get("run_id") == self.run_id]
         self.attempt = max((int(e.get("attempt") or 0) for e in past), default=0)
+        self._locations: list[str] = []  # where progress is read: given, and reported by attempts
+        self._learn_locations([x for x in (root, profile.remote) if x], past)
         self.events = EventLog(self.events_dir, run_id=self.run_id, attempt=self.attempt, rank=0, role="supervisor")
         self.mirror = EventMirror(profile.remote, storage_options) if profile.remote else None
         self.backoff = Backoff(base=profile.backoff_base, cap=profile.backoff_cap)
@@ -178,13 +180,12 @@ class Supervisor:
         env.setdefault(GRACE_ENV, f"{self.profile.grace:g}")
         return env
 
-    def _locations(self) -> list[str]:
-        """The run's checkpoint locations: the root and remote given, and those its attempts reported."""
-        out = [x for x in (self.root, self.profile.remote) if x]
-        for e in read_events(self.events_dir):
-            if e.get("event") == "run_start" and e.get("run_id") == self.run_id:
-                out += [x for x in (e.get("root"), e.get("remote")) if x]
-        return list(dict.fromkeys(out))
+    def _learn_locations(self, given: list[str], events: list[dict]) -> None:
+        """Add the checkpoint locations ``given`` and those the ``run_start`` events report."""
+        for e in events:
+            if e.get("event") == "run_start":
+                given += [x for x in (e.get("root"), e.get("remote")) if x]
+        self._locations = list(dict.fromkeys(self._locations + given))
 
     def _emit(self, event: str, **fields) -> None:
         fields.setdefault("attempt", self.attempt)
@@ -222,12 +223,12 @@ class Supervisor:
                 return EXIT_PREEMPTED, (f"stopped by {signal.Signals(self._signals[0]).name} before attempt "
                                         f"{self.attempt + 1}; the newest checkpoint is durable.")
             self.attempt += 1
-            before = newest_checkpoint(self._locations(), self.storage_options)
+            before = newest_checkpoint(self._locations, self.storage_options)
             try:
                 ended = self._attempt(budget_end)
             except (FileNotFoundError, PermissionError) as e:
                 return EXIT_NOT_FOUND, f"cannot start {self.command[0]!r} ({e.strerror}); check the command after --."
-            after = newest_checkpoint(self._locations(), self.storage_options)
+            after = newest_checkpoint(self._locations, self.storage_options)
             cause, rc = ended["cause"], ended["rc"]
             self._emit("exit", exit_code=rc if rc >= 0 else None, signal=_signal_name(rc) if rc < 0 else None,
                        cause=cause, detail=ended["detail"], duration_s=ended["duration_s"], checkpoint_step=after,
@@ -348,6 +349,7 @@ class Supervisor:
             time.sleep(POLL_S)
         self._kill_group(child)  # leftovers of the group (orphaned workers), if any
         duration = self._clock() - t0
+        self._learn_locations([], self._attempt_events(t0, '"event":"run_start"'))  # this attempt's files only
         if rc == 0:
             cause, detail = "done", "exit 0"
         elif rc == EXIT_PREEMPTED:
