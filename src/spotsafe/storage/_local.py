@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -28,6 +29,56 @@ _PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large e
 _READ_PIECE = 8 << 20  # read granularity: several reads in flight even for small files
 _HASH_BATCH = 8 << 20  # small pieces are hashed together, one helper-thread job per batch
 _PAGE = 4096  # O_DIRECT granularity: offsets, lengths and memory addresses in whole pages
+
+
+class UnsafeFileError(OSError):
+    """A checkpoint member is a link, a device, a FIFO or otherwise not a plain file or directory."""
+
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(root: Path, rel: str) -> int:
+    """A read-only descriptor of the regular file ``root/rel``, never through a link.
+
+    Every component below ``root`` is opened with ``O_NOFOLLOW`` relative to the one above
+    it, so a ``step-*`` directory or a file that is a symbolic link is refused rather than
+    followed out of the root. ``O_NONBLOCK`` keeps a FIFO from blocking the open; anything
+    that is not a regular file (FIFO, device, socket) is then refused. The caller closes
+    the descriptor. Raises :class:`UnsafeFileError` (an OSError) or FileNotFoundError.
+    """
+    parts = [p for p in rel.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UnsafeFileError(errno.EINVAL, f"{rel!r} is not a path inside the run root")
+    dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for part in parts[:-1]:
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeFileError(e.errno, f"{part} is a link or not a directory; checkpoints are never "
+                                                   "read through links") from None
+                raise
+            os.close(dfd)
+            dfd = nfd
+        try:
+            fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dfd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafeFileError(e.errno, f"{rel} is a symbolic link; checkpoints are never read through "
+                                               "links") from None
+            raise
+    finally:
+        os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafeFileError(errno.EINVAL, f"{rel} is not a regular file (a directory, FIFO, device or socket)")
+    if getattr(os, "O_NONBLOCK", 0):
+        os.set_blocking(fd, True)
+    return fd
 
 
 def _fsync_dir(path: Path) -> None:
