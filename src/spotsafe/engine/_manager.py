@@ -44,7 +44,7 @@ from ..format import (
     trash_dir,
 )
 from ..policy._retention import RetentionPolicy, as_retention
-from ..state import RNG_COMPONENT, apply_checkpoint, check_components
+from ..state import RNG_COMPONENT, Partial, apply_checkpoint, plan_restore
 from ..storage import FsspecStorage, open_storage
 from ._pipeline import decode_components, persist, read_verified, stage
 from ._replicate import Replicator, UploadStats, is_transient
@@ -356,15 +356,23 @@ class CheckpointManager:
 
     # -- restore -------------------------------------------------------------------
     def restore(self, state: dict[str, Any], step: int | None = None, *, fresh_if_invalid: bool = False,
-                fresh_if_unreachable: bool = False) -> int | None:
+                fresh_if_unreachable: bool = False, partial: Partial = False) -> int | None:
         """Load the newest valid checkpoint (or ``step``) into ``state`` in place; return its step.
 
         Both tiers are searched: the newest step wins, read from local storage when it is
         valid there, else downloaded from the remote. Every file is read and checked against
         its size and checksum before any object is touched. An invalid checkpoint is
         skipped with a :class:`CheckpointSkippedWarning` naming it and the reason, and the
-        next candidate is tried. A checkpoint that does not fit the objects raises
-        :class:`StateMismatchError` and leaves them unchanged.
+        next candidate is tried; so is one whose trees are malformed (an optimizer state
+        with ``param_groups: [1]``, an RNG state no generator takes). A checkpoint that
+        does not fit the objects raises :class:`StateMismatchError`. Either way, and when
+        an object's ``load_state_dict`` raises, every object (modules, optimizers, plain
+        values, the RNGs) is left exactly as it was.
+
+        ``partial`` resumes with components added to or removed from ``state`` since the
+        checkpoint: True allows any, or pass the names that may differ. One
+        :class:`SpotsafeWarning` lists them; added ones keep their current values, removed
+        ones are ignored.
 
         Returns None when neither tier holds a checkpoint. When checkpoints exist but none
         is valid, raises :class:`CorruptCheckpointError` unless ``fresh_if_invalid``. When
@@ -406,6 +414,10 @@ class CheckpointManager:
                     manifest = read_manifest(storage, name)
                     bufs = read_verified(storage, name, manifest, self._io_executor)
                     loaded = dict(decode_components(manifest, bufs))
+                    rng = loaded.pop(RNG_COMPONENT, None)
+                    plan = plan_restore(name, {n: c.kind for n, c in manifest.components.items()
+                                               if n != RNG_COMPONENT}, state, loaded, rng if self.rng else None,
+                                        partial=partial)  # touches nothing; a malformed tree is corrupt: a skip
                 except Exception as e:  # noqa: BLE001 - classified: invalid copy, unreachable store, or a bug
                     invalid = isinstance(e, (ManifestError, CorruptCheckpointError))
                     transient = tier == "remote" and not invalid and is_transient(e)
@@ -424,13 +436,10 @@ class CheckpointManager:
                     warnings.warn(f"Checkpoint {where} is invalid: {e}. Skipping it and falling back to another "
                                   "copy or an older one.", CheckpointSkippedWarning, stacklevel=2)
                     continue
-                rng = loaded.pop(RNG_COMPONENT, None)
-                check_components(name, {n: c.kind for n, c in manifest.components.items() if n != RNG_COMPONENT},
-                                 state)
                 if self.rng and rng is None:
                     warnings.warn(f"Checkpoint {name} holds no RNG state; randomness will not replay exactly.",
                                   CheckpointSkippedWarning, stacklevel=2)
-                apply_checkpoint(name, state, loaded, rng if self.rng else None)
+                apply_checkpoint(plan)  # all or nothing: on failure every object is as it was
                 self.restored = CheckpointInfo(s, name, f"{storage.url}/{name}", True, None, manifest)
                 self.restored_tier = tier
                 self.restore_skipped = skipped

@@ -29,8 +29,37 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
+def check_rng(state: Any) -> None:
+    """Raise ValueError naming the defect unless ``state`` can be given to :func:`restore_rng`.
+
+    Each state is tried on a throwaway generator of the same kind, so a malformed one is
+    found before any global generator (or anything else) is touched.
+    """
+    if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= state.keys():
+        raise ValueError("the RNG component is not a dict with 'python', 'numpy' and 'torch' states")
+    for name, probe in (("python", lambda s: random.Random().setstate(_tupled(s))),
+                        ("numpy", lambda s: np.random.RandomState().set_state(tuple(s))),
+                        ("torch", lambda s: torch.Generator().set_state(_byte_tensor(s).clone()))):
+        try:
+            probe(state[name])
+        except Exception as e:  # noqa: BLE001 - whatever the generator refuses, the state is malformed
+            raise ValueError(f"the {name} RNG state is malformed ({type(e).__name__}: {e})") from None
+    cuda = state.get("cuda")
+    if cuda is not None:
+        if not isinstance(cuda, (list, tuple)):
+            raise ValueError("the CUDA RNG states are not a list")
+        for s in cuda:
+            _byte_tensor(s)
+
+
+def _byte_tensor(s: Any) -> torch.Tensor:
+    if not isinstance(s, torch.Tensor) or s.dtype != torch.uint8 or s.dim() != 1:
+        raise ValueError(f"a generator state must be a 1-D uint8 tensor, not {type(s).__name__}")
+    return s
+
+
 def restore_rng(state: dict[str, Any]) -> None:
-    """Put every global RNG back to ``state`` (from :func:`capture_rng`)."""
+    """Put every global RNG back to ``state`` (from :func:`capture_rng`, checked by :func:`check_rng`)."""
     random.setstate(_tupled(state["python"]))
     np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"].clone())  # a fresh tensor: a view at an offset crashes it
