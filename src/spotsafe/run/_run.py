@@ -20,7 +20,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -75,6 +75,9 @@ class Run:
             ``exit_code`` tell the caller.
         events_dir: Where the JSON-lines events go (default ``$SPOTSAFE_EVENTS_DIR``, else
             ``<root>/events`` for a local root).
+        partial: Resume although components were added to or removed from ``state`` since
+            the checkpoint: True for any, or the names that may differ (see
+            :meth:`CheckpointManager.restore <spotsafe.CheckpointManager.restore>`).
 
     Example::
 
@@ -90,7 +93,8 @@ class Run:
                  keep_every: int | None = None, keep: RetentionPolicy | None = None, rng: bool = True,
                  async_save: bool = True,
                  margin: float | str | timedelta = 3.0, exit_on_notice: bool = True,
-                 events_dir: str | os.PathLike | None = None, clock=time.monotonic) -> None:
+                 events_dir: str | os.PathLike | None = None, partial: bool | str | Collection[str] = False,
+                 clock=time.monotonic) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
         if root is None:
@@ -108,6 +112,7 @@ class Run:
         self.policy = as_policy(save_every)
         self.margin = parse_duration(margin, what="margin")
         self.exit_on_notice = exit_on_notice
+        self.partial = partial
         self._sources = make_sources(notices)
         self._manager_options = dict(remote=remote, storage_options=storage_options, keep_last=keep_last,
                                      keep_every=keep_every, keep=keep, rng=rng, async_save=async_save)
@@ -149,7 +154,7 @@ class Run:
             self.events.emit("run_start", root=self.manager.root, remote=self._manager_options["remote"],
                              sources=self.watcher.active, policy=repr(self.policy))
             t0, w0 = time.perf_counter(), time.time()
-            restored = self.manager.restore(self.state)
+            restored = self.manager.restore(self.state, partial=self.partial)
             self._restore_window = (w0, time.time())
             self.start_step = self.step = restored or 0
             self._submitted = self._reported = self.step
