@@ -198,6 +198,10 @@ class LocalStorage:
     def read_bytes(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
 
+    def open_member(self, rel: str) -> int:
+        """A read-only descriptor of the checkpoint file ``rel`` (see :func:`open_regular`); the caller closes it."""
+        return open_regular(self.root, rel)
+
     def digest(self, rel: str, size: int | None = None) -> tuple[int, str]:
         """(bytes read, xxh3 digest) of a file, reading at most ``size`` bytes."""
         return digest_file(self.root / rel, size)
