@@ -6,8 +6,14 @@ exception that matches it, so ``except FileNotFoundError`` keeps working::
     SpotsafeError(Exception)
     ├── CheckpointNotFoundError(SpotsafeError, FileNotFoundError)
     ├── CorruptCheckpointError(SpotsafeError, ValueError)
+    ├── LeaseLostError(SpotsafeError, RuntimeError)
+    ├── ReadOnlyRootError(SpotsafeError, PermissionError)
+    ├── UnsupportedURLError(SpotsafeError, ValueError)
+    ├── MissingDependencyError(SpotsafeError, ImportError)
     ├── RemoteError(SpotsafeError)
-    │   └── RemoteUnavailableError(RemoteError, ConnectionError)
+    │   ├── RemoteUnavailableError(RemoteError, ConnectionError)
+    │   └── RemoteAccessError(RemoteError, PermissionError)
+    ├── RootLockedError(SpotsafeError, RuntimeError)
     ├── StateMismatchError(SpotsafeError, ValueError)
     └── UnsupportedStateError(SpotsafeError, TypeError)
 
@@ -33,12 +39,36 @@ class CorruptCheckpointError(SpotsafeError, ValueError):
     """A checkpoint failed verification: a file is missing, short, or has the wrong checksum."""
 
 
+class LeaseLostError(SpotsafeError, RuntimeError):
+    """Another writer took over the remote root's lease; this process stopped writing there."""
+
+
+class ReadOnlyRootError(SpotsafeError, PermissionError):
+    """A write was asked of a manager opened with ``read_only=True``."""
+
+
+class UnsupportedURLError(SpotsafeError, ValueError):
+    """A storage URL whose scheme no file system handles (``foo://x``)."""
+
+
+class MissingDependencyError(SpotsafeError, ImportError):
+    """A storage URL whose file-system package is not installed (``gs://`` without gcsfs)."""
+
+
 class RemoteError(SpotsafeError):
     """The remote store could not be written or read, after every retry."""
 
 
 class RemoteUnavailableError(RemoteError, ConnectionError):
     """Restore could read no valid checkpoint because the remote store could not be reached."""
+
+
+class RootLockedError(SpotsafeError, RuntimeError):
+    """Another process writes to this run root (or remote) already: one writer per root."""
+
+
+class RemoteAccessError(RemoteError, PermissionError):
+    """The remote store cannot be used with the credentials at hand: none were found, or it refused them."""
 
 
 class StateMismatchError(SpotsafeError, ValueError):
