@@ -156,3 +156,55 @@ def test_thin_points_keeps_every_attempt_its_ends_and_the_order():
     assert len([p for p in thin if p[2] == 2]) == 10      # a short attempt stays whole
     page = render_html({"loss": {"name": "loss", "points": pts}})
     assert page.count("],[") < MAX_POINTS + 20            # the embedded data is thinned too
+
+
+def test_the_supervisors_records_are_not_attempts_and_plan_reads_the_report_s_figures():
+    """measure() (spotsafe plan --from, Optimal(mtbf=None)) counts the attempts the report counts:
+    the supervisor's file, split by attempt number, is no attempt of its own."""
+    from spotsafe.telemetry import measure
+
+    m = measure(three_attempts())
+    r = build_report(three_attempts())
+    assert m.attempts == r["attempts"] == 3 and m.interruptions == r["interruptions"]["total"] == 2
+    assert m.running_s == pytest.approx(13.0 + 12.6 + 12.0)          # each process, first event to last
+    assert m.mtbf_s == pytest.approx(m.running_s / 3)
+    # from the end of an attempt to the next one's first step: 1014 -> 1019 and 1028.6 -> 1032
+    assert m.restart_s == pytest.approx((5.0 + 3.4) / 2) and m.restart_s > 0
+
+
+def test_a_rerun_of_a_finished_run_adds_no_lost_time_and_no_wall_time():
+    e = three_attempts()
+    idle = 20 * 60.0                                                   # the user reruns 20 minutes later
+    t = 1042.2 + idle
+    e += [sup(t, "supervisor_start", 3, profile={"spot_price": 1.0, "on_demand_price": 4.0}),
+          sup(t + 0.1, "spawn", 4, child_pid=14), ev(t + 1, "run_start", 14, 4),
+          ev(t + 1.5, "restore", 14, 4, step=30, tier="local", skipped=[]),
+          ev(t + 1.6, "stop", 14, 4, reason="completed", exit_code=0, step=30, tier="local"),
+          sup(t + 1.7, "exit", 4, cause="done", exit_code=0), sup(t + 1.8, "supervisor_stop", 4, exit_code=0)]
+    r, before = build_report(e), build_report(three_attempts())
+    assert r["restart_lost_s"] == pytest.approx(before["restart_lost_s"]) == pytest.approx(9.0)
+    assert r["idle_s"] == pytest.approx(idle) and r["wall_s"] == pytest.approx(42.2 + 1.8)
+    assert r["reruns"] == 1 and r["resume"]["restarts"] == 2 and r["interruptions"]["total"] == 2
+    assert r["completed"] and r["crashes"] == 0
+    from spotsafe.telemetry import measure
+    assert measure(e).restart_s == pytest.approx(measure(three_attempts()).restart_s)
+
+
+def test_replayed_steps_compare_their_logged_metrics_and_restored_from_names_the_step():
+    r = build_report(three_attempts())
+    # attempt 1 was killed at step 12, attempt 2 resumed at 10: steps 11 and 12 ran twice, same loss
+    assert r["replayed"]["metrics"] == {"steps": 2, "compared": 2, "identical": 2, "differing": []}
+    first, second = r["per_interruption"]
+    assert first["restored_from"] == {"step": 10, "tier": "local"}     # after a SIGKILL, too
+    assert second["restored_from"] == {"step": 20, "tier": "local"}
+    e = [x if not (x["event"] == "metrics" and x["pid"] == 12 and x["step"] == 12)
+         else {**x, "values": {"loss": 0.5}} for x in three_attempts()]
+    m = build_report(e)["replayed"]["metrics"]
+    assert (m["compared"], m["identical"]) == (2, 1)
+    assert m["differing"] == [{"step": 12, "name": "loss", "attempts": [1, 2], "values": [1 / 12, 0.5]}]
+    text = prometheus_text(build_report(e))
+    assert 'spotsafe_replayed_metrics_compared_total{run=""} 2.0' in text
+    assert 'spotsafe_replayed_metrics_identical_total{run=""} 1.0' in text
+    from spotsafe.telemetry._html import render_html
+    page = render_html(r)
+    assert "step 10 (local)" in page and "2 logged metrics compared, 2 identical" in page

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .._units import format_duration
@@ -207,8 +208,18 @@ def _print_report(r: dict, html_path: str | None) -> None:
     if rep["steps"]["mean"] is not None:
         _out.print(f" replayed work per interruption: {rep['steps']['mean']:.1f} steps mean, {rep['steps']['worst']} "
                    f"worst; {_s(rep['seconds']['mean'])} mean, {_s(rep['seconds']['worst'])} worst")
+    rm = rep.get("metrics") or {}
+    if rep["steps"]["total"] or rm.get("compared"):
+        _out.print(f" replayed {rep['steps']['total']} steps, {rm.get('compared', 0)} logged metrics compared, "
+                   f"{rm.get('identical', 0)} identical")
+        for d in rm.get("differing") or []:
+            name, (a0, a1), (v0, v1) = repr(str(d["name"]))[1:-1], d["attempts"], d["values"]
+            _out.print(f"  step {d['step']} {escape(name)}: {escape(repr(v0))} in attempt {a0}, "
+                       f"{escape(repr(v1))} in attempt {a1}")
     _out.print(f" time lost to restarts {_s(r['restart_lost_s'])}; useful training {_s(r['useful_s'])}; goodput "
-               + ("-" if r["goodput"] is None else f"{r['goodput']:.1%}"))
+               + ("-" if r["goodput"] is None else f"{r['goodput']:.1%}")
+               + (f"; {r['reruns']} rerun(s) after the run finished (idle {_s(r['idle_s'])} not counted)"
+                  if r.get("reruns") else ""))
     t = Table(title=f"checkpoints ({ck['count']})", title_justify="left")
     for col in ("", "median", "p95", "count"):
         t.add_column(col, justify="right" if col else "left")

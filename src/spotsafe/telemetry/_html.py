@@ -450,6 +450,12 @@ def _summary(r: dict) -> str:
                        f"worst {_fmt_n(_get(st, 'worst'))} · total {_fmt_n(_get(st, 'total'))}"))
     cards.append(_card("Replayed time", _mean(_fmt_s(_get(sec, "mean"))),
                        f"worst {_fmt_s(_get(sec, 'worst'))} · total {_fmt_s(_get(sec, 'total'))}"))
+    rm = _get(r, "replayed", "metrics")
+    if _num(_get(rm, "compared")):
+        cards.append(_card("Replayed metrics", f"{_fmt_n(_get(rm, 'identical'))} of {_fmt_n(_get(rm, 'compared'))}",
+                           f"identical · replayed {_fmt_n(_get(st, 'total'))} steps, "
+                           f"{_fmt_n(_get(rm, 'compared'))} logged metrics compared, "
+                           f"{_fmt_n(_get(rm, 'identical'))} identical"))
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
@@ -483,19 +489,24 @@ def _lost_work(r: dict) -> str:
     items = [x for x in _list(r.get("per_interruption")) if isinstance(x, dict)]
     if not items:
         return '<p class="empty">no interruptions</p>'
-    tiers = any(x.get("tier") is not None for x in items)
-    head = ["#", "attempt", "source", "step reached", "resumed at", "replayed steps", "replayed time", "restart time"]
-    if tiers:
-        head.append("restored from")
+    head = ["#", "attempt", "source", "step reached", "resumed at", "replayed steps", "replayed time", "restart time",
+            "restored from"]
     rows = []
     for i, x in enumerate(items, 1):
         row = [str(i), _fmt_n(x.get("attempt")), "-" if x.get("source") is None else str(x.get("source")),
                _fmt_n(x.get("step")), _fmt_n(x.get("resumed_step")), _fmt_n(x.get("replayed_steps")),
-               _fmt_s(x.get("replayed_s")), _fmt_s(x.get("restart_s"))]
-        if tiers:
-            row.append("-" if x.get("tier") is None else str(x.get("tier")))
+               _fmt_s(x.get("replayed_s")), _fmt_s(x.get("restart_s")), _restored_from(x)]
         rows.append(row)
     return _table(head, rows, left=(0, 2, 8))
+
+
+def _restored_from(x: dict) -> str:
+    """Where the next attempt restored from: "step 110 (local)"; "-" when it did not restore."""
+    rf = x.get("restored_from")
+    if not isinstance(rf, dict):
+        return "-"
+    tier = rf.get("tier")
+    return f"step {_fmt_n(rf.get('step'))}" + (f" ({tier})" if tier is not None else "")
 
 
 def _cost(r: dict) -> str:

@@ -1,18 +1,158 @@
-"""What a run's own event history says: interruption rate, restart cost, checkpoint stall (no torch).
+"""What a run's own event history says: its attempts, how each ended, interruption rate,
+restart cost, checkpoint stall (no torch).
 
-Each process (one ``<host>-<pid>.jsonl`` writer, one attempt) is a span from its first to
-its last event. An attempt that ended with a ``stop`` of reason ``notice``, or with no
-``stop`` at all (killed: SIGKILL, a lost machine), counts as an interruption; a ``stop``
-of reason ``error`` is a crash, not an interruption. The restart cost is the wall time
-from the end of one attempt to the first finished step of the next (process start,
-imports, restore).
+This is the one place that turns events into attempts; ``spotsafe report``,
+``spotsafe plan --from`` and ``Optimal(mtbf=None)`` all read them from here, so they agree.
+
+- An *attempt* is one training process of rank 0 (one ``<host>-<pid>.jsonl`` writer of one
+  run id and attempt number), from its first event to its last. The supervisor's own
+  records (``role: "supervisor"``) are not attempts; they only say how an attempt ended
+  when its process could not (a drill's SIGKILL, a crash).
+- An attempt is *interrupted* when it stopped for a notice (``stop`` of reason ``notice``,
+  whatever the process's exit code: ``torchrun`` exits 1, Lightning and the HF Trainer 0),
+  or was killed without one (no ``stop``, and a next attempt or the supervisor's record of
+  a kill). It *crashed* when it ended with an error or a non-zero exit, or the supervisor
+  recorded a crash. It *finished* when it stopped with reason ``completed`` (or the
+  supervisor recorded ``done``): a later attempt is a rerun, not a restart, and the idle
+  time before it is neither a restart's cost nor part of the run's wall time.
+- The *restart cost* is the wall time from the end of an interrupted or crashed attempt to
+  the first finished step of the next (emergency save, downtime, backoff, start-up,
+  restore).
 """
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+SUPERVISOR = "supervisor"
+
+MACHINE_SOURCES = frozenset({"aws", "gcp", "azure", "kubernetes", "slurm"})
+"""Notice sources that mean the machine (or the pod, or the job) is going away: the
+supervisor exits 75 after such a notice so that the orchestrator moves the job, instead of
+restarting the command where it is."""
+
+
+def preempted_stop(stop: dict | None) -> bool:
+    """Whether a ``stop`` event records a stop for a notice with its checkpoint taken care of
+    (durable on a tier, or nothing to save): safe to restart, whatever the exit code."""
+    return bool(stop) and stop.get("reason") == "notice" and stop.get("tier") is not None
+
+
+@dataclass
+class Attempt:
+    """One training process (rank 0) and what its events say."""
+
+    key: tuple                       # (host, pid, run_id, attempt)
+    events: list[dict]
+    restore_step: int | None = None
+    restore_ts: float | None = None
+    restore_tier: str | None = None
+    stop: dict | None = None
+    notice: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+    checkpoints: list[dict] = field(default_factory=list)
+    outcome: str | None = None       # "finished", "interrupted", "crashed", or None (still running, exit)
+    source: str | None = None        # of an interruption: the notice's source, or "killed"
+
+    @property
+    def start(self) -> float:
+        return self.events[0]["ts"]
+
+    @property
+    def end(self) -> float:
+        return self.events[-1]["ts"]
+
+    @property
+    def last_step(self) -> int:
+        steps = [e.get("step") for e in self.metrics + self.checkpoints + ([self.stop] if self.stop else [])]
+        return max([s for s in steps if isinstance(s, int)] + [self.restore_step or 0])
+
+    @property
+    def last_step_ts(self) -> float:
+        return self.metrics[-1]["ts"] if self.metrics else (self.restore_ts or self.end)
+
+    @property
+    def first_step_ts(self) -> float | None:
+        return next((e["ts"] for e in self.events if e["event"] in ("metrics", "checkpoint")), None)
+
+
+def attempts(events: list[dict]) -> list[Attempt]:
+    """The attempts in ``events`` (any order, any number of writers), oldest first, classified."""
+    procs: dict[tuple, list[dict]] = defaultdict(list)
+    for e in events:
+        if e.get("role") == SUPERVISOR or (e.get("rank") or 0) != 0:
+            continue
+        procs[(e.get("host"), e.get("pid"), e.get("run_id"), e.get("attempt"))].append(e)
+    spans = []
+    for key, evs in procs.items():
+        evs.sort(key=lambda e: e["ts"])
+        s = Attempt(key, evs)
+        for e in evs:
+            kind = e["event"]
+            if kind == "restore" and s.restore_ts is None:
+                s.restore_step, s.restore_ts, s.restore_tier = e.get("step") or 0, e["ts"], e.get("tier")
+            elif kind == "stop":
+                s.stop = e
+            elif kind == "notice" and not e.get("advisory") and s.notice is None:
+                s.notice = e
+            elif kind == "metrics" and isinstance(e.get("step"), int):
+                s.metrics.append(e)
+            elif kind == "checkpoint":
+                s.checkpoints.append(e)
+        spans.append(s)
+    spans.sort(key=lambda s: s.start)
+    exits = {(e.get("run_id"), e.get("attempt")): e for e in events
+             if e.get("role") == SUPERVISOR and e["event"] == "exit"}
+    for i, s in enumerate(spans):
+        _classify(s, spans[i + 1] if i + 1 < len(spans) else None, exits.get(s.key[2:]))
+    return spans
+
+
+def _classify(s: Attempt, nxt: Attempt | None, sup_exit: dict | None) -> None:
+    cause = sup_exit.get("cause") if sup_exit else None
+    reason = s.stop.get("reason") if s.stop else None
+    if reason == "notice" or (s.stop is None and s.notice is not None):
+        s.outcome = "interrupted"
+        s.source = (s.notice or {}).get("source") or (s.stop or {}).get("source") or "signal"
+    elif s.stop is None and cause in (None, "chaos_kill", "preempted") and (nxt is not None or cause):
+        s.outcome, s.source = "interrupted", "killed"
+    elif cause == "crash" or (s.stop is not None and s.stop.get("exit_code") not in (0, None)
+                              and reason in ("error", "exit")):
+        s.outcome = "crashed"
+    elif reason == "completed" or cause == "done":
+        s.outcome = "finished"
+
+
+def idle_after_finish(events: list[dict], spans: list[Attempt]) -> float:
+    """Seconds nobody worked on the run: after each finished attempt followed by a rerun, the
+    longest gap between two events (any writer) before the rerun's first event."""
+    ts = sorted(e["ts"] for e in events)
+    idle = 0.0
+    for s, nxt in zip(spans, spans[1:]):
+        if s.outcome != "finished":
+            continue
+        lo, hi = bisect.bisect_left(ts, s.end), bisect.bisect_right(ts, nxt.start)
+        window = ts[lo:hi]
+        idle += max((b - a for a, b in zip(window, window[1:])), default=0.0)
+    return idle
+
+
+def restart_gaps(spans: list[Attempt], *, from_last_step: bool = False) -> dict[int, float]:
+    """Index of the attempt that ended -> seconds until the next attempt's first step (its end
+    when it never reached one), for every restart after an attempt that did not finish (a
+    rerun after a finished attempt is no restart). Measured from the attempt's last event, or
+    with ``from_last_step`` from its last step (the report's "time lost": the emergency save
+    included)."""
+    out = {}
+    for i, (s, nxt) in enumerate(zip(spans, spans[1:])):
+        if s.outcome == "finished":
+            continue
+        first = nxt.first_step_ts
+        out[i] = max(0.0, (first if first is not None else nxt.end) - (s.last_step_ts if from_last_step else s.end))
+    return out
 
 
 @dataclass(frozen=True)
@@ -30,24 +170,16 @@ class Measured:
 
 
 def measure(events: list[dict]) -> Measured:
-    """Summarize ``events`` (any order, any number of writers)."""
-    procs: dict[tuple, list[dict]] = defaultdict(list)
-    for e in events:
-        procs[(e.get("host"), e.get("pid"), e.get("run_id"), e.get("attempt"))].append(e)
-    spans = sorted((sorted(evs, key=lambda e: e["ts"]) for evs in procs.values()), key=lambda evs: evs[0]["ts"])
-    running, interruptions, restarts, step_times = 0.0, 0, [], []
-    for i, evs in enumerate(spans):
-        running += evs[-1]["ts"] - evs[0]["ts"]
-        stop = next((e for e in reversed(evs) if e["event"] == "stop"), None)
-        if stop is None or stop.get("reason") == "notice":
-            interruptions += 1 if i < len(spans) - 1 or stop is not None else 0
-        if i:
-            first_step = next((e["ts"] for e in evs if e["event"] in ("metrics", "checkpoint")), None)
-            if first_step is not None:
-                restarts.append(first_step - spans[i - 1][-1]["ts"])
-        ts = [e["ts"] for e in evs if e["event"] == "metrics"]
+    """Summarize ``events`` (any order, any number of writers, the supervisor's included)."""
+    spans = attempts(events)
+    running = sum(s.end - s.start for s in spans)
+    interruptions = sum(1 for s in spans if s.outcome == "interrupted")
+    restarts = [gap for i, gap in restart_gaps(spans).items() if spans[i + 1].first_step_ts is not None]
+    step_times = []
+    for s in spans:
+        ts = [e["ts"] for e in s.events if e["event"] == "metrics"]
         step_times += [b - a for a, b in zip(ts, ts[1:]) if b > a]
-    stalls = [e["stall_s"] for e in events if e["event"] == "checkpoint" and e.get("stall_s")]
+    stalls = [c["stall_s"] for s in spans for c in s.checkpoints if c.get("stall_s")]
     return Measured(
         attempts=len(spans), interruptions=interruptions, running_s=running,
         mtbf_s=running / (interruptions + 1) if running > 0 else None,

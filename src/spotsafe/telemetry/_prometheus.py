@@ -55,6 +55,11 @@ def prometheus_text(report: dict[str, Any]) -> str:
     metric("spotsafe_replayed_steps_max", "gauge", "Most steps replayed after one interruption.",
            [("", rep["steps"]["worst"])])
     metric("spotsafe_replayed_seconds_total", "counter", "Time spent on steps run again.", [("", rep["seconds"]["total"])])
+    rm = rep.get("metrics") or {}
+    metric("spotsafe_replayed_metrics_compared_total", "counter", "Values logged by replayed steps, compared with "
+           "the same step's earlier values.", [("", rm.get("compared", 0))])
+    metric("spotsafe_replayed_metrics_identical_total", "counter", "Compared values of replayed steps that were "
+           "identical.", [("", rm.get("identical", 0))])
     metric("spotsafe_restart_lost_seconds_total", "counter", "Time from an interrupted attempt's last step to the "
            "next attempt's first.", [("", report["restart_lost_s"])])
     for key, help_ in (("stall_s", "Training stall per checkpoint."), ("persist_s", "Background write per checkpoint."),

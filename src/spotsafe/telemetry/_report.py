@@ -1,23 +1,27 @@
 """The run report, computed from the events alone (no torch).
 
-Definitions (the README's "Reading the report" repeats them):
+Definitions (the README's "Reading the report" repeats them; attempts and how each ended
+come from :mod:`._measure`, the one place that reads them, shared with ``spotsafe plan``):
 
 - An *attempt* is one training process (rank 0), from its first event to its last.
 - An attempt is *interrupted* when it stopped for a notice (``stop`` reason ``notice``;
   the source is the notice's) or was killed without one (no ``stop`` event, or the
   supervisor recorded a drill's kill; source ``killed``). It *crashed* when it ended with
-  an error or a non-zero exit, or the supervisor recorded a crash.
+  an error or a non-zero exit, or the supervisor recorded a crash. An attempt after a
+  *finished* one is a rerun: not a restart, and the idle time before it is not wall time.
 - A restart *resumed* when it restored at least the newest checkpoint an earlier attempt
   reported durable before it started (a fall-back past a corrupt checkpoint is a failure).
 - Step time comes from the ``metrics`` events: an event at step s covers the steps since
   the previous one (or since the restore) and the time since then. A step's *final*
   execution is the last one; the others were *replayed*. Replayed work of an interruption
   is the steps between the next attempt's restore and the last step reached, and the time
-  their executions took.
+  their executions took. Every value a replayed step logged is compared with the value the
+  same step logged before (exact equality): how many replays reproduced the same metrics.
 - *Time lost to a restart* runs from the interrupted attempt's last step to the next
   attempt's first (emergency save, downtime, backoff, start-up, restore).
 - *Useful time* is the time of final step executions less the checkpoint stalls inside
-  them; *goodput* is useful time / wall time (first event to last).
+  them; *goodput* is useful time / wall time (first event to last, less the idle time
+  before reruns).
 - *Cost*: spot = wall hours x spot price; on-demand = the hours the run would have taken
   without interruptions (wall less replayed and restart time) x on-demand price.
 """
@@ -26,10 +30,10 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-SUPERVISOR = "supervisor"
+from ._measure import SUPERVISOR, Attempt, attempts, idle_after_finish, restart_gaps
 
 
 def _quantiles(values: list[float]) -> dict[str, float | None]:
@@ -75,65 +79,7 @@ class _Interval:
         return 0.0 if overlap <= 0 or self.hi <= self.lo else self.seconds * overlap / (self.hi - self.lo)
 
 
-@dataclass
-class _Span:
-    """One training process (rank 0)."""
-
-    key: tuple
-    events: list[dict]
-    restore_step: int | None = None
-    restore_ts: float | None = None
-    stop: dict | None = None
-    notice: dict | None = None
-    metrics: list[dict] = field(default_factory=list)
-    checkpoints: list[dict] = field(default_factory=list)
-
-    @property
-    def start(self) -> float:
-        return self.events[0]["ts"]
-
-    @property
-    def end(self) -> float:
-        return self.events[-1]["ts"]
-
-    @property
-    def last_step(self) -> int:
-        steps = [e.get("step") for e in self.metrics + self.checkpoints + ([self.stop] if self.stop else [])]
-        return max([s for s in steps if isinstance(s, int)] + [self.restore_step or 0])
-
-    @property
-    def last_step_ts(self) -> float:
-        return self.metrics[-1]["ts"] if self.metrics else (self.restore_ts or self.end)
-
-
-def _spans(events: list[dict]) -> list[_Span]:
-    procs: dict[tuple, list[dict]] = defaultdict(list)
-    for e in events:
-        if e.get("role") == SUPERVISOR or (e.get("rank") or 0) != 0:
-            continue
-        procs[(e.get("host"), e.get("pid"), e.get("run_id"), e.get("attempt"))].append(e)
-    spans = []
-    for key, evs in procs.items():
-        evs.sort(key=lambda e: e["ts"])
-        s = _Span(key, evs)
-        for e in evs:
-            kind = e["event"]
-            if kind == "restore" and s.restore_ts is None:
-                s.restore_step, s.restore_ts = e.get("step") or 0, e["ts"]
-            elif kind == "stop":
-                s.stop = e
-            elif kind == "notice" and not e.get("advisory") and s.notice is None:
-                s.notice = e
-            elif kind == "metrics" and isinstance(e.get("step"), int):
-                s.metrics.append(e)
-            elif kind == "checkpoint":
-                s.checkpoints.append(e)
-        spans.append(s)
-    spans.sort(key=lambda s: s.start)
-    return spans
-
-
-def _intervals(spans: list[_Span]) -> list[_Interval]:
+def _intervals(spans: list[Attempt]) -> list[_Interval]:
     out = []
     for i, s in enumerate(spans):
         prev_step, prev_ts = (s.restore_step or 0), (s.restore_ts if s.restore_ts is not None else s.start)
@@ -162,6 +108,33 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in merged]
 
 
+def _replayed_metrics(spans: list[Attempt], keep: int = 10) -> dict[str, Any]:
+    """Every step logged by more than one attempt (a replay after a restart), each logged value
+    compared with the same step's value in the attempt that ran it before: exact equality."""
+    runs: dict[int, list[tuple[Any, dict]]] = defaultdict(list)  # step -> [(attempt, values)] oldest first
+    for s in spans:
+        merged: dict[int, dict] = {}
+        for m in s.metrics:
+            if isinstance(m.get("values"), dict):
+                merged.setdefault(m["step"], {}).update(m["values"])
+        for step, values in merged.items():
+            runs[step].append((s.key[3], values))
+    steps = compared = identical = 0
+    differing: list[dict] = []
+    for step in sorted(runs):
+        execs = runs[step]
+        for (a0, before), (a1, after) in zip(execs, execs[1:]):
+            names = [k for k in after if k in before]
+            steps += bool(names)
+            for k in names:
+                compared += 1
+                if before[k] == after[k] and type(before[k]) is type(after[k]):
+                    identical += 1
+                elif len(differing) < keep:
+                    differing.append({"step": step, "name": k, "attempts": [a0, a1], "values": [before[k], after[k]]})
+    return {"steps": steps, "compared": compared, "identical": identical, "differing": differing}
+
+
 def thin_points(points: list[list], limit: int) -> list[list]:
     """About ``limit`` of the [step, value, attempt] points, evenly spread within each attempt
     (its share in proportion to its length, at least 50: short attempts stay whole), each
@@ -184,7 +157,7 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
     """Every figure of ``spotsafe report`` from ``events`` (any order, any number of writers)."""
     events = sorted(events, key=lambda e: e["ts"])
     sup = [e for e in events if e.get("role") == SUPERVISOR]
-    spans = _spans(events)
+    spans = attempts(events)
     intervals = _intervals(spans)
     exits = {(e.get("run_id"), e.get("attempt")): e for e in sup if e["event"] == "exit"}
     spawned = {(e.get("run_id"), e.get("attempt")) for e in sup if e["event"] == "spawn"}
@@ -196,45 +169,31 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
                 break
 
     by_source: dict[str, int] = defaultdict(int)
-    crashes = 0
     per_interruption: list[dict] = []
-    restarts = resumed = 0
-    restart_lost: list[float] = []
+    restarts = resumed = reruns = 0
+    lost = restart_gaps(spans, from_last_step=True)
     durable_before = []  # (ts, step) of every reported-durable checkpoint
     for s in spans:
         durable_before += [(c["ts"], c.get("step") or 0) for c in s.checkpoints]
     for i, s in enumerate(spans):
         nxt = spans[i + 1] if i + 1 < len(spans) else None
-        sup_exit = exits.get(s.key[2:])
-        cause = sup_exit.get("cause") if sup_exit else None
-        if i > 0:
+        if i > 0 and spans[i - 1].outcome == "finished":
+            reruns += 1
+        elif i > 0:
             restarts += 1
             expected = max((step for ts, step in durable_before if ts < s.start), default=0)
             if s.restore_ts is not None and (s.restore_step or 0) >= expected:
                 resumed += 1
-        reason = s.stop.get("reason") if s.stop else None
-        if reason == "notice" or (s.stop is None and s.notice is not None):
-            source = s.notice.get("source") if s.notice else "signal"
-        elif s.stop is None and cause in (None, "chaos_kill", "preempted") and (nxt is not None or cause):
-            source = "killed"
-        elif cause == "crash" or (s.stop is not None and s.stop.get("exit_code") not in (0, None)
-                                  and reason in ("error", "exit")):
-            crashes += 1
-            source = None
-        else:
-            source = None
-        if nxt is not None:
-            restart_lost.append(max(0.0, (nxt.metrics[0]["ts"] if nxt.metrics else nxt.end) - s.last_step_ts))
-        if source is None:
+        if s.outcome != "interrupted":
             continue
-        by_source[source] += 1
-        entry = {"attempt": s.key[3], "source": source, "ts": s.stop["ts"] if s.stop else s.end,
+        by_source[s.source] += 1
+        entry = {"attempt": s.key[3], "source": s.source, "ts": s.stop["ts"] if s.stop else s.end,
                  "step": s.last_step, "resumed_step": None, "replayed_steps": None, "replayed_s": None,
-                 "restart_s": restart_lost[-1] if nxt is not None else None,
-                 "tier": s.stop.get("tier") if s.stop else None}
+                 "restart_s": lost.get(i), "tier": s.stop.get("tier") if s.stop else None, "restored_from": None}
         if nxt is not None and nxt.restore_ts is not None:
             r = nxt.restore_step or 0
             entry["resumed_step"] = r
+            entry["restored_from"] = {"step": r, "tier": nxt.restore_tier}
             entry["replayed_steps"] = max(0, s.last_step - r)
             secs = 0.0
             for iv in intervals:
@@ -243,9 +202,10 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
                     iv.attributed = True
             entry["replayed_s"] = secs
         per_interruption.append(entry)
-    crashes = max(crashes, sum(1 for e in exits.values() if e.get("cause") == "crash"))
+    crashes = max(sum(1 for s in spans if s.outcome == "crashed"),
+                  sum(1 for e in exits.values() if e.get("cause") == "crash"))
     restarts = max(restarts, sum(1 for e in sup if e["event"] == "restart"))  # attempts that never reported count
-    attempts = len({s.key[2:] for s in spans} | spawned)
+    attempts_n = len({s.key[2:] for s in spans} | spawned)
 
     ckpts = [c for s in spans for c in s.checkpoints]
     uploads = [e for e in events if e["event"] == "upload" and (e.get("rank") or 0) == 0 and e.get("role") != SUPERVISOR]
@@ -261,12 +221,13 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
             if c.get("stall_s") and any(iv.lo <= step < iv.hi for iv in finals_by_span[i]):
                 stall_in_final += c["stall_s"]
     useful = max(0.0, sum(iv.seconds for iv in intervals if iv.final) - stall_in_final)
-    wall = events[-1]["ts"] - events[0]["ts"] if events else 0.0
+    idle = idle_after_finish(events, spans)
+    wall = max(0.0, events[-1]["ts"] - events[0]["ts"] - idle) if events else 0.0
     replayed_steps = [p["replayed_steps"] for p in per_interruption if p["replayed_steps"] is not None]
     replayed_s = [p["replayed_s"] for p in per_interruption if p["replayed_s"] is not None]
     cost = None
     if spot_price is not None and on_demand_price is not None and wall > 0:
-        od_s = max(0.0, wall - sum(replayed_s) - sum(restart_lost))
+        od_s = max(0.0, wall - sum(replayed_s) - sum(lost.values()))
         spot_cost, od_cost = wall / 3600 * spot_price, od_s / 3600 * on_demand_price
         cost = {"spot_price": spot_price, "on_demand_price": on_demand_price, "wall_h": wall / 3600,
                 "on_demand_h": od_s / 3600, "spot_cost": spot_cost, "on_demand_cost": od_cost,
@@ -280,16 +241,18 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
     return {
         "root": root,
         "run_ids": sorted({str(e.get("run_id")) for e in events if e.get("run_id")}),
-        "attempts": attempts,
+        "attempts": attempts_n,
         "wall_s": wall,
         "final_step": max((s.last_step for s in spans), default=0),
         "completed": bool(last and last.stop and last.stop.get("reason") == "completed"),
         "interruptions": {"total": sum(by_source.values()), "by_source": dict(sorted(by_source.items()))},
         "crashes": crashes,
         "drills": sum(1 for e in sup if e["event"] == "chaos"),
+        "reruns": reruns,
         "resume": {"restarts": restarts, "resumed": resumed, "rate": resumed / restarts if restarts else None,
                    "fallbacks": sum(len(e.get("skipped") or []) for e in events if e["event"] == "restore")},
-        "replayed": {"steps": _summary(replayed_steps), "seconds": _summary(replayed_s)},
+        "replayed": {"steps": _summary(replayed_steps), "seconds": _summary(replayed_s),
+                     "metrics": _replayed_metrics(spans)},
         "per_interruption": per_interruption,
         "checkpoints": {"count": len(ckpts), "stall_s": _quantiles([c.get("stall_s") for c in ckpts]),
                         "persist_s": _quantiles([c.get("persist_s") for c in ckpts]),
@@ -298,7 +261,8 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
         "checkpoint_list": [{"ts": c["ts"], "step": c.get("step"), "reason": c.get("reason"),
                              "stall_s": c.get("stall_s"), "persist_s": c.get("persist_s"), "attempt": c.get("attempt")}
                             for c in ckpts],
-        "restart_lost_s": sum(restart_lost),
+        "restart_lost_s": sum(lost.values()),
+        "idle_s": idle,
         "useful_s": useful,
         "goodput": useful / wall if wall > 0 else None,
         "cost": cost,
