@@ -14,7 +14,14 @@ and work is done in segments of ``tau`` between checkpoints.
   restart, itself retried until it completes). The job's expected wall time is the sum
   over its segments; the last one is shorter when the work is not a multiple of ``tau``.
 
-:func:`simulate` runs the same model as a Monte Carlo (fixed seed), so the two agree.
+:func:`simulate` runs the same model as a Monte Carlo (fixed seed), so the two agree. Its work
+grows like ``e^(R/M)`` per interruption (a restart much longer than the MTBF almost never
+completes), so it runs under a bound on random draws and on time, and returns only the
+jobs it finished.
+
+Every input must be a finite number; a figure too large for a float (``e^(R/M)`` for a
+restart hundreds of MTBFs long) is infinite, and :func:`plan` then says the job would
+never finish on spot instead of returning it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,11 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from .._units import format_duration
 
 HOURS_PER_MONTH = 730.0  # 365.25 * 24 / 12
 
@@ -30,6 +41,11 @@ ADVISOR_BANDS = {"<5%": 0.05, "5-10%": 0.10, "10-15%": 0.15, "15-20%": 0.20, ">2
 """AWS Spot Instance Advisor bands ("frequency of interruption": share of instances
 interrupted in a month) -> the share used: the band's upper edge (a planning figure should
 not be optimistic); ">20%" has none, 25% is assumed."""
+
+SIMULATION_MAX_DRAWS = 20_000_000
+"""Random draws :func:`simulate` makes at most, all jobs together (about 10 s of Python)."""
+SIMULATION_TIME_LIMIT = 10.0
+"""Seconds :func:`simulate` runs at most."""
 
 
 def young_interval(checkpoint_cost: float, mtbf: float) -> float:
@@ -49,8 +65,11 @@ def daly_interval(checkpoint_cost: float, mtbf: float) -> float:
 
 
 def segment_time(length: float, mtbf: float, restart_cost: float) -> float:
-    """Expected wall time to get through ``length`` seconds of uninterruptible work."""
-    return mtbf * math.exp(restart_cost / mtbf) * math.expm1(length / mtbf)
+    """Expected wall time to get through ``length`` seconds of uninterruptible work (inf past a float's range)."""
+    try:
+        return mtbf * math.exp(restart_cost / mtbf) * math.expm1(length / mtbf)
+    except OverflowError:
+        return math.inf
 
 
 def segments(work: float, interval: float) -> tuple[int, float]:
@@ -66,30 +85,51 @@ def expected_wall_time(work: float, interval: float, checkpoint_cost: float, mtb
                        restart_cost: float) -> float:
     """Expected wall time of ``work`` seconds of compute with a checkpoint every ``interval``."""
     _check_positive(work=work, interval=interval, mtbf=mtbf)
+    _check_not_negative(checkpoint_cost=checkpoint_cost, restart_cost=restart_cost)
     full, rest = segments(work, interval)
-    total = full * segment_time(interval + checkpoint_cost, mtbf, restart_cost)
+    total = full * segment_time(interval + checkpoint_cost, mtbf, restart_cost) if full else 0.0
     if rest:
         total += segment_time(rest + checkpoint_cost, mtbf, restart_cost)
     return total
 
 
 def simulate(work: float, interval: float, checkpoint_cost: float, mtbf: float, restart_cost: float, *,
-             runs: int = 1000, seed: int = 0) -> list[float]:
-    """Wall times of ``runs`` simulated jobs under Poisson interruptions (the model above)."""
+             runs: int = 1000, seed: int = 0, max_draws: int = SIMULATION_MAX_DRAWS,
+             time_limit: float = SIMULATION_TIME_LIMIT, clock: Callable[[], float] = time.monotonic) -> list[float]:
+    """Wall times of simulated jobs under Poisson interruptions (the model above).
+
+    Returns ``runs`` wall times, or fewer (maybe none) when ``max_draws`` random draws in
+    all or ``time_limit`` seconds of ``clock`` ran out first: only jobs simulated to the
+    end are returned, so ``len(result) < runs`` says the simulation was cut short.
+    """
+    _check_positive(work=work, interval=interval, mtbf=mtbf)
+    _check_not_negative(checkpoint_cost=checkpoint_cost, restart_cost=restart_cost)
     rng = random.Random(seed)
     full, rest = segments(work, interval)
-    lengths = [interval + checkpoint_cost] * full + ([rest + checkpoint_cost] if rest else [])
-    out = []
+    count = full + (1 if rest else 0)
+    draws, check_at, deadline = 0, 0, clock() + time_limit
+    out: list[float] = []
     for _ in range(runs):
         wall = 0.0
-        for length in lengths:
+        for i in range(count):  # no list of segments: their number may be astronomic
+            length = (interval if i < full else rest) + checkpoint_cost
             while True:
+                if draws >= check_at:  # the bound, checked every 4096 draws
+                    if draws >= max_draws or clock() > deadline:
+                        return out
+                    check_at = draws + 4096
+                draws += 1
                 failure = rng.expovariate(1.0 / mtbf)
                 if failure >= length:
                     wall += length
                     break
                 wall += failure
                 while True:  # the restart, itself interruptible
+                    if draws >= check_at:
+                        if draws >= max_draws or clock() > deadline:
+                            return out
+                        check_at = draws + 4096
+                    draws += 1
                     failure = rng.expovariate(1.0 / mtbf)
                     if failure >= restart_cost:
                         wall += restart_cost
@@ -132,10 +172,17 @@ def plan(work: float, mtbf: float, checkpoint_cost: float, restart_cost: float, 
     """The plan at Daly's optimum (or at ``interval``); on-demand runs ``work`` with no interruptions."""
     _check_positive(work=work, mtbf=mtbf, checkpoint_cost=checkpoint_cost, spot_price=spot_price,
                     on_demand_price=on_demand_price)
-    if restart_cost < 0:
-        raise ValueError(f"restart cost {restart_cost!r} must be 0 or more seconds.")
+    _check_not_negative(restart_cost=restart_cost)
     tau = interval if interval is not None else daly_interval(checkpoint_cost, mtbf)
     wall = expected_wall_time(work, tau, checkpoint_cost, mtbf, restart_cost)
+    if not math.isfinite(wall):
+        raise ValueError(f"On spot this job would never finish: with an interruption every {format_duration(mtbf)}, "
+                         f"a restart of {format_duration(restart_cost)} and {format_duration(tau + checkpoint_cost)} "
+                         "between checkpoints its expected wall time is beyond a float's range; check the MTBF and "
+                         "the costs, or run it on demand.")
+    if not (math.isfinite(wall / 3600.0 * spot_price) and math.isfinite(work / 3600.0 * on_demand_price)):
+        raise ValueError(f"The cost of this job is beyond a float's range ({work / 3600:g} h at {spot_price:g} and "
+                         f"{on_demand_price:g} per hour); give the prices per machine-hour.")
     full, rest = segments(work, tau)
     overhead = (full + (1 if rest else 0)) * checkpoint_cost
     spot = wall / 3600.0 * spot_price
@@ -205,5 +252,11 @@ def advisor_mtbf(band: str) -> float:
 
 def _check_positive(**values: float) -> None:
     for name, v in values.items():
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name.replace('_', ' ')} must be a positive number of seconds (or price), got {v!r}.")
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name.replace('_', ' ')} must be a positive finite number, got {v!r}.")
+
+
+def _check_not_negative(**values: float) -> None:
+    for name, v in values.items():
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name.replace('_', ' ')} must be a finite number of seconds, 0 or more, got {v!r}.")
