@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from rich.table import Table
 
 from .._units import format_duration, parse_duration
 from ..policy import advisor_mtbf, hybrid, plan, simulate
+from ..policy._interval import SIMULATION_MAX_DRAWS, SIMULATION_TIME_LIMIT
+from ._params import Finite
 
 _out = Console(highlight=False)
 
@@ -36,7 +39,7 @@ def _rate(ctx, param, value):
         rate = float(text)
     except ValueError:
         raise click.BadParameter(f"Cannot read --rate {value!r}; give interruptions per hour, e.g. 0.2 or 0.2/h.")
-    if not rate > 0:
+    if not (math.isfinite(rate) and rate > 0):
         raise click.BadParameter(f"--rate {value!r} must be more than 0 per hour; use --mtbf for a duration.")
     return rate
 
@@ -54,9 +57,10 @@ def _from_events(root: str | None):
 
 
 @click.command("plan")
-@click.option("--hours", type=float, required=True, help="Compute hours the job needs without interruptions.")
-@click.option("--on-demand-price", type=float, required=True, help="On-demand price per hour.")
-@click.option("--spot-price", type=float, required=True, help="Spot price per hour.")
+@click.option("--hours", type=Finite(0, 1e9, min_open=True), required=True,
+              help="Compute hours the job needs without interruptions.")
+@click.option("--on-demand-price", type=Finite(0, 1e9, min_open=True), required=True, help="On-demand price per hour.")
+@click.option("--spot-price", type=Finite(0, 1e9, min_open=True), required=True, help="Spot price per hour.")
 @click.option("--mtbf", callback=_duration("--mtbf"), help="Mean time between interruptions: 6h, 90m, ...")
 @click.option("--rate", callback=_rate, help="Interruptions per hour: 0.2 (the same as --mtbf 5h).")
 @click.option("--advisor", help="An AWS Spot Instance Advisor band: '<5%', '5-10%', '10-15%', '15-20%', '>20%'.")
@@ -105,8 +109,6 @@ def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint
     if missing:
         raise click.UsageError(f"Missing {', '.join(missing)}; give them, or --from a run root whose events "
                                "measured them.")
-    if hours <= 0:
-        raise click.BadParameter("--hours must be more than 0.", param_hint="--hours")
     try:
         p = plan(hours * 3600.0, mtbf, checkpoint_cost, restart_cost, spot_price, on_demand_price)
     except ValueError as e:
@@ -118,9 +120,11 @@ def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint
     if runs:
         walls = sorted(simulate(p.work_s, p.optimal_interval_s, checkpoint_cost, mtbf, restart_cost, runs=runs,
                                 seed=seed))
-        out["simulation"] = {"runs": runs, "seed": seed, "mean_wall_time_s": statistics.fmean(walls),
-                             "p95_wall_time_s": walls[min(len(walls) - 1, int(0.95 * len(walls)))],
-                             "mean_vs_expected": statistics.fmean(walls) / p.expected_wall_time_s - 1.0}
+        out["simulation"] = {"runs": runs, "seed": seed, "finished": len(walls), "truncated": len(walls) < runs,
+                             "mean_wall_time_s": statistics.fmean(walls) if walls else None,
+                             "p95_wall_time_s": walls[min(len(walls) - 1, int(0.95 * len(walls)))] if walls else None,
+                             "mean_vs_expected": statistics.fmean(walls) / p.expected_wall_time_s - 1.0 if walls
+                             else None}
     if deadline is not None:
         h = hybrid(p.work_s, deadline, p)
         out["hybrid"] = None if h is None else {"spot_share": h[0], "expected_wall_time_s": h[1], "cost": h[2]}
@@ -157,8 +161,14 @@ def _print(p, out: dict, deadline: float | None) -> None:
                    f"({3600 / p.break_even_mtbf_s:.3g} interruptions per hour).")
     if "simulation" in out:
         s = out["simulation"]
-        _out.print(f"Simulation: {s['runs']} jobs, mean wall time {s['mean_wall_time_s'] / 3600:.2f} h "
-                   f"({s['mean_vs_expected']:+.1%} of the expectation), p95 {s['p95_wall_time_s'] / 3600:.2f} h.")
+        if s["truncated"]:
+            _out.print(f"Simulation cut short: {s['finished']} of {s['runs']} jobs finished within its bound of "
+                       f"{SIMULATION_MAX_DRAWS:,} interruption draws or {SIMULATION_TIME_LIMIT:g} s (restarts much "
+                       "longer than the MTBF rarely complete); the expectation above stands" +
+                       (" alone." if not s["finished"] else ", and the figures below are of the jobs that finished."))
+        if s["finished"]:
+            _out.print(f"Simulation: {s['finished']} jobs, mean wall time {s['mean_wall_time_s'] / 3600:.2f} h "
+                       f"({s['mean_vs_expected']:+.1%} of the expectation), p95 {s['p95_wall_time_s'] / 3600:.2f} h.")
     if deadline is not None:
         h = out["hybrid"]
         if h is None:
