@@ -23,8 +23,9 @@ from rich.markup import escape as _escape_markup
 
 # C0 controls (tab and newline included: one value stays on one line), DEL, C1 controls,
 # U+2028/U+2029 (line and paragraph separators) and the bidirectional embeddings,
-# overrides and isolates (U+202A-U+202E, U+2066-U+2069).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069); lone surrogates (JSON can hold
+# "\\ud800"), which no terminal encoding can print.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 MAX_CHARS = 2000  # a value longer than this is cut: a hostile file can make one arbitrarily long
 
 
