@@ -16,7 +16,7 @@ import spotsafe
 from spotsafe.engine import _pipeline
 from spotsafe.engine import _retention as engine_retention
 from spotsafe.engine._retention import StoreRetention
-from spotsafe.format import MANIFEST, Manifest, step_dir
+from spotsafe.format import MANIFEST, FileEntry, Manifest, step_dir
 from spotsafe.policy import EverySteps
 from spotsafe.policy._retention import (
     KeepAny,
@@ -141,6 +141,42 @@ def test_keep_last_counts_only_the_steps_up_to_the_committed_one():
     assert select_deletions(KeepLast(2), at_zero([10, 20, 30, 90]), 30) == [10]
 
 
+# -- validity decides, never the name -----------------------------------------------------------
+@pytest.mark.parametrize("policy", EVERY_RULE, ids=repr)
+def test_an_invalid_checkpoint_takes_no_slot_and_is_deleted_once_older(policy):
+    # 30 fails its checksum: KeepLast(2) keeps 40 and 20, not 40 and 30
+    checkpoints = [(s, HOUR + s) for s in (10, 20, 30, 40)]
+    doomed = select_deletions(policy, checkpoints, 40, valid={10, 20, 40}, invalid={30})
+    assert 30 in doomed and 40 not in doomed
+    assert doomed == sorted({10, 20, 30} - policy.keep([c for c in checkpoints if c[0] != 30]))
+
+
+def test_keep_last_one_keeps_the_newest_valid_when_the_newer_one_is_invalid():
+    # the original data loss: 5 uploaded and valid, 9 corrupt; 5 must survive any prune
+    assert select_deletions(KeepLast(1), at_zero([5, 9]), 5, valid={5}, invalid={9}) == []
+    assert select_deletions(KeepLast(1), at_zero([1, 5, 9]), 5, valid={1, 5}, invalid={9}) == [1]
+
+
+def test_a_higher_invalid_step_from_another_run_is_neither_kept_by_slot_nor_deleted():
+    # step 900 is a garbage manifest: above the committed step, so never deleted; not valid, so
+    # the newest valid checkpoint (30) is kept as the newest, and 20 by KeepLast(2)
+    checkpoints = at_zero([10, 20, 30, 900])
+    assert select_deletions(KeepLast(2), checkpoints, 30, valid={10, 20, 30}, invalid={900}) == [10]
+    assert select_deletions(KeepLast(1), checkpoints, 30, valid={10, 20, 30}, invalid={900}) == [10, 20]
+
+
+def test_an_unknown_verdict_keeps_the_checkpoint_without_a_slot():
+    # 20 could not be read (neither valid nor invalid): kept, and KeepLast(2) still keeps 30 and 10
+    checkpoints = at_zero([10, 20, 30])
+    assert select_deletions(KeepLast(2), checkpoints, 30, valid={10, 30}) == []
+    assert select_deletions(KeepLast(1), checkpoints, 30, valid={10, 30}) == [10]
+
+
+def test_the_committed_step_is_valid_whatever_the_sets_say():
+    assert select_deletions(KeepLast(1), at_zero([10, 20]), 20, valid={10}, invalid={20}) == [10]
+    assert select_deletions(KeepLast(1), at_zero([10, 20]), 20, valid=set(), invalid=set()) == []
+
+
 # -- bad arguments -------------------------------------------------------------------------------
 @pytest.mark.parametrize("make,message", [
     (lambda: KeepLast(0), r"KeepLast\(0\) is not a whole number of at least 1; use KeepLast\(1\)"),
@@ -180,27 +216,31 @@ def write_checkpoint(root, step: int, created: float) -> None:
 
 @pytest.fixture
 def reads(monkeypatch):
-    """The steps whose manifest the retention code read, in order."""
+    """The steps whose manifest the retention code parsed, in order."""
     seen: list[int] = []
-    real = engine_retention.read_manifest
+    real = engine_retention.parse_manifest
 
-    def counting(storage, name):
-        manifest = real(storage, name)
+    def counting(raw):
+        manifest = real(raw)
         seen.append(manifest.step)
         return manifest
 
-    monkeypatch.setattr(engine_retention, "read_manifest", counting)
+    monkeypatch.setattr(engine_retention, "parse_manifest", counting)
     return seen
 
 
-def test_count_and_step_rules_read_no_manifest(root, reads):
-    for i, s in enumerate(range(1, 6)):
+def test_each_step_is_judged_once_and_vouched_or_committed_ones_never(root, reads):
+    for i, s in enumerate(range(1, 7)):
         write_checkpoint(root, s, HOUR + 600.0 * i)
-    assert StoreRetention(open_storage(root), KeepLast(2) | KeepEvery(2)).deletions(5) == [1, 3]
-    assert reads == []
+    retention = StoreRetention(open_storage(root), KeepLast(2) | KeepEvery(2))
+    retention.vouch(4)  # this manager wrote it
+    assert retention.deletions(5) == [1, 3]
+    assert reads == [1, 2, 3]  # 4 vouched, 5 just committed, 6 newer: none of them read
+    assert retention.deletions(5) == [1, 3]
+    assert reads == [1, 2, 3]  # verdicts are cached per step
 
 
-def test_creation_times_are_read_once_and_the_committed_one_afresh(root, reads):
+def test_creation_times_are_read_once_per_step(root, reads):
     storage = open_storage(root)
     retention = StoreRetention(storage, KeepEveryDuration("30m"))
     for i, s in enumerate(range(1, 5)):
@@ -208,25 +248,37 @@ def test_creation_times_are_read_once_and_the_committed_one_afresh(root, reads):
     assert retention.deletions(4) == [2, 3]
     assert reads == [1, 2, 3, 4]
     assert retention.deletions(4) == [2, 3]
-    assert reads == [1, 2, 3, 4, 4]
+    assert reads == [1, 2, 3, 4]
     write_checkpoint(root, 5, HOUR + 2400.0)
     assert retention.deletions(5) == [2, 3]  # nothing deleted them: the caller does that
-    assert reads == [1, 2, 3, 4, 4, 5]
+    assert reads == [1, 2, 3, 4, 5]
+    manifest = Manifest(step=6, files={}, components={}, created=HOUR + 3000.0)
+    write_checkpoint(root, 6, manifest.created)
+    retention.vouch(6, manifest)  # the manager hands over the time of what it commits
+    assert retention.deletions(6) == [2, 3, 5]
+    assert reads == [1, 2, 3, 4, 5]
 
 
-def test_a_checkpoint_whose_manifest_cannot_be_read_is_kept(root, reads, monkeypatch):
-    for i, s in enumerate(range(1, 5)):
-        write_checkpoint(root, s, HOUR + 60.0 * i)  # one window: only step 1 is kept by the rule
-    (root / step_dir(2) / MANIFEST).write_bytes(b"{not json")
-    # "created now" puts step 2 in that same window, as the newest: kept all the same
-    monkeypatch.setattr(engine_retention, "time", SimpleNamespace(time=lambda: HOUR + 240.0))
-    assert StoreRetention(open_storage(root), KeepEveryDuration("1h")).deletions(4) == [3]
-    assert reads == [1, 3, 4]
+def test_an_invalid_checkpoint_takes_no_slot_and_goes_an_unreadable_one_stays(root, reads):
+    for s in range(1, 6):
+        write_checkpoint(root, s, HOUR)
+    (root / step_dir(4) / MANIFEST).write_bytes(b"{not json")  # garbage: invalid
+    (root / step_dir(3) / "model.bin").write_bytes(b"x")  # a file its manifest does not list is harmless...
+    manifest = Manifest(step=2, files={"model.bin": FileEntry(8, "0" * 16)}, components={}, created=HOUR)
+    (root / step_dir(2) / MANIFEST).write_bytes(manifest.to_json_bytes())  # ...a listed one missing is invalid
+    (root / step_dir(1) / MANIFEST).unlink()
+    (root / step_dir(1) / MANIFEST).mkdir()  # cannot be read at all: no verdict
+    retention = StoreRetention(open_storage(root), KeepLast(2))
+    # KeepLast(2) keeps 5 and 3, the two newest *valid* ones; 4 and 2 are invalid; 1 is unknown
+    assert retention.deletions(5) == [2, 4]
+    assert retention.verdict(4).valid is False and "not valid JSON" in retention.verdict(4).reason
+    assert retention.verdict(2).reason == "model.bin is missing"
+    assert retention.verdict(1) is None
 
 
 # -- the manager on a real root --------------------------------------------------------------
 def remaining_steps(root) -> list[int]:
-    return sorted(int(n.split("-")[1]) for n in os.listdir(root))
+    return sorted(int(n.split("-")[1]) for n in os.listdir(root) if n.startswith("step-"))
 
 
 def test_manager_prunes_its_root_under_a_combined_policy(root):

@@ -8,16 +8,21 @@ manifest. Reading it costs one read per checkpoint, so callers read it only when
 0.0 otherwise.
 
 Policies only choose; :func:`select_deletions` applies the rules no policy can override:
-the newest checkpoint and the one just committed are always kept, and nothing newer than
-the one just committed is deleted (deletion happens only after a newer checkpoint is
-durable). Everything here is pure Python over numbers, so it is tested without files or
-sleeping.
+the newest *valid* checkpoint and the one just committed are always kept, and nothing newer
+than the one just committed is deleted (deletion happens only after a newer checkpoint is
+durable). Validity, not the name, decides: a policy only ever sees the checkpoints known to
+be valid, so an invalid one (a garbage manifest, a file that fails its checksum, another
+run's higher step) never takes a keep slot and never pushes the newest valid one out. A
+checkpoint known to be invalid is deleted once it is older than the one just committed;
+one whose verdict is unknown (it could not be read) is kept and takes no slot. The caller
+supplies the verdicts (:mod:`spotsafe.engine._retention`). Everything here is pure Python
+over numbers, so it is tested without files or sleeping.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 
 from .._units import format_duration, parse_duration
@@ -126,25 +131,33 @@ class KeepEveryDuration(RetentionPolicy):
         return f"KeepEveryDuration({format_duration(self.seconds)!r})"
 
 
-def select_deletions(policy: RetentionPolicy, checkpoints: Iterable[tuple[int, float]],
-                     committed: int) -> list[int]:
+def select_deletions(policy: RetentionPolicy, checkpoints: Iterable[tuple[int, float]], committed: int, *,
+                     valid: Collection[int] | None = None, invalid: Collection[int] = ()) -> list[int]:
     """Steps to delete, oldest first, now that ``committed`` was just committed.
 
     Args:
-        policy: What to keep among the checkpoints up to ``committed``.
+        policy: What to keep among the valid checkpoints up to ``committed``.
         checkpoints: ``(step, created)`` of every committed checkpoint of one store, any order.
-        committed: The step just committed. It, the newest checkpoint and any step newer
-            than it are kept whatever the policy says.
+        committed: The step just committed (valid by definition). It, the newest valid
+            checkpoint and any step newer than it are kept whatever the policy says.
+        valid: The steps known to be valid; None: every step is. Only these are shown to
+            the policy, so only these take its keep slots.
+        invalid: The steps known to be invalid: deleted when older than ``committed``.
+            A step in neither set has an unknown verdict: kept, and shown to no policy.
 
     Returns:
-        The steps the policy lets go, oldest first.
+        The steps to delete, oldest first: the valid ones the policy lets go and the
+        invalid ones, all older than ``committed``.
     """
     ordered = sorted(dict(checkpoints).items())
+    good = ({step for step, _ in ordered} if valid is None else set(valid)) | {committed}
+    bad = set(invalid) - good
     eligible = [(step, created) for step, created in ordered if step <= committed]
-    kept = policy.keep(eligible) | {committed}
-    if ordered:
-        kept.add(ordered[-1][0])
-    return [step for step, _ in eligible if step not in kept]
+    kept = policy.keep([(step, created) for step, created in eligible if step in good]) | {committed}
+    newest_valid = [step for step, _ in ordered if step in good]
+    if newest_valid:
+        kept.add(newest_valid[-1])
+    return [step for step, _ in eligible if step not in kept and (step in good or step in bad)]
 
 
 def as_retention(keep_last: int = _KEEP_LAST, keep_every: int | None = None,
