@@ -10,6 +10,7 @@ thread, and replication to a remote store on another (:mod:`._replicate`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -35,6 +36,7 @@ from ..format import (
     ManifestError,
     check_checkpoint,
     committed_steps,
+    encode_metadata,
     is_leftover,
     list_checkpoints,
     parse_step_dir,
@@ -55,6 +57,21 @@ from ._threads import lower_thread_priority
 logger = logging.getLogger(__name__)
 
 WHEN_BUSY = ("wait", "skip")
+
+
+def _remedy(e: BaseException) -> str:
+    """The way out of a failed background save, from what actually failed."""
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "the storage is full: free space there, then save again"
+        if e.errno in (errno.EACCES, errno.EPERM) or isinstance(e, PermissionError):
+            return "this process may not write there: fix the permissions of the run root, then save again"
+        if e.errno == errno.EROFS:
+            return "the storage is read-only: use a writable run root"
+        return "fix that storage error, then save again"
+    return "fix that cause, then save again"
+
+
 @dataclass(frozen=True)
 class SaveStats:
     """Timings and size of one save, in seconds and bytes.
@@ -234,6 +251,8 @@ class CheckpointManager:
         of an earlier background save is raised here.
         """
         self._check_open()
+        if metadata is not None:
+            encode_metadata(metadata)  # a value a manifest cannot hold raises here, naming its key, not later
         t0 = time.perf_counter()
         waited = 0.0
         if self._inflight is not None and not self._inflight[1].done():
@@ -297,11 +316,13 @@ class CheckpointManager:
             raise TimeoutError(f"The save of {step_dir(step)} to {self.root} is not durable after {timeout}s.") from None
         except BaseException as e:
             self._inflight = None
-            newest = committed_steps(self.storage)
-            raise SpotsafeError(
-                f"Background save of {step_dir(step)} to {self.root} failed ({type(e).__name__}: {e}); the newest "
-                f"checkpoint there is {step_dir(newest[-1]) if newest else 'none'}. Check free space and permissions, "
-                "then save again.") from e
+            try:
+                newest = committed_steps(self.storage)
+                there = f"the newest checkpoint there is {step_dir(newest[-1]) if newest else 'none'}"
+            except Exception as listing:  # noqa: BLE001 - the save's own error is the one to name
+                there = f"the root cannot be listed either ({type(listing).__name__})"
+            raise SpotsafeError(f"Background save of {step_dir(step)} to {self.root} failed ({type(e).__name__}: "
+                                f"{e}); {there}; {_remedy(e)}.") from e
         self._inflight = None
         return stats
 

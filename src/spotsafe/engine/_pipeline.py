@@ -28,7 +28,9 @@ from ..format import (
     TensorEntry,
     component_file,
     content_problem,
+    decode_metadata,
     default_versions,
+    encode_metadata,
     size_problem,
 )
 from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
@@ -122,6 +124,8 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}; "
                         "wrap it as {'model': model, ...}.")
+    # a checked copy: the caller may change its dict at once, and a bad value raises here, not in the background
+    meta = decode_metadata(encode_metadata(metadata or {}))
     items = list(state.items())
     for name, _ in items:
         if not isinstance(name, str) or not name or name.startswith("__"):
@@ -158,7 +162,7 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
                                      pieces, keep, direct=buffers is not None))
     if buffers is not None:
         synchronize(cuda_devices)
-    return Staged(step, comps, epoch, dict(metadata or {}), time.perf_counter() - t0)
+    return Staged(step, comps, epoch, meta, time.perf_counter() - t0)
 
 
 def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manifest:

@@ -17,7 +17,9 @@ from ._manifest import (
     Manifest,
     ManifestError,
     TensorEntry,
+    decode_metadata,
     default_versions,
+    encode_metadata,
     parse_manifest,
 )
 from ._verify import (
@@ -44,9 +46,11 @@ __all__ = [
     "committed_steps",
     "component_file",
     "content_problem",
+    "decode_metadata",
     "default_versions",
     "digest_bytes",
     "digest_file",
+    "encode_metadata",
     "is_leftover",
     "list_checkpoints",
     "new_hasher",

@@ -12,12 +12,14 @@ without importing it.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._version import __version__
+from ..errors import UnsupportedStateError
 from ._hash import ALGORITHM, digest_bytes
 
 FORMAT_NAME = "spotsafe-checkpoint"
@@ -111,7 +113,7 @@ class Manifest:
                        "tensors": [t.to_json() for t in c.tensors]}
                 for name, c in self.components.items()
             },
-            "metadata": self.metadata,
+            "metadata": encode_metadata(self.metadata),
         }
         body[_SELF_SUM] = digest_bytes(_canonical(body))
         return json.dumps(body, allow_nan=False).encode()  # compact: indent would use the slow pure-Python encoder
@@ -120,6 +122,82 @@ class Manifest:
 def default_versions(**extra: str) -> dict[str, str]:
     """spotsafe and python versions, plus any given (the engine adds torch's)."""
     return {"spotsafe": __version__, "python": platform.python_version(), **extra}
+
+
+METADATA_MAX_DEPTH = 32
+METADATA_MAX_BYTES = 1 << 20
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def encode_metadata(metadata: Any) -> dict[str, Any]:
+    """User metadata as strict JSON: non-finite floats become ``{"$float": "nan"}``.
+
+    Accepts dicts with string keys, lists, tuples (stored as lists), strings, booleans,
+    None, ints that fit 64 bits, floats (NaN and infinities included) and numpy scalars
+    (stored as Python numbers). Anything else raises at once, naming its key and the
+    way out, so that ``save()`` fails in the caller and never later in the background.
+    """
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of name -> value, got {type(metadata).__name__}; "
+                        "pass e.g. metadata={'loss': loss.item()}.")
+    out = _encode_meta(metadata, "metadata", "value", 0)
+    size = len(json.dumps(out, allow_nan=False))
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is {size} bytes of JSON, more than the {METADATA_MAX_BYTES} a manifest takes; "
+                         "keep large values in the state, not in metadata.")
+    return out
+
+
+def _encode_meta(v: Any, path: str, leaf: str, depth: int) -> Any:
+    if depth > METADATA_MAX_DEPTH:
+        raise ValueError(f"{path} is nested deeper than {METADATA_MAX_DEPTH} levels; flatten it.")
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, int):
+        if not -2**63 <= v < 2**63:
+            raise ValueError(f"{path} is an integer of {v.bit_length()} bits; metadata holds 64-bit integers, "
+                             "pass it as a string or a float.")
+        return int(v)
+    if isinstance(v, float):
+        v = float(v)
+        return v if math.isfinite(v) else {"$float": repr(v)}
+    kind = f"{type(v).__module__}.{type(v).__qualname__}"
+    if type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 and getattr(v, "dtype", None) is not None \
+            and v.dtype.kind in "biuf":
+        return _encode_meta(v.item(), path, leaf, depth)  # a numpy scalar number
+    if isinstance(v, dict):
+        out = {}
+        for k, item in v.items():
+            if not isinstance(k, str) or k.startswith("$"):
+                raise TypeError(f"{path} has the key {k!r}; metadata keys are strings that do not start with '$'.")
+            out[k] = _encode_meta(item, f"{path}[{k!r}]", k if k.isidentifier() else "value", depth + 1)
+        return out
+    if isinstance(v, (list, tuple)):
+        return [_encode_meta(item, f"{path}[{i}]", leaf, depth + 1) for i, item in enumerate(v)]
+    if callable(getattr(v, "item", None)) and callable(getattr(v, "tolist", None)):
+        raise UnsupportedStateError(f"{path} is a {'torch.Tensor' if kind.startswith('torch.') else kind}, which a "
+                                    f"manifest cannot hold; pass {leaf}.item() for one number or {leaf}.tolist().")
+    raise UnsupportedStateError(f"{path} is a {kind}, which a manifest cannot hold; pass numbers, strings, "
+                                "booleans, None, or lists and dicts of them.")
+
+
+def decode_metadata(tree: Any) -> dict[str, Any]:
+    """The metadata :func:`encode_metadata` wrote (``{"$float": "nan"}`` back to NaN)."""
+    if not isinstance(tree, dict):
+        raise ManifestError(f"manifest.json has metadata of type {type(tree).__name__}, not an object")
+    return _decode_meta(tree, 0)
+
+
+def _decode_meta(v: Any, depth: int) -> Any:
+    if depth > METADATA_MAX_DEPTH:
+        raise ManifestError(f"manifest.json has metadata nested deeper than {METADATA_MAX_DEPTH} levels")
+    if isinstance(v, dict):
+        if len(v) == 1 and v.get("$float") in _NON_FINITE:
+            return _NON_FINITE[v["$float"]]
+        return {k: _decode_meta(item, depth + 1) for k, item in v.items()}
+    if isinstance(v, list):
+        return [_decode_meta(item, depth + 1) for item in v]
+    return v
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
@@ -156,7 +234,7 @@ def parse_manifest(data: bytes) -> Manifest:
             step=int(body["step"]), files=files, components=components,
             created=float(body["created"]), epoch=body.get("epoch"),
             world_size=int(body.get("world_size", 1)), versions=dict(body.get("versions", {})),
-            metadata=dict(body.get("metadata", {})), format_version=version)
+            metadata=decode_metadata(body.get("metadata", {})), format_version=version)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ManifestError(f"manifest.json is missing or mangles a field ({e!r})") from None
     _check_consistency(manifest)
