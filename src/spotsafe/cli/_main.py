@@ -1,12 +1,13 @@
 """The ``spotsafe`` command. It never imports torch, so it starts fast and can supervise.
 
-Exit codes: 0 success; 1 a checkpoint is invalid or missing; 2 usage error (click).
+Exit codes: 0 success; 1 a checkpoint is invalid or missing, or data, a file or the store
+failed; 2 usage error (an option, an argument, the profile). Every error is one sentence on
+stderr, never a traceback: see ``_errors.py``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import click
@@ -16,13 +17,13 @@ from rich.table import Table
 from .._version import __version__
 from ..format import check_checkpoint, committed_steps, list_checkpoints, step_dir
 from ..storage import FsspecStorage, LocalStorage, open_storage
+from ._errors import SafeGroup, fail
+from ._params import STEP
 
 _out = Console(highlight=False)
 
 
-def _err(msg: str, code: int = 1) -> None:
-    click.echo(f"Error: {msg}", err=True)
-    sys.exit(code)
+_err = fail  # Error: <one sentence> on stderr, and the exit code
 
 
 def _storage(root: str) -> LocalStorage | FsspecStorage:
@@ -52,7 +53,7 @@ def _age(created: float | None) -> str:
     return f"{s:.0f}s"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spotsafe")
 def main() -> None:
     """Make PyTorch training safe on spot and preemptible capacity."""
@@ -84,7 +85,7 @@ def ls_cmd(root: str, quick: bool, as_json: bool) -> None:
 
 @main.command("verify")
 @click.argument("root")
-@click.option("--step", type=int, default=None, help="Verify only this step (default: every checkpoint).")
+@click.option("--step", type=STEP, default=None, help="Verify only this step (default: every checkpoint).")
 def verify_cmd(root: str, step: int | None) -> None:
     """Check sizes and checksums; exit 0 only when every checkpoint checked is valid."""
     storage = _storage(root)
@@ -109,7 +110,7 @@ def verify_cmd(root: str, step: int | None) -> None:
 
 @main.command("inspect")
 @click.argument("root")
-@click.option("--step", type=int, default=None, help="The step to inspect (default: the newest).")
+@click.option("--step", type=STEP, default=None, help="The step to inspect (default: the newest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
     """Show the components, tensors and metadata of one checkpoint."""
