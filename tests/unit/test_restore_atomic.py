@@ -205,3 +205,24 @@ def test_plain_values_are_restored_in_place(root):
     assert state["extras"] is extras and extras == {"best": 0.25, "nested": {"a": 1}}
     assert state["history"] is history and history == [1, 2, 3]
     assert state["note"] == "saved"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_failing_restore_puts_cuda_modules_and_the_cuda_rng_back(root):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64).cuda()
+    with spotsafe.CheckpointManager(root) as mgr:
+        mgr.save(1, {"model": model, "head": Head().cuda()})
+    torch.manual_seed(1)
+    state = {"model": torch.nn.Linear(64, 64).cuda(), "head": Head().cuda()}
+    state["head"].refuse = True
+    torch.cuda.manual_seed_all(5)
+    cuda_rng = torch.cuda.get_rng_state_all()
+    before = {k: snapshot(v) for k, v in state.items()}
+    with spotsafe.CheckpointManager(root) as mgr:
+        with pytest.raises(spotsafe.StateMismatchError, match="head hook refuses"):
+            mgr.restore(state)
+    for k, v in state.items():
+        assert_same_tensors(before[k], snapshot(v))
+        assert all(t.is_cuda for t in v.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_rng))

@@ -46,7 +46,7 @@ from ..format import (
     trash_dir,
 )
 from ..policy._retention import RetentionPolicy, as_retention
-from ..state import RNG_COMPONENT, Partial, apply_checkpoint, plan_restore
+from ..state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
 from ..storage import FsspecStorage, open_storage
 from ._pipeline import decode_components, persist, read_verified, stage
 from ._replicate import Replicator, UploadStats, is_transient
@@ -405,6 +405,7 @@ class CheckpointManager:
         self._check_open()
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
+        partial_names(partial)  # a wrong type raises here, not as a reason to skip a checkpoint
         self._finish_inflight()
         tiers: list[tuple[str, Any, list[int]]] = [("root", self.storage, committed_steps(self.storage))]
         unreachable: str | None = None

@@ -57,7 +57,7 @@ def is_stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
-def _partial_names(partial: Partial) -> bool | frozenset[str]:
+def partial_names(partial: Partial) -> bool | frozenset[str]:
     if isinstance(partial, bool):
         return partial
     if isinstance(partial, str):
@@ -76,7 +76,7 @@ def check_components(ckpt: str, saved: dict[str, str], state: dict[str, Any],
     names only the state holds (added: kept at their current values) and those only the
     checkpoint holds (removed: ignored).
     """
-    allowed = _partial_names(partial)
+    allowed = partial_names(partial)
     added = [n for n in state if n not in saved]
     removed = [n for n in saved if n not in state]
     refused = [n for n in added + removed if not (allowed is True or (allowed and n in allowed))]

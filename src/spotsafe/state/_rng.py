@@ -48,8 +48,11 @@ def check_rng(state: Any) -> None:
     if cuda is not None:
         if not isinstance(cuda, (list, tuple)):
             raise ValueError("the CUDA RNG states are not a list")
+        size = torch.cuda.get_rng_state(0).numel() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+            else None
         for s in cuda:
-            _byte_tensor(s)
+            if _byte_tensor(s).numel() != (size or s.numel()):
+                raise ValueError(f"a CUDA RNG state has {s.numel()} bytes, this torch's has {size}")
 
 
 def _byte_tensor(s: Any) -> torch.Tensor:
