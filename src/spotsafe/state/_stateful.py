@@ -7,6 +7,9 @@ Call order, all on the thread that calls ``CheckpointManager.save`` / ``restore`
   ``save`` runs.
 * ``load_state_dict(sd)`` is called once per restore, after the whole checkpoint has been
   read and verified and after every component has been checked against the objects.
+  Just before, ``state_dict()`` is called once more and its result deep-copied: if any
+  object's load raises, ``load_state_dict`` is called again with that copy, so every
+  object ends as it was (restore is all or nothing).
 
 ``torch.nn.Module``, ``torch.optim.Optimizer``, LR schedulers, ``GradScaler`` and
 ``spotsafe.data.ResumableDataLoader`` satisfy it as they are.
