@@ -94,7 +94,8 @@ def test_added_and_removed_together_in_one_warning_through_run(saved):
             for _ in run.steps(5):
                 pass
     msgs = [m for m in _spotsafe_warnings(seen) if "partial" in m]
-    assert len(msgs) == 1 and "'ema' not in the checkpoint" in msgs[0] and "'scheduler' only in the checkpoint" in msgs[0]
+    assert len(msgs) == 1
+    assert "'ema' not in the checkpoint" in msgs[0] and "'scheduler' only in the checkpoint" in msgs[0]
     assert_same_tensors(snapshot(model), snapshot(state["model"]))
 
 
