@@ -15,6 +15,7 @@ exception that matches it, so ``except FileNotFoundError`` keeps working::
     │   └── RemoteAccessError(RemoteError, PermissionError)
     ├── RootLockedError(SpotsafeError, RuntimeError)
     ├── StateMismatchError(SpotsafeError, ValueError)
+    ├── UnsafeFileError(SpotsafeError, OSError)
     └── UnsupportedStateError(SpotsafeError, TypeError)
 
     SpotsafeWarning(UserWarning)
@@ -73,6 +74,10 @@ class RemoteAccessError(RemoteError, PermissionError):
 
 class StateMismatchError(SpotsafeError, ValueError):
     """A valid checkpoint does not fit the objects it is restored into (keys, shapes, dtypes)."""
+
+
+class UnsafeFileError(SpotsafeError, OSError):
+    """A checkpoint member is a link, a device, a FIFO or otherwise not a plain file or directory."""
 
 
 class UnsupportedStateError(SpotsafeError, TypeError):

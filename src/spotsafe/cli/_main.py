@@ -15,12 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .._version import __version__
-from ..format import check_checkpoint, committed_steps, list_checkpoints, step_dir
+from ..format import MANIFEST, check_checkpoint, committed_steps, list_checkpoints, step_dir
+from ..format._validate import load_json
 from ..storage import FsspecStorage, LocalStorage, open_storage
+from ._safe import markup, plain
 from ._errors import SafeGroup, fail
 from ._params import STEP
 
-_out = Console(highlight=False)
+_out = Console(highlight=False, soft_wrap=True)  # one line per checkpoint, however long its reason
 
 
 _err = fail  # Error: <one sentence> on stderr, and the exit code
@@ -72,13 +74,13 @@ def ls_cmd(root: str, quick: bool, as_json: bool) -> None:
                                    "bytes": i.size, "created": i.created}))
         return
     if not infos:
-        _out.print(f"No checkpoints in {root}.")
+        _out.print(f"No checkpoints in {markup(root)}.")
         return
-    table = Table(title=f"Checkpoints in {root}")
+    table = Table(title=f"Checkpoints in {markup(root)}")
     for col, just in (("step", "right"), ("size", "right"), ("age", "right"), ("status", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for i in infos:
-        status = "[green]valid[/]" if i.valid else f"[red]invalid[/]: {i.reason}"
+        status = "[green]valid[/]" if i.valid else f"[red]invalid[/]: {markup(i.reason)}"
         table.add_row(str(i.step), _size(i.size), _age(i.created), status)
     _out.print(table)
 
@@ -87,15 +89,19 @@ def ls_cmd(root: str, quick: bool, as_json: bool) -> None:
 @click.argument("root")
 @click.option("--step", type=STEP, default=None, help="Verify only this step (default: every checkpoint).")
 def verify_cmd(root: str, step: int | None) -> None:
-    """Check sizes and checksums; exit 0 only when every checkpoint checked is valid."""
+    """Check every checkpoint as restore would; exit 0 only when every one checked is valid.
+
+    The manifest goes through the same validator restore uses (bounds, dtypes, tensor
+    tables, state trees), every file must be a regular file with its size and checksum.
+    """
     storage = _storage(root)
     steps = committed_steps(storage)
     if step is not None:
         if step not in steps:
-            _err(f"Checkpoint {step_dir(step)} does not exist in {storage.url}; run `spotsafe ls {root}`.")
+            _err(f"Checkpoint {step_dir(step)} does not exist in {plain(storage.url)}; run `spotsafe ls {plain(root)}`.")
         steps = [step]
     if not steps:
-        _err(f"No checkpoints in {storage.url}.")
+        _err(f"No checkpoints in {plain(storage.url)}.")
     bad = 0
     for s in steps:
         info = check_checkpoint(storage, s)
@@ -103,9 +109,9 @@ def verify_cmd(root: str, step: int | None) -> None:
             _out.print(f"[green]ok[/]      {info.name}  {_size(info.size)}")
         else:
             bad += 1
-            _out.print(f"[red]INVALID[/] {info.name}  {info.reason}")
+            _out.print(f"[red]INVALID[/] {info.name}  {markup(info.reason)}")
     if bad:
-        _err(f"{bad} of {len(steps)} checkpoint(s) in {storage.url} are invalid; restore skips them.")
+        _err(f"{bad} of {len(steps)} checkpoint(s) in {plain(storage.url)} are invalid; restore skips them.")
 
 
 @main.command("inspect")
@@ -113,34 +119,42 @@ def verify_cmd(root: str, step: int | None) -> None:
 @click.option("--step", type=STEP, default=None, help="The step to inspect (default: the newest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
-    """Show the components, tensors and metadata of one checkpoint."""
+    """Show the components, tensors and metadata of one checkpoint; exit 1 when it is invalid."""
     storage = _storage(root)
     steps = committed_steps(storage)
     if not steps:
-        _err(f"No checkpoints in {storage.url}.")
+        _err(f"No checkpoints in {plain(storage.url)}.")
     step = steps[-1] if step is None else step
     if step not in steps:
-        _err(f"Checkpoint {step_dir(step)} does not exist in {storage.url}; run `spotsafe ls {root}`.")
+        _err(f"Checkpoint {step_dir(step)} does not exist in {plain(storage.url)}; run `spotsafe ls {plain(root)}`.")
     info = check_checkpoint(storage, step)
     if info.manifest is None:
-        _err(f"Checkpoint {info.name} in {storage.url} is unreadable: {info.reason}.")
+        _err(f"Checkpoint {info.name} in {plain(storage.url)} is unreadable: {plain(info.reason)}.")
     m = info.manifest
-    if as_json:
-        click.echo(storage.read_bytes(f"{info.name}/manifest.json").decode())
-        return
-    status = "[green]valid[/]" if info.valid else f"[red]invalid[/]: {info.reason}"
-    _out.print(f"[bold]{info.name}[/] in {storage.url}: {status}")
+    if as_json:  # re-encoded: every non-ASCII or control character comes out as a JSON escape
+        click.echo(json.dumps(load_json(storage.read_bytes(f"{info.name}/{MANIFEST}"))))
+    else:
+        _print_manifest(info, plain(storage.url))
+    if not info.valid:
+        _err(f"Checkpoint {info.name} in {plain(storage.url)} is invalid: {plain(info.reason)}.")
+
+
+def _print_manifest(info, url: str) -> None:
+    m = info.manifest
+    status = "[green]valid[/]" if info.valid else f"[red]invalid[/]: {markup(info.reason)}"
+    _out.print(f"[bold]{info.name}[/] in {markup(url)}: {status}")
     _out.print(f"step {m.step}  epoch {m.epoch if m.epoch is not None else '-'}  size {_size(m.total_bytes)}  "
                f"created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(m.created))}  world size {m.world_size}")
-    _out.print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(m.versions.items())))
+    _out.print("versions: " + ", ".join(f"{markup(k)} {markup(v)}" for k, v in sorted(m.versions.items())))
     if m.metadata:
-        _out.print("metadata: " + json.dumps(m.metadata, sort_keys=True))
+        _out.print("metadata: " + markup(json.dumps(m.metadata, sort_keys=True)))
     table = Table(title="components")
     for col in ("component", "kind", "type", "tensors", "bytes", "file"):
         table.add_column(col)
     for name, c in m.components.items():
         files = sorted({t.file for t in c.tensors})
-        table.add_row(name, c.kind, c.type.rsplit(".", 1)[-1], str(len(c.tensors)), _size(c.nbytes), ", ".join(files) or "-")
+        table.add_row(markup(name, 200), c.kind, markup(c.type.rsplit(".", 1)[-1], 200), str(len(c.tensors)),
+                      _size(c.nbytes), markup(", ".join(files) or "-", 200))
     _out.print(table)
     tensors = Table(title="tensors (first 40)")
     for col in ("component", "#", "dtype", "shape", "bytes"):
@@ -150,7 +164,7 @@ def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
         for i, t in enumerate(c.tensors):
             if shown >= 40:
                 break
-            tensors.add_row(name, str(i), t.dtype, str(list(t.shape)), _size(t.nbytes))
+            tensors.add_row(markup(name, 200), str(i), t.dtype, str(list(t.shape)), _size(t.nbytes))
             shown += 1
     _out.print(tensors)
 

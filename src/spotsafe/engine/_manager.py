@@ -29,6 +29,7 @@ from ..errors import (
     RemoteUnavailableError,
     RemoteUnavailableWarning,
     SpotsafeError,
+    StateMismatchError,
 )
 from ..format import (
     MANIFEST,
@@ -48,7 +49,7 @@ from ..format import (
 from ..policy._retention import RetentionPolicy, as_retention
 from ..state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
 from ..storage import FsspecStorage, open_storage
-from ._pipeline import decode_components, persist, read_verified, stage
+from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import StoreRetention
 from ._staging import StagingBuffers
@@ -440,22 +441,25 @@ class CheckpointManager:
                     plan = plan_restore(name, {n: c.kind for n, c in manifest.components.items()
                                                if n != RNG_COMPONENT}, state, loaded, rng if self.rng else None,
                                         partial=partial)  # touches nothing; a malformed tree is corrupt: a skip
-                except Exception as e:  # noqa: BLE001 - classified: invalid copy, unreachable store, or a bug
+                except StateMismatchError:
+                    raise  # a valid checkpoint that does not fit the objects: only the caller can decide
+                except Exception as e:  # noqa: BLE001 - an unreachable store falls back; anything else is a skip
                     invalid = isinstance(e, (ManifestError, CorruptCheckpointError))
                     transient = tier == "remote" and not invalid and is_transient(e)
-                    if not (invalid or transient or isinstance(e, OSError)):
-                        raise
                     where = f"{name} in {storage.url}"
+                    reason = skip_reason(e)
                     if step is not None:
-                        raise CorruptCheckpointError(f"Checkpoint {where} is invalid: {e}; restore another step or "
-                                                     "none to take the newest valid one.") from None
+                        raise CorruptCheckpointError(f"Checkpoint {where} is invalid: {reason}; restore another step "
+                                                     "or none to take the newest valid one.") from None
                     if transient:
                         unreachable = f"{type(e).__name__}: {e}"
                         warnings.warn(f"Cannot read {where} ({unreachable}); trying an older checkpoint.",
                                       RemoteUnavailableWarning, stacklevel=2)
                         continue
-                    skipped.append(f"{where} ({e})")
-                    warnings.warn(f"Checkpoint {where} is invalid: {e}. Skipping it and falling back to another "
+                    if not invalid:  # malformed in a way no check named (or a bug): keep the trace for a report
+                        logger.debug("Reading %s failed", where, exc_info=True)
+                    skipped.append(f"{where} ({reason})")
+                    warnings.warn(f"Checkpoint {where} is invalid: {reason}. Skipping it and falling back to another "
                                   "copy or an older one.", CheckpointSkippedWarning, stacklevel=2)
                     continue
                 if self.rng and rng is None:

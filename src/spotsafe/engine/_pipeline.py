@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from ..format import (
     ComponentEntry,
     FileEntry,
     Manifest,
+    ManifestError,
     TensorEntry,
     component_file,
     content_problem,
@@ -32,6 +35,7 @@ from ..format import (
     default_versions,
     encode_metadata,
     size_problem,
+    unreadable_reason,
 )
 from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
 from ..state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
@@ -179,11 +183,55 @@ def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manif
                     versions=default_versions(torch=torch.__version__), metadata=staged.metadata)
 
 
+def skip_reason(e: BaseException) -> str:
+    """One line saying why a checkpoint copy could not be read, from whatever its reading raised."""
+    if isinstance(e, (ManifestError, CorruptCheckpointError, MemoryError)) and str(e):
+        text = str(e)
+    elif isinstance(e, OSError):
+        text = unreadable_reason(e)
+    else:
+        text = f"{type(e).__name__}: {e}"
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still fill: MemAvailable plus free swap, within its cgroup's limit.
+
+    None where the platform does not say (then nothing is refused up front, and a failed
+    allocation is still reported as a skip).
+    """
+    avail = None
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            info = dict(line.split(b":", 1) for line in f if b":" in line)
+        avail = (int(info[b"MemAvailable"].split()[0]) + int(info.get(b"SwapFree", b"0").split()[0])) * 1024
+    except (OSError, KeyError, ValueError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
 def read_verified(storage: Any, name: str, manifest: Manifest, io_executor: Any) -> dict[str, torch.Tensor]:
     """Read every file of a checkpoint into memory and check its size and checksum.
 
-    Raises CorruptCheckpointError naming the first file that fails. Nothing is decoded
-    before every file has passed.
+    Raises CorruptCheckpointError naming the first file that fails, and MemoryError when
+    the files would not fit in the memory left (checked before anything is allocated, so
+    a manifest cannot make a restore exhaust memory). Nothing is decoded before every
+    file has passed.
     """
     names, bufs = [], {}
     for fname, entry in manifest.files.items():
@@ -191,7 +239,17 @@ def read_verified(storage: Any, name: str, manifest: Manifest, io_executor: Any)
         if problem is not None:
             raise CorruptCheckpointError(problem)
         names.append(fname)
-        bufs[fname] = torch.empty(entry.size, dtype=torch.uint8)
+    need, avail = manifest.total_bytes, available_memory()
+    if avail is not None and need > avail:
+        raise MemoryError(f"its files take {_gib(need)} and only {_gib(avail)} of memory is available; free memory "
+                          "or restore on a larger machine")
+    for fname in names:
+        size = manifest.files[fname].size
+        try:
+            bufs[fname] = torch.empty(size, dtype=torch.uint8)
+        except (RuntimeError, MemoryError):
+            raise MemoryError(f"{fname} ({_gib(size)}) could not be allocated; free memory or restore on a larger "
+                              "machine") from None
     results = storage.read_files([(f"{name}/{f}", memoryview(bufs[f].numpy())) for f in names], io_executor)
     for fname, (n, digest) in zip(names, results):
         problem = content_problem(fname, manifest.files[fname], n, digest)
@@ -211,7 +269,8 @@ def decode_components(manifest: Manifest, bufs: dict[str, torch.Tensor]) -> Iter
             if kind == "ndarray":
                 return np.frombuffer(raw.numpy(), dtype=numpy_dtype(e.dtype)).reshape(e.shape).copy()
             return raw.view(torch_dtype(e.dtype)).reshape(e.shape)
-        try:
+        try:  # cannot fail on a manifest that passed the format's validator; kept as a second line of defence
             yield cname, decode(comp.tree, array)
-        except (ValueError, TypeError, IndexError, RuntimeError, KeyError) as e:
+        except (ValueError, TypeError, IndexError, RuntimeError, KeyError, AttributeError, OverflowError,
+                RecursionError) as e:
             raise CorruptCheckpointError(f"component {cname!r} does not match its bytes ({e})") from None

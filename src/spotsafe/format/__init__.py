@@ -30,6 +30,7 @@ from ._verify import (
     list_checkpoints,
     read_manifest,
     size_problem,
+    unreadable_reason,
 )
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "step_dir",
     "tmp_dir",
     "trash_dir",
+    "unreadable_reason",
 ]

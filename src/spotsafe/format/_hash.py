@@ -26,15 +26,23 @@ def digest_bytes(data) -> str:
 
 def digest_file(path: str | os.PathLike, size_hint: int | None = None) -> tuple[int, str]:
     """(size, hex digest) of a file, read in chunks into one reused buffer."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return digest_fd(fd, size_hint)
+    finally:
+        os.close(fd)
+
+
+def digest_fd(fd: int, size_hint: int | None = None) -> tuple[int, str]:
+    """(bytes read, hex digest) of an open file from its current position to its end."""
     h = new_hasher()
     buf = bytearray(min(_READ_CHUNK, size_hint) if size_hint else _READ_CHUNK) or bytearray(1)
     mv = memoryview(buf)
     size = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(mv)
-            if not n:
-                break
-            h.update(mv[:n])
-            size += n
+    while True:
+        n = os.readv(fd, [mv])
+        if not n:
+            break
+        h.update(mv[:n])
+        size += n
     return size, h.hexdigest()

@@ -14,6 +14,7 @@ import uuid
 MANIFEST = "manifest.json"
 STEP_DIGITS = 12
 MAX_STEP = 10**STEP_DIGITS - 1
+ALIGN = 64  # every tensor starts at a multiple of this in its file, so it can be viewed in place
 
 _COMMITTED = re.compile(r"^step-(\d{12})$")
 _LEFTOVER = re.compile(r"^step-\d{12}\.(tmp|trash)-[0-9a-f]+$")

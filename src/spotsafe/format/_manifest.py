@@ -21,14 +21,11 @@ from typing import Any
 from .._version import __version__
 from ..errors import UnsupportedStateError
 from ._hash import ALGORITHM, digest_bytes
+from ._validate import ManifestError, check_body, check_tables, check_tree, load_json
 
 FORMAT_NAME = "spotsafe-checkpoint"
 FORMAT_VERSION = 1
 _SELF_SUM = "manifest_checksum"
-
-
-class ManifestError(ValueError):
-    """The manifest is unreadable or inconsistent (the message says how)."""
 
 
 @dataclass(frozen=True)
@@ -205,52 +202,33 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse and self-check a manifest; raises :class:`ManifestError` naming the defect."""
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"manifest.json is not valid JSON ({e})") from None
+    """Parse, self-check and validate a manifest; raises :class:`ManifestError` naming the defect.
+
+    Everything a manifest asks for is bounded and checked here (:mod:`._validate`) before
+    any object is built, so a manifest that parses can be decoded without error.
+    """
+    body = load_json(data)
     if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
         raise ManifestError("manifest.json is not a spotsafe manifest")
     claimed = body.pop(_SELF_SUM, None)
     if claimed != digest_bytes(_canonical(body)):
         raise ManifestError("manifest.json fails its own checksum")
     version = body.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ManifestError(f"manifest.json has format version {version!r}; this spotsafe reads up to "
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise ManifestError(f"manifest.json has format version {str(version)[:20]!r}; this spotsafe reads 1 to "
                             f"{FORMAT_VERSION}, upgrade spotsafe to read it")
-    try:
-        files = {str(n): FileEntry(int(f["size"]), str(f["checksum"]), int(f.get("rank", 0)))
-                 for n, f in body["files"].items()}
-        components = {}
-        for name, c in body["components"].items():
-            tensors = tuple(
-                TensorEntry(str(t["dtype"]), tuple(int(s) for s in t["shape"]), int(t["offset"]),
-                            int(t["nbytes"]), str(t["file"]), str(t.get("kind", "tensor")),
-                            str(t.get("device", "cpu")))
-                for t in c["tensors"])
-            components[str(name)] = ComponentEntry(str(c["kind"]), str(c["type"]), c["tree"], tensors)
-        manifest = Manifest(
-            step=int(body["step"]), files=files, components=components,
-            created=float(body["created"]), epoch=body.get("epoch"),
-            world_size=int(body.get("world_size", 1)), versions=dict(body.get("versions", {})),
-            metadata=decode_metadata(body.get("metadata", {})), format_version=version)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ManifestError(f"manifest.json is missing or mangles a field ({e!r})") from None
-    _check_consistency(manifest)
-    return manifest
-
-
-def _check_consistency(m: Manifest) -> None:
-    """Every tensor must lie inside a listed file, and no file name may escape the directory."""
-    for name in m.files:
-        if not name or "/" in name or "\\" in name or name.startswith(".") or name == "manifest.json":
-            raise ManifestError(f"manifest.json lists an unsafe file name {name!r}")
-    for cname, c in m.components.items():
-        for t in c.tensors:
-            f = m.files.get(t.file)
-            if f is None:
-                raise ManifestError(f"component {cname!r} points into {t.file!r}, which the manifest does not list")
-            if t.offset < 0 or t.nbytes < 0 or t.offset + t.nbytes > f.size:
-                raise ManifestError(f"component {cname!r} has a tensor outside {t.file!r} "
-                                    f"(bytes {t.offset}..{t.offset + t.nbytes} of {f.size})")
+    check_body(body)
+    check_tables(body["files"], body["components"])
+    for name, c in body["components"].items():
+        check_tree(name, c["kind"], c["tree"], c["tensors"])
+    files = {n: FileEntry(f["size"], f["checksum"], f.get("rank", 0)) for n, f in body["files"].items()}
+    components = {
+        name: ComponentEntry(c["kind"], c["type"], c["tree"], tuple(
+            TensorEntry(t["dtype"], tuple(t["shape"]), t["offset"], t["nbytes"], t["file"], t.get("kind", "tensor"),
+                        t.get("device", "cpu"))
+            for t in c["tensors"]))
+        for name, c in body["components"].items()}
+    return Manifest(step=body["step"], files=files, components=components, created=float(body["created"]),
+                    epoch=body.get("epoch"), world_size=body.get("world_size", 1),
+                    versions=dict(body.get("versions", {})), metadata=decode_metadata(body.get("metadata", {})),
+                    format_version=version)

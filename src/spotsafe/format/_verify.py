@@ -1,16 +1,26 @@
 """Deciding whether a checkpoint can be trusted, without torch.
 
-A checkpoint is valid only when its manifest parses and passes its own checksum, names
-the step of its directory, and every listed file exists with the listed size and
-checksum. ``deep=False`` skips the content checksums (sizes only) for a fast listing.
+A checkpoint is valid only when its manifest parses, passes its own checksum and the
+validator (:mod:`._validate`: bounds, dtypes, tensor tables, state trees), names the step
+of its directory, and every listed file is a regular file (no link, FIFO or device) with
+the listed size and checksum. ``deep=False`` skips the content checksums (sizes only) for
+a fast listing. Restore applies exactly these checks, so ``spotsafe verify`` says "ok"
+exactly when restore would load the checkpoint (whether it fits the objects aside).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UnsafeFileError
 from ._layout import MANIFEST, parse_step_dir, step_dir
 from ._manifest import FileEntry, Manifest, ManifestError, parse_manifest
+from ._schema import MAX_MANIFEST_BYTES
+
+# Errors that make one checkpoint unreadable here, whatever the store: a member that is a
+# link / FIFO / device, or one this process may not read. Anything else (a network error)
+# is not a verdict on the checkpoint and propagates.
+_UNREADABLE = (UnsafeFileError, PermissionError, IsADirectoryError)
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,11 @@ class CheckpointInfo:
 def read_manifest(storage, name: str) -> Manifest:
     """Read and parse the manifest of checkpoint dir ``name``; raises ManifestError with the reason."""
     rel = f"{name}/{MANIFEST}"
-    if storage.size(rel) is None:
+    size = storage.size(rel)
+    if size is None:
         raise ManifestError("manifest.json is missing (the save never committed)")
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest.json is {size} bytes; at most {MAX_MANIFEST_BYTES} are read")
     manifest = parse_manifest(storage.read_bytes(rel))
     step = parse_step_dir(name)
     if step is not None and manifest.step != step:
@@ -53,15 +66,28 @@ def check_checkpoint(storage, step: int, *, deep: bool = True) -> CheckpointInfo
         manifest = read_manifest(storage, name)
     except ManifestError as e:
         return CheckpointInfo(step, name, location, False, str(e))
+    except _UNREADABLE as e:
+        return CheckpointInfo(step, name, location, False, unreadable_reason(e))
     for fname, entry in manifest.files.items():
         rel = f"{name}/{fname}"
-        size = storage.size(rel)
-        problem = size_problem(fname, entry, size)
-        if problem is None and deep:
-            problem = content_problem(fname, entry, *storage.digest(rel, size))
+        try:
+            size = storage.size(rel)
+            problem = size_problem(fname, entry, size)
+            if problem is None and deep:
+                problem = content_problem(fname, entry, *storage.digest(rel, size))
+        except _UNREADABLE as e:
+            problem = unreadable_reason(e)
         if problem is not None:
             return CheckpointInfo(step, name, location, False, problem, manifest)
     return CheckpointInfo(step, name, location, True, None, manifest)
+
+
+def unreadable_reason(e: OSError) -> str:
+    """One phrase for a member that cannot be read: a link, FIFO or device, or no permission."""
+    if isinstance(e, UnsafeFileError):
+        return str(e.strerror or e)
+    what = f"{e.filename!r}" if e.filename else "a file of it"
+    return f"{what} cannot be read ({e.strerror or type(e).__name__})"
 
 
 def size_problem(fname: str, entry: FileEntry, size: int | None) -> str | None:

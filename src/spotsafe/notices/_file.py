@@ -10,19 +10,24 @@ from datetime import timedelta
 from pathlib import Path
 
 from .._units import parse_duration
+from ..storage._local import open_regular
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 from ._poller import poll_interval
 
 logger = logging.getLogger(__name__)
 
 FILE_ENV = "SPOTSAFE_NOTICE_FILE"
+MAX_NOTICE_BYTES = 64  # a duration such as "45" or "2m"; anything longer is not read
 
 
 class FileTrigger(NoticeSource):
     """A notice when ``path`` exists; the file may hold the seconds left (``"45"``, ``"2m"``).
 
     Default path: ``$SPOTSAFE_NOTICE_FILE``. Polled every ``interval`` (default as the
-    other pollers) from a daemon thread; one ``stat`` per poll.
+    other pollers) from a daemon thread; one ``lstat`` per poll. Anything appearing at the
+    path is a notice, but only a regular file is read, and only its first
+    :data:`MAX_NOTICE_BYTES` bytes: a link is not followed, and a FIFO or a device is never
+    opened for a blocking read (the poller must not hang), so those mean the default grace.
     """
 
     name = "file"
@@ -43,17 +48,31 @@ class FileTrigger(NoticeSource):
         self._thread = threading.Thread(target=self._run, name="spotsafe-notice-file", daemon=True)
         self._thread.start()
 
+    def _read(self) -> str:
+        """The first bytes of the notice file, as text; raises OSError when it is not a regular file."""
+        fd = open_regular(self.path.parent, self.path.name)
+        try:
+            return os.read(fd, MAX_NOTICE_BYTES).decode("utf-8", errors="replace").strip()
+        finally:
+            os.close(fd)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self.path.exists():
+            try:
+                os.lstat(self.path)
+                appeared = True
+            except OSError:
+                appeared = False
+            if appeared:
                 now = time.time()
                 grace = self.grace
                 try:
-                    text = self.path.read_text()[:100].strip()
+                    text = self._read()
                     if text:
                         grace = parse_duration(text, what=str(self.path))
                 except (OSError, ValueError) as e:
-                    logger.info("Notice file %s does not hold a duration (%s); assuming %gs", self.path, e, grace)
+                    logger.info("Notice file %s does not hold a duration (%s); assuming %gs", self.path,
+                                getattr(e, "strerror", None) or e, grace)
                 self._watcher.post(Notice(self.name, now + grace, f"{self.path} appeared", now))
                 return
             self._stop.wait(self.interval)

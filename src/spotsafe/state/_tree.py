@@ -13,7 +13,6 @@ where it sits: storing it would need pickle, and loading pickle can run code.
 from __future__ import annotations
 
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -22,26 +21,28 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedStateError
+from ..format._schema import MAX_STATE_DEPTH, NUMPY_DTYPES, TORCH_DTYPES, TORCH_VALUE_DTYPES, device_ok
 
-_NP_DTYPE = re.compile(r"^[<>|=]?[biufc]\d{1,2}$")
-_TORCH_DTYPE = re.compile(r"^[a-z][a-z0-9_]*$")
+_BIG = 10**99
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype called ``name``; never evaluates anything but an attribute lookup."""
-    dt = getattr(torch, name, None) if _TORCH_DTYPE.match(name) else None
+def torch_dtype(name: str, *, storage: bool = True) -> torch.dtype:
+    """The torch dtype called ``name``, from the format's allow-list (``storage``: one a tensor may be
+    stored as; else any dtype a state may hold as a value); never evaluates anything but an attribute lookup."""
+    allowed = TORCH_DTYPES if storage else TORCH_VALUE_DTYPES
+    dt = getattr(torch, name, None) if isinstance(name, str) and name in allowed else None
     if not isinstance(dt, torch.dtype):
         raise ValueError(f"unknown tensor dtype {name!r}")
     return dt
 
 
 def numpy_dtype(name: str) -> np.dtype:
-    """A plain numeric numpy dtype from its string (object dtypes are refused)."""
-    if not _NP_DTYPE.match(name):
+    """A plain numeric numpy dtype from its string, from the format's allow-list (object dtypes are refused)."""
+    if not isinstance(name, str) or name not in NUMPY_DTYPES:
         raise ValueError(f"unsupported array dtype {name!r}")
     return np.dtype(name)
 
@@ -51,14 +52,26 @@ def _path_str(path: tuple) -> str:
 
 
 def encode(obj: Any, arrays: list, path: tuple = ()) -> Any:
-    """Encode ``obj`` as JSON-able data; tensors and arrays are appended to ``arrays``."""
+    """Encode ``obj`` as JSON-able data; tensors and arrays are appended to ``arrays``.
+
+    Only what :mod:`spotsafe.format`'s validator accepts is written (dtypes from its
+    allow-list, at most ``MAX_STATE_DEPTH`` containers deep), so every checkpoint saved can
+    be restored.
+    """
+    if len(path) > MAX_STATE_DEPTH:
+        raise UnsupportedStateError(f"The value at {_path_str(path[:5])}... is nested more than {MAX_STATE_DEPTH} "
+                                    "containers deep; flatten it.")
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass
-        if obj.dtype.kind not in "biufc":
-            raise UnsupportedStateError(f"The numpy scalar at {_path_str(path)} has dtype {obj.dtype}; convert it first.")
+        if obj.dtype.str not in NUMPY_DTYPES or obj.dtype.kind == "c":
+            raise UnsupportedStateError(f"The numpy scalar at {_path_str(path)} has dtype {obj.dtype}; convert it "
+                                        "to a Python number or a supported numpy type first.")
         return {"$np": obj.dtype.str, "v": encode(obj.item(), arrays, path)}
     if isinstance(obj, int):
+        if not -_BIG < obj < _BIG:  # the reader takes numbers of up to 100 characters
+            raise UnsupportedStateError(f"The integer at {_path_str(path)} has more than 99 digits; store it as a "
+                                        "string.")
         return int(obj)
     if isinstance(obj, float):
         return float(obj) if math.isfinite(obj) else {"$float": repr(float(obj))}
@@ -67,18 +80,27 @@ def encode(obj: Any, arrays: list, path: tuple = ()) -> Any:
             raise UnsupportedStateError(
                 f"The tensor at {_path_str(path)} is {obj.layout}/{obj.device} "
                 "; convert it to a dense tensor on a real device before saving.")
+        if dtype_name(obj.dtype) not in TORCH_DTYPES:
+            raise UnsupportedStateError(f"The tensor at {_path_str(path)} has dtype {obj.dtype}, which spotsafe does not "
+                                        "store; convert it to a standard dtype before saving.")
         arrays.append(obj)
         return {"$tensor": len(arrays) - 1}
     if isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in "biufc":
+        if obj.dtype.str not in NUMPY_DTYPES:
             raise UnsupportedStateError(
-                f"The numpy array at {_path_str(path)} has dtype {obj.dtype}; only numeric arrays "
-                "can be stored without pickle, convert it first.")
+                f"The numpy array at {_path_str(path)} has dtype {obj.dtype}; only numeric arrays of standard "
+                "dtypes (no object, string, record or long double) can be stored without pickle, convert it first.")
         arrays.append(obj)
         return {"$ndarray": len(arrays) - 1}
     if isinstance(obj, torch.dtype):
+        if dtype_name(obj) not in TORCH_VALUE_DTYPES:
+            raise UnsupportedStateError(f"The dtype at {_path_str(path)} is {obj}, which spotsafe does not know; "
+                                        "store its name as a string.")
         return {"$dtype": dtype_name(obj)}
     if isinstance(obj, torch.device):
+        if not device_ok(str(obj)):
+            raise UnsupportedStateError(f"The device at {_path_str(path)} is {obj}, a type spotsafe does not know; "
+                                        "store it as a string.")
         return {"$device": str(obj)}
     if type(obj) is tuple or isinstance(obj, torch.Size):
         return {"$tuple": [encode(v, arrays, path + (i,)) for i, v in enumerate(obj)]}
@@ -127,7 +149,7 @@ def decode(tree: Any, array: Callable[[str, int], Any]) -> Any:
     if "$np" in tree:
         return numpy_dtype(tree["$np"]).type(decode(tree["v"], array))
     if "$dtype" in tree:
-        return torch_dtype(tree["$dtype"])
+        return torch_dtype(tree["$dtype"], storage=False)
     if "$device" in tree:
         return torch.device(tree["$device"])
     return {k: decode(v, array) for k, v in tree.items()}

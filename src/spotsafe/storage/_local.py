@@ -22,17 +22,14 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from ..format._hash import digest_file, new_hasher
+from ..errors import UnsafeFileError
+from ..format._hash import digest_fd, new_hasher
 from ._reads import hash_in_order
 
 _PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large enough to stream
 _READ_PIECE = 8 << 20  # read granularity: several reads in flight even for small files
 _HASH_BATCH = 8 << 20  # small pieces are hashed together, one helper-thread job per batch
 _PAGE = 4096  # O_DIRECT granularity: offsets, lengths and memory addresses in whole pages
-
-
-class UnsafeFileError(OSError):
-    """A checkpoint member is a link, a device, a FIFO or otherwise not a plain file or directory."""
 
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -79,6 +76,26 @@ def open_regular(root: Path, rel: str) -> int:
     if getattr(os, "O_NONBLOCK", 0):
         os.set_blocking(fd, True)
     return fd
+
+
+def _open_dir(root: Path, rel: str) -> int:
+    """A descriptor of the directory ``root/rel``, never through a link below ``root``."""
+    parts = [p for p in rel.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise UnsafeFileError(errno.EINVAL, f"{rel!r} is not a path inside the run root")
+    dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    for part in parts:
+        try:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as e:
+            os.close(dfd)
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeFileError(e.errno, f"{part} is a link or not a directory; checkpoints are never "
+                                               "read through links") from None
+            raise
+        os.close(dfd)
+        dfd = nfd
+    return dfd
 
 
 def _fsync_dir(path: Path) -> None:
@@ -174,11 +191,20 @@ class LocalStorage:
         return self.root.is_dir()
 
     def listdir(self, rel: str = "") -> list[str]:
-        """Names in ``root/rel``; an empty list when it does not exist."""
+        """Names in ``root/rel``; an empty list when it does not exist.
+
+        ``rel`` is opened below the root without following links (a link there raises
+        :class:`UnsafeFileError`); the names listed may be anything, links included, and
+        every later read of one goes through :func:`open_regular`.
+        """
         try:
-            return sorted(os.listdir(self.root / rel))
+            fd = _open_dir(self.root, rel)
         except FileNotFoundError:
             return []
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     def listdir_committed(self, marker: str) -> list[str]:
         """Names under the root; a rename is the commit, so every ``step-N`` is committed."""
@@ -188,23 +214,44 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
     def size(self, rel: str) -> int | None:
-        """Size of a file in bytes, or None when missing."""
+        """Size of a regular file in bytes, or None when missing.
+
+        Raises :class:`UnsafeFileError` when it, or a directory on the way, is a link, a
+        FIFO, a device or a socket: such a member is never read.
+        """
         try:
-            st = os.stat(self.root / rel)
+            fd = open_regular(self.root, rel)
         except FileNotFoundError:
             return None
-        return st.st_size if os.path.isfile(self.root / rel) else None
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
 
     def read_bytes(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        """The whole regular file ``rel`` (through :func:`open_regular`: never a link, FIFO or device)."""
+        fd = open_regular(self.root, rel)
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
 
     def open_member(self, rel: str) -> int:
         """A read-only descriptor of the checkpoint file ``rel`` (see :func:`open_regular`); the caller closes it."""
         return open_regular(self.root, rel)
 
     def digest(self, rel: str, size: int | None = None) -> tuple[int, str]:
-        """(bytes read, xxh3 digest) of a file, reading at most ``size`` bytes."""
-        return digest_file(self.root / rel, size)
+        """(bytes read, xxh3 digest) of a regular file (``size``: the expected size, a buffer hint)."""
+        fd = open_regular(self.root, rel)
+        try:
+            return digest_fd(fd, size)
+        finally:
+            os.close(fd)
 
     def read_files(self, items: list[tuple[str, memoryview]], io_executor: Executor) -> list[tuple[int, str]]:
         """Fill each ``(rel, buf)`` from its file and hash it; (bytes read, digest) per item.
@@ -218,7 +265,7 @@ class LocalStorage:
         jobs: list[list[tuple[int, int, Any]]] = []
         try:
             for rel, buf in items:
-                fd = os.open(self.root / rel, os.O_RDONLY)
+                fd = open_regular(self.root, rel)
                 fds.append(fd)
                 n = min(os.fstat(fd).st_size, len(buf))
                 if hasattr(os, "posix_fadvise"):
@@ -327,7 +374,7 @@ class LocalStorage:
     def remove(self, rel: str, *, strict: bool = False) -> None:
         """Remove a directory tree (or file); missing is fine. ``strict`` raises other errors."""
         p = self.root / rel
-        if p.is_dir():
+        if p.is_dir() and not p.is_symlink():  # a link is removed itself, never what it points to
             shutil.rmtree(p, ignore_errors=not strict)
         else:
             try:
