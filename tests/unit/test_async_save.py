@@ -143,8 +143,8 @@ def test_a_background_failure_is_raised_on_the_next_call(root, monkeypatch, wher
     if where != "close":
         assert mgr.save(3, {"v": torch.ones(4) * 3}).step == 3  # raised once; saving works again
         mgr.close()
-    assert sorted(os.listdir(root)) == (["step-000000000001"] if where == "close" else
-                                        ["step-000000000001", "step-000000000003"])  # no temp dir left
+    assert sorted(os.listdir(root)) == [".spotsafe-writer.lock"] + (
+        ["step-000000000001"] if where == "close" else ["step-000000000001", "step-000000000003"])  # no temp dir left
 
 
 def test_synchronous_saves_return_durable(root):

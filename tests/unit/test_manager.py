@@ -17,7 +17,7 @@ def test_round_trip_restores_every_component_in_place(root):
     with spotsafe.CheckpointManager(root) as mgr:
         stats = mgr.save(7, {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler, "extras": extras})
     assert stats.step == 7 and stats.bytes > 0 and not stats.skipped
-    assert sorted(os.listdir(root)) == ["step-000000000007"]
+    assert sorted(os.listdir(root)) == [".spotsafe-writer.lock", "step-000000000007"]  # and the writer lock
 
     m2, o2, s2 = fresh_training()
     sc2 = torch.amp.GradScaler("cpu", init_scale=2.0)
@@ -113,7 +113,7 @@ def test_unsupported_value_fails_before_anything_is_written(root):
     with spotsafe.CheckpointManager(root) as mgr:
         with pytest.raises(spotsafe.UnsupportedStateError, match=r"state\['cfg'\].*function"):
             mgr.save(1, {"cfg": {"fn": lambda: 0}})
-    assert os.listdir(root) == []
+    assert os.listdir(root) == [".spotsafe-writer.lock"]  # only the (released) writer lock
 
 
 def test_cuda_less_state_records_devices_and_dtypes(root):

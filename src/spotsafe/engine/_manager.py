@@ -1,7 +1,11 @@
 """CheckpointManager: save, restore, list and prune the checkpoints of one run root.
 
-One manager writes to a root at a time. Construction cleans the leftovers of interrupted
-saves (``*.tmp-*``) so they never accumulate; they are never loaded in any case.
+One manager writes to a root at a time, and construction makes sure of it before anything
+is written: it takes the local root's ``flock`` and the remote's lease (storage's
+:mod:`~spotsafe.storage._lock` and :mod:`~spotsafe.storage._lease`), or raises
+:class:`RootLockedError` naming the holder. Only then does it clean the leftovers of
+interrupted saves (``*.tmp-*``) so they never accumulate; they are never loaded in any
+case. ``read_only=True`` takes no lock and writes nothing, for readers.
 
 Saves are asynchronous by default: ``save()`` copies the state into reusable host
 buffers and returns; writing, checksumming, committing and pruning run on a background
@@ -26,8 +30,12 @@ from ..errors import (
     CheckpointNotFoundError,
     CheckpointSkippedWarning,
     CorruptCheckpointError,
+    LeaseLostError,
+    ReadOnlyRootError,
+    RemoteError,
     RemoteUnavailableError,
     RemoteUnavailableWarning,
+    RootLockedError,
     SpotsafeError,
     StateMismatchError,
 )
@@ -46,9 +54,11 @@ from ..format import (
     tmp_dir,
     trash_dir,
 )
+from ..format._layout import WRITER_LEASE, WRITER_LOCK
 from ..policy._retention import RetentionPolicy, as_retention
 from ..state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
-from ..storage import FsspecStorage, open_storage
+from ..storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, WriterLock, open_storage
+from ..telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
 from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import StoreRetention
@@ -121,8 +131,23 @@ class CheckpointManager:
         max_pending_uploads: Steps that may wait for upload; beyond, the oldest waiting
             one is dropped (counted in ``dropped_uploads``).
         upload_backoff: Retry policy for transient remote errors.
+        read_only: Open the checkpoints for reading only: no writer lock or lease, no
+            directory created, no leftovers cleaned, no uploads; :meth:`restore`,
+            :meth:`checkpoints` and :meth:`latest_step` work on a root this process cannot
+            write (a read-only mount, a bucket with read-only credentials), and
+            :meth:`save` raises :class:`ReadOnlyRootError`.
+        run_id: The run this writer belongs to, recorded in the lock and the lease (default
+            ``$SPOTSAFE_RUN_ID``); see "One writer per root" in the README.
+        attempt: The attempt of the run, recorded likewise (default ``$SPOTSAFE_ATTEMPT``).
+        lease: Timing of the writer lease on a remote root (:class:`~spotsafe.storage.LeaseOptions`:
+            ``ttl`` 60 s, ``renew_every`` 15 s).
 
-    ``state`` arguments are dicts of name -> object with ``state_dict()`` /
+    One process writes a root at a time: a second writer is refused with
+    :class:`RootLockedError` naming the holder (a local root is locked with ``flock``, which
+    the kernel releases when the holder dies; a remote one holds a lease with a heartbeat).
+    Readers need no lock: pass ``read_only=True``.
+
+    ``state`` arguments  are dicts of name -> object with ``state_dict()`` /
     ``load_state_dict()`` (model, optimizer, scheduler, scaler, data loader, ...) or a plain
     value (numbers, strings, tensors, nested dicts and lists of them).
 
@@ -141,7 +166,9 @@ class CheckpointManager:
     def __init__(self, root: str | os.PathLike, *, remote: str | None = None,
                  storage_options: dict[str, Any] | None = None, keep_last: int = 3, keep_every: int | None = None,
                  keep: RetentionPolicy | None = None, rng: bool = True, async_save: bool = True,
-                 when_busy: str = "wait", max_pending_uploads: int = 2, upload_backoff: Backoff = Backoff()) -> None:
+                 when_busy: str = "wait", max_pending_uploads: int = 2, upload_backoff: Backoff = Backoff(),
+                 read_only: bool = False, run_id: str | None = None, attempt: int | None = None,
+                 lease: LeaseOptions = LeaseOptions()) -> None:
         self.keep = as_retention(keep_last, keep_every, keep)
         if when_busy not in WHEN_BUSY:
             raise ValueError(f"when_busy={when_busy!r} is not one of {WHEN_BUSY}.")
@@ -176,13 +203,82 @@ class CheckpointManager:
         self._deletions: list[tuple[str, Future]] = []
         self._inflight: tuple[int, Future] | None = None
         self._closed = False
-        self.storage.make_root()
-        self._clean_leftovers()
+        self.read_only = read_only
+        self.owner: Owner | None = None
+        self._lock: WriterLock | None = None
+        self._leases: list[RemoteLease] = []
         self._retention = StoreRetention(self.storage, self.keep)
         self._replicator = None
-        if self.remote is not None:
-            self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
-                                          max_pending=max_pending_uploads, backoff=upload_backoff)
+        if read_only:
+            for st in (self.storage, self.remote):
+                if isinstance(st, FsspecStorage):
+                    st.write_guard = self._refuse_write
+            return
+        try:
+            self._take_root(run_id, attempt, lease)  # before anything else writes there
+            self._clean_leftovers()
+            if self.remote is not None:
+                self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
+                                              max_pending=max_pending_uploads, backoff=upload_backoff)
+        except BaseException:
+            self._release_root()
+            raise
+
+    def _take_root(self, run_id: str | None, attempt: int | None, options: LeaseOptions) -> None:
+        """Take the local root's lock and the remote's (or URL root's) lease; raise RootLockedError."""
+        if run_id is None:
+            run_id = os.environ.get(RUN_ID_ENV) or None
+        if attempt is None:
+            env = os.environ.get(ATTEMPT_ENV, "")
+            attempt = int(env) if env.isdigit() else None
+        self.owner = Owner.this_process(run_id, attempt)
+        if isinstance(self.storage, LocalStorage):
+            self.storage.make_root()
+            self._lock = WriterLock(self.storage.root, WRITER_LOCK, self.owner)
+            self._lock.acquire()
+        for st in (self.storage, self.remote):
+            if not isinstance(st, FsspecStorage):
+                continue
+            lease = RemoteLease(st, WRITER_LEASE, self.owner, options, is_transient=is_transient)
+            try:
+                lease.acquire()
+            except RootLockedError:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified
+                if not is_transient(e):
+                    raise RemoteError(f"Cannot take the writer lease {lease.url} ({type(e).__name__}: {e}); check "
+                                      "the URL, the bucket and the credentials.") from e
+                lease.defer(e)  # unreachable now: writes there wait until the heartbeat takes it
+            self._leases.append(lease)
+            st.write_guard = lease.guard
+            lease.start()
+
+    def _release_root(self, hurry: bool = False) -> None:
+        """Release the leases (if still ours) and the lock; idempotent. ``hurry``: a hung store costs 1 s."""
+        for lease in self._leases:
+            lease.release(timeout=1.0 if hurry else 10.0)
+        if self._lock is not None:
+            self._lock.release()
+
+    def _refuse_write(self) -> None:
+        raise ReadOnlyRootError(f"{self!r} was opened with read_only=True; open it without read_only to write, "
+                                "once no other writer holds the root.")
+
+    def _check_writer(self) -> None:
+        """Raise when this manager may not write: read-only, or its remote lease was lost."""
+        if self.read_only:
+            self._refuse_write()
+        self._check_leases()
+
+    def _check_leases(self) -> None:
+        """Raise :class:`LeaseLostError` when another writer took a remote root's lease over."""
+        for lease in self._leases:
+            lease.check()
+
+    @property
+    def writer(self) -> str | None:
+        """Who holds this root for writing (this process unless read-only): host, pid, run id, since."""
+        return None if self.owner is None else self.owner.describe()
 
     @property
     def root(self) -> str:
@@ -252,6 +348,7 @@ class CheckpointManager:
         of an earlier background save is raised here.
         """
         self._check_open()
+        self._check_writer()
         if metadata is not None:
             encode_metadata(metadata)  # a value a manifest cannot hold raises here, naming its key, not later
         t0 = time.perf_counter()
@@ -335,6 +432,7 @@ class CheckpointManager:
         deletion or upload.
         """
         self._check_open()
+        self._check_leases()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._finish_inflight(timeout)
         self._raise_background_errors()
@@ -514,23 +612,30 @@ class CheckpointManager:
         self._closed = True
         errors: list[BaseException] = []
         try:
-            self._finish_inflight(timeout)
-        except BaseException as e:  # noqa: BLE001 - raised below, after the threads stop
-            errors.append(e)
-        self._persist_executor.shutdown(wait=True)
-        if self._replicator is not None:
             try:
-                self._replicator.close(wait=wait_remote and not errors, timeout=timeout)
+                self._finish_inflight(timeout)
+            except BaseException as e:  # noqa: BLE001 - raised below, after the threads stop
+                errors.append(e)
+            self._persist_executor.shutdown(wait=True)
+            if self._replicator is not None:
+                try:
+                    self._replicator.close(wait=wait_remote and not errors, timeout=timeout)
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+            self._gc_executor.shutdown(wait=True)
+            self._hash_executor.shutdown(wait=True)
+            self._io_executor.shutdown(wait=True)
+            self._buffers.release()
+            try:
+                self._raise_background_errors(wait=True)
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
-        self._gc_executor.shutdown(wait=True)
-        self._hash_executor.shutdown(wait=True)
-        self._io_executor.shutdown(wait=True)
-        self._buffers.release()
-        try:
-            self._raise_background_errors(wait=True)
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+            try:
+                self._check_leases()
+            except LeaseLostError as e:
+                errors.insert(0, e)  # the cause of any upload failure above
+        finally:
+            self._release_root(hurry=not wait_remote)  # last: nothing of ours writes there any more
         if errors:
             raise errors[0]
 

@@ -3,7 +3,8 @@
 A run root holds one directory per committed checkpoint, ``step-<12 digits>``, whose
 ``manifest.json`` is the commit point. In-flight or abandoned saves live in
 ``step-<12 digits>.tmp-<id>`` and are never loaded. A checkpoint moved aside because it
-failed verification when the same step was saved again becomes ``.trash-<id>``.
+failed verification when the same step was saved again becomes ``.trash-<id>``. The one
+writer of a root marks it with a lock file (local) or a lease object (remote).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import re
 import uuid
 
 MANIFEST = "manifest.json"
+WRITER_LOCK = ".spotsafe-writer.lock"
+"""In a local root: the file the writing process holds locked (``flock``), naming it."""
+WRITER_LEASE = ".spotsafe-lease.json"
+"""In a remote root: the lease object of the writing job (owner, heartbeat, expiry)."""
 STEP_DIGITS = 12
 MAX_STEP = 10**STEP_DIGITS - 1
 ALIGN = 64  # every tensor starts at a multiple of this in its file, so it can be viewed in place

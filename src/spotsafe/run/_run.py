@@ -150,7 +150,8 @@ class Run:
         self.watcher = NoticeWatcher(self._sources)
         try:
             self.watcher.start()  # before the restore: a notice during it is kept
-            self.manager = CheckpointManager(self.root, **self._manager_options)
+            self.manager = CheckpointManager(self.root, run_id=self.events.run_id, attempt=self.events.attempt,
+                                             **self._manager_options)  # one writer: refused here when taken
             self.events.emit("run_start", root=self.manager.root, remote=self._manager_options["remote"],
                              sources=self.watcher.active, policy=repr(self.policy))
             t0, w0 = time.perf_counter(), time.time()

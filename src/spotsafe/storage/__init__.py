@@ -6,7 +6,10 @@ import os
 from typing import Any
 
 from ._fsspec import FsspecStorage, ManifestLastCommit, is_url
+from ._lease import LeaseNotHeldError, LeaseOptions, RemoteLease
 from ._local import AtomicRenameCommit, LocalStorage
+from ._lock import WriterLock
+from ._owner import Owner
 
 
 def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> LocalStorage | FsspecStorage:
@@ -17,4 +20,5 @@ def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None
     return LocalStorage(s[len("file://"):] if s.startswith("file://") else s)
 
 
-__all__ = ["AtomicRenameCommit", "FsspecStorage", "LocalStorage", "ManifestLastCommit", "is_url", "open_storage"]
+__all__ = ["AtomicRenameCommit", "FsspecStorage", "LeaseNotHeldError", "LeaseOptions", "LocalStorage",
+           "ManifestLastCommit", "Owner", "RemoteLease", "WriterLock", "is_url", "open_storage"]

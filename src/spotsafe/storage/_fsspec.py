@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -96,6 +96,8 @@ class FsspecStorage:
             raise ImportError(f"Storage URL {self._url} needs a file-system package that is not installed "
                               f"({e}); install it, e.g. `pip install spotsafe[s3]` for s3://.") from None
         self.root = path.rstrip("/")
+        # Called before every write: the writer lease's check (one writer per root), or None.
+        self.write_guard: Callable[[], None] | None = None
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
         if self.protocol in ("s3", "s3a"):
@@ -110,6 +112,10 @@ class FsspecStorage:
 
     def _p(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else self.root
+
+    def _guard(self) -> None:
+        if self.write_guard is not None:
+            self.write_guard()
 
     # -- reading -------------------------------------------------------------------
     def exists(self) -> bool:
@@ -195,11 +201,13 @@ class FsspecStorage:
         self.remove(handle)
 
     def put_bytes(self, rel: str, data: bytes) -> None:
+        self._guard()
         self.fs.pipe_file(self._p(rel), bytes(data))
 
     def write_file(self, handle: str, name: str, pieces: Iterable[memoryview],
                    hash_executor: Executor, *, direct: bool = False) -> tuple[int, str]:
         """Upload ``pieces`` as one object; (size, digest)."""
+        self._guard()
         hasher, size = new_hasher(), 0
         pieces = list(pieces)
         for p in pieces:
@@ -217,6 +225,7 @@ class FsspecStorage:
 
     def upload_file(self, local_path: str | os.PathLike, rel: str) -> None:
         """Upload a local file; large files go in parallel multipart parts on S3."""
+        self._guard()
         if self.protocol in ("s3", "s3a"):
             from fsspec.asyn import sync
 
@@ -232,6 +241,7 @@ class FsspecStorage:
         """Uncommit ``name`` at once by deleting its manifest; returns what to :meth:`remove` later."""
         from ..format import MANIFEST
 
+        self._guard()
         try:
             self.fs.rm_file(self._p(f"{name}/{MANIFEST}"))
         except FileNotFoundError:
@@ -240,6 +250,7 @@ class FsspecStorage:
 
     def remove(self, rel: str, *, strict: bool = False) -> None:
         """Remove everything under ``rel``; missing is fine. ``strict`` raises other errors."""
+        self._guard()
         path = self._p(rel)
         try:
             if self.fs.exists(path):
@@ -263,6 +274,7 @@ class FsspecStorage:
         """Abort multipart uploads left under ``root/rel`` by killed writers (S3 only); how many."""
         if self.protocol not in ("s3", "s3a"):
             return 0
+        self._guard()
         bucket, _, key = self._p(rel).partition("/")
         prefix = key + "/" if key and not key.endswith("/") else key
         resp = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)

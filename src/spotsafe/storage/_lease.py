@@ -1,0 +1,511 @@
+"""The writer lease of a remote run root: one writing job per bucket prefix.
+
+An object store has no lock that dies with its holder, so the holder of a remote root
+keeps a small JSON object, the lease, with its identity, a random token, the time of its
+last heartbeat and its expiry, and renews it from a daemon thread (every 15 s for a 60 s
+lease by default). Another writer takes the lease over only when it is expired, or at once
+when its holder ran on this same machine and its process is gone (:mod:`._owner`).
+
+Why conditional writes first: S3 (and SeaweedFS, MinIO, R2) honour ``If-None-Match: *``
+and ``If-Match: <etag>`` on PUT, which is a compare-and-swap: of two writers creating or
+taking over the lease at once exactly one succeeds, and a renewal fails when anyone else
+wrote the lease since. Whether a store honours them is checked once per acquisition by
+repeating the conditional PUT, which such a store must refuse. Where it does not (other
+fsspec stores, older S3-compatible servers), the writer puts the lease, waits ``settle``
+seconds, reads it back and holds it only when its own token is there. The residual race
+of that fallback (two writers whose read-modify-write cycles are more than ``settle``
+apart yet overlap) is closed at the next renewal, which finds the other token: the loser
+stops writing there and its next ``save()`` raises :class:`LeaseLostError`.
+
+States: *held* (renewed within ``ttl - renew_every`` seconds by this process's monotonic
+clock), *pending* (not held yet, e.g. the store was unreachable at start: writes wait, as
+for a network error), *lost* (someone else's token, or the lease vanished: permanent).
+Every write to the root goes through :meth:`RemoteLease.guard` first (the storage's
+``write_guard``): held passes; pending or overdue tries once to renew or acquire, then
+raises a transient :class:`LeaseNotHeldError` (the uploader retries it with backoff);
+lost raises :class:`LeaseLostError`.
+
+Who calls what: the manager calls ``acquire()`` (or ``defer()`` when the store could not
+be reached), ``start()``, ``check()`` from ``save``/``wait``, and ``release()`` from
+``close``; the heartbeat thread renews; any writing thread calls ``guard()``. One lock
+serializes every request the lease makes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .._units import parse_duration
+from ..errors import LeaseLostError, RootLockedError
+from ._owner import Owner
+
+logger = logging.getLogger(__name__)
+
+_MAX_LEASE_BYTES = 64 << 10
+_MAX_CONFLICTS = 8  # lost create/replace races in a row before giving up
+
+
+class LeaseNotHeldError(OSError):
+    """The lease is not held right now (store unreachable at start, or a renewal overdue); retry later."""
+
+
+@dataclass(frozen=True)
+class LeaseOptions:
+    """Timing of the writer lease on a remote root.
+
+    Args:
+        ttl: How long a lease lasts without a heartbeat (default 60 s): after a writer dies
+            on another machine, a new one waits at most this long.
+        renew_every: Heartbeat interval (default 15 s); at most a third of ``ttl``.
+        settle: For stores without conditional writes: how long to wait after writing the
+            lease before reading it back to see who won (default 1 s).
+    """
+
+    ttl: float | str | timedelta = 60.0
+    renew_every: float | str | timedelta = 15.0
+    settle: float | str | timedelta = 1.0
+
+    def __post_init__(self) -> None:
+        ttl = parse_duration(self.ttl, what="ttl")
+        renew = parse_duration(self.renew_every, what="renew_every")
+        settle = parse_duration(self.settle, what="settle")
+        if renew <= 0 or renew * 3 > ttl:
+            raise ValueError(f"LeaseOptions(renew_every={self.renew_every!r}, ttl={self.ttl!r}): renew_every must be "
+                             "above 0 and at most a third of ttl, so a late heartbeat never lets the lease expire.")
+        object.__setattr__(self, "ttl", ttl)
+        object.__setattr__(self, "renew_every", renew)
+        object.__setattr__(self, "settle", settle)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _parse_iso(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    """Whether a store error is a failed ``If-Match`` / ``If-None-Match`` (412, or 409 on a race)."""
+    seen = 0
+    while e is not None and seen < 5:
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            code = str((resp.get("Error") or {}).get("Code", ""))
+            status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _unsupported(e: BaseException) -> bool:
+    """Whether the client or server refused a conditional request as unknown (not as failed)."""
+    names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
+    if names & {"ParamValidationError", "UnknownParameterError"}:
+        return True
+    resp = getattr(e.__cause__, "response", None) or getattr(e, "response", None)
+    if isinstance(resp, dict):
+        code = str((resp.get("Error") or {}).get("Code", ""))
+        return code in ("NotImplemented", "InvalidArgument", "InvalidRequest")
+    return False
+
+
+async def _s3_get(fs: Any, bucket: str, key: str) -> tuple[bytes | None, str | None]:
+    r = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    body = r["Body"]
+    try:
+        if int(r.get("ContentLength") or 0) > _MAX_LEASE_BYTES:
+            return None, r.get("ETag")
+        data = await body.read()
+    finally:
+        body.close()
+    return data, r.get("ETag")
+
+
+class RemoteLease:
+    """The lease ``name`` under a remote root (an :class:`FsspecStorage`), held for ``owner``."""
+
+    def __init__(self, storage: Any, name: str, owner: Owner, options: LeaseOptions = LeaseOptions(), *,
+                 is_transient: Callable[[BaseException], bool] = lambda e: True,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.storage = storage
+        self.name = name
+        self.owner = owner
+        self.options = options
+        self.url = f"{storage.url}/{name}"
+        self._path = f"{storage.root}/{name}"
+        self._s3 = getattr(storage, "protocol", "") in ("s3", "s3a")
+        self._transient = is_transient
+        self._clock, self._wall, self._sleep = clock, wall, sleep
+        self._io = threading.RLock()
+        self._state = "new"
+        self._lost: str | None = None
+        self._etag: str | None = None
+        self._cas: bool | None = None  # does the store honour conditional PUTs? (None: not known yet)
+        self._valid_until = -math.inf  # monotonic
+        self.expires: float | None = None  # wall-clock expiry written in the lease
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._renew_errors = 0
+
+    def __repr__(self) -> str:
+        return f"RemoteLease({self.url!r}, {self._state})"
+
+    @property
+    def state(self) -> str:
+        """``new``, ``held``, ``pending``, ``lost`` or ``released``."""
+        return self._state
+
+    @property
+    def held(self) -> bool:
+        return self._state == "held" and self._clock() < self._valid_until
+
+    # -- the manager's calls --------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the lease, or raise :class:`RootLockedError` naming its live holder.
+
+        A lease held by the same run id from another machine (the same job restarted
+        elsewhere after its node died) is waited for, at most until it expires; one that
+        is renewed meanwhile belongs to a live writer and is refused. Store errors
+        propagate; the caller may :meth:`defer` and let the heartbeat retry.
+        """
+        with self._io:
+            self._acquire()
+            self._state = "held"
+        logger.info("Holding the writer lease %s (%s)", self.url, "conditional writes" if self._cas
+                    else f"write, wait {self.options.settle:g}s, read back")
+
+    def defer(self, reason: BaseException) -> None:
+        """Start without the lease (the store could not be reached); the heartbeat keeps trying."""
+        with self._io:
+            self._state = "pending"
+        logger.warning("Could not take the writer lease %s (%s: %s); writes there wait until it is held",
+                       self.url, type(reason).__name__, reason)
+
+    def start(self) -> None:
+        """Start the heartbeat thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._heartbeat, name="spotsafe-lease", daemon=True)
+            self._thread.start()
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` when the lease was lost to another writer."""
+        if self._lost is not None:
+            raise LeaseLostError(self._lost)
+
+    def guard(self) -> None:
+        """Called before every write to the root: pass when held, else try once, else raise."""
+        self.check()
+        if self.held:
+            return
+        with self._io:
+            if self.held:
+                return
+            self.check()
+            if self._state not in ("held", "pending"):
+                raise LeaseNotHeldError(f"The writer lease {self.url} is {self._state}; nothing more is written "
+                                        "there.")
+            try:
+                self._tick()
+            except LeaseLostError:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified
+                if not self._transient(e):
+                    raise
+                raise LeaseNotHeldError(f"The writer lease {self.url} is not held ({type(e).__name__}: {e}); "
+                                        "retrying.") from e
+            if not self.held:
+                raise LeaseNotHeldError(f"The writer lease {self.url} is not held yet; retrying.")
+
+    def release(self, timeout: float = 10.0) -> None:
+        """Stop the heartbeat and delete the lease if it is still ours (idempotent, best effort).
+
+        Waits at most ``timeout`` seconds: a store that does not answer leaves the lease to
+        expire by itself (the deletion is conditional on our token, so it is harmless if it
+        lands later).
+        """
+        self._stop.set()
+        if self._state != "held":
+            if self._state != "lost":
+                self._state = "released"  # no lock: a heartbeat stuck on a hung store may hold it
+            return
+        done = threading.Event()
+
+        def delete() -> None:
+            with self._io:
+                try:
+                    if self._state == "held":
+                        self._delete_if_ours()
+                        logger.debug("Released the writer lease %s", self.url)
+                except Exception as e:  # noqa: BLE001 - an unreleased lease only expires
+                    logger.warning("Could not release the writer lease %s (%s: %s); it expires by itself in "
+                                   "%.0fs", self.url, type(e).__name__, e, self.options.ttl)
+                finally:
+                    if self._state != "lost":
+                        self._state = "released"
+                    done.set()
+
+        threading.Thread(target=delete, name="spotsafe-lease-release", daemon=True).start()
+        if not done.wait(timeout):
+            logger.warning("Releasing the writer lease %s takes longer than %.0fs; leaving it to expire by itself "
+                           "in at most %.0fs", self.url, timeout, self.options.ttl)
+
+    # -- the protocol ----------------------------------------------------------------
+    def _acquire(self) -> None:
+        conflicts = 0
+        waiting: tuple[float, tuple] | None = None  # (monotonic deadline, the holder's first heartbeat)
+        while True:
+            raw, etag, present = self._read()
+            doc = self._parse(raw)
+            if not present:
+                if self._claim(None):
+                    return
+            else:
+                holder, verdict = self._judge(doc)
+                if verdict != "alive":
+                    logger.info("Taking over the writer lease %s (%s)", self.url, verdict)
+                    if self._claim(etag):
+                        return
+                else:
+                    beat = (holder.token, doc.get("heartbeat"))
+                    same_run = bool(self.owner.run_id) and holder.run_id == self.owner.run_id
+                    if not same_run or self.owner.same_machine(holder):
+                        raise RootLockedError(self._refusal(holder, doc))
+                    if waiting is None:
+                        ttl = doc.get("ttl_s") if isinstance(doc.get("ttl_s"), (int, float)) else self.options.ttl
+                        left = (_parse_iso(doc.get("expires")) or self._wall()) - self._wall()
+                        wait = max(0.0, min(left, float(ttl))) + self.options.settle + 1.0
+                        waiting = (self._clock() + wait, beat)
+                        logger.info("The writer lease %s is held by the same run from %s; waiting up to %.0fs for "
+                                    "it to expire", self.url, holder.describe(), wait)
+                    elif beat != waiting[1]:
+                        raise RootLockedError(self._refusal(holder, doc))  # it renewed: a live writer
+                    elif self._clock() >= waiting[0]:
+                        logger.info("Taking over the writer lease %s (no heartbeat from %s for its whole TTL)",
+                                    self.url, holder.describe())
+                        if self._claim(etag):
+                            return
+                        conflicts += 1
+                        continue
+                    self._sleep(max(0.05, min(1.0, waiting[0] - self._clock())))
+                    continue
+            conflicts += 1
+            if conflicts >= _MAX_CONFLICTS:
+                raise RootLockedError(f"Remote {self.storage.url} is contended: {conflicts} attempts to take its "
+                                      "writer lease lost to other writers; stop the other jobs or use another "
+                                      "remote.")
+
+    def _judge(self, doc: dict | None) -> tuple[Owner, str]:
+        """(holder, ``alive`` | why it may be taken over)."""
+        holder = Owner.from_dict(doc)
+        expires = _parse_iso(doc.get("expires")) if isinstance(doc, dict) else None
+        if holder is None or expires is None:
+            return Owner("?", 0), "unreadable lease"
+        if holder.token == self.owner.token:
+            return holder, "ours"
+        if self._wall() >= expires:
+            return holder, f"expired at {doc.get('expires')}, held by {holder.describe()}"
+        if holder.is_gone(self.owner):
+            return holder, f"its holder {holder.describe()} is no longer running on this machine"
+        return holder, "alive"
+
+    def _refusal(self, holder: Owner, doc: dict) -> str:
+        beat = _parse_iso(doc.get("heartbeat"))
+        ago = f", last heartbeat {max(0.0, self._wall() - beat):.0f}s ago" if beat is not None else ""
+        return (f"Remote {self.storage.url} is being written by another job ({holder.describe()}{ago}, lease expires "
+                f"{doc.get('expires')}); wait for it to stop, stop it, or use another remote (readers need no lease: "
+                "pass read_only=True).")
+
+    def _document(self) -> bytes:
+        now = self._wall()
+        doc = self.owner.to_dict()
+        doc.update(heartbeat=_iso(now), expires=_iso(now + self.options.ttl), ttl_s=self.options.ttl)
+        return json.dumps(doc).encode()
+
+    def _claim(self, etag: str | None) -> bool:
+        """Write our lease over ``etag`` (None: over nothing); True when we hold it now."""
+        t0 = self._clock()
+        body = self._document()
+        written = False
+        if self._s3 and self._cas is not False:
+            cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+            try:
+                self._etag = self._s3_put(body, **cond)
+                written = True
+            except Exception as e:  # noqa: BLE001 - classified
+                if _precondition_failed(e) or isinstance(e, FileExistsError):
+                    return False  # another writer got there first
+                if not _unsupported(e):
+                    raise
+                self._cas = False
+            if written and self._cas is None:
+                # a store that honours the condition must refuse the very same PUT now
+                try:
+                    self._s3_put(body, **cond)
+                    self._cas = False
+                except Exception as e:  # noqa: BLE001 - classified
+                    if not (_precondition_failed(e) or isinstance(e, FileExistsError)):
+                        raise
+                    self._cas = True
+            if written and self._cas:
+                self._held_since(t0)
+                return True
+        if not written:
+            if self._s3:
+                self._etag = self._s3_put(body)
+            else:
+                self.storage.fs.pipe_file(self._path, body)
+        if getattr(self.storage, "protocol", "") != "memory":  # in-process, atomic: nothing to wait for
+            self._sleep(self.options.settle)  # let a racing writer's PUT land, then see who won
+        raw, etag_now, _ = self._read()
+        doc = self._parse(raw)
+        if not (isinstance(doc, dict) and doc.get("token") == self.owner.token):
+            return False
+        self._etag = etag_now
+        self._held_since(t0)
+        return True
+
+    def _held_since(self, t0: float) -> None:
+        self._valid_until = t0 + self.options.ttl - self.options.renew_every
+        self.expires = self._wall() + self.options.ttl - (self._clock() - t0)
+        self._renew_errors = 0
+
+    def _renew(self) -> None:
+        t0 = self._clock()
+        body = self._document()
+        if self._s3 and self._cas and self._etag:
+            try:
+                self._etag = self._s3_put(body, IfMatch=self._etag)
+            except Exception as e:  # noqa: BLE001 - classified
+                if not (_precondition_failed(e) or isinstance(e, FileNotFoundError)):
+                    raise
+                raw, _, present = self._read()
+                self._lose(self._parse(raw), present)
+                return
+        else:
+            raw, _, present = self._read()
+            doc = self._parse(raw)
+            if not (isinstance(doc, dict) and doc.get("token") == self.owner.token):
+                self._lose(doc, present)
+                return
+            if self._s3:
+                self._etag = self._s3_put(body)
+            else:
+                self.storage.fs.pipe_file(self._path, body)
+        self._held_since(t0)
+
+    def _lose(self, doc: dict | None, present: bool) -> None:
+        holder = Owner.from_dict(doc)
+        if holder is not None:
+            why = f"{holder.describe()} holds it now"
+        else:
+            why = "someone replaced it with something unreadable" if present else "someone deleted it"
+        self._state = "lost"
+        self._lost = (f"This process lost the writer lease on {self.storage.url} ({why}), so it stopped writing "
+                      "there; stop one of the two jobs, then restart this one (it resumes from the newest valid "
+                      "checkpoint).")
+        logger.error("%s", self._lost)
+
+    def _tick(self) -> None:
+        """One heartbeat: renew when held, try to acquire when pending (caller holds ``_io``)."""
+        if self._state == "held":
+            self._renew()
+        elif self._state == "pending":
+            try:
+                self._acquire()
+            except RootLockedError as e:
+                self._state = "lost"
+                self._lost = str(e)
+                raise LeaseLostError(self._lost) from None
+            self._state = "held"
+            logger.info("Holding the writer lease %s now", self.url)
+        if self._state == "lost":
+            raise LeaseLostError(self._lost)
+
+    def _heartbeat(self) -> None:
+        while True:
+            pause = self.options.renew_every if self.held else min(self.options.renew_every, 2.0)
+            if self._stop.wait(pause):
+                return
+            with self._io:
+                if self._stop.is_set() or self._state not in ("held", "pending"):
+                    return
+                try:
+                    self._tick()
+                except LeaseLostError:
+                    return
+                except Exception as e:  # noqa: BLE001 - retried; guard() refuses writes once overdue
+                    self._renew_errors += 1
+                    log = logger.warning if self._renew_errors == 1 else logger.debug
+                    log("Renewing the writer lease %s failed (%s: %s); retrying", self.url, type(e).__name__, e)
+
+    def _delete_if_ours(self) -> None:
+        if self._s3 and self._cas and self._etag:
+            bucket, key, _ = self.storage.fs.split_path(self._path)
+            try:
+                self.storage.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self._etag)
+                return
+            except Exception as e:  # noqa: BLE001 - classified
+                if _precondition_failed(e):
+                    logger.warning("Not releasing the writer lease %s: another writer holds it now", self.url)
+                    return
+                if not _unsupported(e):
+                    raise
+        raw, _, _ = self._read()
+        doc = self._parse(raw)
+        if isinstance(doc, dict) and doc.get("token") == self.owner.token:
+            self.storage.fs.rm_file(self._path)
+
+    # -- requests ------------------------------------------------------------------------
+    def _read(self) -> tuple[bytes | None, str | None, bool]:
+        """(content or None when too large, etag, present)."""
+        if self._s3:
+            from fsspec.asyn import sync
+
+            bucket, key, _ = self.storage.fs.split_path(self._path)
+            try:
+                data, etag = sync(self.storage.fs.loop, _s3_get, self.storage.fs, bucket, key)
+            except FileNotFoundError:
+                return None, None, False
+            return data, etag, True
+        try:
+            size = self.storage.fs.size(self._path)
+            if size is not None and size > _MAX_LEASE_BYTES:
+                return None, None, True
+            return self.storage.fs.cat_file(self._path), None, True
+        except FileNotFoundError:
+            return None, None, False
+
+    @staticmethod
+    def _parse(raw: bytes | None) -> dict | None:
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _s3_put(self, body: bytes, **cond: str) -> str | None:
+        bucket, key, _ = self.storage.fs.split_path(self._path)
+        out = self.storage.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body,
+                                      ContentType="application/json", **cond)
+        return out.get("ETag")
