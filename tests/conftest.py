@@ -26,6 +26,11 @@ _GUARD_LOG.touch()
 for _name in ("SPOTSAFE_AWS_METADATA_URL", "SPOTSAFE_GCP_METADATA_URL", "SPOTSAFE_AZURE_METADATA_URL"):
     os.environ[_name] = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD), os.environ.get("PYTHONPATH", "")) if p)
+# The supervisor's per-user state (records kept until it learns the run's root) and the DMI
+# facts the notice sources read ("on which cloud am I") point into a temp dir: the suite
+# writes nothing into the home directory and behaves the same on a cloud VM.
+os.environ["SPOTSAFE_STATE_DIR"] = __import__("tempfile").mkdtemp(prefix="spotsafe-state-")
+os.environ["SPOTSAFE_DMI_DIR"] = __import__("tempfile").mkdtemp(prefix="spotsafe-dmi-")
 # Loaded by its path: an image's own sitecustomize may already be imported under that name.
 _spec = importlib.util.spec_from_file_location("_spotsafe_test_guard", GUARD / "sitecustomize.py")
 _guard = importlib.util.module_from_spec(_spec)

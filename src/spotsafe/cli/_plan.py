@@ -45,15 +45,28 @@ def _rate(ctx, param, value):
 
 
 def _from_events(root: str | None):
+    """What the run at ``root`` measured (the same attempts ``spotsafe report`` counts), or None."""
     if root is None:
         return None
-    from ..telemetry import measure, read_events
+    from ..storage import is_url
+    from ..telemetry import measure, read_events, read_remote_events
 
-    d = Path(root) / "events"
-    if not d.is_dir():
-        raise click.BadParameter(f"{d} does not exist; pass the local run root whose events to read.",
-                                 param_hint="--from")
-    return measure(read_events(d))
+    if is_url(root):
+        try:
+            events = read_remote_events(root)
+        except (OSError, ImportError, ValueError) as e:
+            raise click.BadParameter(f"Cannot read the events under {root}/events ({e}); check the URL and "
+                                     "credentials.", param_hint="--from") from None
+    else:
+        d = Path(root) / "events"
+        if not d.is_dir():
+            raise click.BadParameter(f"{d} does not exist; pass the run root whose events to read.",
+                                     param_hint="--from")
+        events = read_events(d)
+    if not events:
+        raise click.BadParameter(f"No events under {root}/events; pass the root that spotsafe.Run or spotsafe run "
+                                 "wrote to.", param_hint="--from")
+    return measure(events)
 
 
 @click.command("plan")
@@ -115,6 +128,8 @@ def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint
         raise click.UsageError(str(e)) from None
     out = p.to_json()
     out["inputs"] = {k: sources.get(k, "given") for k in ("mtbf", "checkpoint cost", "restart cost")}
+    if measured is not None:
+        out["measured"] = {k: v for k, v in measured.__dict__.items() if k != "stalls_s"}
     if assumption:
         out["assumption"] = assumption
     if runs:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from .._units import format_duration
@@ -17,6 +16,7 @@ from ..storage import is_url
 from ..supervisor import Chaos, Supervisor, get_profile
 from ..telemetry import build_report, prometheus_text, read_events, read_remote_events, serve_metrics, write_textfile
 from ._plan import _duration
+from ._safe import markup
 
 _out = Console(highlight=False, soft_wrap=True)
 
@@ -62,7 +62,8 @@ def _report_for(root: str, events_dir: str | None, spot: float | None, od: float
               help="Advise on-demand after this many interruptions.")
 @click.option("--spot-price", type=click.FloatRange(min=0), help="Spot price per hour (advice, report).")
 @click.option("--on-demand-price", type=click.FloatRange(min=0), help="On-demand price per hour (advice, report).")
-@click.option("--events", "events_dir", type=click.Path(file_okay=False), help="Events directory (default ROOT/events).")
+@click.option("--events", "--events-dir", "events_dir", type=click.Path(file_okay=False),
+              help="Events directory (default ROOT/events; without --root, the root the command's Run opens).")
 @click.option("--run-id", help="Stable run id (default: kept in the events directory).")
 @click.option("--seed", type=int, help="Seed of the backoff jitter.")
 @click.option("--chaos", "chaos_every", callback=_duration("--chaos"),
@@ -213,9 +214,9 @@ def _print_report(r: dict, html_path: str | None) -> None:
         _out.print(f" replayed {rep['steps']['total']} steps, {rm.get('compared', 0)} logged metrics compared, "
                    f"{rm.get('identical', 0)} identical")
         for d in rm.get("differing") or []:
-            name, (a0, a1), (v0, v1) = repr(str(d["name"]))[1:-1], d["attempts"], d["values"]
-            _out.print(f"  step {d['step']} {escape(name)}: {escape(repr(v0))} in attempt {a0}, "
-                       f"{escape(repr(v1))} in attempt {a1}")
+            (a0, a1), (v0, v1) = d["attempts"], d["values"]
+            _out.print(f"  step {d['step']} {markup(d['name'])}: {markup(repr(v0))} in attempt {markup(a0)}, "
+                       f"{markup(repr(v1))} in attempt {markup(a1)}")
     _out.print(f" time lost to restarts {_s(r['restart_lost_s'])}; useful training {_s(r['useful_s'])}; goodput "
                + ("-" if r["goodput"] is None else f"{r['goodput']:.1%}")
                + (f"; {r['reruns']} rerun(s) after the run finished (idle {_s(r['idle_s'])} not counted)"

@@ -6,8 +6,12 @@ the thread never touches the training loop: it only ``post()``s a notice.
 
 In ``auto`` mode a source first *probes*: a cloud it is not on does not answer its
 protocol (connection refused, a timeout, or a 404 from another cloud's server), and the
-source then ends quietly (a debug line in the log). A source asked for by name keeps
-trying and logs a warning once.
+source then ends quietly (a debug line in the log). But a metadata server can be slow to
+answer at boot, or blocked for a moment: when the machine's firmware says it *is* on that
+cloud (the DMI vendor strings, :func:`dmi_cloud`), a failed probe is retried with backoff
+(1 s doubling to 60 s) until it answers or the run ends. A source asked for by name keeps
+trying and logs a warning once. Each source tells the watcher how its first probe went,
+so that one INFO line says which sources are watching.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import logging
 import os
 import threading
+from pathlib import Path
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,6 +34,38 @@ logger = logging.getLogger(__name__)
 POLL_ENV = "SPOTSAFE_NOTICE_POLL_S"
 DEFAULT_POLL_S = 2.0
 MAX_POLL_S = 5.0
+PROBE_BACKOFF = (1.0, 60.0)  # first delay and cap of the probes on a machine that is on the source's cloud
+
+DMI_ENV = "SPOTSAFE_DMI_DIR"
+DMI_DIR = "/sys/class/dmi/id"
+AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"  # every Azure VM's chassis asset tag (Hyper-V alone lacks it)
+
+
+def _dmi(directory: Path, name: str) -> str:
+    try:
+        with open(directory / name, "rb") as f:  # sysfs attributes: a few bytes, never blocking
+            return f.read(256).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def dmi_cloud(directory: str | os.PathLike | None = None) -> str | None:
+    """The cloud the machine's firmware names, from local facts only: "aws", "gcp", "azure" or None.
+
+    Reads ``sys_vendor``, ``product_name``, ``bios_vendor``, ``board_vendor`` (and Azure's
+    ``chassis_asset_tag``) under ``directory``, else ``$SPOTSAFE_DMI_DIR``, else
+    /sys/class/dmi/id. Nothing is asked over the network.
+    """
+    d = Path(directory or os.environ.get(DMI_ENV) or DMI_DIR)
+    vendors = {_dmi(d, n) for n in ("sys_vendor", "bios_vendor", "board_vendor")}
+    product = _dmi(d, "product_name")
+    if "Amazon EC2" in vendors or product.startswith("Amazon EC2") or "amazon" in _dmi(d, "bios_version").lower():
+        return "aws"
+    if "Google" in vendors or product == "Google Compute Engine":
+        return "gcp"
+    if "Microsoft Corporation" in vendors and _dmi(d, "chassis_asset_tag") == AZURE_ASSET_TAG:
+        return "azure"
+    return None
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -96,12 +133,15 @@ class Poller(NoticeSource):
     default_url = ""
 
     def __init__(self, url: str | None = None, *, interval: float | str | timedelta | None = None,
-                 timeout: float = 1.0, auto: bool = False) -> None:
+                 timeout: float = 1.0, auto: bool = False,
+                 probe_backoff: tuple[float, float] = PROBE_BACKOFF) -> None:
         self.url = base_url(url, self.env, self.default_url)
         self.interval = poll_interval(interval)
         self.timeout = timeout
         self.auto = auto
+        self.probe_backoff = probe_backoff
         self.polls = 0
+        self.probes = 0
         self._watcher = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -135,13 +175,30 @@ class Poller(NoticeSource):
     def poll(self) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _tell(self, state: str, detail: str = "") -> None:
+        probed = getattr(self._watcher, "probed", None)
+        if probed is not None:
+            probed(self, state, detail)
+
     def _run(self) -> None:
         try:
             answered = self._probe_once()
             if not answered and self.auto:
-                logger.debug("No %s metadata server at %s: %s notices off", self.name, self.url, self.name)
-                self._active = False
-                return
+                cloud = dmi_cloud()
+                if cloud != self.name:
+                    logger.debug("No %s metadata server at %s: %s notices off", self.name, self.url, self.name)
+                    self._active = False
+                    self._tell("off", "no metadata server")
+                    return
+                self._tell("probing", f"this machine is on {self.name} (DMI), no answer yet")
+                logger.info("The %s metadata server at %s did not answer, but this machine is on %s (DMI): probing "
+                            "again every %g s to %g s", self.name, self.url, self.name, *self.probe_backoff)
+                if not self._probe_with_backoff():
+                    return  # stopped
+                logger.info("The %s metadata server at %s answers: watching for %s notices", self.name, self.url,
+                            self.name)
+            else:
+                self._tell("on" if answered else "probing", "" if answered else "not answering yet")
             warned = not answered  # the probe has said so already
             while not self._stop.is_set():
                 try:
@@ -159,7 +216,18 @@ class Poller(NoticeSource):
             logger.exception("The %s notice poller failed; %s notices are off", self.name, self.name)
             self._active = False
 
+    def _probe_with_backoff(self) -> bool:
+        """Probe until the server answers (True) or the source is stopped (False); delays double
+        from ``probe_backoff[0]`` up to ``probe_backoff[1]``."""
+        delay, cap = self.probe_backoff
+        while not self._stop.wait(delay):
+            if self._probe_once():
+                return True
+            delay = min(cap, delay * 2.0)
+        return False
+
     def _probe_once(self) -> bool:
+        self.probes += 1
         try:
             return self.probe()
         except Unreachable as e:

@@ -2,18 +2,22 @@
 
 Sources post from signal handlers and daemon threads; the loop asks ``watcher.notice``
 after each step, which reads a list (no lock, no I/O): watching costs the loop nothing.
+Polling sources report how their first probe went (``probed``); once all have, one INFO
+line says which sources are watching.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from typing import Union
 
 from ._clouds import AWS, GCP, Azure
 from ._file import FILE_ENV, FileTrigger
 from ._notice import Notice, NoticeSource
+from ._poller import Poller
 from ._signals import Kubernetes, Signals, Slurm
 
 logger = logging.getLogger(__name__)
@@ -31,12 +35,40 @@ class NoticeWatcher:
         self._signals = 0
         self._advisories_read = 0
         self._started = False
+        self._lock = threading.Lock()
+        self._probes: dict[int, tuple[str, str]] = {}  # id(poller) -> (state, detail)
+        self._said = False
 
     def start(self) -> NoticeWatcher:
         for s in self.sources:
             s.start(self)
         self._started = True
+        self._say_sources()
         return self
+
+    def probed(self, source: NoticeSource, state: str, detail: str = "") -> None:
+        """A polling source's first probe: ``state`` "on", "off" or "probing" (any thread)."""
+        with self._lock:
+            self._probes[id(source)] = (state, detail)
+        self._say_sources()
+
+    def _say_sources(self) -> None:
+        """Log once, at INFO, which sources watch, when every polling source has probed."""
+        with self._lock:
+            if self._said or not self._started:
+                return
+            on, probing, off = [], [], []
+            for s in self.sources:
+                if isinstance(s, Poller) and s.url is not None:
+                    if id(s) not in self._probes:
+                        return  # not settled yet
+                    state, detail = self._probes[id(s)]
+                    {"on": on, "probing": probing}.get(state, off).append(f"{s.name} ({detail})" if detail else s.name)
+                else:
+                    (on if s.active else off).append(s.name)
+            self._said = True
+        logger.info("Notice sources watching: %s%s%s", ", ".join(on) or "none",
+                    f"; probing: {', '.join(probing)}" if probing else "", f"; off: {', '.join(off)}" if off else "")
 
     def stop(self) -> None:
         """Stop every source, last started first (so signal handlers unwind in order)."""

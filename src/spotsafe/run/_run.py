@@ -34,6 +34,7 @@ from ..notices._watcher import NoticesSpec
 from ..policy import RetentionPolicy, SavePolicy, as_policy
 from ..storage import is_url
 from ..telemetry import EVENTS_DIR_ENV, EventLog, measure, read_events
+from ..telemetry._identity import SUPERVISOR_ID_ENV, open_event_log
 from ..telemetry._mirror import EventMirror
 
 MIRROR_EVERY_S = 30.0
@@ -142,7 +143,7 @@ class Run:
 
     # -- entering and leaving --------------------------------------------------------
     def __enter__(self) -> Run:
-        self.events = EventLog(self._events_dir)
+        self.events = open_event_log(self._events_dir, root=self.root)  # announced to a supervisor that asks
         remote = self._manager_options["remote"]
         if remote and self.events.path is not None and not os.environ.get(SUPERVISED_ENV):
             # under ``spotsafe run`` the supervisor copies the events (one writer per remote file)
@@ -153,7 +154,9 @@ class Run:
             self.manager = CheckpointManager(self.root, run_id=self.events.run_id, attempt=self.events.attempt,
                                              **self._manager_options)  # one writer: refused here when taken
             self.events.emit("run_start", root=self.manager.root, remote=self._manager_options["remote"],
-                             sources=self.watcher.active, policy=repr(self.policy))
+                             sources=self.watcher.active, policy=repr(self.policy),
+                             **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
+                                else {}))
             t0, w0 = time.perf_counter(), time.time()
             restored = self.manager.restore(self.state, partial=self.partial)
             self._restore_window = (w0, time.time())

@@ -7,29 +7,45 @@ and in one order. The child runs in its own session and process group: a hard ki
 workers with it, while forwarded signals go to the child process alone, as Kubernetes and
 the clouds deliver them (``torchrun`` relays them to its workers).
 
-How an attempt ended decides what happens next:
+How an attempt ended decides what happens next. Preemption is read from spotsafe's own
+records first (the command's ``stop`` events), then from the exit code: ``torchrun`` exits
+1, and Lightning and the HF Trainer exit 0, after a notice.
 
-====================  ==========================  =====================================
-child ended           cause                       next
-====================  ==========================  =====================================
-exit 0                ``done``                    exit 0
-exit 75               ``preempted``               restart at once
-killed by a drill     ``chaos_kill``              restart at once
-anything else         ``crash``                   restart after backoff (with jitter)
-====================  ==========================  =====================================
+==========================================  ==============  ====================================
+child ended                                 cause           next
+==========================================  ==============  ====================================
+exit 75, or every ``stop`` event says it    ``preempted``   a machine-level notice (aws, gcp,
+stopped for a notice, checkpoint durable                    azure, kubernetes, slurm): exit 75,
+(any exit code)                                             so the job moves; otherwise restart
+exit 0                                      ``done``        exit 0
+killed by a drill                           ``chaos_kill``  restart at once
+anything else                               ``crash``       restart after backoff (with jitter)
+==========================================  ==============  ====================================
+
+A drill's notice (``--chaos``) always restarts here; a signal the supervisor itself got
+ends it with 75 once the command's checkpoint is durable.
 
 Progress is read from the checkpoints: the newest committed checkpoint (manifest present,
 sizes right) of the run's root and remote, before and after each attempt.
+
+Where the events go: ``--events``, else ``<root>/events``. Without a root the supervisor
+learns it from the command (telemetry/_identity.py): until then its records are kept in a
+per-user state directory, and nothing is written into the current directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -42,6 +58,8 @@ from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK,
 from .._units import format_duration
 from ..storage import is_url
 from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, parse_lines, read_events
+from ..telemetry._identity import RUN_ID_FILE, SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
+from ..telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
 from ..telemetry._mirror import EventMirror
 from ._chaos import KILL, Chaos
 from ._profile import Profile
@@ -52,7 +70,27 @@ GRACE_ENV = "SPOTSAFE_SIGNAL_GRACE"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 POLL_S = 0.05
 MIRROR_EVERY_S = 30.0
-RUN_ID_FILE = "run-id"
+LEARN_EVERY_S = 0.25
+STATE_DIR_ENV = "SPOTSAFE_STATE_DIR"
+
+
+def state_dir() -> Path:
+    """Where the supervisor keeps what it cannot (yet) keep beside the run's checkpoints:
+    ``$SPOTSAFE_STATE_DIR``, else ``$XDG_STATE_HOME/spotsafe``, else ``~/.local/state/spotsafe``;
+    a per-user directory under the system's temp dir when none of those can be made."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    candidates = [Path(p) for p in (os.environ.get(STATE_DIR_ENV),) if p]
+    candidates.append(Path(xdg) / "spotsafe" if xdg else Path.home() / ".local" / "state" / "spotsafe")
+    candidates.append(Path(tempfile.gettempdir()) / f"spotsafe-{os.getuid()}")
+    for c in candidates:
+        try:
+            c.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(c, os.W_OK | os.X_OK):
+            return c
+    raise ValueError(f"No writable directory for the supervisor's records ({', '.join(map(str, candidates))}); "
+                     f"pass --root or --events DIR, or set ${STATE_DIR_ENV}.")
 
 
 def newest_checkpoint(locations: list[str], storage_options: dict | None = None) -> int:
@@ -106,8 +144,10 @@ class Supervisor:
         profile: Settings (budget, backoff, grace, checkpoint interval, prices).
         root: The run's checkpoint root (a local directory or URL): handed to the command as
             ``$SPOTSAFE_ROOT``, read for progress, and home of the events (``<root>/events``).
-        events_dir: Where events go (default ``$SPOTSAFE_EVENTS_DIR``, ``<root>/events`` for a
-            local root, else ``./spotsafe-events``).
+        events_dir: Where events go (default ``$SPOTSAFE_EVENTS_DIR``, else ``<root>/events``:
+            a URL root's are kept in the per-user state directory and copied there; without a
+            root, the command's ``Run`` says where its root is, and the supervisor's records
+            join its events there (until then they are kept in the state directory)).
         run_id: Stable id of the run (default ``$SPOTSAFE_RUN_ID``, else the one kept in the
             events directory, else a new one).
         chaos: Drills to inject, or None.
@@ -135,17 +175,32 @@ class Supervisor:
         self._rng = random.Random(seed)
         self._say = say or (lambda msg: print(f"spotsafe run: {msg}", file=sys.stderr, flush=True))
         self._on_attempt_end = on_attempt_end
+        self.sup_id = uuid.uuid4().hex[:12]
+        self._given_run_id = run_id or os.environ.get(RUN_ID_ENV) or None
         if events_dir is None:
-            events_dir = os.environ.get(EVENTS_DIR_ENV) or (
-                os.path.join(root, "events") if root and not is_url(root) else "spotsafe-events")
+            events_dir = os.environ.get(EVENTS_DIR_ENV) or None
+        self._root_mirror: EventMirror | None = None
+        self._sup_dir: Path | None = None  # while the run's events directory is not known: the command announces it here
+        self._adopted = False
+        if events_dir is None and root and not is_url(root):
+            events_dir = os.path.join(root, "events")
+        elif events_dir is None and root:  # a URL root: kept here, copied to <root>/events
+            events_dir = state_dir() / "runs" / hashlib.sha256(root.encode()).hexdigest()[:16] / "events"
+            self._root_mirror = EventMirror(root, storage_options)
+        elif events_dir is None:
+            host = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname() or "localhost")
+            self._sup_dir = events_dir = state_dir() / "supervisor" / f"{host}-{os.getpid()}-{self.sup_id}"
         self.events_dir = Path(events_dir)
         self.events_dir.mkdir(parents=True, exist_ok=True)
-        self.run_id = run_id or os.environ.get(RUN_ID_ENV) or self._kept_run_id()
-        past = [e for e in read_events(self.events_dir) if e.get("run_id") == self.run_id]
-        self.attempt = max((int(e.get("attempt") or 0) for e in past), default=0)
+        if self._sup_dir is None:
+            self.run_id = self._given_run_id or kept_run_id(self.events_dir, uuid.uuid4().hex[:12])
+            past = [e for e in read_events(self.events_dir) if e.get("run_id") == self.run_id]
+            self.attempt = max((int(e.get("attempt") or 0) for e in past), default=0)
+        else:  # both learned from the command (telemetry/_identity.py)
+            self.run_id, past, self.attempt = self._given_run_id or self.sup_id, [], 0
         self._locations: list[str] = []  # where progress is read: given, and reported by attempts
         self._learn_locations([x for x in (root, profile.remote) if x], past)
-        self.events = EventLog(self.events_dir, run_id=self.run_id, attempt=self.attempt, rank=0, role="supervisor")
+        self.events = EventLog(self.events_dir, run_id=self.run_id, attempt=self.attempt, rank=0, role=SUPERVISOR)
         self.mirror = EventMirror(profile.remote, storage_options) if profile.remote else None
         self.backoff = Backoff(base=profile.backoff_base, cap=profile.backoff_cap)
         self.restarts = 0
@@ -155,22 +210,18 @@ class Supervisor:
         self._advised = False
 
     # -- setup ---------------------------------------------------------------------------
-    def _kept_run_id(self) -> str:
-        path = self.events_dir / RUN_ID_FILE
-        try:
-            kept = path.read_text().strip()
-            if kept:
-                return kept
-        except OSError:
-            pass
-        new = uuid.uuid4().hex[:12]
-        path.write_text(new + "\n")
-        return new
-
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({RUN_ID_ENV: self.run_id, ATTEMPT_ENV: str(self.attempt),
-                    EVENTS_DIR_ENV: os.fspath(self.events_dir.resolve()), SUPERVISED_ENV: "1"})
+        env.update({ATTEMPT_ENV: str(self.attempt), SUPERVISED_ENV: "1", SUPERVISOR_ID_ENV: self.sup_id})
+        if self._learned:
+            env.update({RUN_ID_ENV: self.run_id, EVENTS_DIR_ENV: os.fspath(self.events_dir.resolve())})
+            env.pop(SUPERVISOR_DIR_ENV, None)
+        else:  # the command's Run takes the run id and attempt of its root, and says where that is
+            env[SUPERVISOR_DIR_ENV] = os.fspath(self.events_dir.resolve())
+            env.pop(EVENTS_DIR_ENV, None)
+            env.pop(RUN_ID_ENV, None)
+            if self._given_run_id:
+                env[RUN_ID_ENV] = self._given_run_id
         if self.root:
             env[ROOT_ENV] = self.root
         if self.profile.remote:
@@ -179,6 +230,44 @@ class Supervisor:
             env[SAVE_EVERY_ENV] = self.profile.save_every
         env.setdefault(GRACE_ENV, f"{self.profile.grace:g}")
         return env
+
+    @property
+    def _learned(self) -> bool:
+        """Whether the supervisor knows where the run's events are (given, or announced by the command)."""
+        return self._sup_dir is None or self._adopted
+
+    def _mirrors(self) -> list[EventMirror]:
+        return [m for m in (self._root_mirror, self.mirror) if m is not None]
+
+    def _learn_events_dir(self) -> None:
+        """Adopt what the command announced (its events directory, run id and attempt number) and
+        move the supervisor's records beside its events, rewritten with them."""
+        if self._learned:
+            return
+        found = announcements(self._sup_dir)
+        if not found:
+            return
+        rec = found[0]
+        base, self.run_id, self.attempt = rec["attempt"] - self.attempt, rec["run_id"], rec["attempt"]
+        root = rec.get("root")
+        if isinstance(root, str) and is_url(root) and self._root_mirror is None:
+            self._root_mirror = EventMirror(root, self.storage_options)
+        target = Path(rec["events_dir"])
+        old = self.events.path
+        self.events.close()
+        records = parse_lines(old.read_text(errors="replace")) if old is not None and old.exists() else []
+        for r in records:
+            r["run_id"], r["attempt"] = self.run_id, base + int(r.get("attempt") or 0)
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / f".{old.name}.tmp"
+        tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        os.replace(tmp, target / old.name)
+        if old.parent.resolve() != target.resolve():
+            old.unlink(missing_ok=True)
+        self.events_dir = target
+        self.events = EventLog(target, run_id=self.run_id, attempt=self.attempt, rank=0, role=SUPERVISOR)
+        self._adopted = True
+        logger.info("The command keeps its events in %s: the supervisor's records are there too.", target)
 
     def _learn_locations(self, given: list[str], events: list[dict]) -> None:
         """Add the checkpoint locations ``given`` and those the ``run_start`` events report."""
@@ -209,8 +298,14 @@ class Supervisor:
                    interruptions=self.interruptions)
         self._export()
         self.events.close()
-        if self.mirror is not None and not self.mirror.close(timeout=10.0):
-            self._say(f"could not copy every event file to {self.profile.remote}/events in 10 s.")
+        for m in self._mirrors():
+            if not m.close(timeout=10.0):
+                self._say(f"could not copy every event file to {m.remote}/events in 10 s.")
+        if self._sup_dir is not None and self.events_dir != self._sup_dir:
+            shutil.rmtree(self._sup_dir, ignore_errors=True)  # its records moved beside the command's
+        elif self._sup_dir is not None and not self._learned:
+            self._say(f"the command reported no run root (it opened no spotsafe.Run): the supervisor's records are "
+                      f"in {self._sup_dir}; pass --root to keep them beside the checkpoints.")
         return code
 
     def _on_signal(self, signum, frame) -> None:
@@ -223,19 +318,27 @@ class Supervisor:
                 return EXIT_PREEMPTED, (f"stopped by {signal.Signals(self._signals[0]).name} before attempt "
                                         f"{self.attempt + 1}; the newest checkpoint is durable.")
             self.attempt += 1
+            known = bool(self._locations)
             before = newest_checkpoint(self._locations, self.storage_options)
             try:
                 ended = self._attempt(budget_end)
             except (FileNotFoundError, PermissionError) as e:
                 return EXIT_NOT_FOUND, f"cannot start {self.command[0]!r} ({e.strerror}); check the command after --."
+            if not known and self._locations:  # learned from the command: it resumed from what there was
+                before = ended["restored"]
             after = newest_checkpoint(self._locations, self.storage_options)
             cause, rc = ended["cause"], ended["rc"]
             self._emit("exit", exit_code=rc if rc >= 0 else None, signal=_signal_name(rc) if rc < 0 else None,
                        cause=cause, detail=ended["detail"], duration_s=ended["duration_s"], checkpoint_step=after,
-                       progress=after > before)
+                       progress=after > before, source=ended["source"])
             self._export()
             if ended["stop"] is not None:  # the supervisor was told to stop
                 return self._stopped(ended)
+            if cause == "preempted" and ended["drilled"] is None and ended["source"] in MACHINE_SOURCES:
+                self.interruptions += 1
+                return EXIT_PREEMPTED, (f"the command stopped for a notice from {ended['source']} (the machine is "
+                                        f"being reclaimed) with its checkpoint durable at step {after}; exiting 75 "
+                                        "so that the job moves to another machine.")
             if cause == "done":
                 return EXIT_OK, (f"the command finished (attempt {self.attempt}; {self.restarts} restart(s) by this "
                                  "supervisor).")
@@ -289,7 +392,8 @@ class Supervisor:
         seen = len(self._signals)
         t0 = self._clock()
         child = subprocess.Popen(self.command, env=self._env(), start_new_session=True)
-        self._emit("spawn", child_pid=child.pid, command=self.command)
+        self._emit("spawn", child_pid=child.pid, command=self.command, supervisor=self.sup_id)
+        next_learn = t0
         drill = self.chaos.next() if self.chaos is not None else None
         armed_at = None           # drills count from the command's restore (its handlers are in place)
         next_look = t0
@@ -343,31 +447,44 @@ class Supervisor:
             if stop_deadline is not None and now >= stop_deadline and killed_by is None:
                 self._kill_group(child)
                 killed_by = "deadline"
-            if self.mirror is not None and now - last_mirror >= MIRROR_EVERY_S:
-                self.mirror.push(self.events_dir)
+            if not self._learned and now >= next_learn:
+                next_learn = now + LEARN_EVERY_S
+                self._learn_events_dir()
+            if now - last_mirror >= MIRROR_EVERY_S:
+                for m in self._mirrors():
+                    m.push(self.events_dir)
                 last_mirror = now
             time.sleep(POLL_S)
         self._kill_group(child)  # leftovers of the group (orphaned workers), if any
         duration = self._clock() - t0
+        self._learn_events_dir()
         self._learn_locations([], self._attempt_events(t0, '"event":"run_start"'))  # this attempt's files only
-        if rc == 0:
-            cause, detail = "done", "exit 0"
-        elif rc == EXIT_PREEMPTED:
+        restored = max((e.get("step") or 0 for e in self._attempt_events(t0, '"event":"restore"')
+                        if e["event"] == "restore" and isinstance(e.get("step") or 0, int)), default=0)
+        # spotsafe's own records first: torchrun exits 1, Lightning and the HF Trainer 0 after a notice
+        stops = [e for e in self._attempt_events(t0, '"event":"stop"') if e["event"] == "stop"]
+        noticed = bool(stops) and all(preempted_stop(e) for e in stops)
+        source = next((e.get("source") for e in stops if e.get("source")), None) if noticed else None
+        if rc == EXIT_PREEMPTED:
             cause, detail = "preempted", "exit 75, checkpoint durable"
         elif killed_by == "drill":
             cause, detail = "chaos_kill", "SIGKILL by --chaos"
+        elif noticed:
+            how = f"exit {rc}" if rc >= 0 else f"killed by {_signal_name(rc)}"
+            cause, detail = "preempted", (f"{how}, but every process recorded a stop for a notice with its "
+                                          "checkpoint durable")
+        elif rc == 0:
+            cause, detail = "done", "exit 0"
         elif drilled is not None and rc == -signal.SIGTERM:
             cause, detail = "chaos_kill", "killed by the drill's SIGTERM (no handler installed at that moment)"
         elif killed_by == "deadline":
             cause, detail = "crash", "killed at the end of the grace period"
-        elif rc > 0 and self._all_ranks_preempted(t0):
-            cause, detail = "preempted", f"exit {rc}, but every process reported exit 75 with a durable checkpoint"
         else:
             cause, detail = "crash", f"exit {rc}" if rc > 0 else f"killed by {_signal_name(rc)}"
         if drilled is not None and cause == "preempted":
             detail += " (--chaos notice)"
         return {"rc": rc, "cause": cause, "detail": detail, "duration_s": duration, "stop": stop_sig,
-                "budget": budget}
+                "budget": budget, "source": source, "drilled": drilled, "restored": restored}
 
     def _attempt_events(self, since: float, needle: str | None = None) -> list[dict]:
         """Events the current attempt's processes wrote (files touched since ``since``, on the monotonic clock).
@@ -386,21 +503,12 @@ class Supervisor:
             if needle is not None and needle not in text:
                 continue
             out += [e for e in parse_lines(text) if e.get("run_id") == self.run_id
-                    and e.get("attempt") == self.attempt and e.get("role") != "supervisor"]
+                    and e.get("attempt") == self.attempt and e.get("role") != SUPERVISOR]
         return out
 
     def _restored(self, since: float) -> bool:
         """Whether this attempt's command has written its ``restore`` event (so it handles notices)."""
         return any(e["event"] == "restore" for e in self._attempt_events(since, '"event":"restore"'))
-
-    def _all_ranks_preempted(self, since: float) -> bool:
-        """Whether every process of the attempt that wrote a ``stop`` stopped with exit 75.
-
-        ``torchrun`` turns its workers' exit 75 into its own exit 1 (a failed worker group);
-        the workers' own ``stop`` events say they checkpointed for a notice.
-        """
-        stops = [e for e in self._attempt_events(since, '"event":"stop"') if e["event"] == "stop"]
-        return bool(stops) and all(e.get("exit_code") == EXIT_PREEMPTED for e in stops)
 
     def _kill_group(self, child: subprocess.Popen) -> None:
         try:
@@ -441,8 +549,8 @@ class Supervisor:
         self._say(msg)
 
     def _export(self) -> None:
-        if self.mirror is not None:
-            self.mirror.push(self.events_dir)
+        for m in self._mirrors():
+            m.push(self.events_dir)
         if self._on_attempt_end is not None:
             try:
                 self._on_attempt_end(self.events_dir)
