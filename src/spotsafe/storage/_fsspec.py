@@ -13,10 +13,19 @@ next writer. Retiring a checkpoint deletes its manifest first, for the same reas
 Settings come from where the store's own library reads them: for S3, ``AWS_ENDPOINT_URL``
 / ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, AWS config
 files, or explicit ``storage_options``. Options are never shown in ``repr`` or logs.
+
+Every network wait is bounded (S3): a connection gets :data:`CONNECT_TIMEOUT`, an answer
+:data:`READ_TIMEOUT` of silence, and a request :data:`REQUEST_ATTEMPTS` tries in all
+(botocore's; s3fs's own retry loop is turned off), so an endpoint that accepts
+connections but never answers costs a request about 2 x 5 s, not minutes; spotsafe's own
+retries, with backoff, wrap whole files in the background. ``storage_options``
+``config_kwargs`` given by the caller win. Opening an S3 root checks, without a request,
+that credentials were found, and says how to give them when none were.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import posixpath
@@ -24,6 +33,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
+from ..errors import MissingDependencyError, RemoteAccessError, UnsupportedURLError
 from ..format._hash import new_hasher
 from ._reads import hash_in_order
 
@@ -37,6 +47,15 @@ UPLOAD_CONCURRENCY = 8
 # server that stops reading (a frozen VM) would hang the upload forever once the socket
 # buffer is full. 120 s lets a 16 MiB part go at 140 KB/s.
 REQUEST_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection (S3)
+# Seconds of silence allowed while waiting for an answer (S3). aiohttp starts this clock
+# once a request's body is sent, so it bounds the server's silence, not a slow upload or
+# download that is still moving bytes.
+READ_TIMEOUT = 5.0
+REQUEST_ATTEMPTS = 2  # tries of one request, the first included (botocore's total_max_attempts)
+# Which extra installs the file system of a scheme.
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
+           "adl": "azure"}
 
 
 def is_url(root: str | os.PathLike) -> bool:
@@ -49,8 +68,25 @@ def _drop_expect_header(request: Any, **_: Any) -> None:
     request.headers.pop("Expect", None)
 
 
-def _tune_s3(fs: Any) -> None:
-    """Make a hung S3 endpoint fail instead of hanging an upload forever.
+def _s3_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with spotsafe's timeouts and retries in ``config_kwargs``, where the caller set none."""
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", READ_TIMEOUT)
+    config.setdefault("retries", {"total_max_attempts": REQUEST_ATTEMPTS, "mode": "standard"})
+    return {**options, "config_kwargs": config}
+
+
+_CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials, or "
+                     "run on a machine with an instance role), or pass storage_options={'key': ..., 'secret': ...}, "
+                     "or {'anon': True} for a public bucket")
+
+
+def _tune_s3(fs: Any, url: str) -> None:
+    """Check that credentials were found, and make a hung S3 endpoint fail instead of hanging forever.
+
+    The client is made here (no request is sent), so missing credentials are one
+    sentence now instead of a botocore traceback at the first read.
 
     botocore sends uploads with ``Expect: 100-continue``, and aiohttp waits for the
     ``100 Continue`` with no timeout: a server that accepts connections but never
@@ -60,12 +96,70 @@ def _tune_s3(fs: Any) -> None:
     """
     from fsspec.asyn import sync
 
-    fs.retries = min(getattr(fs, "retries", 2), 2)
+    fs.retries = 1  # s3fs's retry loop (5 tries by default) around botocore's: see REQUEST_ATTEMPTS
     try:
-        sync(fs.loop, fs.set_session)
-        fs.s3.meta.events.register("before-send.s3", _drop_expect_header, unique_id="spotsafe-no-expect")
+        client = sync(fs.loop, fs.set_session)
+    except Exception as e:  # noqa: BLE001 - classified: AWS settings that botocore rejects, or s3fs internals
+        if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore"):
+            raise RemoteAccessError(f"Cannot set up the S3 client for {url} ({type(e).__name__}: {e}); check the "
+                                    f"AWS settings: {_CREDENTIALS_HINT}.") from None
+        logger.debug("Could not set up the S3 client at open", exc_info=True)
+        return
+    signer = getattr(client, "_request_signer", None)
+    if not getattr(fs, "anon", False) and signer is not None and getattr(signer, "_credentials", True) is None:
+        raise RemoteAccessError(f"No AWS credentials found for {url}; {_CREDENTIALS_HINT}.")
+    try:
+        client.meta.events.register("before-send.s3", _drop_expect_header, unique_id="spotsafe-no-expect")
     except Exception:  # noqa: BLE001 - an s3fs without these internals still works, only without the fix
         logger.debug("Could not tune the S3 client", exc_info=True)
+
+
+def _access_errors(method: Callable) -> Callable:
+    """A reading method whose refused access or missing credentials raise :class:`RemoteAccessError`.
+
+    s3fs turns AccessDenied and a wrong key into a bare PermissionError that names
+    neither the store nor the way out; botocore raises NoCredentialsError when credentials
+    vanish after the open. Both are permanent: never retried, never "unreachable".
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: FsspecStorage, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RemoteAccessError:
+            raise
+        except PermissionError as e:
+            hint = _CREDENTIALS_HINT if self.protocol in ("s3", "s3a") else "see the file system's documentation"
+            raise RemoteAccessError(f"{self.url} refused access ({e}); check that the credentials are right and may "
+                                    f"read this bucket: {hint}.") from e
+        except Exception as e:
+            if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+                raise RemoteAccessError(f"No usable credentials for {self.url} ({e}); {_CREDENTIALS_HINT}.") from e
+            raise
+
+    return wrapper
+
+
+def _open_fs(url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """fsspec's file system and path for ``url``; an unknown scheme or a missing package is one sentence."""
+    import fsspec
+
+    scheme = url.split("://", 1)[0]
+    if scheme in ("s3", "s3a"):
+        options = _s3_options(options)
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as e:
+        extra = _EXTRAS.get(scheme)
+        how = f"`pip install spotsafe[{extra}]`" if extra else "install the package fsspec names"
+        raise MissingDependencyError(f"Storage URL {url} needs a file-system package that is not installed ({e}); "
+                                     f"run {how}.") from None
+    except ValueError:
+        if scheme in fsspec.available_protocols():
+            raise
+        raise UnsupportedURLError(f"Storage URL {url} has the unknown scheme {scheme!r}; use a local path, or a URL "
+                                  "of an fsspec file system: s3:// (spotsafe[s3]), gs:// (spotsafe[gcs]), az:// "
+                                  "(spotsafe[azure]), memory://.") from None
 
 
 class ManifestLastCommit:
@@ -81,27 +175,15 @@ class FsspecStorage:
     commit_strategy = ManifestLastCommit()
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
-        import fsspec
-
         self._url = url.rstrip("/")
-        options = dict(storage_options or {})
-        if self._url.split("://", 1)[0] in ("s3", "s3a"):
-            # One retry inside botocore and s3fs each: spotsafe's own retries (with backoff,
-            # jitter and a watermark) wrap every whole file, so nested 5x5 retries would only
-            # turn a dead endpoint into minutes of silence.
-            options.setdefault("config_kwargs", {"retries": {"max_attempts": 2, "mode": "standard"}})
-        try:
-            self.fs, path = fsspec.core.url_to_fs(self._url, **options)
-        except ImportError as e:
-            raise ImportError(f"Storage URL {self._url} needs a file-system package that is not installed "
-                              f"({e}); install it, e.g. `pip install spotsafe[s3]` for s3://.") from None
+        self.fs, path = _open_fs(self._url, dict(storage_options or {}))
         self.root = path.rstrip("/")
         # Called before every write: the writer lease's check (one writer per root), or None.
         self.write_guard: Callable[[], None] | None = None
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
         if self.protocol in ("s3", "s3a"):
-            _tune_s3(self.fs)
+            _tune_s3(self.fs, self._url)
 
     @property
     def url(self) -> str:
@@ -118,9 +200,11 @@ class FsspecStorage:
             self.write_guard()
 
     # -- reading -------------------------------------------------------------------
+    @_access_errors
     def exists(self) -> bool:
         return bool(self.listdir())
 
+    @_access_errors
     def listdir(self, rel: str = "") -> list[str]:
         """Names under ``root/rel``; an empty list when there are none."""
         path = self._p(rel)
@@ -132,6 +216,7 @@ class FsspecStorage:
         own = path.rstrip("/")
         return sorted({posixpath.basename(e.rstrip("/")) for e in entries if e.rstrip("/") != own} - {""})
 
+    @_access_errors
     def listdir_committed(self, marker: str) -> list[str]:
         """Directory names under the root that hold ``marker`` (their commit point)."""
         self.fs.invalidate_cache(self.root)
@@ -147,6 +232,7 @@ class FsspecStorage:
                 names.add(rel.split("/", 1)[0])
         return sorted(names)
 
+    @_access_errors
     def size(self, rel: str) -> int | None:
         """Size of an object in bytes, or None when missing."""
         try:
@@ -155,9 +241,11 @@ class FsspecStorage:
             return None
         return int(info["size"]) if info.get("type", "file") == "file" else None
 
+    @_access_errors
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self._p(rel))
 
+    @_access_errors
     def digest(self, rel: str, size: int | None = None) -> tuple[int, str]:
         """(bytes read, xxh3 digest) of an object, streamed."""
         h, n = new_hasher(), 0
@@ -170,6 +258,7 @@ class FsspecStorage:
                 n += len(chunk)
         return n, h.hexdigest()
 
+    @_access_errors
     def read_files(self, items: list[tuple[str, memoryview]], io_executor: Executor) -> list[tuple[int, str]]:
         """Fill each ``(rel, buf)`` with ranged GETs in parallel; (bytes read, digest) per item."""
 
