@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
+
+from ..errors import UnsupportedURLError
 
 from ._fsspec import FsspecStorage, ManifestLastCommit, is_url
 from ._lease import LeaseNotHeldError, LeaseOptions, RemoteLease
@@ -12,11 +15,24 @@ from ._lock import WriterLock
 from ._owner import Owner
 
 
+_ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
+_URL_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "http", "https", "hdfs"}
+
+
 def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> LocalStorage | FsspecStorage:
-    """LocalStorage for a path (or ``file://``), FsspecStorage for any other URL."""
+    """LocalStorage for a path (or ``file://``), FsspecStorage for any other URL.
+
+    Raises :class:`~spotsafe.errors.UnsupportedURLError` for an unknown scheme, or a URL with
+    one slash (``s3:/bucket``) that would otherwise become a local directory named ``s3:``;
+    :class:`~spotsafe.errors.MissingDependencyError` when the scheme's package is missing.
+    """
     if is_url(root):
         return FsspecStorage(os.fspath(root), storage_options)
     s = os.fspath(root)
+    typo = _ONE_SLASH.match(s)
+    if typo and typo.group(1).lower() in _URL_SCHEMES:
+        raise UnsupportedURLError(f"Storage root {s!r} looks like a URL with one slash; write "
+                                  f"{typo.group(1)}://{s[typo.end():]} (or ./{s} for a local directory).")
     return LocalStorage(s[len("file://"):] if s.startswith("file://") else s)
 
 
