@@ -18,7 +18,9 @@ Files are looked up in this order: ``--profiles FILE``, ``$SPOTSAFE_PROFILES``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +30,7 @@ from .._units import parse_duration, parse_interval
 
 PROFILES_ENV = "SPOTSAFE_PROFILES"
 DEFAULT_FILE = "spotsafe.toml"
+MAX_FILE_BYTES = 1 << 20  # a profiles file is a few hundred bytes; anything past this is not one
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,14 @@ class Profile:
     """Price per hour of the same machine on demand."""
 
     def __post_init__(self) -> None:
+        for name in ("max_total_time", "backoff_base", "backoff_cap", "grace", "spot_price", "on_demand_price"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"Profile {self.name!r}: {name} must be a finite number, got {v!r}.")
+        for name in ("max_restarts", "max_crashes_without_progress", "advise_on_demand_after"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"Profile {self.name!r}: {name} must be a whole number, got {v!r}.")
         if self.max_restarts < 0:
             raise ValueError(f"Profile {self.name!r}: max_restarts must be 0 or more, got {self.max_restarts}.")
         if self.max_crashes_without_progress < 1:
@@ -123,8 +134,8 @@ def _convert(profile: str, key: str, value: Any) -> Any:
             raise ValueError(f"The {what} must be a whole number, got {value!r}.")
         return value
     if key in ("spot_price", "on_demand_price"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"The {what} must be a number (price per hour), got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"The {what} must be a finite number (price per hour), got {value!r}.")
         return float(value)
     if key == "save_every":
         return str(value)
@@ -150,13 +161,7 @@ def load_profiles(path: str | os.PathLike | None = None) -> dict[str, Profile]:
     file = profiles_file(path)
     if file is None:
         return out
-    try:
-        data = tomllib.loads(file.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"Profiles file {file} does not exist; pass an existing file to --profiles "
-                         f"or unset ${PROFILES_ENV}.") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"Profiles file {file} is not valid TOML ({e}); fix it or pass another --profiles.") from None
+    data = _read_toml(file)
     tables = data.get("profiles", {})
     extra = set(data) - {"profiles"}
     if extra or not isinstance(tables, dict):
@@ -170,6 +175,9 @@ def load_profiles(path: str | os.PathLike | None = None) -> dict[str, Profile]:
             if not isinstance(table, dict):
                 raise ValueError(f"Profile {name!r} in {file} must be a table ([profiles.{name}]).")
             base_name = table.get("extends", "default" if name not in BUILTINS else name)
+            if not isinstance(base_name, str):
+                raise ValueError(f"Profile {name!r} in {file} has extends = {base_name!r}; it must be the name of one "
+                                 "profile, e.g. extends = \"experiment\".")
             if base_name in pending and base_name != name:
                 continue
             if base_name not in out:
@@ -179,12 +187,45 @@ def load_profiles(path: str | os.PathLike | None = None) -> dict[str, Profile]:
             try:
                 out[name] = dataclasses.replace(out[base_name], name=name).with_overrides(**values)
             except ValueError as e:
-                raise ValueError(f"{e} (in {file})") from None
+                raise ValueError(f"{str(e).rstrip('.')} (in {file}).") from None
             del pending[name]
             progressed = True
         if not progressed:
             raise ValueError(f"Profiles {sorted(pending)} in {file} extend each other in a circle.")
     return out
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    """The parsed profiles file; every way it can be unreadable is one sentence (a ValueError)."""
+    where = f"; pass a TOML file to --profiles or fix ${PROFILES_ENV}"
+    try:
+        # O_NONBLOCK: a FIFO given by mistake must not block the open; it is refused below.
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ValueError(f"Profiles file {file} does not exist; pass an existing file to --profiles "
+                         f"or unset ${PROFILES_ENV}.") from None
+    except OSError as e:
+        raise ValueError(f"Profiles file {file} cannot be opened ({e.strerror}){where}.") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ValueError(f"Profiles file {file} is {kind}{where}.")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ValueError(f"Profiles file {file} is {st.st_size} bytes, more than a profiles file holds{where}.")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"Profiles file {file} cannot be read ({e.strerror}){where}.") from None
+    finally:
+        os.close(fd)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"Profiles file {file} is not UTF-8 text{where}.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"Profiles file {file} is not valid TOML ({e}); fix it or pass another --profiles.") from None
 
 
 def get_profile(name: str | None = None, path: str | os.PathLike | None = None) -> Profile:
