@@ -16,6 +16,7 @@ from ..storage import is_url
 from ..supervisor import Chaos, Supervisor, get_profile
 from ..telemetry import build_report, prometheus_text, read_events, read_remote_events, serve_metrics, write_textfile
 from ._plan import _duration
+from ._params import Finite
 from ._safe import markup
 
 _out = Console(highlight=False, soft_wrap=True)
@@ -60,8 +61,8 @@ def _report_for(root: str, events_dir: str | None, spot: float | None, od: float
 @click.option("--grace", help="How long to wait for the command's checkpoint after a stop signal.")
 @click.option("--advise-after", "advise_on_demand_after", type=click.IntRange(min=1),
               help="Advise on-demand after this many interruptions.")
-@click.option("--spot-price", type=click.FloatRange(min=0), help="Spot price per hour (advice, report).")
-@click.option("--on-demand-price", type=click.FloatRange(min=0), help="On-demand price per hour (advice, report).")
+@click.option("--spot-price", type=Finite(min=0), help="Spot price per hour (advice, report).")
+@click.option("--on-demand-price", type=Finite(min=0), help="On-demand price per hour (advice, report).")
 @click.option("--events", "--events-dir", "events_dir", type=click.Path(file_okay=False),
               help="Events directory (default ROOT/events; without --root, the root the command's Run opens).")
 @click.option("--run-id", help="Stable run id (default: kept in the events directory).")
@@ -158,8 +159,8 @@ def _s(v: float | None) -> str:
 @click.option("--events", "events_dir", type=click.Path(file_okay=False), help="Read events here instead of ROOT/events.")
 @click.option("--profile", "profile_name", help="Take the prices from this profile.")
 @click.option("--profiles", "profiles_path", type=click.Path(dir_okay=False), help="TOML profiles file.")
-@click.option("--spot-price", type=click.FloatRange(min=0), help="Spot price per hour.")
-@click.option("--on-demand-price", type=click.FloatRange(min=0), help="On-demand price per hour.")
+@click.option("--spot-price", type=Finite(min=0), help="Spot price per hour.")
+@click.option("--on-demand-price", type=Finite(min=0), help="On-demand price per hour.")
 @click.option("--metric", default="loss", show_default=True, help="The logged value drawn as the loss curve.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML page.")
@@ -198,12 +199,16 @@ def report_cmd(root, events_dir, profile_name, profiles_path, spot_price, on_dem
 
 
 def _print_report(r: dict, html_path: str | None) -> None:
+    """The report as text. Every value that comes from the events (names, sources, and figures,
+    which a hostile file could make strings) goes through ``markup``: no rich markup or terminal
+    control characters from a file reach the terminal."""
     inter, res, rep, ck = r["interruptions"], r["resume"], r["replayed"], r["checkpoints"]
-    sources = ", ".join(f"{k} {v}" for k, v in inter["by_source"].items()) or "none"
+    sources = ", ".join(f"{markup(k)} {markup(v)}" for k, v in inter["by_source"].items()) or "none"
     rate = "-" if res["rate"] is None else f"{res['rate']:.0%}"
-    _out.print(f"[bold]{r['root']}[/bold]: {r['attempts']} attempts, final step {r['final_step']}"
-               f"{' (completed)' if r['completed'] else ''}, wall time {_s(r['wall_s'])}")
-    _out.print(f" interruptions {inter['total']} ({sources}); crashes {r['crashes']}; drills injected {r['drills']}")
+    _out.print(f"[bold]{markup(r['root'])}[/bold]: {markup(r['attempts'])} attempts, final step "
+               f"{markup(r['final_step'])}{' (completed)' if r['completed'] else ''}, wall time {_s(r['wall_s'])}")
+    _out.print(f" interruptions {markup(inter['total'])} ({sources}); crashes {markup(r['crashes'])}; drills injected "
+               f"{markup(r['drills'])}")
     _out.print(f" resumed {res['resumed']} of {res['restarts']} restarts from the newest checkpoint ({rate}); "
                f"invalid checkpoints skipped {res['fallbacks']}")
     if rep["steps"]["mean"] is not None:
@@ -233,9 +238,9 @@ def _print_report(r: dict, html_path: str | None) -> None:
         for col in ("attempt", "source", "step reached", "resumed at", "replayed steps", "replayed", "restart"):
             t.add_column(col, justify="left" if col == "source" else "right")
         for p in r["per_interruption"]:
-            t.add_row(str(p["attempt"]), p["source"], str(p["step"]),
-                      "-" if p["resumed_step"] is None else str(p["resumed_step"]),
-                      "-" if p["replayed_steps"] is None else str(p["replayed_steps"]), _s(p["replayed_s"]),
+            t.add_row(markup(p["attempt"]), markup(p["source"]), markup(p["step"]),
+                      "-" if p["resumed_step"] is None else markup(p["resumed_step"]),
+                      "-" if p["replayed_steps"] is None else markup(p["replayed_steps"]), _s(p["replayed_s"]),
                       _s(p["restart_s"]))
         _out.print(t)
     c = r["cost"]
@@ -247,4 +252,4 @@ def _print_report(r: dict, html_path: str | None) -> None:
     else:
         _out.print(" cost: pass --spot-price and --on-demand-price (per hour), or a --profile with prices.")
     if html_path:
-        _out.print(f" wrote {html_path}")
+        _out.print(f" wrote {markup(html_path)}")
