@@ -17,9 +17,12 @@ from .errors import (
     CheckpointNotFoundError,
     CheckpointSkippedWarning,
     CorruptCheckpointError,
+    LeaseLostError,
+    ReadOnlyRootError,
     RemoteError,
     RemoteUnavailableError,
     RemoteUnavailableWarning,
+    RootLockedError,
     SpotsafeError,
     SpotsafeWarning,
     StateMismatchError,
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from .format import CheckpointInfo
     from .notices import Notice
     from .policy import EveryDuration, EverySteps
+    from .storage import LeaseOptions
     from .run import Preempted, Run
     from .state import Stateful
 
@@ -40,6 +44,7 @@ _LAZY = {
     "CheckpointManager": "spotsafe.engine",
     "EveryDuration": "spotsafe.policy",
     "EverySteps": "spotsafe.policy",
+    "LeaseOptions": "spotsafe.storage",
     "Notice": "spotsafe.notices",
     "Preempted": "spotsafe.run",
     "Run": "spotsafe.run",
@@ -63,11 +68,15 @@ __all__ = [
     "EXIT_PREEMPTED",
     "EveryDuration",
     "EverySteps",
+    "LeaseLostError",
+    "LeaseOptions",
     "Notice",
     "Preempted",
+    "ReadOnlyRootError",
     "RemoteError",
     "RemoteUnavailableError",
     "RemoteUnavailableWarning",
+    "RootLockedError",
     "Run",
     "SaveStats",
     "SpotsafeError",

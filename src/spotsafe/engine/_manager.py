@@ -260,7 +260,7 @@ class CheckpointManager:
         if self._lock is not None:
             self._lock.release()
 
-    def _refuse_write(self) -> None:
+    def _refuse_write(self, strict: bool = False) -> None:
         raise ReadOnlyRootError(f"{self!r} was opened with read_only=True; open it without read_only to write, "
                                 "once no other writer holds the root.")
 

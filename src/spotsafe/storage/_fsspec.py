@@ -178,8 +178,9 @@ class FsspecStorage:
         self._url = url.rstrip("/")
         self.fs, path = _open_fs(self._url, dict(storage_options or {}))
         self.root = path.rstrip("/")
-        # Called before every write: the writer lease's check (one writer per root), or None.
-        self.write_guard: Callable[[], None] | None = None
+        # Called before every write: the writer lease's check (one writer per root), or None;
+        # strict=True (before a commit or a deletion) asks the store itself, not the last heartbeat.
+        self.write_guard: Callable[[bool], None] | None = None
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
         if self.protocol in ("s3", "s3a"):
@@ -195,9 +196,9 @@ class FsspecStorage:
     def _p(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
-    def _guard(self) -> None:
+    def _guard(self, strict: bool = False) -> None:
         if self.write_guard is not None:
-            self.write_guard()
+            self.write_guard(strict)
 
     # -- reading -------------------------------------------------------------------
     @_access_errors
@@ -290,7 +291,7 @@ class FsspecStorage:
         self.remove(handle)
 
     def put_bytes(self, rel: str, data: bytes) -> None:
-        self._guard()
+        self._guard(strict=True)
         self.fs.pipe_file(self._p(rel), bytes(data))
 
     def write_file(self, handle: str, name: str, pieces: Iterable[memoryview],
@@ -330,7 +331,7 @@ class FsspecStorage:
         """Uncommit ``name`` at once by deleting its manifest; returns what to :meth:`remove` later."""
         from ..format import MANIFEST
 
-        self._guard()
+        self._guard(strict=True)
         try:
             self.fs.rm_file(self._p(f"{name}/{MANIFEST}"))
         except FileNotFoundError:
@@ -339,7 +340,7 @@ class FsspecStorage:
 
     def remove(self, rel: str, *, strict: bool = False) -> None:
         """Remove everything under ``rel``; missing is fine. ``strict`` raises other errors."""
-        self._guard()
+        self._guard(strict=True)
         path = self._p(rel)
         try:
             if self.fs.exists(path):

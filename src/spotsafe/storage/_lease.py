@@ -23,7 +23,9 @@ for a network error), *lost* (someone else's token, or the lease vanished: perma
 Every write to the root goes through :meth:`RemoteLease.guard` first (the storage's
 ``write_guard``): held passes; pending or overdue tries once to renew or acquire, then
 raises a transient :class:`LeaseNotHeldError` (the uploader retries it with backoff);
-lost raises :class:`LeaseLostError`.
+lost raises :class:`LeaseLostError`. A commit (manifest PUT) or a deletion renews the
+lease first, so a takeover stops the old writer before its next commit, not a heartbeat
+later; one small request per commit.
 
 Who calls what: the manager calls ``acquire()`` (or ``defer()`` when the store could not
 be reached), ``start()``, ``check()`` from ``save``/``wait``, and ``release()`` from
@@ -211,15 +213,21 @@ class RemoteLease:
         if self._lost is not None:
             raise LeaseLostError(self._lost)
 
-    def guard(self) -> None:
-        """Called before every write to the root: pass when held, else try once, else raise."""
+    def guard(self, strict: bool = False) -> None:
+        """Called before every write to the root: pass when held, else try once, else raise.
+
+        ``strict`` (before a commit or a deletion, the writes that decide what a root holds):
+        renew the lease now, which confirms with the store that it is still ours, instead of
+        trusting the last heartbeat. A takeover is then noticed before the next manifest
+        lands, not up to ``renew_every`` later.
+        """
         self.check()
-        if self.held:
+        if self.held and not strict:
             return
         with self._io:
-            if self.held:
-                return
             self.check()
+            if self.held and not strict:
+                return
             if self._state not in ("held", "pending"):
                 raise LeaseNotHeldError(f"The writer lease {self.url} is {self._state}; nothing more is written "
                                         "there.")
