@@ -100,19 +100,19 @@ def load_json(data: bytes | bytearray | memoryview) -> Any:
 
 def check_document(doc: Any) -> None:
     """Bound the nesting depth and the number of values, without recursion."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    nodes = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, (dict, list)) else []
+    nodes = 1
     while stack:
         node, depth = stack.pop()
-        nodes += 1
-        if depth > MAX_JSON_DEPTH:
-            raise ManifestError(f"manifest.json is nested more than {MAX_JSON_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else node
+        nodes += len(children)
         if nodes > MAX_JSON_NODES:
             raise ManifestError(f"manifest.json holds more than {MAX_JSON_NODES} values")
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+        for v in children:
+            if isinstance(v, (dict, list)):
+                if depth >= MAX_JSON_DEPTH:
+                    raise ManifestError(f"manifest.json is nested more than {MAX_JSON_DEPTH} levels deep")
+                stack.append((v, depth + 1))
 
 
 # -- 2. fields ----------------------------------------------------------------------
@@ -189,32 +189,43 @@ def check_body(body: dict[str, Any]) -> None:
 
 
 def _check_tensor(cname: str, i: int, t: Any) -> None:
-    where = f"tensor {i} of component {cname!r}"
-    _need(isinstance(t, dict), f"{where} is not an object")
+    """One tensor-table entry (called once per tensor: messages are built only on failure)."""
+    def fail(what: str) -> ManifestError:
+        return ManifestError(f"tensor {i} of component {cname!r} {what}")
+
+    if not isinstance(t, dict):
+        raise fail("is not an object")
     kind = t.get("kind", "tensor")
-    _need(kind in ("tensor", "ndarray"), f"{where} has kind {_short(kind)}; expected 'tensor' or 'ndarray'")
     dtype = t.get("dtype")
     if kind == "tensor":
-        _need(isinstance(dtype, str) and dtype in TORCH_DTYPES, f"{where} has unknown tensor dtype {_short(dtype)}")
+        if not isinstance(dtype, str) or dtype not in TORCH_DTYPES:
+            raise fail(f"has unknown tensor dtype {_short(dtype)}")
         itemsize = TORCH_DTYPES[dtype]
-    else:
-        _need(isinstance(dtype, str) and dtype in NUMPY_DTYPES, f"{where} has unsupported array dtype {_short(dtype)}")
+    elif kind == "ndarray":
+        if not isinstance(dtype, str) or dtype not in NUMPY_DTYPES:
+            raise fail(f"has unsupported array dtype {_short(dtype)}")
         itemsize = NUMPY_DTYPES[dtype][1]
+    else:
+        raise fail(f"has kind {_short(kind)}; expected 'tensor' or 'ndarray'")
     shape = t.get("shape")
-    _need(isinstance(shape, list) and len(shape) <= MAX_NDIM and all(_is_int(d) and d >= 0 for d in shape),
-          f"{where} has shape {_short(shape)}; expected at most {MAX_NDIM} non-negative integers")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape):
+        raise fail(f"has shape {_short(shape)}; expected at most {MAX_NDIM} non-negative integers")
     numel = extent = 1
     for d in shape:
         numel *= d
-        extent *= max(d, 1)
-        _need(extent * itemsize <= MAX_FILE_BYTES, f"{where} has shape {_short(shape)}, larger than any file")
+        extent *= d or 1
+        if extent * itemsize > MAX_FILE_BYTES:
+            raise fail(f"has shape {_short(shape)}, larger than any file")
     nbytes, offset = t.get("nbytes"), t.get("offset")
-    _need(_is_int(nbytes) and nbytes == numel * itemsize,
-          f"{where} is {_short(nbytes)} bytes, but {numel} elements of {dtype} take {numel * itemsize}")
-    _need(_is_int(offset) and 0 <= offset <= MAX_FILE_BYTES and offset % ALIGN == 0,
-          f"{where} starts at offset {_short(offset)}; offsets are non-negative multiples of {ALIGN}")
-    _need(isinstance(t.get("file"), str), f"{where} names no file")
-    _need(device_ok(t.get("device", "cpu")), f"{where} has unknown device {_short(t.get('device'))}")
+    if not _is_int(nbytes) or nbytes != numel * itemsize:
+        raise fail(f"is {_short(nbytes)} bytes, but {numel} elements of {dtype} take {numel * itemsize}")
+    if not _is_int(offset) or not 0 <= offset <= MAX_FILE_BYTES or offset % ALIGN:
+        raise fail(f"starts at offset {_short(offset)}; offsets are non-negative multiples of {ALIGN}")
+    if not isinstance(t.get("file"), str):
+        raise fail("names no file")
+    device = t.get("device", "cpu")
+    if device != "cpu" and not device_ok(device):
+        raise fail(f"has unknown device {_short(device)}")
 
 
 # -- 3. tensor tables ---------------------------------------------------------------
@@ -240,55 +251,68 @@ def check_tables(files: dict[str, Any], comps: dict[str, Any]) -> None:
 # -- 4. state trees -----------------------------------------------------------------
 def check_tree(cname: str, kind: str, tree: Any, tensors: list[dict[str, Any]]) -> None:
     """Every node of a component's state tree is something :func:`spotsafe.state.decode` rebuilds."""
-    where = f"the state tree of component {cname!r}"
-    if kind == "stateful":
-        _need(isinstance(tree, dict) and (not any(k.startswith("$") for k in tree) or "$dict" in tree),
-              f"{where} is not a state dict")
+    def fail(what: str) -> ManifestError:
+        return ManifestError(f"the state tree of component {cname!r} {what}")
+
+    if kind == "stateful" and not (isinstance(tree, dict)
+                                   and (not any(k.startswith("$") for k in tree) or "$dict" in tree)):
+        raise fail("is not a state dict")
+    containers = (dict, list)
     stack: list[tuple[Any, bool]] = [(tree, False)]  # (node, is it a dict key: must be hashable)
     while stack:
         node, key = stack.pop()
-        if node is None or isinstance(node, (bool, str, int, float)):
-            continue  # numbers were bounded by the JSON parser
+        if not isinstance(node, containers):
+            continue  # None, bool, str and numbers (bounded by the JSON parser)
         if isinstance(node, list):
-            stack.extend((v, key) for v in node)
+            stack.extend((v, key) for v in node if isinstance(v, containers))
             continue
         tags = [k for k in node if k.startswith("$")]
         if not tags:
-            _need(not key, f"{where} uses a dict as a dict key")
-            stack.extend((v, False) for v in node.values())
+            if key:
+                raise fail("uses a dict as a dict key")
+            stack.extend((v, False) for v in node.values() if isinstance(v, containers))
             continue
         tag = tags[0]
-        _need(len(tags) == 1 and tag in _TAGS and all(k == tag or k in _TAGS[tag] for k in node),
-              f"{where} has a malformed node with keys {_short(sorted(node)[:5])}")
+        if len(tags) != 1 or tag not in _TAGS or not all(k == tag or k in _TAGS[tag] for k in node):
+            raise fail(f"has a malformed node with keys {_short(sorted(node)[:5])}")
         val = node[tag]
         if tag in ("$tensor", "$ndarray"):
             want = tag[1:]
-            _need(_is_int(val) and 0 <= val < len(tensors) and tensors[val].get("kind", "tensor") == want,
-                  f"{where} refers to {want} {_short(val)}, which its tensor table does not hold")
-            _need(not (key and want == "ndarray"), f"{where} uses an array as a dict key")
+            if not (_is_int(val) and 0 <= val < len(tensors) and tensors[val].get("kind", "tensor") == want):
+                raise fail(f"refers to {want} {_short(val)}, which its tensor table does not hold")
+            if key and want == "ndarray":
+                raise fail("uses an array as a dict key")
         elif tag == "$tuple":
-            _need(isinstance(val, list), f"{where} has a malformed tuple")
-            stack.extend((v, key) for v in val)
+            if not isinstance(val, list):
+                raise fail("has a malformed tuple")
+            stack.extend((v, key) for v in val if isinstance(v, containers))
         elif tag == "$dict":
-            _need(not key, f"{where} uses a dict as a dict key")
-            _need(isinstance(val, list) and all(isinstance(p, list) and len(p) == 2 for p in val),
-                  f"{where} has a malformed dict (expected a list of key, value pairs)")
+            if key:
+                raise fail("uses a dict as a dict key")
+            if not (isinstance(val, list) and all(isinstance(p, list) and len(p) == 2 for p in val)):
+                raise fail("has a malformed dict (expected a list of key, value pairs)")
             ordered = node.get("ordered", False)
-            _need(isinstance(ordered, bool), f"{where} has a malformed dict flag")
-            _need("meta" not in node or ordered, f"{where} has metadata on a plain dict")
+            if not isinstance(ordered, bool):
+                raise fail("has a malformed dict flag")
+            if "meta" in node and not ordered:
+                raise fail("has metadata on a plain dict")
             for k, v in val:
-                stack.append((k, True))
-                stack.append((v, False))
+                if isinstance(k, containers):
+                    stack.append((k, True))
+                if isinstance(v, containers):
+                    stack.append((v, False))
             if "meta" in node:
                 stack.append((node["meta"], False))
         elif tag == "$float":
-            _need(val in _SPECIAL_FLOATS, f"{where} has a malformed float {_short(val)}")
+            if val not in _SPECIAL_FLOATS:
+                raise fail(f"has a malformed float {_short(val)}")
         elif tag == "$np":
-            _check_np_scalar(where, val, node.get("v"), "v" in node)
+            _check_np_scalar(f"the state tree of component {cname!r}", val, node.get("v"), "v" in node)
         elif tag == "$dtype":
-            _need(isinstance(val, str) and val in TORCH_VALUE_DTYPES, f"{where} has unknown dtype {_short(val)}")
-        else:  # $device
-            _need(device_ok(val), f"{where} has unknown device {_short(val)}")
+            if not (isinstance(val, str) and val in TORCH_VALUE_DTYPES):
+                raise fail(f"has unknown dtype {_short(val)}")
+        elif not device_ok(val):  # $device
+            raise fail(f"has unknown device {_short(val)}")
 
 
 def _check_np_scalar(where: str, dtype: Any, v: Any, present: bool) -> None:
