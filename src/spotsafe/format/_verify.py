@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UnsafeFileError
+from ..errors import RemoteError, UnsafeFileError
 from ._layout import MANIFEST, parse_step_dir, step_dir
 from ._manifest import FileEntry, Manifest, ManifestError, parse_manifest
 from ._schema import MAX_MANIFEST_BYTES
 
-# Errors that make one checkpoint unreadable here, whatever the store: a member that is a
-# link / FIFO / device, or one this process may not read. Anything else (a network error)
-# is not a verdict on the checkpoint and propagates.
+# Errors that make one checkpoint unreadable here: a member that is a link / FIFO / device,
+# or a local file this process may not read. Anything else (a network error, a store that
+# refuses these credentials: RemoteError) is not a verdict on the checkpoint and propagates.
 _UNREADABLE = (UnsafeFileError, PermissionError, IsADirectoryError)
 
 
@@ -67,6 +67,8 @@ def check_checkpoint(storage, step: int, *, deep: bool = True) -> CheckpointInfo
     except ManifestError as e:
         return CheckpointInfo(step, name, location, False, str(e))
     except _UNREADABLE as e:
+        if isinstance(e, RemoteError):
+            raise
         return CheckpointInfo(step, name, location, False, unreadable_reason(e))
     for fname, entry in manifest.files.items():
         rel = f"{name}/{fname}"
@@ -76,6 +78,8 @@ def check_checkpoint(storage, step: int, *, deep: bool = True) -> CheckpointInfo
             if problem is None and deep:
                 problem = content_problem(fname, entry, *storage.digest(rel, size))
         except _UNREADABLE as e:
+            if isinstance(e, RemoteError):
+                raise
             problem = unreadable_reason(e)
         if problem is not None:
             return CheckpointInfo(step, name, location, False, problem, manifest)
