@@ -333,3 +333,35 @@ def test_no_valid_checkpoint_at_all_still_raises_one_sentence(two):
                 mgr.restore(make_state(7))
             with pytest.raises(spotsafe.CorruptCheckpointError, match=f"{NEW} .* is invalid: .*literal NaN"):
                 mgr.restore(make_state(7), step=2)
+
+
+def test_a_malformed_remote_copy_falls_back_to_the_other_tier_and_an_older_step(root, s3_url):
+    """Remote step 3 exists only there and is malformed; local step 2 is corrupt, its remote copy valid."""
+    from spotsafe.storage import open_storage
+
+    with spotsafe.CheckpointManager(root, remote=s3_url, keep_last=5) as mgr:
+        mgr.save(1, make_state(1))
+        s2 = make_state(2)
+        mgr.save(2, s2)
+        mgr.wait(remote=True)
+    step2 = {k: v.clone() for k, v in s2["model"].state_dict().items()}
+    remote = open_storage(s3_url)
+    body = (root / NEW / "manifest.json").read_text().replace('"step": 2', '"step": 3', 1)
+    remote.put_bytes("step-000000000003/manifest.json", body.replace('"metadata": {', '"metadata": {"x": NaN, ', 1)
+                     .encode())
+    data = bytearray((root / NEW / "model.bin").read_bytes())
+    data[5] ^= 0xFF
+    (root / NEW / "model.bin").write_bytes(bytes(data))
+
+    state = make_state(7)
+    with spotsafe.CheckpointManager(root, remote=s3_url, keep_last=5) as mgr:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            assert mgr.restore(state) == 2
+        assert mgr.restored_tier == "remote"
+    skipped = [str(w.message) for w in rec if issubclass(w.category, CheckpointSkippedWarning)]
+    assert len(skipped) == 2
+    assert "step-000000000003" in skipped[0] and "literal NaN" in skipped[0]
+    assert f"{NEW} in {root}" in skipped[1] and "model.bin fails its checksum" in skipped[1]
+    for k, v in state["model"].state_dict().items():
+        assert torch.equal(v, step2[k]), k
