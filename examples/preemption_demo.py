@@ -6,10 +6,14 @@
    nothing is replayed) or a SIGKILL of the whole process group (no warning: replay from
    the last checkpoint). The supervisor restarts it each time until it finishes.
 3. Compares the final parameters and optimizer state of both runs with ``torch.equal``.
-4. Prints ``spotsafe report`` (interruptions, lost work, checkpoint cost, money) and writes
-   report.html beside the runs.
+4. Prints ``spotsafe report`` (interruptions, lost work, checkpoint cost, money); with
+   ``--dir DIR`` it also writes DIR/report.html and keeps the runs there.
 
     python examples/preemption_demo.py --drills 4 --steps 300
+
+Without ``--dir`` everything goes to a temp dir (``spotsafe-demo-*`` in ``$TMPDIR`` or
+/tmp) that is removed when the demo ends, fails, or is stopped by Ctrl-C, SIGTERM or
+SIGHUP; its child processes are stopped first (bounded), so none writes there afterwards.
 
 Exits 0 only when drills were injected and the interrupted run is bit-identical to the
 uninterrupted one. ``run_with_kills`` (used by the tests) interrupts train.py by hand.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +140,57 @@ def spotsafe_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "spotsafe.cli"]
 
 
+_children: list[subprocess.Popen] = []
+
+
+_child_env: dict[str, str] = {}
+
+
+def _start(cmd: list[str], **kwargs) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env={**os.environ, **_child_env}, **kwargs)
+    _children.append(proc)
+    return proc
+
+
+def _run(cmd: list[str], **kwargs) -> None:
+    """subprocess.run(check=True), with the child known to :func:`_stop_children`."""
+    proc = _start(cmd, **kwargs)
+    if proc.wait() != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+
+
+def _stop_children(timeout: float = 15.0) -> None:
+    """SIGTERM every child still running (the supervisor forwards it, train.py checkpoints and
+    exits), wait for it at most ``timeout`` seconds in all, then SIGKILL what is left."""
+    live = [p for p in _children if p.poll() is None]
+    for p in live:
+        p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in live:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _exit_on(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through main's finally: children stopped, temp dir removed
+
+
+def cleanup(work: Path, keep: bool) -> None:
+    """Stop the children, then remove ``work`` unless it is to be kept (the user's --dir)."""
+    _stop_children()
+    if keep:
+        return
+    for _ in range(3):  # bounded: a child that outlived _stop_children may still create a file
+        shutil.rmtree(work, ignore_errors=True)
+        if not work.exists():
+            return
+        time.sleep(0.5)
+    print(f"Could not remove {work}; remove it by hand.", file=sys.stderr)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300)
@@ -146,16 +202,37 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1, help="seed of the drills")
     p.add_argument("--spot-price", default="0.92", help="illustrative spot price per hour, for the report")
     p.add_argument("--on-demand-price", default="3.06", help="illustrative on-demand price per hour")
-    p.add_argument("--dir", help="where to keep the runs (default: a temp dir)")
+    p.add_argument("--dir", help="keep the runs and report.html here (default: a temp dir, removed at the end)")
     args = p.parse_args()
-    work = Path(args.dir or tempfile.mkdtemp(prefix="spotsafe-demo-"))
+    keep = args.dir is not None
+    work = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="spotsafe-demo-"))
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on)
+    try:
+        code = demo(args, work, keep)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        code = 130
+    finally:
+        cleanup(work, keep)
+    if not keep:
+        print(f"Removed {work} (pass --dir DIR to keep the runs and report.html).")
+    return code
+
+
+def demo(args: argparse.Namespace, work: Path, keep: bool) -> int:
+    """The four steps of the module docstring, in ``work``; the exit code."""
+    # The children's temp files go into work/tmp and away with it: a SIGKILLed DataLoader
+    # worker leaves its multiprocessing dir (pymp-*) behind, and torch makes a cache dir.
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    _child_env["TMPDIR"] = str(work / "tmp")
     # Signals only: the demo never probes a cloud metadata server (there is none here).
     common = ["--steps", str(args.steps), "--save-every", str(args.save_every), "--workers", str(args.workers),
               "--notices", "signals"]
 
     print(f"[1/4] uninterrupted reference run ({args.steps} steps) in {work / 'reference'}", flush=True)
-    subprocess.run([sys.executable, str(TRAIN), "--root", str(work / "reference"), "--out",
-                    str(work / "reference.pt"), *common], check=True, stdout=subprocess.DEVNULL)
+    _run([sys.executable, str(TRAIN), "--root", str(work / "reference"), "--out", str(work / "reference.pt"),
+          *common], stdout=subprocess.DEVNULL)
     root = work / "interrupted"
     print(f"[2/4] the same run under `spotsafe run --chaos {args.chaos} --chaos-seed {args.seed}`: {args.drills} "
           "drills at random times (SIGTERM notices, answered with a checkpoint and exit 75, and SIGKILLs of the "
@@ -164,7 +241,7 @@ def main() -> int:
            "--chaos-seed", str(args.seed), "--chaos-max", str(args.drills), "--chaos-kill-share", str(args.kill_share),
            "--chaos-grace", "30s", "--spot-price", args.spot_price, "--on-demand-price", args.on_demand_price, "--",
            sys.executable, str(TRAIN), *common, "--step-delay", "0.02", "--out", str(work / "interrupted.pt")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+    proc = _start(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
     for line in proc.stdout:  # type: ignore[union-attr]  # the child's own lines: show the restarts only
         if line.startswith(("resumed", "preempted", "done")):
             print(f"  {line.rstrip()}", flush=True)
@@ -184,7 +261,7 @@ def main() -> int:
     print(f"OK: after {len(drills)} drills ({drills.count('notice')} notices, {drills.count('kill')} SIGKILLs) the "
           f"final {n} parameters and the Adam state are bit-identical to the uninterrupted run.", flush=True)
     print(f"[4/4] spotsafe report {root}", flush=True)
-    subprocess.run([*spotsafe_cmd(), "report", str(root), "--html", str(work / "report.html")], check=True)
+    _run([*spotsafe_cmd(), "report", str(root), *(["--html", str(work / "report.html")] if keep else [])])
     if not drills:
         print("FAIL: no drill was injected (the run was too short for --chaos); nothing was proven")
         return 1

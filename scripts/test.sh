@@ -2,7 +2,7 @@
 # The test suite (unit, integration with real subprocesses and signals, CLI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 # Debian's headless Chromium loads the HTML report in tests/integration/test_report_html.py.
 if ! command -v chromium >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
