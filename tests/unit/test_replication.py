@@ -26,10 +26,10 @@ class UploadGate:
         self.started = threading.Event()
         real = FsspecStorage.upload_file
 
-        def gated(st, path, rel):
+        def gated(st, fd, rel, **kw):
             self.started.set()
             assert self.open.wait(30), "gate never opened"
-            return real(st, path, rel)
+            return real(st, fd, rel, **kw)
 
         monkeypatch.setattr(FsspecStorage, "upload_file", gated)
 
@@ -69,11 +69,11 @@ def test_transient_upload_errors_are_retried_and_the_step_still_lands(root, remo
     real = FsspecStorage.upload_file
     failures = []
 
-    def flaky(st, path, rel):
+    def flaky(st, fd, rel, **kw):
         if len(failures) < 2:
             failures.append(rel)
             raise ConnectionResetError(104, "Connection reset by peer")
-        return real(st, path, rel)
+        return real(st, fd, rel, **kw)
 
     monkeypatch.setattr(FsspecStorage, "upload_file", flaky)
     with spotsafe.CheckpointManager(root, remote=remote, upload_backoff=Backoff(base=0.01, cap=0.05)) as mgr:
@@ -86,7 +86,7 @@ def test_transient_upload_errors_are_retried_and_the_step_still_lands(root, remo
 def test_a_permanent_upload_error_is_not_retried_and_is_raised_on_the_next_call(root, remote, monkeypatch):
     calls = []
 
-    def denied(st, path, rel):
+    def denied(st, fd, rel, **kw):
         calls.append(rel)
         raise PermissionError(13, "Access Denied")
 
@@ -94,8 +94,8 @@ def test_a_permanent_upload_error_is_not_retried_and_is_raised_on_the_next_call(
     mgr = spotsafe.CheckpointManager(root, remote=remote)
     mgr.save(1, {"v": torch.arange(10)})
     with pytest.raises(RemoteError, match=r"Uploading step-000000000001 to memory://.* failed after 0 retries "
-                                          r"\(PermissionError: .*Access Denied\); the newest checkpoint on the remote "
-                                          r"is still none"):
+                                          r"\(PermissionError: .*Access Denied\); the newest step confirmed on the "
+                                          r"remote is still none"):
         mgr.wait(remote=True, timeout=30)
     assert len(calls) == 1 and mgr.remote_watermark is None
     assert [c.step for c in mgr.checkpoints()] == [1]  # the local checkpoint is fine

@@ -45,9 +45,11 @@ from ..format import (
     ManifestError,
     check_checkpoint,
     committed_steps,
+    content_problem,
     encode_metadata,
     is_leftover,
     list_checkpoints,
+    parse_manifest,
     parse_step_dir,
     read_manifest,
     step_dir,
@@ -61,7 +63,7 @@ from ..storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLe
 from ..telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
 from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
-from ._retention import StoreRetention
+from ._retention import StoreRetention, Verdict
 from ._staging import StagingBuffers
 from ._threads import lower_thread_priority
 
@@ -147,7 +149,7 @@ class CheckpointManager:
     the kernel releases when the holder dies; a remote one holds a lease with a heartbeat).
     Readers need no lock: pass ``read_only=True``.
 
-    ``state`` arguments  are dicts of name -> object with ``state_dict()`` /
+    ``state`` arguments are dicts of name -> object with ``state_dict()`` /
     ``load_state_dict()`` (model, optimizer, scheduler, scaler, data loader, ...) or a plain
     value (numbers, strings, tensors, nested dicts and lists of them).
 
@@ -219,7 +221,8 @@ class CheckpointManager:
             self._clean_leftovers()
             if self.remote is not None:
                 self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
-                                              max_pending=max_pending_uploads, backoff=upload_backoff)
+                                              max_pending=max_pending_uploads, backoff=upload_backoff,
+                                              local_retention=self._retention)
         except BaseException:
             self._release_root()
             raise
@@ -286,7 +289,14 @@ class CheckpointManager:
 
     @property
     def remote_watermark(self) -> int | None:
-        """The newest step committed on the remote (None: none yet, or no remote)."""
+        """The newest step this manager confirmed on the remote (None: none yet, or no remote).
+
+        Confirmed means: its files and then its manifest were uploaded by this manager; or the
+        remote already held a byte-identical manifest of that step with every file of the
+        listed size (a previous attempt uploaded it); or restore downloaded and verified every
+        byte of it. A step on the remote that this manager did not confirm (a garbage
+        manifest, an older and longer run in the same prefix) never counts, whatever its name.
+        """
         return self._replicator.watermark if self._replicator else None
 
     @property
@@ -300,8 +310,9 @@ class CheckpointManager:
         return list(self._replicator.uploads) if self._replicator else []
 
     def wait_uploaded(self, step: int, timeout: float | None = None) -> bool:
-        """Block until ``step`` is committed on the remote; False on timeout or when it will not be
-        (dropped, or no remote). Raises the error that stopped the uploads."""
+        """Block until ``step`` is confirmed on the remote (see :attr:`remote_watermark`); False on timeout
+        or when it will not be (dropped, its local copy failed verification, or no remote). Raises the
+        error that stopped the uploads."""
         if self._replicator is None:
             return False
         return self._replicator.wait(step, timeout)
@@ -387,11 +398,13 @@ class CheckpointManager:
         try:
             t1 = time.perf_counter()
             manifest = persist(staged, self.storage, handle, self._hash_executor)
-            self.storage.commit(handle, name, MANIFEST, manifest.to_json_bytes())
+            raw = manifest.to_json_bytes()
+            self.storage.commit(handle, name, MANIFEST, raw)
             persist_s = time.perf_counter() - t1
         except BaseException:
             self.storage.abort(handle)
             raise
+        self._retention.vouch(staged.step, manifest, raw)  # hashed as it was written: valid without a read
         self._prune(staged.step)
         if self._replicator is not None:
             self._replicator.submit(staged.step)
@@ -439,8 +452,15 @@ class CheckpointManager:
         if remote and self._replicator is not None and self.last_save is not None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._replicator.wait(self.last_save.step, left):
-                raise TimeoutError(f"{step_dir(self.last_save.step)} is not on {self.remote.url} after {timeout}s "
-                                   f"(remote watermark: {self.remote_watermark}).")
+                rejected = self._replicator.rejected.get(self.last_save.step)
+                if rejected is not None:
+                    raise CorruptCheckpointError(
+                        f"{step_dir(self.last_save.step)} was not uploaded to {self.remote.url}: its local copy in "
+                        f"{self.root} fails verification ({rejected}); check the disk, then save again.")
+                mark = self.remote_watermark
+                raise TimeoutError(f"{step_dir(self.last_save.step)} is not confirmed on {self.remote.url} after "
+                                   f"{timeout}s; the newest step confirmed there is "
+                                   f"{step_dir(mark) if mark is not None else 'none'}.")
         return self.last_save
 
     def _prune(self, committed: int) -> None:
@@ -449,6 +469,7 @@ class CheckpointManager:
             if s in pinned:
                 continue  # still to be uploaded; a later prune removes it
             gone = self.storage.retire(step_dir(s), trash_dir(s))
+            self._retention.forget(s)
             self._deletions.append((gone, self._gc_executor.submit(self.storage.remove, gone, strict=True)))
 
     def _raise_background_errors(self, wait: bool = False) -> None:
@@ -567,6 +588,7 @@ class CheckpointManager:
                 self.restored = CheckpointInfo(s, name, f"{storage.url}/{name}", True, None, manifest)
                 self.restored_tier = tier
                 self.restore_skipped = skipped
+                self._after_restore(s, tier, manifest, bufs, tiers[0][2] if step is None else [])
                 if skipped:
                     logger.warning("Restored %s from %s after skipping %d invalid checkpoint(s): %s", name, tier,
                                    len(skipped), "; ".join(skipped))
@@ -585,6 +607,54 @@ class CheckpointManager:
                 f"{len(skipped)} failed verification ({'; '.join(skipped)}); repair or remove them, or pass "
                 "fresh_if_invalid=True to start over.")
         return None
+
+    def _after_restore(self, step: int, tier: str, manifest, bufs: dict[str, Any], local_steps: list[int]) -> None:
+        """Keep what restore learned by reading every byte: verdicts for retention, the remote copy as
+        confirmed, and a local copy repaired from a verified remote one. Never fails the restore."""
+        if getattr(self, "read_only", False):
+            return
+        for s in local_steps:  # restore tried these local copies, newest first, and rejected them
+            if s > step or (s == step and tier == "remote"):
+                self._retention.record(s, Verdict(False, reason="it failed verification when restore read it"))
+        if tier == "root":
+            self._retention.record(step, Verdict(True, manifest.created))
+        elif tier == "remote" and self._replicator is not None:
+            self._replicator.confirm_restored(step, manifest)
+            self._repair_local(step, manifest, bufs)
+
+    def _repair_local(self, step: int, manifest, bufs: dict[str, Any]) -> None:
+        """Write the verified bytes of ``step``, just downloaded, into the local root as that step.
+
+        An invalid local copy is moved aside (retired) only once the new one is written and
+        checked, just before it is committed. A failure is logged, never raised: the restore
+        has succeeded, and the next save writes a fresh local checkpoint anyway.
+        """
+        name = step_dir(step)
+        try:
+            raw = self.remote.read_bytes(f"{name}/{MANIFEST}")  # the exact bytes, so both tiers hold one copy
+            if parse_manifest(raw).files != manifest.files:
+                raise CorruptCheckpointError("its manifest on the remote changed during the restore")
+            handle = self.storage.begin(name, tmp_dir(step))
+            try:
+                for fname, entry in manifest.files.items():
+                    size, digest = self.storage.write_file(handle, fname, [memoryview(bufs[fname].numpy())],
+                                                           self._hash_executor)
+                    problem = content_problem(fname, entry, size, digest)
+                    if problem is not None:
+                        raise CorruptCheckpointError(problem)
+                if name in self.storage.listdir():
+                    self.storage.remove(self.storage.retire(name, trash_dir(step)))
+                self.storage.commit(handle, name, MANIFEST, raw)
+            except BaseException:
+                self.storage.abort(handle)
+                raise
+        except Exception as e:  # noqa: BLE001 - a repair is a bonus; the restore stands
+            logger.warning("Could not repair %s in %s from its verified copy on %s (%s: %s); the restore stands, "
+                           "and the next save writes a new local checkpoint.", name, self.root, self.remote.url,
+                           type(e).__name__, e)
+            return
+        self._retention.vouch(step, manifest, raw)
+        logger.info("Repaired %s in %s with its verified copy from %s", name, self.root, self.remote.url)
 
     # -- listing -------------------------------------------------------------------
     def checkpoints(self, *, deep: bool = True, remote: bool = False) -> list[CheckpointInfo]:

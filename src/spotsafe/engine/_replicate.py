@@ -1,33 +1,68 @@
 """Background replication of committed local checkpoints to a remote store.
 
 One daemon thread uploads steps in order. For each step every file goes up (large ones in
-parallel multipart parts), its remote size is confirmed, and only then the manifest is
-uploaded: the remote commit point. The *watermark* is the newest step committed on the
-remote. Transient errors (connection refused, timeouts, throttling) are retried with
-exponential backoff and jitter; when the retries run out the error is kept and raised by
-the manager's next ``save()``, ``wait()`` or ``close()``.
+parallel multipart parts), hashed as it is read for the upload and checked against the
+local manifest's size and checksum before the object is completed; its remote size is
+confirmed, and only then the manifest is uploaded: the remote commit point. Nothing is
+uploaded unless its bytes verify: a local copy that fails (a flipped byte, a short file, a
+garbage manifest) is not committed, its partial upload is removed, the local tier's
+retention is told that copy is invalid, and it is not retried (saving that step again
+replaces it).
+
+A step counts as *confirmed* on the remote only when this replicator saw it land: its own
+files and then its manifest, or, for a step that is already there (uploaded by a previous
+attempt), a remote manifest byte-identical to the local one with every listed file of the
+listed size; or the manager's restore downloaded and verified every byte of it. The
+*watermark* is the newest confirmed step. Names alone never count: a higher step on the
+remote that this replicator did not confirm (a garbage manifest, an older and longer run in
+the same prefix) neither raises the watermark nor ends a wait. A remote copy of a step that
+differs from the local one is uncommitted (its manifest deleted first) and uploaded again,
+so an invalid remote copy is repaired from a valid local one; when that remote copy looks
+valid, the local one is read and verified first, so a good remote copy is never traded for
+a bad local one.
+
+Transient errors (connection refused, timeouts, throttling) are retried with exponential
+backoff and jitter; when the retries run out the error is kept and raised by the manager's
+next ``save()``, ``wait()`` or ``close()``.
 
 The queue is bounded: when saves come faster than uploads, the oldest step still waiting
 is dropped (a newer one supersedes it) and counted in :attr:`Replicator.dropped`. Steps
 waiting or in flight are *pinned*: local retention keeps them until they are up.
 
-When it starts, the thread reads the remote watermark, removes uploads that a killed
-writer abandoned (``step-N/`` with no manifest, incomplete multipart uploads) and queues
-the newest local checkpoint if the remote lacks it.
+When it starts, the thread removes uploads that a killed writer abandoned (``step-N/``
+with no manifest, incomplete multipart uploads) and queues the newest local checkpoint,
+which is confirmed without an upload when the remote already holds the same copy.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 
 from .._backoff import Backoff, retry
-from ..errors import RemoteError
-from ..format import MANIFEST, committed_steps, is_leftover, parse_manifest, parse_step_dir, step_dir, trash_dir
+from ..errors import CorruptCheckpointError, RemoteError
+from ..format import (
+    MANIFEST,
+    Manifest,
+    ManifestError,
+    committed_steps,
+    content_problem,
+    digest_bytes,
+    is_leftover,
+    new_hasher,
+    parse_manifest,
+    parse_step_dir,
+    size_problem,
+    step_dir,
+    trash_dir,
+)
 from ..policy._retention import RetentionPolicy
-from ._retention import StoreRetention
+from ..storage._local import UnsafeFileError
+from ._retention import StoreRetention, Verdict
 from ._threads import lower_thread_priority
 
 logger = logging.getLogger(__name__)
@@ -36,6 +71,7 @@ _PERMANENT = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirecto
               ValueError, TypeError, KeyError, AttributeError)
 _TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "azure", "gcsfs", "adlfs",
                       "s3fs")
+_MANIFEST_LIMIT = 64 << 20  # a manifest larger than this is not one
 
 
 def is_transient(e: BaseException) -> bool:
@@ -45,6 +81,10 @@ def is_transient(e: BaseException) -> bool:
     if isinstance(e, (OSError, TimeoutError, ConnectionError)):
         return True
     return type(e).__module__.split(".")[0] in _TRANSIENT_MODULES
+
+
+class _LocalInvalid(Exception):
+    """The local copy of a step fails verification (never retried; the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -61,20 +101,24 @@ class Replicator:
     """Uploads committed checkpoints from ``local`` to ``remote`` on a daemon thread.
 
     After each upload the remote is pruned under ``retention``, the same policy as the
-    local root's.
+    local root's, by validity (:class:`~spotsafe.engine._retention.StoreRetention`).
+    ``local_retention``, the local root's, is told when a local copy fails verification.
     """
 
     def __init__(self, local, remote, *, retention: RetentionPolicy, max_pending: int = 2,
-                 backoff: Backoff = Backoff()) -> None:
+                 backoff: Backoff = Backoff(), local_retention: StoreRetention | None = None) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending_uploads must be at least 1, got {max_pending}.")
         self.local, self.remote = local, remote
         self._retention = StoreRetention(remote, retention)
+        self._local_retention = local_retention
         self.max_pending = max_pending
         self.backoff = backoff
-        self.watermark: int | None = None
         self.dropped = 0
         self.uploads: list[UploadStats] = []
+        self.rejected: dict[int, str] = {}
+        self._confirmed: set[int] = set()
+        self._again: set[int] = set()
         self._cond = threading.Condition()
         self._pending: list[int] = []
         self._inflight: int | None = None
@@ -84,10 +128,26 @@ class Replicator:
         self._thread = threading.Thread(target=self._loop, name="spotsafe-upload", daemon=True)
         self._thread.start()
 
+    @property
+    def watermark(self) -> int | None:
+        """The newest step confirmed on the remote (see the module docstring), or None."""
+        with self._cond:
+            return max(self._confirmed) if self._confirmed else None
+
+    def confirmed(self, step: int) -> bool:
+        """Whether ``step`` is confirmed on the remote (and not pruned since)."""
+        with self._cond:
+            return step in self._confirmed
+
     # -- called from the training thread -------------------------------------------
     def submit(self, step: int) -> None:
         with self._cond:
-            if step in self._pending or step == self._inflight:
+            self.rejected.pop(step, None)  # saved again: a fresh local copy, which the remote does not hold yet
+            self._confirmed.discard(step)
+            if step == self._inflight:
+                self._again.add(step)  # the copy in flight is being replaced: upload the new one after it
+                return
+            if step in self._pending:
                 return
             self._pending.append(step)
             self._pending.sort()
@@ -127,8 +187,16 @@ class Replicator:
             logger.info("Upload of %s to %s dropped: %s supersedes it", step_dir(s), self.remote.url, step_dir(step))
         return len(older)
 
+    def confirm_restored(self, step: int, manifest: Manifest) -> None:
+        """Restore downloaded every byte of ``step`` from the remote and verified it: it is confirmed there."""
+        self._retention.record(step, Verdict(True, manifest.created))
+        with self._cond:
+            self._confirmed.add(step)
+            self._cond.notify_all()
+
     def wait(self, step: int | None = None, timeout: float | None = None) -> bool:
-        """Until ``step`` (default: everything queued) is committed on the remote; False on timeout.
+        """Until ``step`` (default: everything queued) is confirmed on the remote; False on timeout, or
+        when ``step`` will not be (dropped, never queued, or its local copy failed verification).
 
         Raises the error that stopped the uploads, if any.
         """
@@ -139,16 +207,16 @@ class Replicator:
                     break
                 if step is None and self._ready and not self._pending and self._inflight is None:
                     break
-                if step is not None and self.watermark is not None and self.watermark >= step:
+                if step is not None and step in self._confirmed:
                     break
                 if step is not None and self._ready and step not in self._pending and step != self._inflight:
-                    break  # dropped or never queued: nothing more will come
+                    break  # dropped, rejected or never queued: nothing more will come
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._cond.wait(left if left is not None else 1.0)
         self.check()
-        return step is None or (self.watermark is not None and self.watermark >= step)
+        return step is None or self.confirmed(step)
 
     def check(self) -> None:
         """Raise (once) the error that stopped an upload."""
@@ -207,11 +275,16 @@ class Replicator:
                 self._upload(step)
             except BaseException as e:  # noqa: BLE001
                 self._fail(RemoteError(f"Uploading {step_dir(step)} to {self.remote.url} failed after "
-                                       f"{self._retries} retries ({type(e).__name__}: {e}); the newest checkpoint on "
-                                       f"the remote is still {self._watermark_name()}."), e)
+                                       f"{self._retries} retries ({type(e).__name__}: {e}); the newest step "
+                                       f"confirmed on the remote is still {self._watermark_name()}."), e)
             finally:
                 with self._cond:
                     self._inflight = None
+                    if step in self._again:
+                        self._again.discard(step)
+                        if step not in self._pending:
+                            self._pending.append(step)
+                            self._pending.sort()
                     self._cond.notify_all()
 
     def _fail(self, err: RemoteError, cause: BaseException) -> None:
@@ -223,13 +296,11 @@ class Replicator:
             self._cond.notify_all()
 
     def _watermark_name(self) -> str:
-        return step_dir(self.watermark) if self.watermark is not None else "none"
+        mark = self.watermark
+        return step_dir(mark) if mark is not None else "none"
 
     def _start(self) -> None:
-        steps = self._retry(lambda: committed_steps(self.remote), f"Listing {self.remote.url}")
-        with self._cond:
-            self.watermark = steps[-1] if steps else None
-        committed = {step_dir(s) for s in steps}
+        committed = set(self._retry(lambda: self.remote.listdir_committed(MANIFEST), f"Listing {self.remote.url}"))
         for name in self._retry(lambda: self.remote.listdir(), f"Listing {self.remote.url}"):
             if name in committed or not (is_leftover(name) or parse_step_dir(name) is not None):
                 continue
@@ -242,34 +313,57 @@ class Replicator:
         if n:
             logger.info("Aborted %d incomplete multipart upload(s) in %s", n, self.remote.url)
         local = committed_steps(self.local)
-        if local and (self.watermark is None or local[-1] > self.watermark):
-            self.submit(local[-1])
+        if local:
+            self.submit(local[-1])  # confirmed without an upload when the remote holds the same copy
 
     def _upload(self, step: int) -> None:
         self._retries = 0
         name = step_dir(step)
         t0 = time.perf_counter()
-        if step in self._retry(lambda: committed_steps(self.remote), f"Listing {self.remote.url}"):
-            logger.info("%s is already on %s", name, self.remote.url)
-            self._committed(step)
+        known = self._local_retention.verdict(step) if self._local_retention else None
+        if known is not None and not known.valid:
+            self._reject(step, known.reason or "it failed verification")
             return
+        raw = None
         try:
-            raw = self.local.read_bytes(f"{name}/{MANIFEST}")
+            raw = self._read_local(f"{name}/{MANIFEST}", _MANIFEST_LIMIT)
+            manifest = parse_manifest(raw)
+            if manifest.step != step:
+                raise ManifestError(f"manifest.json says step {manifest.step}, the directory says {step}")
         except FileNotFoundError:
             logger.warning("Not uploading %s: it is no longer in %s", name, self.local.url)
             return
-        manifest = parse_manifest(raw)
+        except (_LocalInvalid, ManifestError) as e:
+            self._reject(step, str(e), raw)
+            return
+        theirs = self._retry(lambda: self._remote_copy(name, raw, manifest), f"Reading {name} on {self.remote.url}")
+        if theirs == "same":
+            logger.info("%s is already on %s (the same manifest, every file of its size); not uploading it again",
+                        name, self.remote.url)
+            self._confirm(step, manifest, raw)
+            return
+        if theirs is not None:
+            if theirs == "differs":
+                # A copy that looks valid is about to go: make sure the local one is valid before it does
+                # (the one case where the local bytes are read twice).
+                try:
+                    self._verify_local(name, manifest)
+                except _LocalInvalid as e:
+                    self._reject(step, str(e), raw)
+                    return
+            logger.warning("Replacing the copy of %s on %s (%s) with the local one", name, self.remote.url,
+                           "a different checkpoint" if theirs == "differs" else theirs)
+            # Manifest first, so no reader ever sees that step half-deleted; begin() removes the rest.
+            self._retry(lambda: self.remote.retire(name, trash_dir(step)), f"Uncommitting {name}")
         self._retry(lambda: self.remote.begin(name, name), f"Preparing {name}")
-        for fname, entry in sorted(manifest.files.items(), key=lambda kv: -kv[1].size):
-            rel = f"{name}/{fname}"
-
-            def put(rel: str = rel, fname: str = fname, size: int = entry.size) -> None:
-                self.remote.upload_file(self.local.path(name, fname), rel)
-                got = self.remote.size(rel)
-                if got != size:
-                    raise ConnectionError(f"{rel} is {got} bytes on the remote after upload, expected {size}")
-
-            self._retry(put, f"Uploading {rel}")
+        try:
+            for fname, entry in sorted(manifest.files.items(), key=lambda kv: -kv[1].size):
+                rel = f"{name}/{fname}"
+                self._retry(lambda rel=rel, fname=fname, entry=entry: self._put(rel, fname, entry), f"Uploading {rel}")
+        except (_LocalInvalid, CorruptCheckpointError) as e:
+            self._discard(name)
+            self._reject(step, str(e), raw)
+            return
         self._retry(lambda: self.remote.commit(name, name, MANIFEST, raw), f"Committing {name}")
         if self._retries:
             try:  # a failed attempt may have left an incomplete multipart upload behind
@@ -280,20 +374,138 @@ class Replicator:
         del self.uploads[:-100]
         logger.info("Uploaded %s to %s (%d bytes, %.2fs)", name, self.remote.url, manifest.total_bytes,
                     time.perf_counter() - t0)
-        self._committed(step)
+        self._confirm(step, manifest, raw)
 
-    def _committed(self, step: int) -> None:
-        """Prune the remote, then publish ``step`` as the watermark and unpin it, in one go."""
-        newest = step if self.watermark is None else max(step, self.watermark)
+    def _read_local(self, rel: str, limit: int) -> bytes:
+        """A small local file, opened as a checkpoint member (no links, FIFOs or devices)."""
+        fd = self._open_local(rel)
         try:
-            for s in self._retention.deletions(newest):
+            chunks, got = [], 0
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return b"".join(chunks)
+                got += len(chunk)
+                if got > limit:
+                    raise _LocalInvalid(f"{rel} is larger than {limit} bytes")
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+
+    def _open_local(self, rel: str) -> int:
+        try:
+            return self.local.open_member(rel)
+        except UnsafeFileError as e:
+            raise _LocalInvalid(str(e)) from None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+                raise _LocalInvalid(f"{rel} cannot be opened as a checkpoint file ({e})") from None
+            raise
+
+    def _put(self, rel: str, fname: str, entry) -> None:
+        """Upload one local file, verified against its manifest entry as it is read; confirm its remote size."""
+        try:
+            fd = self._open_local(rel)
+        except FileNotFoundError:
+            raise _LocalInvalid(f"{fname} is missing") from None
+        try:
+            problem = size_problem(fname, entry, os.fstat(fd).st_size)
+            if problem is not None:
+                raise _LocalInvalid(problem)
+            self.remote.upload_file(fd, rel, size=entry.size, checksum=entry.checksum)
+        finally:
+            os.close(fd)
+        got = self.remote.size(rel)
+        if got != entry.size:
+            raise ConnectionError(f"{rel} is {got} bytes on the remote after upload, expected {entry.size}")
+
+    def _remote_copy(self, name: str, raw: bytes, manifest: Manifest) -> str | None:
+        """What the remote holds of ``name``: None (no committed copy), "same" (this very copy: the same
+        manifest bytes, every file of its size), "differs" (another copy that looks valid), or why its
+        copy is invalid."""
+        try:
+            theirs = self.remote.read_bytes(f"{name}/{MANIFEST}")
+        except FileNotFoundError:
+            return None
+        if theirs != raw:
+            try:
+                other = parse_manifest(theirs)
+            except ManifestError as e:
+                return f"invalid there: {e}"
+            if other.step != manifest.step:
+                return f"invalid there: its manifest says step {other.step}"
+            entries = other.files
+        else:
+            entries = manifest.files
+        for fname, entry in entries.items():
+            problem = size_problem(fname, entry, self.remote.size(f"{name}/{fname}"))
+            if problem is not None:
+                return f"invalid there: {problem}"
+        return "same" if theirs == raw else "differs"
+
+    def _verify_local(self, name: str, manifest: Manifest) -> None:
+        """Read and hash every local file of ``name``; raise _LocalInvalid naming the first that fails."""
+        for fname, entry in manifest.files.items():
+            try:
+                fd = self._open_local(f"{name}/{fname}")
+            except FileNotFoundError:
+                raise _LocalInvalid(f"{fname} is missing") from None
+            try:
+                hasher, n = new_hasher(), 0
+                while True:
+                    chunk = os.pread(fd, 16 << 20, n)
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+                    n += len(chunk)
+            finally:
+                os.close(fd)
+            problem = content_problem(fname, entry, n, hasher.hexdigest())
+            if problem is not None:
+                raise _LocalInvalid(problem)
+
+    def _discard(self, name: str) -> None:
+        """Remove what was uploaded of ``name`` (never committed); the next writer cleans what this misses."""
+        self.remote.remove(name)
+        try:
+            self.remote.abort_incomplete_uploads(name)
+        except Exception as e:  # noqa: BLE001
+            logger.info("Could not list incomplete uploads of %s in %s (%s)", name, self.remote.url, e)
+
+    def _reject(self, step: int, reason: str, raw: bytes | None = None) -> None:
+        """The local copy of ``step`` (whose manifest is ``raw``) fails verification: never uploaded, never
+        retried, and local retention knows."""
+        with self._cond:
+            if step in self._again:  # that copy was replaced while it went up: the new one goes next
+                logger.info("%s was saved again while it was uploading; uploading the new copy", step_dir(step))
+                return
+        logger.error("Not uploading %s to %s: its local copy in %s fails verification (%s); the remote keeps what "
+                     "it holds, and saving that step again replaces the local copy.", step_dir(step), self.remote.url,
+                     self.local.url, reason)
+        if self._local_retention is not None:
+            self._local_retention.record(step, Verdict(False, digest=digest_bytes(raw) if raw else None,
+                                                       reason=reason))
+        with self._cond:
+            self.rejected[step] = reason
+            self._cond.notify_all()
+
+    def _confirm(self, step: int, manifest: Manifest, raw: bytes) -> None:
+        """Prune the remote, then publish ``step`` as confirmed (and unpin it), in one go."""
+        self._retention.vouch(step, manifest, raw)
+        try:
+            for s in self._retention.deletions(step):
                 gone = self.remote.retire(step_dir(s), trash_dir(s))
+                self._retention.forget(s)
+                with self._cond:
+                    self._confirmed.discard(s)
                 self.remote.remove(gone, strict=True)
         except Exception as e:  # noqa: BLE001 - an old remote checkpoint left is not data loss
             logger.warning("Pruning old checkpoints in %s failed (%s); will retry after the next upload",
                            self.remote.url, e)
         with self._cond:
-            self.watermark = newest
+            if step not in self._again:  # else a newer local copy replaced this one while it went up
+                self._confirmed.add(step)
+            self.rejected.pop(step, None)
             if self._inflight == step:
                 self._inflight = None
             self._cond.notify_all()

@@ -80,8 +80,16 @@ class StoreRetention:
                                   digest_bytes(raw) if raw is not None else None))
 
     def record(self, step: int, verdict: Verdict) -> None:
-        """Remember a verdict made elsewhere (restore, an upload) on the current copy of ``step``."""
+        """Remember a verdict made elsewhere (restore, an upload) on the current copy of ``step``.
+
+        An invalid verdict on a manifest other than the one vouched for is about a copy that
+        has since been replaced (an upload that raced a new save of that step): ignored.
+        """
         with self._lock:
+            old = self._verdicts.get(step)
+            if (not verdict.valid and old is not None and old.valid and verdict.digest and old.digest
+                    and verdict.digest != old.digest):
+                return
             self._verdicts[step] = verdict
 
     def forget(self, step: int) -> None:

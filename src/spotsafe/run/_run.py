@@ -418,23 +418,32 @@ class Run:
             return "local"
         if left is not None and estimate is not None and estimate > left:
             logger.warning("%s is durable on local disk at %s only: its upload to %s would take about %s (%s), "
-                           "more than the %s left. The remote holds %s.", name, mgr.root, mgr.remote.url,
-                           format_duration(estimate), why, format_duration(max(0.0, left)),
-                           step_dir(mgr.remote_watermark) if mgr.remote_watermark else "nothing yet")
+                           "more than the %s left. The newest step confirmed there is %s.", name, mgr.root,
+                           mgr.remote.url, format_duration(estimate), why, format_duration(max(0.0, left)),
+                           self._confirmed_on_remote())
             return "local"
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 logger.warning("%s is durable on local disk at %s; its upload to %s did not finish before the "
-                               "deadline. The remote holds %s.", name, mgr.root, mgr.remote.url,
-                               step_dir(mgr.remote_watermark) if mgr.remote_watermark else "nothing yet")
+                               "deadline. The newest step confirmed there is %s.", name, mgr.root, mgr.remote.url,
+                               self._confirmed_on_remote())
                 return "local"
             if notice is not None and self.watcher.urgent:
                 logger.warning("%s is durable on local disk at %s; stopped waiting for the upload to %s: a second "
                                "signal came.", name, mgr.root, mgr.remote.url)
                 return "local"
             try:
+                # True only once this manager confirmed ``step`` itself on the remote: a higher step there
+                # (another run's, a garbage manifest) never ends this wait
                 done = mgr.wait_uploaded(step, timeout=_SLICE if notice is not None else 1.0)
+                if not done and not mgr.upload_pending(step):
+                    done = mgr.wait_uploaded(step, timeout=0)  # it may have landed since
+                    if not done:  # neither queued nor in flight: dropped, or refused (logged where it was)
+                        logger.warning("%s is durable on local disk at %s; it will not reach %s (its upload was "
+                                       "dropped or refused). The newest step confirmed there is %s.", name,
+                                       mgr.root, mgr.remote.url, self._confirmed_on_remote())
+                        return "local"
             except Exception as e:  # noqa: BLE001 - the local copy stands
                 if notice is None:
                     raise
@@ -445,8 +454,11 @@ class Run:
                 if notice is not None:
                     logger.warning("%s is durable on %s (and on local disk).", name, mgr.remote.url)
                 return "remote"
-            if not mgr.upload_pending(step) and (mgr.remote_watermark or 0) < step:
-                return "local"  # neither queued nor in flight: dropped
+
+    def _confirmed_on_remote(self) -> str:
+        """The newest step this run's manager confirmed on the remote, for a log line."""
+        mark = self.manager.remote_watermark
+        return step_dir(mark) if mark is not None else "none yet"
 
     def _tier_name(self, tier: str | None) -> str | None:
         """"local" or "remote" for the manager's "root"/"remote" (a URL root is remote)."""

@@ -29,12 +29,13 @@ import functools
 import logging
 import os
 import posixpath
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import MissingDependencyError, RemoteAccessError, UnsupportedURLError
-from ..format._hash import new_hasher
+from ..errors import CorruptCheckpointError, MissingDependencyError, RemoteAccessError, UnsupportedURLError
+from ..format._hash import digest_bytes, new_hasher
 from ._reads import hash_in_order
 
 logger = logging.getLogger(__name__)
@@ -313,16 +314,47 @@ class FsspecStorage:
                         f.write(p[start:start + _PART])
         return size, hasher.hexdigest()
 
-    def upload_file(self, local_path: str | os.PathLike, rel: str) -> None:
-        """Upload a local file; large files go in parallel multipart parts on S3."""
-        self._guard()
-        if self.protocol in ("s3", "s3a"):
-            from fsspec.asyn import sync
+    def upload_file(self, fd: int, rel: str, *, size: int, checksum: str) -> None:
+        """Upload the first ``size`` bytes of the open local file ``fd`` to ``rel``, verifying them on the way.
 
-            sync(self.fs.loop, _s3_multipart_upload, self.fs, os.fspath(local_path), self._p(rel))
-        else:
-            self.fs.put_file(os.fspath(local_path), self._p(rel))
-        self.fs.invalidate_cache(posixpath.dirname(self._p(rel)))
+        The bytes are hashed (xxh3) as they are read for the upload, never read twice, and
+        must be ``size`` bytes hashing to ``checksum`` (the manifest's entry). On S3 the
+        check comes before the object exists: before the single PUT is sent, or before the
+        multipart upload is completed (it is aborted instead). Elsewhere the object is
+        written as a stream and removed again on a mismatch. Large files go in parallel
+        multipart parts on S3. The caller keeps ``fd`` open until this returns.
+
+        Raises:
+            CorruptCheckpointError: The bytes read do not match ``size`` and ``checksum``;
+                nothing is left at ``rel``.
+        """
+        self._guard()
+        path = self._p(rel)
+        try:
+            if self.protocol in ("s3", "s3a"):
+                from fsspec.asyn import sync
+
+                sync(self.fs.loop, _s3_multipart_upload, self.fs, fd, path, size, checksum)
+            else:
+                hasher, sent = new_hasher(), 0
+                try:
+                    with self.fs.open(path, "wb", block_size=_PART) as f:
+                        while sent < size:
+                            data = _pread_exact(fd, min(_PART, size - sent), sent)
+                            if not data:
+                                break
+                            hasher.update(data)
+                            f.write(data)
+                            sent += len(data)
+                    _check_upload(sent, hasher.hexdigest(), size, checksum, path)
+                except CorruptCheckpointError:
+                    try:
+                        self.fs.rm_file(path)
+                    except FileNotFoundError:
+                        pass
+                    raise
+        finally:
+            self.fs.invalidate_cache(posixpath.dirname(path))
 
     def commit(self, handle: str, final_name: str, manifest_name: str, manifest: bytes) -> None:
         self.commit_strategy.commit(self, final_name, manifest_name, manifest)
@@ -375,42 +407,95 @@ class FsspecStorage:
         return n
 
 
-async def _s3_multipart_upload(fs: Any, lpath: str, rpath: str, part: int = _PART,
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    """``n`` bytes of ``fd`` from ``offset``, fewer only at the end of the file."""
+    data = os.pread(fd, n, offset)
+    if len(data) == n or not data:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < n:
+        more = os.pread(fd, n - got, offset + got)
+        if not more:
+            break
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)
+
+
+def _check_upload(sent: int, digest: str, size: int, checksum: str, path: str) -> None:
+    """Raise CorruptCheckpointError unless the bytes read for ``path`` are the manifest's."""
+    name = posixpath.basename(path)
+    if sent != size:
+        raise CorruptCheckpointError(f"{name} ended after {sent} bytes while uploading, manifest says {size}")
+    if digest != checksum:
+        raise CorruptCheckpointError(f"{name} fails its checksum while uploading ({digest}, manifest says {checksum})")
+
+
+class _InOrderHash:
+    """Hashes pieces that arrive in any order (parts read concurrently) as one stream, in order.
+
+    A piece that arrives before its predecessors waits here, so at most the pieces of the
+    upload window are held; xxh3 releases the GIL, so hashing overlaps the other reads.
+    """
+
+    def __init__(self) -> None:
+        self.hasher = new_hasher()
+        self.nbytes = 0
+        self._next = 0
+        self._waiting: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+
+    def add(self, index: int, data: bytes) -> None:
+        with self._lock:
+            self._waiting[index] = data
+            while self._next in self._waiting:
+                piece = self._waiting.pop(self._next)
+                self.hasher.update(piece)
+                self.nbytes += len(piece)
+                self._next += 1
+
+
+async def _s3_multipart_upload(fs: Any, fd: int, rpath: str, size: int, checksum: str, part: int = _PART,
                                concurrency: int = UPLOAD_CONCURRENCY) -> None:
-    """Upload ``lpath`` with a sliding window of ``concurrency`` parts in flight.
+    """Upload ``size`` bytes of ``fd`` with a sliding window of ``concurrency`` parts in flight.
 
     s3fs's ``put_file`` sends parts in batches and waits for the slowest of each batch;
     keeping the window full is what lets it match boto3's transfer manager. Each part is
-    read just before it is sent, so at most ``concurrency`` parts are in memory. On any
-    error the multipart upload is aborted, so no parts are left stored.
+    read (``pread``) just before it is sent and hashed in file order as it is read, so at
+    most about ``concurrency`` parts are in memory and no byte is read twice. The upload
+    is completed only when every byte read matches ``size`` and ``checksum``; on a
+    mismatch or any error the multipart upload is aborted, so no parts are left stored.
     """
     import asyncio
 
     bucket, key, _ = fs.split_path(rpath)
-    size = os.path.getsize(lpath)
-
-    def read(offset: int, n: int) -> bytes:
-        with open(lpath, "rb", buffering=0) as f:
-            return os.pread(f.fileno(), n, offset)
-
     loop = asyncio.get_running_loop()
     if size < 2 * part:
-        data = await loop.run_in_executor(None, read, 0, size)
+        data = await loop.run_in_executor(None, _pread_exact, fd, size, 0)
+        _check_upload(len(data), digest_bytes(data), size, checksum, rpath)
         await asyncio.wait_for(fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data), REQUEST_TIMEOUT)
         return
     mpu = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
     upload_id = mpu["UploadId"]
     window = asyncio.Semaphore(concurrency)
+    stream = _InOrderHash()
 
-    async def send(number: int, offset: int) -> dict:
+    def read(index: int, offset: int) -> bytes:
+        data = _pread_exact(fd, min(part, size - offset), offset)
+        stream.add(index, data)
+        return data
+
+    async def send(index: int, offset: int) -> dict:
         async with window:
-            data = await loop.run_in_executor(None, read, offset, min(part, size - offset))
+            data = await loop.run_in_executor(None, read, index, offset)
             out = await asyncio.wait_for(fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                                                     PartNumber=number, Body=data), REQUEST_TIMEOUT)
-            return {"PartNumber": number, "ETag": out["ETag"]}
+                                                     PartNumber=index + 1, Body=data), REQUEST_TIMEOUT)
+            return {"PartNumber": index + 1, "ETag": out["ETag"]}
 
     try:
-        parts = await asyncio.gather(*[send(i + 1, off) for i, off in enumerate(range(0, size, part))])
+        parts = await asyncio.gather(*[send(i, off) for i, off in enumerate(range(0, size, part))])
+        _check_upload(stream.nbytes, stream.hasher.hexdigest(), size, checksum, rpath)
         await asyncio.wait_for(fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
                                             MultipartUpload={"Parts": list(parts)}), REQUEST_TIMEOUT)
     except BaseException:
