@@ -127,16 +127,17 @@ def _classify(s: Attempt, nxt: Attempt | None, sup_exit: dict | None) -> None:
 
 
 def idle_after_finish(events: list[dict], spans: list[Attempt]) -> float:
-    """Seconds nobody worked on the run: after each finished attempt followed by a rerun, the
-    longest gap between two events (any writer) before the rerun's first event."""
+    """Seconds nobody worked on the run: after each finished attempt followed by a rerun, from the
+    last event before the rerun began (its supervisor's start, else its first event) to that start."""
     ts = sorted(e["ts"] for e in events)
     idle = 0.0
     for s, nxt in zip(spans, spans[1:]):
         if s.outcome != "finished":
             continue
-        lo, hi = bisect.bisect_left(ts, s.end), bisect.bisect_right(ts, nxt.start)
-        window = ts[lo:hi]
-        idle += max((b - a for a, b in zip(window, window[1:])), default=0.0)
+        begin = min((e["ts"] for e in events if e.get("role") == SUPERVISOR and e["event"] == "supervisor_start"
+                     and s.end < e["ts"] <= nxt.start), default=nxt.start)
+        before = ts[max(0, bisect.bisect_left(ts, begin) - 1)]
+        idle += max(0.0, begin - max(before, s.end))
     return idle
 
 
