@@ -365,3 +365,64 @@ def test_a_malformed_remote_copy_falls_back_to_the_other_tier_and_an_older_step(
     assert f"{NEW} in {root}" in skipped[1] and "model.bin fails its checksum" in skipped[1]
     for k, v in state["model"].state_dict().items():
         assert torch.equal(v, step2[k]), k
+
+
+FUZZ_VALUES = [None, True, 0, 1, -1, 2**63, -2**63 - 1, 0.5, 1e308, "", "x", "nan", "float32", "<i8", "|b1", "<f2",
+               [], [1], [[1, 2]], {}, {"a": 1}, {"$tensor": 0}, {"$ndarray": 0}, {"$tuple": [[1]]}, {"$dict": []},
+               {"$float": "nan"}, {"$np": "<i8", "v": 1}, {"$np": "<f2", "v": 70000}, {"$dtype": "qint8"},
+               {"$device": "cuda:3"}, {"$dict": [[[1, [2]], 1]]}, {"$dict": [[{"$tuple": [[1]]}, 1]]},
+               {"$dict": [], "ordered": True, "meta": {"a": 1}}, 10**12, 64, 48, 12, -64]
+
+
+def test_whatever_the_validator_passes_decodes(root):
+    """Random edits of a real manifest (re-signed): each is refused with ManifestError or decodes cleanly."""
+    import copy
+    import random
+
+    from spotsafe.engine._pipeline import decode_components
+    from spotsafe.format import ManifestError, parse_manifest
+
+    state = make_state(1)
+    state["extra"].update(dt=torch.float16, dev=torch.device("cpu"), k={(1, 2): "x", 3: torch.ones(2)})
+    with spotsafe.CheckpointManager(root, rng=False) as mgr:
+        mgr.save(1, state)
+    ckpt = root / OLD
+    body0 = json.loads((ckpt / "manifest.json").read_text())
+    body0.pop("manifest_checksum")
+    data = {f: (ckpt / f).read_bytes() for f in body0["files"]}
+
+    def paths(x, path=()):
+        if path:
+            yield path
+        children = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in children:
+            yield from paths(v, path + (k,))
+
+    rng = random.Random(12)
+    passed = 0
+    for _ in range(400):
+        body = copy.deepcopy(body0)
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(list(paths({"files": body["files"], "components": body["components"]})))
+            parent = body
+            for k in path[:-1]:
+                parent = parent[k]
+            parent[path[-1]] = copy.deepcopy(rng.choice(FUZZ_VALUES))
+        body["manifest_checksum"] = digest_bytes(_canonical(body))
+        try:
+            m = parse_manifest(json.dumps(body).encode())
+        except ManifestError:
+            continue
+        if m.total_bytes > 1 << 20:
+            continue
+        bufs = {f: torch.zeros(e.size, dtype=torch.uint8) for f, e in m.files.items()}
+        for f, buf in bufs.items():
+            raw = torch.frombuffer(bytearray(data.get(f, b"")), dtype=torch.uint8) if data.get(f) else None
+            if raw is not None:
+                n = min(len(buf), len(raw))
+                buf[:n] = raw[:n]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an overflow warning from numpy would be a miss too
+            assert set(dict(decode_components(m, bufs))) == set(body["components"])
+        passed += 1
+    assert passed > 40  # many edits land somewhere harmless (a learning rate) and must still decode

@@ -156,6 +156,7 @@ def decode(tree: Any, array: Callable[[str, int], Any]) -> Any:
 
 
 def _hashable(key: Any) -> Any:
-    if isinstance(key, list):
+    """A dict key as a hashable value: lists, also inside tuples, become tuples."""
+    if isinstance(key, (list, tuple)):
         return tuple(_hashable(k) for k in key)
     return key
