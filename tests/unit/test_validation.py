@@ -335,6 +335,7 @@ def test_no_valid_checkpoint_at_all_still_raises_one_sentence(two):
                 mgr.restore(make_state(7), step=2)
 
 
+@pytest.mark.slow  # starts the S3 server when no earlier test did
 def test_a_malformed_remote_copy_falls_back_to_the_other_tier_and_an_older_step(root, s3_url):
     """Remote step 3 exists only there and is malformed; local step 2 is corrupt, its remote copy valid."""
     from spotsafe.storage import open_storage
