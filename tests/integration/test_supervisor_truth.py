@@ -95,6 +95,7 @@ def test_root_only_in_the_script_events_beside_the_checkpoints_nothing_in_cwd_id
     assert before["attempts"] == 2 and before["completed"] and before["interruptions"]["by_source"] == {"signal": 1}
 
     time.sleep(1.5)                                                    # idle, then a rerun of the finished run
+    cmd[2] = f"file://{root}"                                          # the same root, spelled as a URL
     r = supervise([], cmd, cwd=cwd, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert os.listdir(cwd) == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -49,7 +48,7 @@ def _from_events(root: str | None):
     if root is None:
         return None
     from ..storage import is_url
-    from ..telemetry import measure, read_events, read_remote_events
+    from ..telemetry import events_dir_of, measure, read_events, read_remote_events
 
     if is_url(root):
         try:
@@ -58,7 +57,7 @@ def _from_events(root: str | None):
             raise click.BadParameter(f"Cannot read the events under {root}/events ({e}); check the URL and "
                                      "credentials.", param_hint="--from") from None
     else:
-        d = Path(root) / "events"
+        d = events_dir_of(root)
         if not d.is_dir():
             raise click.BadParameter(f"{d} does not exist; pass the run root whose events to read.",
                                      param_hint="--from")

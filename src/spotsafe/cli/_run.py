@@ -14,7 +14,8 @@ from rich.table import Table
 from .._units import format_duration
 from ..storage import is_url
 from ..supervisor import Chaos, Supervisor, get_profile
-from ..telemetry import build_report, prometheus_text, read_events, read_remote_events, serve_metrics, write_textfile
+from ..telemetry import (build_report, events_dir_of, prometheus_text, read_events, read_remote_events, serve_metrics,
+                         write_textfile)
 from ._plan import _duration
 from ._params import Finite
 from ._safe import markup
@@ -31,13 +32,13 @@ def _load_events(root: str, events_dir: str | None) -> list[dict]:
         except (OSError, ImportError) as e:
             raise click.ClickException(f"Cannot read the events under {root}/events ({e}); check the URL and "
                                        "credentials.") from None
-    return read_events(Path(root) / "events")
+    return read_events(events_dir_of(root))
 
 
 def _report_for(root: str, events_dir: str | None, spot: float | None, od: float | None, metric: str) -> dict:
     events = _load_events(root, events_dir)
     if not events:
-        where = events_dir or (f"{root}/events" if is_url(root) else os.path.join(root, "events"))
+        where = events_dir or (f"{root}/events" if is_url(root) else events_dir_of(root))
         raise click.ClickException(f"No events in {where}; pass the run root that spotsafe.Run or spotsafe run "
                                    "wrote to (or --events DIR).")
     return build_report(events, root=root, spot_price=spot, on_demand_price=od, metric=metric)

@@ -33,7 +33,7 @@ from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
 from ..notices._watcher import NoticesSpec
 from ..policy import RetentionPolicy, SavePolicy, as_policy
 from ..storage import is_url
-from ..telemetry import EVENTS_DIR_ENV, EventLog, measure, read_events
+from ..telemetry import EVENTS_DIR_ENV, EventLog, events_dir_of, measure, read_events
 from ..telemetry._identity import SUPERVISOR_ID_ENV, open_event_log
 from ..telemetry._mirror import EventMirror
 
@@ -118,8 +118,7 @@ class Run:
         self._manager_options = dict(remote=remote, storage_options=storage_options, keep_last=keep_last,
                                      keep_every=keep_every, keep=keep, rng=rng, async_save=async_save)
         if events_dir is None:
-            events_dir = os.environ.get(EVENTS_DIR_ENV) or (None if is_url(self.root) else os.path.join(self.root,
-                                                                                                     "events"))
+            events_dir = os.environ.get(EVENTS_DIR_ENV) or events_dir_of(self.root)  # None for a URL root
         self._events_dir = events_dir
         self._clock = clock
         self.manager: CheckpointManager | None = None

@@ -57,7 +57,7 @@ from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK,
                           EXIT_STOP_UNSAFE)
 from .._units import format_duration
 from ..storage import is_url
-from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, parse_lines, read_events
+from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
 from ..telemetry._identity import RUN_ID_FILE, SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
 from ..telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
 from ..telemetry._mirror import EventMirror
@@ -182,8 +182,8 @@ class Supervisor:
         self._root_mirror: EventMirror | None = None
         self._sup_dir: Path | None = None  # while the run's events directory is not known: the command announces it here
         self._adopted = False
-        if events_dir is None and root and not is_url(root):
-            events_dir = os.path.join(root, "events")
+        if events_dir is None and root and events_dir_of(root) is not None:
+            events_dir = events_dir_of(root)
         elif events_dir is None and root:  # a URL root: kept here, copied to <root>/events
             events_dir = state_dir() / "runs" / hashlib.sha256(root.encode()).hexdigest()[:16] / "events"
             self._root_mirror = EventMirror(root, storage_options)

@@ -97,6 +97,16 @@ class EventLog:
         self._fd = None
 
 
+def events_dir_of(root: str | os.PathLike) -> Path | None:
+    """``<root>/events`` for a local root (a path or ``file://``), None for an object store URL."""
+    s = os.fspath(root)
+    if s.startswith("file://"):
+        s = s[len("file://"):]
+    elif "://" in s:
+        return None
+    return Path(s) / "events"
+
+
 def parse_lines(text: str) -> list[dict[str, Any]]:
     """The events of one file's text; torn or foreign lines skipped."""
     out = []
