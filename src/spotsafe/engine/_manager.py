@@ -458,9 +458,11 @@ class CheckpointManager:
                         f"{step_dir(self.last_save.step)} was not uploaded to {self.remote.url}: its local copy in "
                         f"{self.root} fails verification ({rejected}); check the disk, then save again.")
                 mark = self.remote_watermark
-                raise TimeoutError(f"{step_dir(self.last_save.step)} is not confirmed on {self.remote.url} after "
-                                   f"{timeout}s; the newest step confirmed there is "
-                                   f"{step_dir(mark) if mark is not None else 'none'}.")
+                newest = step_dir(mark) if mark is not None else "none"
+                why = (f"after {timeout}s" if self._replicator.expects(self.last_save.step)
+                       else "and will not be (its upload was dropped)")
+                raise TimeoutError(f"{step_dir(self.last_save.step)} is not confirmed on {self.remote.url} {why}; "
+                                   f"the newest step confirmed there is {newest}.")
         return self.last_save
 
     def _prune(self, committed: int) -> None:
