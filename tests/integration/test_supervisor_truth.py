@@ -209,3 +209,15 @@ def test_exit_0_or_1_after_a_recorded_notice_stop_is_preempted(tmp_path, code):
     assert "resumed 8 " in r.stdout and "done 12 0" in r.stdout
     rep = cli_json("report", str(root))
     assert rep["crashes"] == 0 and rep["interruptions"]["by_source"] == {"signal": 1}
+
+
+def test_a_url_root_keeps_the_events_on_the_object_store_and_nothing_in_cwd(tmp_path, s3_url):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = state_env(tmp_path)
+    r = supervise(["--root", s3_url], [PY, "-c", "import sys; sys.exit(0)"], cwd=cwd, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert os.listdir(cwd) == []
+    rep = cli_json("report", s3_url)                                   # the supervisor's records, on the remote
+    assert rep["attempts"] == 1 and rep["run_ids"] == [(next((tmp_path / "state" / "runs").iterdir())
+                                                         / "events" / "run-id").read_text().strip()]
