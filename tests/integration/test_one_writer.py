@@ -200,6 +200,8 @@ def test_read_only_restore_from_a_read_only_mount(tmp_path):
         subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], check=True, capture_output=True)
         with pytest.raises(OSError):
             (mnt / "probe").write_bytes(b"")  # truly read-only, even for root
+        with pytest.raises(ReadOnlyRootError, match=rf"Run root {mnt} is not writable here .*pass read_only=True"):
+            spotsafe.CheckpointManager(mnt)  # a writer says what to do instead
         state = {"w": None}
         with spotsafe.CheckpointManager(mnt, read_only=True) as reader:
             assert reader.restore(state) == 7
@@ -299,3 +301,39 @@ def test_read_only_restore_from_the_remote_takes_no_lease_and_writes_nothing(s3_
     st.fs.invalidate_cache()
     assert sorted((p, st.fs.info(p)["size"]) for p in st.fs.find(st.root)) == before
     assert not (tmp_path / "reader").exists()
+
+
+def test_a_store_without_conditional_writes_gets_write_then_read_back(tmp_path):
+    """memory:// has no If-Match: the lease is written, then read back to see who won."""
+    import uuid
+
+    url = f"memory://lease-{uuid.uuid4().hex[:8]}/run"
+    with spotsafe.CheckpointManager(tmp_path / "a", remote=url, lease=FAST) as mgr:
+        assert read_lease(url)["pid"] == os.getpid()
+        with pytest.raises(RootLockedError, match=rf"Remote {url} is being written by another job \(host "):
+            spotsafe.CheckpointManager(tmp_path / "b", remote=url)
+        mgr.save(1, {"w": torch.ones(3)})
+        mgr.wait(remote=True, timeout=30)
+    with pytest.raises(FileNotFoundError):
+        read_lease(url)
+    with spotsafe.CheckpointManager(tmp_path / "b", remote=url) as mgr:  # free again
+        assert mgr.restore({"w": None}) == 1
+
+
+@pytest.mark.slow
+def test_a_remote_unreachable_at_start_is_leased_once_it_is_back_then_uploaded_to(s3_private, tmp_path):
+    from spotsafe import Backoff
+
+    server = s3_private
+    server.make_bucket("bkt")
+    url, opts = "s3://bkt/run", server.storage_options()
+    server.stop()
+    with spotsafe.CheckpointManager(tmp_path / "run", remote=url, storage_options=opts, lease=FAST,
+                                    upload_backoff=Backoff(base=0.5, cap=2.0, attempts=40, max_elapsed=90)) as mgr:
+        mgr.save(1, {"w": torch.ones(3)})  # local disk works meanwhile
+        mgr.wait()
+        server.start()  # from this thread: the server dies with the thread that started it
+        mgr.wait(remote=True, timeout=90)
+        st = open_storage(url, opts)
+        assert json.loads(st.fs.cat_file(f"{st.root}/{LEASE}"))["pid"] == os.getpid()
+    assert committed_steps(open_storage(url, opts)) == [1]

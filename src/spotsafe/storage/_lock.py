@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import RootLockedError
+from ..errors import ReadOnlyRootError, RootLockedError
 from ._owner import Owner
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ class WriterLock:
             if e.errno == errno.ELOOP:
                 raise RootLockedError(f"The writer lock {self.path} is a symbolic link; remove it and start "
                                       "again.") from None
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ReadOnlyRootError(f"Run root {self.path.parent} is not writable here ({e.strerror}); pass "
+                                        "read_only=True to restore from it, or use a writable root.") from None
             raise
         try:
             st = os.fstat(fd)
