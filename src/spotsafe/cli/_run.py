@@ -93,8 +93,9 @@ def run_cmd(command, root, profile_name, profiles_path, remote, save_every, max_
       spotsafe run --root runs/exp1 --profile experiment -- python train.py
       spotsafe run --root runs/exp1 --chaos 20s --chaos-seed 1 -- python train.py   # a drill
 
-    Exit codes: 0 finished; 75 stopped by a signal, the command's checkpoint is durable
-    (restart me); 3 retry budget spent (restarts or total time); 4 crash loop (crashes in a
+    Exit codes: 0 finished; 75 stopped by a signal, or the command stopped for a notice from
+    the machine (cloud metadata, Kubernetes, SLURM); its checkpoint is durable (restart me,
+    elsewhere); 3 retry budget spent (restarts or total time); 4 crash loop (crashes in a
     row with no new checkpoint); 5 stopped, but the command did not exit 0 or 75 within the
     grace period; 127 the command cannot be started; 2 usage error.
     """
