@@ -165,4 +165,4 @@ def test_saving_over_a_corrupt_checkpoint_of_the_same_step_replaces_it(two_check
         state = {"model": None, "opt": None}
         assert mgr.restore(state) == 2
     assert torch.equal(state["model"]["w"], torch.full((64, 64), 9.0))
-    assert sorted(p.name for p in two_checkpoints.iterdir()) == ["step-000000000001", NEW]
+    assert sorted(p.name for p in two_checkpoints.iterdir()) == [".spotsafe-writer.lock", "step-000000000001", NEW]
