@@ -279,11 +279,6 @@ class CheckpointManager:
             lease.check()
 
     @property
-    def writer(self) -> str | None:
-        """Who holds this root for writing (this process unless read-only): host, pid, run id, since."""
-        return None if self.owner is None else self.owner.describe()
-
-    @property
     def root(self) -> str:
         return self.storage.url
 
