@@ -95,9 +95,13 @@ def open_event_log(events_dir: str | os.PathLike | None, *, root: str | None = N
     supervisor = os.environ.get(SUPERVISOR_ID_ENV) or None
     directory = Path(events_dir if events_dir is not None else sup_dir)  # a URL root: the supervisor copies them
     directory.mkdir(parents=True, exist_ok=True)
-    run_id = os.environ.get(RUN_ID_ENV) or kept_run_id(directory, supervisor or uuid.uuid4().hex[:12])
+    given = os.environ.get(RUN_ID_ENV)
+    kept = kept_run_id(directory, given or supervisor or uuid.uuid4().hex[:12])
+    run_id = given or kept  # an id the supervisor was given wins; the first one is kept for later supervisors
     attempt = attempts_before(directory, run_id, supervisor) + int(os.environ.get(ATTEMPT_ENV) or 1)
-    os.environ[RUN_ID_ENV], os.environ[ATTEMPT_ENV] = run_id, str(attempt)  # this process's children too
+    # this process's later Runs and its children: these are the run's own now (announced once)
+    os.environ[RUN_ID_ENV], os.environ[ATTEMPT_ENV] = run_id, str(attempt)
+    os.environ.pop(SUPERVISOR_DIR_ENV, None)
     log = EventLog(directory, run_id=run_id, attempt=attempt)
     announce(sup_dir, {"events_dir": os.fspath(directory.resolve()), "root": root, "run_id": run_id,
                        "attempt": attempt, "rank": log.rank, "host": log.host, "pid": log.pid})
