@@ -58,7 +58,7 @@ from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK,
 from .._units import format_duration
 from ..storage import is_url
 from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
-from ..telemetry._identity import RUN_ID_FILE, SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
+from ..telemetry._identity import SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
 from ..telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
 from ..telemetry._mirror import EventMirror
 from ._chaos import KILL, Chaos
