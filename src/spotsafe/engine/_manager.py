@@ -52,6 +52,7 @@ from ..format import (
     parse_manifest,
     parse_step_dir,
     read_manifest,
+    read_manifest_bytes,
     step_dir,
     tmp_dir,
     trash_dir,
@@ -628,7 +629,7 @@ class CheckpointManager:
         """
         name = step_dir(step)
         try:
-            raw = self.remote.read_bytes(f"{name}/{MANIFEST}")  # the exact bytes, so both tiers hold one copy
+            raw = read_manifest_bytes(self.remote, name)  # the exact bytes, so both tiers hold one copy
             if parse_manifest(raw).files != manifest.files:
                 raise CorruptCheckpointError("its manifest on the remote changed during the restore")
             handle = self.storage.begin(name, tmp_dir(step))

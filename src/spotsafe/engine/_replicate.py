@@ -56,10 +56,12 @@ from ..format import (
     new_hasher,
     parse_manifest,
     parse_step_dir,
+    read_manifest_bytes,
     size_problem,
     step_dir,
     trash_dir,
 )
+from ..format._schema import MAX_MANIFEST_BYTES
 from ..policy._retention import RetentionPolicy
 from ..storage._local import UnsafeFileError
 from ._retention import StoreRetention, Verdict
@@ -71,7 +73,6 @@ _PERMANENT = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirecto
               ValueError, TypeError, KeyError, AttributeError)
 _TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "azure", "gcsfs", "adlfs",
                       "s3fs")
-_MANIFEST_LIMIT = 64 << 20  # a manifest larger than this is not one
 
 
 def is_transient(e: BaseException) -> bool:
@@ -326,7 +327,7 @@ class Replicator:
             return
         raw = None
         try:
-            raw = self._read_local(f"{name}/{MANIFEST}", _MANIFEST_LIMIT)
+            raw = self._read_local(f"{name}/{MANIFEST}", MAX_MANIFEST_BYTES)
             manifest = parse_manifest(raw)
             if manifest.step != step:
                 raise ManifestError(f"manifest.json says step {manifest.step}, the directory says {step}")
@@ -424,9 +425,13 @@ class Replicator:
         manifest bytes, every file of its size), "differs" (another copy that looks valid), or why its
         copy is invalid."""
         try:
-            theirs = self.remote.read_bytes(f"{name}/{MANIFEST}")
+            theirs = read_manifest_bytes(self.remote, name)
         except FileNotFoundError:
             return None
+        except ManifestError as e:
+            if self.remote.size(f"{name}/{MANIFEST}") is None:
+                return None
+            return f"invalid there: {e}"
         if theirs != raw:
             try:
                 other = parse_manifest(theirs)

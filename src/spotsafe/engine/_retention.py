@@ -36,12 +36,12 @@ import time
 from dataclasses import dataclass
 
 from ..format import (
-    MANIFEST,
     Manifest,
     ManifestError,
     committed_steps,
     digest_bytes,
     parse_manifest,
+    read_manifest_bytes,
     size_problem,
     step_dir,
 )
@@ -139,7 +139,10 @@ class StoreRetention:
         """The shallow verdict on ``step`` (manifest, then every file's size); None: cannot tell now."""
         name = step_dir(step)
         try:
-            raw = self.storage.read_bytes(f"{name}/{MANIFEST}")
+            try:
+                raw = read_manifest_bytes(self.storage, name)
+            except ManifestError as e:
+                return Verdict(False, None, None, str(e))
             digest = digest_bytes(raw)
             try:
                 manifest = parse_manifest(raw)

@@ -29,6 +29,7 @@ from ._verify import (
     content_problem,
     list_checkpoints,
     read_manifest,
+    read_manifest_bytes,
     size_problem,
     unreadable_reason,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "parse_manifest",
     "parse_step_dir",
     "read_manifest",
+    "read_manifest_bytes",
     "size_problem",
     "step_dir",
     "tmp_dir",

@@ -43,15 +43,23 @@ class CheckpointInfo:
         return self.manifest.created if self.manifest else None
 
 
-def read_manifest(storage, name: str) -> Manifest:
-    """Read and parse the manifest of checkpoint dir ``name``; raises ManifestError with the reason."""
+def read_manifest_bytes(storage, name: str) -> bytes:
+    """The raw manifest of checkpoint dir ``name``, refused unread when it is too large to be one.
+
+    Raises ManifestError when it is missing or too large; the storage's own errors otherwise.
+    """
     rel = f"{name}/{MANIFEST}"
     size = storage.size(rel)
     if size is None:
         raise ManifestError("manifest.json is missing (the save never committed)")
     if size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest.json is {size} bytes; at most {MAX_MANIFEST_BYTES} are read")
-    manifest = parse_manifest(storage.read_bytes(rel))
+    return storage.read_bytes(rel)
+
+
+def read_manifest(storage, name: str) -> Manifest:
+    """Read and parse the manifest of checkpoint dir ``name``; raises ManifestError with the reason."""
+    manifest = parse_manifest(read_manifest_bytes(storage, name))
     step = parse_step_dir(name)
     if step is not None and manifest.step != step:
         raise ManifestError(f"manifest.json says step {manifest.step}, the directory says {step}")
