@@ -337,3 +337,21 @@ def test_a_remote_unreachable_at_start_is_leased_once_it_is_back_then_uploaded_t
         st = open_storage(url, opts)
         assert json.loads(st.fs.cat_file(f"{st.root}/{LEASE}"))["pid"] == os.getpid()
     assert committed_steps(open_storage(url, opts)) == [1]
+
+
+def test_a_refused_run_leaves_nothing_in_the_holder_s_root(tmp_path):
+    root = tmp_path / "run"
+    with spotsafe.CheckpointManager(root) as holder:
+        holder.save(1, {"w": torch.ones(4)})
+        holder.wait()
+        before = tree(root)
+        script = ("import spotsafe, torch\n"
+                  f"with spotsafe.Run({str(root)!r}, {{'w': torch.zeros(4)}}, notices=None) as run:\n"
+                  "    for step in run.steps(3):\n"
+                  "        pass\n")
+        proc = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 1 and "RootLockedError" in proc.stderr
+        assert f"pid {os.getpid()}," in proc.stderr.strip().splitlines()[-1]
+        assert tree(root) == before  # no event file, no checkpoint, nothing touched
+    assert committed_steps(open_storage(root)) == [1]

@@ -65,10 +65,9 @@ class EventLog:
         self._fd: int | None = None
         if directory is not None:
             d = Path(directory)
-            d.mkdir(parents=True, exist_ok=True)
             safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", self.host)
             self.path = d / f"{safe_host}-{self.pid}.jsonl"
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._closed = False  # the file is created by the first event: a process refused at start leaves none
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"ts": time.time(), "event": event, "run_id": self.run_id, "attempt": self.attempt,
@@ -78,14 +77,18 @@ class EventLog:
         record.update({k: _clean(v) for k, v in fields.items()})
         self.events.append(record)
         del self.events[:-1000]
-        if self._fd is not None:
+        if self.path is not None and not self._closed:
             try:
+                if self._fd is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
             except OSError as e:  # telemetry must never stop training
                 logger.warning("Cannot write event %s to %s (%s)", event, self.path, e)
         return record
 
     def close(self, *, fsync: bool = True) -> None:
+        self._closed = True
         if self._fd is None:
             return
         try:
