@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 
@@ -46,3 +48,13 @@ def assert_same_optimizer(a: torch.optim.Optimizer, b: torch.optim.Optimizer) ->
     for pid in sa["state"]:
         for k, v in sa["state"][pid].items():
             assert torch.equal(v, sb["state"][pid][k]), (pid, k)
+
+
+def wait_for(cond, timeout: float = 5.0) -> bool:
+    """Poll ``cond`` every 20 ms until it holds or ``timeout`` seconds pass; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()

@@ -9,15 +9,7 @@ from pathlib import Path
 
 from spotsafe.notices import AWS, GCP, NoticeWatcher
 from spotsafe.notices._poller import AZURE_ASSET_TAG, dmi_cloud
-
-
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from helpers import wait_for
 
 
 def fake_dmi(directory: Path, **files: str) -> Path:

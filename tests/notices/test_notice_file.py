@@ -6,15 +6,7 @@ import os
 import time
 
 from spotsafe.notices import FileTrigger, NoticeWatcher
-
-
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from helpers import wait_for
 
 
 def test_a_fifo_at_the_notice_path_is_a_notice_and_never_hangs_the_poller(tmp_path):

@@ -20,15 +20,7 @@ from spotsafe.notices import (
     Slurm,
     make_sources,
 )
-
-
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from helpers import wait_for
 
 
 def test_aws_imdsv2_instance_action_sets_the_deadline(metadata):

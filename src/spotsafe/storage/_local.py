@@ -45,23 +45,13 @@ def open_regular(root: Path, rel: str) -> int:
     that is not a regular file (FIFO, device, socket) is then refused. The caller closes
     the descriptor. Raises :class:`UnsafeFileError` (an OSError) or FileNotFoundError.
     """
-    parts = [p for p in rel.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
+    head, _, name = rel.rstrip("/").rpartition("/")
+    if not name or name in (".", ".."):
         raise UnsafeFileError(errno.EINVAL, f"{rel!r} is not a path inside the run root")
-    dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    dfd = _open_dir(root, head)
     try:
-        for part in parts[:-1]:
-            try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafeFileError(e.errno, f"{part} is a link or not a directory; checkpoints are never "
-                                                   "read through links") from None
-                raise
-            os.close(dfd)
-            dfd = nfd
         try:
-            fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dfd)
+            fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise UnsafeFileError(e.errno, f"{rel} is a symbolic link; checkpoints are never read through "
