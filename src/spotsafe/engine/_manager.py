@@ -1,9 +1,8 @@
 """CheckpointManager: save, restore, list and prune the checkpoints of one run root.
 
 One manager writes to a root at a time, and construction makes sure of it before anything
-is written: it takes the local root's ``flock`` and the remote's lease (storage's
-:mod:`~spotsafe.storage._lock` and :mod:`~spotsafe.storage._lease`), or raises
-:class:`RootLockedError` naming the holder. Only then does it clean the leftovers of
+is written: it takes the local root's ``flock`` and the remote's lease (:mod:`._writer`),
+or raises :class:`RootLockedError` naming the holder. Only then does it clean the leftovers of
 interrupted saves (``*.tmp-*``) so they never accumulate; they are never loaded in any
 case. ``read_only=True`` takes no lock and writes nothing, for readers.
 
@@ -31,11 +30,8 @@ from ..errors import (
     CheckpointSkippedWarning,
     CorruptCheckpointError,
     LeaseLostError,
-    ReadOnlyRootError,
-    RemoteError,
     RemoteUnavailableError,
     RemoteUnavailableWarning,
-    RootLockedError,
     SpotsafeError,
     StateMismatchError,
 )
@@ -57,15 +53,14 @@ from ..format import (
     tmp_dir,
     trash_dir,
 )
-from ..format._layout import WRITER_LEASE, WRITER_LOCK
 from ..policy._retention import RetentionPolicy, as_retention
 from ..state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
-from ..storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, WriterLock, open_storage
-from ..telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
+from ..storage import FsspecStorage, LeaseOptions, Owner, open_storage
 from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import StoreRetention, Verdict
 from ._staging import StagingBuffers
+from ._writer import RootHold
 from ._threads import lower_thread_priority
 
 logger = logging.getLogger(__name__)
@@ -207,77 +202,27 @@ class CheckpointManager:
         self._inflight: tuple[int, Future] | None = None
         self._closed = False
         self.read_only = read_only
-        self.owner: Owner | None = None
-        self._lock: WriterLock | None = None
-        self._leases: list[RemoteLease] = []
         self._retention = StoreRetention(self.storage, self.keep)
         self._replicator = None
+        stores = [self.storage, self.remote]
         if read_only:
-            for st in (self.storage, self.remote):
-                if isinstance(st, FsspecStorage):
-                    st.write_guard = self._refuse_write
+            self._hold = RootHold.reader(repr(self), stores)
             return
+        self._hold = RootHold.take(repr(self), stores, run_id=run_id, attempt=attempt, options=lease)  # first
         try:
-            self._take_root(run_id, attempt, lease)  # before anything else writes there
             self._clean_leftovers()
             if self.remote is not None:
                 self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
                                               max_pending=max_pending_uploads, backoff=upload_backoff,
                                               local_retention=self._retention)
         except BaseException:
-            self._release_root()
+            self._hold.release()
             raise
 
-    def _take_root(self, run_id: str | None, attempt: int | None, options: LeaseOptions) -> None:
-        """Take the local root's lock and the remote's (or URL root's) lease; raise RootLockedError."""
-        if run_id is None:
-            run_id = os.environ.get(RUN_ID_ENV) or None
-        if attempt is None:
-            env = os.environ.get(ATTEMPT_ENV, "")
-            attempt = int(env) if env.isdigit() else None
-        self.owner = Owner.this_process(run_id, attempt)
-        if isinstance(self.storage, LocalStorage):
-            self.storage.make_root()
-            self._lock = WriterLock(self.storage.root, WRITER_LOCK, self.owner)
-            self._lock.acquire()
-        for st in (self.storage, self.remote):
-            if not isinstance(st, FsspecStorage):
-                continue
-            lease = RemoteLease(st, WRITER_LEASE, self.owner, options, is_transient=is_transient)
-            try:
-                lease.acquire()
-            except RootLockedError:
-                raise
-            except Exception as e:  # noqa: BLE001 - classified
-                if not is_transient(e):
-                    raise RemoteError(f"Cannot take the writer lease {lease.url} ({type(e).__name__}: {e}); check "
-                                      "the URL, the bucket and the credentials.") from e
-                lease.defer(e)  # unreachable now: writes there wait until the heartbeat takes it
-            self._leases.append(lease)
-            st.write_guard = lease.guard
-            lease.start()
-
-    def _release_root(self, hurry: bool = False) -> None:
-        """Release the leases (if still ours) and the lock; idempotent. ``hurry``: a hung store costs 1 s."""
-        for lease in self._leases:
-            lease.release(timeout=1.0 if hurry else 10.0)
-        if self._lock is not None:
-            self._lock.release()
-
-    def _refuse_write(self, strict: bool = False) -> None:
-        raise ReadOnlyRootError(f"{self!r} was opened with read_only=True; open it without read_only to write, "
-                                "once no other writer holds the root.")
-
-    def _check_writer(self) -> None:
-        """Raise when this manager may not write: read-only, or its remote lease was lost."""
-        if self.read_only:
-            self._refuse_write()
-        self._check_leases()
-
-    def _check_leases(self) -> None:
-        """Raise :class:`LeaseLostError` when another writer took a remote root's lease over."""
-        for lease in self._leases:
-            lease.check()
+    @property
+    def owner(self) -> Owner | None:
+        """Who this writer is, as a second writer's error names it (None: read-only)."""
+        return self._hold.owner
 
     @property
     def root(self) -> str:
@@ -355,7 +300,7 @@ class CheckpointManager:
         of an earlier background save is raised here.
         """
         self._check_open()
-        self._check_writer()
+        self._hold.check_writer()
         if metadata is not None:
             encode_metadata(metadata)  # a value a manifest cannot hold raises here, naming its key, not later
         t0 = time.perf_counter()
@@ -441,7 +386,7 @@ class CheckpointManager:
         deletion or upload.
         """
         self._check_open()
-        self._check_leases()
+        self._hold.check_leases()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._finish_inflight(timeout)
         self._raise_background_errors()
@@ -609,7 +554,7 @@ class CheckpointManager:
     def _after_restore(self, step: int, tier: str, manifest, bufs: dict[str, Any], local_steps: list[int]) -> None:
         """Keep what restore learned by reading every byte: verdicts for retention, the remote copy as
         confirmed, and a local copy repaired from a verified remote one. Never fails the restore."""
-        if getattr(self, "read_only", False):
+        if self.read_only:
             return
         for s in local_steps:  # restore tried these local copies, newest first, and rejected them
             if s > step or (s == step and tier == "remote"):
@@ -699,11 +644,11 @@ class CheckpointManager:
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)
             try:
-                self._check_leases()
+                self._hold.check_leases()
             except LeaseLostError as e:
                 errors.insert(0, e)  # the cause of any upload failure above
         finally:
-            self._release_root(hurry=not wait_remote)  # last: nothing of ours writes there any more
+            self._hold.release(hurry=not wait_remote)  # last: nothing of ours writes there any more
         if errors:
             raise errors[0]
 
