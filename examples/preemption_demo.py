@@ -186,6 +186,7 @@ def cleanup(work: Path, keep: bool) -> None:
     for _ in range(3):  # bounded: a child that outlived _stop_children may still create a file
         shutil.rmtree(work, ignore_errors=True)
         if not work.exists():
+            print(f"Removed {work} (pass --dir DIR to keep the runs and report.html).", flush=True)
             return
         time.sleep(0.5)
     print(f"Could not remove {work}; remove it by hand.", file=sys.stderr)
@@ -215,8 +216,6 @@ def main() -> int:
         code = 130
     finally:
         cleanup(work, keep)
-    if not keep:
-        print(f"Removed {work} (pass --dir DIR to keep the runs and report.html).")
     return code
 
 
@@ -224,8 +223,11 @@ def demo(args: argparse.Namespace, work: Path, keep: bool) -> int:
     """The four steps of the module docstring, in ``work``; the exit code."""
     # The children's temp files go into work/tmp and away with it: a SIGKILLed DataLoader
     # worker leaves its multiprocessing dir (pymp-*) behind, and torch makes a cache dir.
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
-    _child_env["TMPDIR"] = str(work / "tmp")
+    # Not when that path is long: multiprocessing puts a socket there, and a socket's path
+    # may not pass 107 bytes (TMPDIR + /pymp-XXXXXXXX/listener-XXXXXXXX).
+    if len(os.fsencode(work / "tmp")) <= 70:
+        (work / "tmp").mkdir(parents=True, exist_ok=True)
+        _child_env["TMPDIR"] = str(work / "tmp")
     # Signals only: the demo never probes a cloud metadata server (there is none here).
     common = ["--steps", str(args.steps), "--save-every", str(args.save_every), "--workers", str(args.workers),
               "--notices", "signals"]
