@@ -258,7 +258,10 @@ def test_a_silent_remote_costs_seconds_before_restore_falls_back_to_local(tmp_pa
         # two bounded waits in a row (the writer lease, the listing): about 2 x 2 x 5 s; it was 95 s
         assert took < 40, f"a silent endpoint cost {took:.0f} s before restore fell back"
         t0 = time.monotonic()
-        mgr.close(wait_remote=False, timeout=5)
+        try:  # the uploader gave up on the remote: close may re-raise that, but must not hang
+            mgr.close(wait_remote=False, timeout=5)
+        except Exception as e:  # noqa: BLE001 - only the time is checked here
+            print(f"close raised {type(e).__name__}: {e}")
         assert time.monotonic() - t0 < 30
     finally:
         server.close()
