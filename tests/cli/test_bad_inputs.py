@@ -94,6 +94,8 @@ USAGE = [  # (arguments, a piece of the sentence); each exits 2
     (["run", "--profiles", "{inf_grace}", "--profile", "x", "--", "true"], "grace"),
     (["run", "--profiles", "{not_utf8}", "--profile", "x", "--", "true"], "not UTF-8"),
     (["run", "--spot-price", "nan", "--", "true"], "not a finite number"),
+    (["run", "--root", "{dir}/r", "--remote", "foo://bucket/run", "--", "true"], "unknown scheme 'foo'"),
+    (["run", "--root", "s3:/bucket/run", "--", "true"], "one slash"),
     (["report", "{root}", "--on-demand-price", "inf"], "not a finite number"),
 ]
 

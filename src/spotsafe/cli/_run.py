@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._units import format_duration
-from ..storage import is_url
+from ..storage import check_root, is_url
 from ..supervisor import Chaos, Supervisor, get_profile
 from ..telemetry import (build_report, events_dir_of, prometheus_text, read_events, read_remote_events, serve_metrics,
                          write_textfile)
@@ -108,6 +108,9 @@ def run_cmd(command, root, profile_name, profiles_path, remote, save_every, max_
             max_crashes_without_progress=max_crashes_without_progress, backoff_base=backoff_base,
             backoff_cap=backoff_cap, grace=grace, advise_on_demand_after=advise_on_demand_after,
             spot_price=spot_price, on_demand_price=on_demand_price)
+        for where in (root, profile.remote):  # a typo is refused now, not logged at every attempt
+            if where is not None:
+                check_root(where)
         chaos = None if chaos_every is None else Chaos(
             every=chaos_every, seed=chaos_seed, kill_share=chaos_kill_share, grace=chaos_grace,
             max_injections=chaos_max, ready_timeout=chaos_ready_timeout)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UnsupportedURLError
 
-from ._fsspec import FsspecStorage, ManifestLastCommit, is_url
+from ._fsspec import FsspecStorage, ManifestLastCommit, check_url, is_url
 from ._lease import LeaseNotHeldError, LeaseOptions, RemoteLease
 from ._local import AtomicRenameCommit, LocalStorage
 from ._lock import WriterLock
@@ -19,6 +19,22 @@ _ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 _URL_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "http", "https", "hdfs"}
 
 
+def check_root(root: str | os.PathLike) -> None:
+    """Raise as :func:`open_storage` would for a root no storage can open; no request is sent.
+
+    For a command that hands the root to another process (``spotsafe run --root``, ``--remote``)
+    and should refuse a typo before starting it.
+    """
+    s = os.fspath(root)
+    if is_url(s):
+        check_url(s)
+        return
+    typo = _ONE_SLASH.match(s)
+    if typo and typo.group(1).lower() in _URL_SCHEMES:
+        raise UnsupportedURLError(f"Storage root {s!r} looks like a URL with one slash; write "
+                                  f"{typo.group(1)}://{s[typo.end():]} (or ./{s} for a local directory).")
+
+
 def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> LocalStorage | FsspecStorage:
     """LocalStorage for a path (or ``file://``), FsspecStorage for any other URL.
 
@@ -26,15 +42,12 @@ def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None
     one slash (``s3:/bucket``) that would otherwise become a local directory named ``s3:``;
     :class:`~spotsafe.errors.MissingDependencyError` when the scheme's package is missing.
     """
+    check_root(root)
     if is_url(root):
         return FsspecStorage(os.fspath(root), storage_options)
     s = os.fspath(root)
-    typo = _ONE_SLASH.match(s)
-    if typo and typo.group(1).lower() in _URL_SCHEMES:
-        raise UnsupportedURLError(f"Storage root {s!r} looks like a URL with one slash; write "
-                                  f"{typo.group(1)}://{s[typo.end():]} (or ./{s} for a local directory).")
     return LocalStorage(s[len("file://"):] if s.startswith("file://") else s)
 
 
 __all__ = ["AtomicRenameCommit", "FsspecStorage", "LeaseNotHeldError", "LeaseOptions", "LocalStorage",
-           "ManifestLastCommit", "Owner", "RemoteLease", "WriterLock", "is_url", "open_storage"]
+           "ManifestLastCommit", "Owner", "RemoteLease", "WriterLock", "check_root", "is_url", "open_storage"]

@@ -141,26 +141,49 @@ def _access_errors(method: Callable) -> Callable:
     return wrapper
 
 
+def _unknown(url: str, scheme: str) -> UnsupportedURLError:
+    return UnsupportedURLError(f"Storage URL {url} has the unknown scheme {scheme!r}; use a local path, or a URL of "
+                               "an fsspec file system: s3:// (spotsafe[s3]), gs:// (spotsafe[gcs]), az:// "
+                               "(spotsafe[azure]), memory://.")
+
+
+def _missing(url: str, scheme: str, e: ImportError) -> MissingDependencyError:
+    extra = _EXTRAS.get(scheme)
+    how = f"`pip install spotsafe[{extra}]`" if extra else "install the package fsspec names"
+    return MissingDependencyError(f"Storage URL {url} needs a file-system package that is not installed ({e}); "
+                                  f"run {how}.")
+
+
+def check_url(url: str) -> None:
+    """Raise unless an installed file system handles ``url``: no request, no credentials needed.
+
+    Raises :class:`UnsupportedURLError` for an unknown scheme and :class:`MissingDependencyError`
+    when its package is missing. Chained URLs (``simplecache::s3://...``) check every part.
+    """
+    import fsspec
+
+    for part in url.split("::"):
+        scheme = part.split("://", 1)[0]
+        if scheme not in fsspec.available_protocols():
+            raise _unknown(url, scheme)
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except ImportError as e:
+            raise _missing(url, scheme, e) from None
+
+
 def _open_fs(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     """fsspec's file system and path for ``url``; an unknown scheme or a missing package is one sentence."""
     import fsspec
 
+    check_url(url)
     scheme = url.split("://", 1)[0]
     if scheme in ("s3", "s3a"):
         options = _s3_options(options)
     try:
         return fsspec.core.url_to_fs(url, **options)
     except ImportError as e:
-        extra = _EXTRAS.get(scheme)
-        how = f"`pip install spotsafe[{extra}]`" if extra else "install the package fsspec names"
-        raise MissingDependencyError(f"Storage URL {url} needs a file-system package that is not installed ({e}); "
-                                     f"run {how}.") from None
-    except ValueError:
-        if scheme in fsspec.available_protocols():
-            raise
-        raise UnsupportedURLError(f"Storage URL {url} has the unknown scheme {scheme!r}; use a local path, or a URL "
-                                  "of an fsspec file system: s3:// (spotsafe[s3]), gs:// (spotsafe[gcs]), az:// "
-                                  "(spotsafe[azure]), memory://.") from None
+        raise _missing(url, scheme, e) from None
 
 
 class ManifestLastCommit:
