@@ -474,6 +474,9 @@ class CheckpointManager:
         unreachable: str | None = None
         if self.remote is not None:
             try:
+                down = self._hold.unreachable(self.remote)  # seen at start: not waited on a second time
+                if down is not None:
+                    raise down
                 tiers.append(("remote", self.remote, committed_steps(self.remote)))
             except Exception as e:  # noqa: BLE001 - classified
                 if not is_transient(e):

@@ -82,6 +82,14 @@ class RootHold:
         st.write_guard = lease.guard
         lease.start()
 
+    def unreachable(self, store: object) -> BaseException | None:
+        """Why ``store`` could not be leased at start, while its lease is still pending (else None):
+        a restore then falls back to the other tier at once instead of waiting on it again."""
+        for lease in self.leases:
+            if lease.storage is store and lease.state == "pending":
+                return lease.deferred
+        return None
+
     def refuse(self, strict: bool = False) -> None:
         """The write guard of a reader: every write raises."""
         raise ReadOnlyRootError(f"{self.what} was opened with read_only=True; open it without read_only to "

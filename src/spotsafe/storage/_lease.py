@@ -167,6 +167,7 @@ class RemoteLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew_errors = 0
+        self.deferred: BaseException | None = None  # why acquire failed at start, while pending
 
     def __repr__(self) -> str:
         return f"RemoteLease({self.url!r}, {self._state})"
@@ -199,6 +200,7 @@ class RemoteLease:
         """Start without the lease (the store could not be reached); the heartbeat keeps trying."""
         with self._io:
             self._state = "pending"
+            self.deferred = reason
         logger.warning("Could not take the writer lease %s (%s: %s); writes there wait until it is held",
                        self.url, type(reason).__name__, reason)
 

@@ -186,7 +186,7 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
                 resumed += 1
         if s.outcome != "interrupted":
             continue
-        by_source[s.source] += 1
+        by_source[str(s.source)] += 1  # a hand-edited or foreign event may carry any JSON value
         entry = {"attempt": s.key[3], "source": s.source, "ts": s.stop["ts"] if s.stop else s.end,
                  "step": s.last_step, "resumed_step": None, "replayed_steps": None, "replayed_s": None,
                  "restart_s": lost.get(i), "tier": s.stop.get("tier") if s.stop else None, "restored_from": None}
