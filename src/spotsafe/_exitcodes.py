@@ -18,5 +18,9 @@ EXIT_STOP_UNSAFE = 5
 """``spotsafe run`` was told to stop, and the command did not exit 0 or 75 within the grace period
 (it failed, or was killed at the end of it): its newest checkpoint may be older than its last step."""
 
+EXIT_ROOT_LOCKED = 6
+"""Another live process holds the run root (:class:`~spotsafe.RootLockedError`): a ``Run`` under
+``spotsafe run`` exits with it at start, and the supervisor stops with it instead of restarting."""
+
 EXIT_NOT_FOUND = 127
 """``spotsafe run`` could not start the command (not found or not executable), as a shell would say."""

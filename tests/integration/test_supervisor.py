@@ -368,3 +368,30 @@ def test_as_a_containers_pid_1_it_reaps_orphans_and_still_forwards_signals(tmp_p
     spawn = sup_events(tmp_path / "run" / "events", "supervisor_start")[0]
     assert spawn["pid"] == 1                                                  # it really was PID 1
     assert zombies.read_text() == "0"
+
+
+def test_a_command_refused_by_another_writer_s_lock_stops_the_supervisor_with_exit_6(tmp_path):
+    import spotsafe
+    import torch
+
+    root = tmp_path / "run"
+    cmd = script(tmp_path, """
+        import spotsafe, torch
+        with spotsafe.Run(None, {"w": torch.zeros(4)}, notices=None) as run:
+            for step in run.steps(3):
+                pass
+    """)
+    with spotsafe.CheckpointManager(root) as holder:               # a live writer on the same root
+        holder.save(1, {"w": torch.ones(4)})
+        holder.wait()
+        r = supervise(["--root", str(root), "--max-crashes", "4", "--backoff-base", "0.2s"], cmd)
+        assert r.returncode == 6, r.stderr                                   # EXIT_ROOT_LOCKED, no crash loop
+        lines = r.stderr.strip().splitlines()
+        assert f"pid {os.getpid()}, " in "\n".join(lines)                   # the command named the holder
+        assert lines[-1].startswith("spotsafe run: the command was refused at start: another process holds")
+        exits = sup_events(root / "events", "exit")
+        assert [(e["cause"], e["exit_code"]) for e in exits] == [("locked", 6)]   # one attempt, not restarted
+        assert sup_events(root / "events", "restart") == []
+    with spotsafe.CheckpointManager(root, read_only=True) as reader:
+        state = {"w": None}
+        assert reader.restore(state) == 1 and torch.equal(state["w"], torch.ones(4))  # the holder's own

@@ -34,6 +34,7 @@ from ..errors import (
     RemoteUnavailableWarning,
     SpotsafeError,
     StateMismatchError,
+    UnsafeFileError,
 )
 from ..format import (
     MANIFEST,
@@ -492,7 +493,8 @@ class CheckpointManager:
                     f"Checkpoint {step_dir(step)} does not exist in {where}; run `spotsafe ls {self.root}` "
                     "to see the steps that do.")
             every = [step]
-        skipped = []
+        skipped: list[str] = []
+        rejected: list[int] = []  # local steps whose copy failed verification
         for s in every:
             name = step_dir(s)
             for tier, storage, steps in tiers:
@@ -523,6 +525,8 @@ class CheckpointManager:
                         continue
                     if not invalid:  # malformed in a way no check named (or a bug): keep the trace for a report
                         logger.debug("Reading %s failed", where, exc_info=True)
+                    if tier == "root" and (invalid or isinstance(e, UnsafeFileError)):
+                        rejected.append(s)  # its bytes or its files are bad, not just unreadable now
                     skipped.append(f"{where} ({reason})")
                     warnings.warn(f"Checkpoint {where} is invalid: {reason}. Skipping it and falling back to another "
                                   "copy or an older one.", CheckpointSkippedWarning, stacklevel=2)
@@ -534,7 +538,7 @@ class CheckpointManager:
                 self.restored = CheckpointInfo(s, name, f"{storage.url}/{name}", True, None, manifest)
                 self.restored_tier = tier
                 self.restore_skipped = skipped
-                self._after_restore(s, tier, manifest, bufs, tiers[0][2] if step is None else [])
+                self._after_restore(s, tier, manifest, bufs, rejected)
                 if skipped:
                     logger.warning("Restored %s from %s after skipping %d invalid checkpoint(s): %s", name, tier,
                                    len(skipped), "; ".join(skipped))
@@ -554,14 +558,14 @@ class CheckpointManager:
                 "fresh_if_invalid=True to start over.")
         return None
 
-    def _after_restore(self, step: int, tier: str, manifest, bufs: dict[str, Any], local_steps: list[int]) -> None:
-        """Keep what restore learned by reading every byte: verdicts for retention, the remote copy as
-        confirmed, and a local copy repaired from a verified remote one. Never fails the restore."""
+    def _after_restore(self, step: int, tier: str, manifest, bufs: dict[str, Any], rejected: list[int]) -> None:
+        """Keep what restore learned by reading every byte: verdicts for retention (``rejected``: the
+        local copies that failed verification), the remote copy as confirmed, and a local copy
+        repaired from a verified remote one. Never fails the restore."""
         if self.read_only:
             return
-        for s in local_steps:  # restore tried these local copies, newest first, and rejected them
-            if s > step or (s == step and tier == "remote"):
-                self._retention.record(s, Verdict(False, reason="it failed verification when restore read it"))
+        for s in rejected:
+            self._retention.record(s, Verdict(False, reason="it failed verification when restore read it"))
         if tier == "root":
             self._retention.record(step, Verdict(True, manifest.created))
         elif tier == "remote" and self._replicator is not None:

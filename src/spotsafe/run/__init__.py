@@ -1,5 +1,5 @@
 """Run layer: spotsafe.Run ties state, engine, policy and notices into the training loop."""
 
-from ._run import Preempted, Run
+from ._run import Preempted, RootLocked, Run
 
-__all__ = ["Preempted", "Run"]
+__all__ = ["Preempted", "RootLocked", "Run"]

@@ -25,9 +25,10 @@ from datetime import timedelta
 from typing import Any
 
 from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
-from .._exitcodes import EXIT_OK, EXIT_PREEMPTED
+from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._units import format_duration, parse_duration, parse_interval
 from ..engine import CheckpointManager, SaveStats
+from ..errors import RootLockedError
 from ..format import step_dir
 from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
 from ..notices._watcher import NoticesSpec
@@ -50,6 +51,15 @@ class Preempted(SystemExit):
     def __init__(self, notice: Notice, step: int, tier: str | None) -> None:
         super().__init__(EXIT_PREEMPTED)
         self.notice, self.step, self.tier = notice, step, tier
+
+
+class RootLocked(SystemExit):
+    """Raised by a supervised ``Run`` that another writer's lock refused: exits 6, so that
+    ``spotsafe run`` stops instead of restarting into the same refusal (the sentence naming
+    the holder is logged first; ``__cause__`` is the :class:`RootLockedError`)."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_ROOT_LOCKED)
 
 
 class Run:
@@ -174,8 +184,11 @@ class Run:
                 past = [e for e in read_events(self.events.path.parent) if (e.get("host"), e.get("pid")) != mine]
                 self.policy.history(measure(past))
             self.policy.start(self.step, self._clock())
-        except BaseException:
+        except BaseException as e:
             self._teardown(wait_remote=False)
+            if isinstance(e, RootLockedError) and os.environ.get(SUPERVISED_ENV):
+                logger.error("%s", e)
+                raise RootLocked() from e
             raise
         return self
 

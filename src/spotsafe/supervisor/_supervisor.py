@@ -18,6 +18,8 @@ exit 75, or every ``stop`` event says it    ``preempted``   a machine-level noti
 stopped for a notice, checkpoint durable                    azure, kubernetes, slurm): exit 75,
 (any exit code)                                             so the job moves; otherwise restart
 exit 0                                      ``done``        exit 0
+exit 6 before any ``run_start`` (a ``Run``  ``locked``      exit 6: restarting would meet the
+refused by another writer's lock)                           same refusal
 killed by a drill                           ``chaos_kill``  restart at once
 anything else                               ``crash``       restart after backoff (with jitter)
 ==========================================  ==============  ====================================
@@ -54,7 +56,7 @@ from pathlib import Path
 from .._backoff import Backoff
 from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
 from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK, EXIT_PREEMPTED,
-                          EXIT_STOP_UNSAFE)
+                          EXIT_ROOT_LOCKED, EXIT_STOP_UNSAFE)
 from .._units import format_duration
 from ..storage import is_url
 from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
@@ -339,6 +341,10 @@ class Supervisor:
                 return EXIT_PREEMPTED, (f"the command stopped for a notice from {ended['source']} (the machine is "
                                         f"being reclaimed) with its checkpoint durable at step {after}; exiting 75 "
                                         "so that the job moves to another machine.")
+            if cause == "locked":
+                return EXIT_ROOT_LOCKED, ("the command was refused at start: another process holds the run root "
+                                          "(the command's last line names it); not restarting into the same "
+                                          "refusal. Stop the other writer, or use another root.")
             if cause == "done":
                 return EXIT_OK, (f"the command finished (attempt {self.attempt}; {self.restarts} restart(s) by this "
                                  "supervisor).")
@@ -458,7 +464,8 @@ class Supervisor:
         self._kill_group(child)  # leftovers of the group (orphaned workers), if any
         duration = self._clock() - t0
         self._learn_events_dir()
-        self._learn_locations([], self._attempt_events(t0, '"event":"run_start"'))  # this attempt's files only
+        started = self._attempt_events(t0, '"event":"run_start"')  # this attempt's files only
+        self._learn_locations([], started)
         restored = max((e.get("step") or 0 for e in self._attempt_events(t0, '"event":"restore"')
                         if e["event"] == "restore" and isinstance(e.get("step") or 0, int)), default=0)
         # spotsafe's own records first: torchrun exits 1, Lightning and the HF Trainer 0 after a notice
@@ -475,6 +482,8 @@ class Supervisor:
                                           "checkpoint durable")
         elif rc == 0:
             cause, detail = "done", "exit 0"
+        elif rc == EXIT_ROOT_LOCKED and not any(e["event"] == "run_start" for e in started):
+            cause, detail = "locked", "exit 6: refused at start, another process holds the run root"
         elif drilled is not None and rc == -signal.SIGTERM:
             cause, detail = "chaos_kill", "killed by the drill's SIGTERM (no handler installed at that moment)"
         elif killed_by == "deadline":
