@@ -230,7 +230,8 @@ def test_the_writer_refuses_what_the_reader_would_refuse(root):
         mgr.save(1, {"v": {"a": np.int64(-2**63), "b": np.float16(65504), "c": torch.zeros(0, 3)}})
         state = {"v": None}
         assert mgr.restore(state) == 1
-    assert state["v"]["a"] == -2**63 and state["v"]["c"].shape == (0, 3)
+    assert state["v"]["a"] == -2**63 and state["v"]["b"] == np.float16(65504) and state["v"]["c"].shape == (0, 3)
+    assert state["v"]["a"].dtype == np.int64 and state["v"]["b"].dtype == np.float16  # the extremes, exactly
 
 
 # -- links, FIFOs and devices ----------------------------------------------------------
@@ -310,16 +311,28 @@ def test_links_fifos_are_never_followed_or_read(two, tmp_path, case):
     assert torch.equal(state["model"].weight, old_params["weight"])
 
 
-def test_a_link_is_never_uploaded_or_listed_as_valid(two, tmp_path):
-    """The listing of the format layer reports a linked step invalid and never reads through it."""
+def test_a_link_is_never_uploaded_or_listed_as_valid(two, tmp_path, caplog):
+    """The listing of the format layer reports a linked step invalid and never reads through it;
+    the uploader, which checks the newest local step at start, refuses it and puts nothing up."""
+    import logging
+    import uuid
+
+    from spotsafe.storage import open_storage
+
     root, _ = two
     outside = tmp_path / "outside"
-    (root / NEW).rename(outside)
+    (root / NEW).rename(outside)  # a complete, valid checkpoint: only the link is wrong
     (root / NEW).symlink_to(outside, target_is_directory=True)
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    url = f"memory://links-{uuid.uuid4().hex[:8]}/run"
+    caplog.set_level(logging.INFO)
+    with spotsafe.CheckpointManager(root, remote=url, keep_last=5) as mgr:
         infos = {i.step: i for i in mgr.checkpoints()}
+        assert not mgr.wait_uploaded(2, timeout=30) and mgr.remote_watermark is None
     assert infos[1].valid and not infos[2].valid and infos[2].manifest is None
     assert "is a link" in infos[2].reason
+    assert f"Not uploading {NEW} to {url}: its local copy" in caplog.text and "is a link" in caplog.text
+    remote = open_storage(url)
+    assert not [p for p in remote.fs.find(remote.root) if "/step-" in p]  # not one byte of it went up
 
 
 def test_no_valid_checkpoint_at_all_still_raises_one_sentence(two):
