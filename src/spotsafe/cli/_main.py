@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._version import __version__
-from ..format import MANIFEST, check_checkpoint, committed_steps, list_checkpoints, step_dir
+from ..format import check_checkpoint, committed_steps, list_checkpoints, read_manifest_bytes, step_dir
 from ..format._validate import load_json
 from ..storage import FsspecStorage, LocalStorage, open_storage
 from ._safe import markup, plain
@@ -130,9 +130,8 @@ def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
     info = check_checkpoint(storage, step)
     if info.manifest is None:
         _err(f"Checkpoint {info.name} in {plain(storage.url)} is unreadable: {plain(info.reason)}.")
-    m = info.manifest
     if as_json:  # re-encoded: every non-ASCII or control character comes out as a JSON escape
-        click.echo(json.dumps(load_json(storage.read_bytes(f"{info.name}/{MANIFEST}"))))
+        click.echo(json.dumps(load_json(read_manifest_bytes(storage, info.name))))
     else:
         _print_manifest(info, plain(storage.url))
     if not info.valid:
