@@ -122,8 +122,9 @@ def test_a_second_writer_is_refused_naming_the_first_whose_checkpoints_stay_its_
 def test_a_sigkilled_writer_s_lock_is_taken_at_once_even_with_a_forked_worker_alive(tmp_path):
     root, hold = tmp_path / "run", tmp_path / "never"
     first = start_writer(root, 100.0, 3, hold, "--fork-worker")
-    worker = int(wait_for_line(first, "worker").split()[1])
+    worker = None
     try:
+        worker = int(wait_for_line(first, "worker").split()[1])
         pid = int(wait_for_line(first, "holding").split()[1])
         wait_for_line(first, "saved 1")
         assert json.loads((root / LOCK).read_text())["pid"] == pid
@@ -144,7 +145,8 @@ def test_a_sigkilled_writer_s_lock_is_taken_at_once_even_with_a_forked_worker_al
     finally:
         first.kill()
         try:
-            os.kill(worker, signal.SIGKILL)
+            if worker is not None:
+                os.kill(worker, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -182,7 +184,14 @@ def test_read_only_restore_writes_nothing_and_needs_no_lock(tmp_path):
         assert tree(root) == before
     finally:
         hold.touch()
-        writer.communicate(timeout=120)
+        try:
+            out, err = writer.communicate(timeout=120)
+        finally:
+            writer.kill()
+    assert writer.returncode == 0 and "done" in out, err  # the reader did not disturb the writer
+    with spotsafe.CheckpointManager(root, read_only=True) as reader:
+        reader.restore(state)
+    assert torch.equal(state["w"], torch.full((1000,), 103.0))  # and the root's newest is the writer's own
     missing = tmp_path / "nowhere"
     with spotsafe.CheckpointManager(missing, read_only=True) as reader:
         assert reader.restore({"w": None}) is None
@@ -194,10 +203,10 @@ def test_read_only_restore_from_a_read_only_mount(tmp_path):
     with spotsafe.CheckpointManager(src) as mgr:
         mgr.save(7, {"w": torch.arange(5.0)})
     mnt.mkdir()
-    if subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode != 0:
+    if subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True, timeout=10).returncode != 0:
         pytest.skip("bind mounts are not allowed here")
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], check=True, capture_output=True, timeout=10)
         with pytest.raises(OSError):
             (mnt / "probe").write_bytes(b"")  # truly read-only, even for root
         with pytest.raises(ReadOnlyRootError, match=rf"Run root {mnt} is not writable here .*pass read_only=True"):
@@ -207,7 +216,7 @@ def test_read_only_restore_from_a_read_only_mount(tmp_path):
             assert reader.restore(state) == 7
         assert torch.equal(state["w"], torch.arange(5.0))
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10)
 
 
 # -- the remote lease ---------------------------------------------------------------------
@@ -285,6 +294,22 @@ def test_the_heartbeat_renews_and_a_lost_lease_stops_the_writer(s3_url, tmp_path
             mgr.close()
     assert committed_steps(open_storage(s3_url)) == [1]  # nothing written there after the loss
     assert read_lease(s3_url)["host"] == "usurper"  # and the other writer's lease left alone
+
+
+def test_a_renewal_whose_answer_was_lost_keeps_the_lease(s3_url, tmp_path):
+    """A renewal PUT lands but its answer is lost (a read timeout; botocore resends the request):
+    the lease's ETag moved, so the next conditional renewal is refused. The lease still holds
+    this writer's token, so the writer keeps it instead of stopping as if another job took it."""
+    with spotsafe.CheckpointManager(tmp_path / "a", remote=s3_url, lease=FAST) as mgr:
+        ours = read_lease(s3_url)
+        st = open_storage(s3_url)
+        landed = {**ours, "heartbeat": _iso(time.time())}  # the renewal whose answer never came
+        st.fs.pipe_file(f"{st.root}/{LEASE}", json.dumps(landed).encode())
+        time.sleep(1.5)  # three heartbeats
+        mgr.save(1, {"w": torch.ones(3)})
+        mgr.wait(remote=True, timeout=30)
+        assert read_lease(s3_url)["token"] == ours["token"]
+    assert committed_steps(open_storage(s3_url)) == [1]
 
 
 def test_read_only_restore_from_the_remote_takes_no_lease_and_writes_nothing(s3_url, tmp_path):

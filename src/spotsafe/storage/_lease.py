@@ -9,7 +9,8 @@ when its holder ran on this same machine and its process is gone (:mod:`._owner`
 Why conditional writes first: S3 (and SeaweedFS, MinIO, R2) honour ``If-None-Match: *``
 and ``If-Match: <etag>`` on PUT, which is a compare-and-swap: of two writers creating or
 taking over the lease at once exactly one succeeds, and a renewal fails when anyone else
-wrote the lease since. Whether a store honours them is checked once per acquisition by
+wrote the lease since (a refused renewal that finds our own token there is an earlier one
+whose answer was lost, and renews over it). Whether a store honours them is checked once per acquisition by
 repeating the conditional PUT, which such a store must refuse. Where it does not (other
 fsspec stores, older S3-compatible servers), the writer puts the lease, waits ``settle``
 seconds, reads it back and holds it only when its own token is there. The residual race
@@ -402,14 +403,23 @@ class RemoteLease:
         t0 = self._clock()
         body = self._document()
         if self._s3 and self._cas and self._etag:
-            try:
-                self._etag = self._s3_put(body, IfMatch=self._etag)
-            except Exception as e:  # noqa: BLE001 - classified
-                if not (_precondition_failed(e) or isinstance(e, FileNotFoundError)):
-                    raise
-                raw, _, present = self._read()
-                self._lose(self._parse(raw), present)
-                return
+            for _ in range(2):
+                try:
+                    self._etag = self._s3_put(body, IfMatch=self._etag)
+                    break
+                except Exception as e:  # noqa: BLE001 - classified
+                    if not (_precondition_failed(e) or isinstance(e, FileNotFoundError)):
+                        raise
+                    raw, etag, present = self._read()
+                    doc = self._parse(raw)
+                    if not (isinstance(doc, dict) and doc.get("token") == self.owner.token and etag):
+                        self._lose(doc, present)
+                        return
+                    # Still our token: an earlier renewal landed but its answer was lost (a timeout, or
+                    # botocore resending it), which moved the ETag. Renew over the copy that is there.
+                    self._etag = etag
+            else:
+                raise LeaseNotHeldError(f"The writer lease {self.url} changed twice during one renewal; retrying.")
         else:
             raw, _, present = self._read()
             doc = self._parse(raw)
