@@ -234,6 +234,67 @@ def test_the_writer_refuses_what_the_reader_would_refuse(root):
     assert state["v"]["a"].dtype == np.int64 and state["v"]["b"].dtype == np.float16  # the extremes, exactly
 
 
+class _Holder:
+    """A stateful object whose state_dict() returns whatever it was given."""
+
+    def __init__(self, sd):
+        self.sd = sd
+
+    def state_dict(self):
+        return self.sd
+
+    def load_state_dict(self, sd):
+        self.sd = sd
+
+
+@pytest.mark.parametrize("bad, what", [
+    ({"h": _Holder([1, 2])}, r"state\['h'\]\.state_dict\(\) returned a list; return a dict"),
+    ({"h": _Holder((1, 2))}, r"returned a tuple"),
+    ({"v": torch.zeros([1] * 65)}, r"has 65 dimensions, more than the 64"),
+])
+def test_the_writer_refuses_a_state_the_validator_would_refuse(root, bad, what):
+    """Before, each of these saved (and pruned older checkpoints) as a checkpoint restore then skipped."""
+    with spotsafe.CheckpointManager(root, rng=False, keep_last=1) as mgr:
+        mgr.save(1, {"v": 1.5, "h": _Holder({"k": 2})})
+        with pytest.raises(spotsafe.UnsupportedStateError, match=what):
+            mgr.save(2, bad)
+        state = {"v": None, "h": _Holder(None)}
+        assert mgr.restore(state) == 1
+    assert state["v"] == 1.5 and state["h"].sd == {"k": 2}
+    assert sorted(p.name for p in root.glob("step-*")) == [OLD]
+
+
+def test_a_manifest_too_large_to_read_is_never_committed(root):
+    """A state whose manifest would pass 128 MiB (a long string in a plain value): the save fails,
+    naming the cause, and the older checkpoint stays the newest valid one."""
+    from spotsafe.format import ComponentEntry, Manifest
+    from spotsafe.format._schema import MAX_JSON_NODES, MAX_MANIFEST_BYTES
+
+    with spotsafe.CheckpointManager(root, rng=False, keep_last=1) as mgr:
+        mgr.save(1, {"v": "small"})
+        with pytest.raises(spotsafe.SpotsafeError, match=rf"manifest of step 2 cannot be written: it would be \d+ "
+                                                         rf"bytes, and at most {MAX_MANIFEST_BYTES} are read"):
+            mgr.save(2, {"v": "x" * MAX_MANIFEST_BYTES})
+            mgr.wait()
+        state = {"v": None}
+        assert mgr.restore(state) == 1 and state["v"] == "small"
+    assert sorted(p.name for p in root.glob("step-*")) == [OLD]
+    # too many values, in fewer bytes: refused the same way
+    m = Manifest(step=3, files={}, components={"v": ComponentEntry("value", "builtins.list", [0] * MAX_JSON_NODES)})
+    with pytest.raises(spotsafe.UnsupportedStateError, match=rf"holds more than {MAX_JSON_NODES} values"):
+        m.to_json_bytes()
+
+
+def test_metadata_that_looks_like_a_tag_stays_a_dict(two):
+    """A re-signed manifest whose whole metadata is {"$float": "nan"}: still a dict after decoding."""
+    from spotsafe.format import read_manifest
+    from spotsafe.storage import LocalStorage
+
+    root, _ = two
+    rewrite(root / NEW, lambda b: b.update(metadata={"$float": "nan"}))
+    assert read_manifest(LocalStorage(root), NEW).metadata == {"$float": "nan"}
+
+
 # -- links, FIFOs and devices ----------------------------------------------------------
 def _bounded(fn, seconds=20.0):
     """Run ``fn`` on a thread; fail (instead of hanging the suite) if it blocks."""

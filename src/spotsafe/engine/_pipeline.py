@@ -140,6 +140,9 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
     for name, obj in items:
         stateful = name != RNG_COMPONENT and is_stateful(obj)
         sd = obj.state_dict() if stateful else obj
+        if stateful and not isinstance(sd, dict):  # the reader loads only a dict into load_state_dict
+            raise UnsupportedStateError(f"state[{name!r}].state_dict() returned a {type(sd).__name__}; return a dict "
+                                        "(e.g. {'value': ...}), or store the value itself without the object.")
         arrays: list = []
         try:
             tree = encode(sd, arrays, (name,))

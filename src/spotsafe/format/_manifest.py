@@ -21,7 +21,8 @@ from typing import Any
 from .._version import __version__
 from ..errors import UnsupportedStateError
 from ._hash import ALGORITHM, digest_bytes
-from ._validate import ManifestError, check_body, check_tables, check_tree, load_json
+from ._schema import INT64, MAX_JSON_NODES, MAX_MANIFEST_BYTES, SPECIAL_FLOATS
+from ._validate import ManifestError, check_body, check_document, check_tables, check_tree, load_json
 
 FORMAT_NAME = "spotsafe-checkpoint"
 FORMAT_VERSION = 1
@@ -113,7 +114,16 @@ class Manifest:
             "metadata": encode_metadata(self.metadata),
         }
         body[_SELF_SUM] = digest_bytes(_canonical(body))
-        return json.dumps(body, allow_nan=False).encode()  # compact: indent would use the slow pure-Python encoder
+        raw = json.dumps(body, allow_nan=False).encode()  # compact: indent would use the slow pure-Python encoder
+        try:  # never commit a manifest the reader refuses (state trees are otherwise bounded by the encoder)
+            if len(raw) > MAX_MANIFEST_BYTES:
+                raise ManifestError(f"it would be {len(raw)} bytes, and at most {MAX_MANIFEST_BYTES} are read")
+            if len(raw) > MAX_JSON_NODES:  # each value takes a byte at least: only so large a one can hold too many
+                check_document(body)
+        except ManifestError as e:
+            raise UnsupportedStateError(f"The manifest of step {self.step} cannot be written: {e}; keep long lists "
+                                        "and strings in the state as tensors or numpy arrays.") from None
+        return raw
 
 
 def default_versions(**extra: str) -> dict[str, str]:
@@ -123,7 +133,6 @@ def default_versions(**extra: str) -> dict[str, str]:
 
 METADATA_MAX_DEPTH = 32
 METADATA_MAX_BYTES = 1 << 20
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def encode_metadata(metadata: Any) -> dict[str, Any]:
@@ -151,7 +160,7 @@ def _encode_meta(v: Any, path: str, leaf: str, depth: int) -> Any:
     if v is None or isinstance(v, (bool, str)):
         return v
     if isinstance(v, int):
-        if not -2**63 <= v < 2**63:
+        if not INT64[0] <= v <= INT64[1]:
             raise ValueError(f"{path} is an integer of {v.bit_length()} bits; metadata holds 64-bit integers, "
                              "pass it as a string or a float.")
         return int(v)
@@ -182,15 +191,15 @@ def decode_metadata(tree: Any) -> dict[str, Any]:
     """The metadata :func:`encode_metadata` wrote (``{"$float": "nan"}`` back to NaN)."""
     if not isinstance(tree, dict):
         raise ManifestError(f"manifest.json has metadata of type {type(tree).__name__}, not an object")
-    return _decode_meta(tree, 0)
+    return {k: _decode_meta(v, 1) for k, v in tree.items()}  # a dict, even one that looks like {"$float": ...}
 
 
 def _decode_meta(v: Any, depth: int) -> Any:
     if depth > METADATA_MAX_DEPTH:
         raise ManifestError(f"manifest.json has metadata nested deeper than {METADATA_MAX_DEPTH} levels")
     if isinstance(v, dict):
-        if len(v) == 1 and v.get("$float") in _NON_FINITE:
-            return _NON_FINITE[v["$float"]]
+        if len(v) == 1 and v.get("$float") in SPECIAL_FLOATS:
+            return float(v["$float"])
         return {k: _decode_meta(item, depth + 1) for k, item in v.items()}
     if isinstance(v, list):
         return [_decode_meta(item, depth + 1) for item in v]

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedStateError
-from ..format._schema import MAX_STATE_DEPTH, NUMPY_DTYPES, TORCH_DTYPES, TORCH_VALUE_DTYPES, device_ok
+from ..format._schema import (DEVICE_TYPES, MAX_NDIM, MAX_NUMBER_CHARS, MAX_STATE_DEPTH, NUMPY_DTYPES, TORCH_DTYPES,
+                              TORCH_VALUE_DTYPES, device_ok)
 
-_BIG = 10**99
+_BIG = 10 ** (MAX_NUMBER_CHARS - 1)  # a sign and 99 digits: the longest number the reader takes
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -69,20 +70,24 @@ def encode(obj: Any, arrays: list, path: tuple = ()) -> Any:
                                         "to a Python number or a supported numpy type first.")
         return {"$np": obj.dtype.str, "v": encode(obj.item(), arrays, path)}
     if isinstance(obj, int):
-        if not -_BIG < obj < _BIG:  # the reader takes numbers of up to 100 characters
-            raise UnsupportedStateError(f"The integer at {_path_str(path)} has more than 99 digits; store it as a "
-                                        "string.")
+        if not -_BIG < obj < _BIG:
+            raise UnsupportedStateError(f"The integer at {_path_str(path)} has more than {MAX_NUMBER_CHARS - 1} digits; "
+                                        "store it as a string.")
         return int(obj)
     if isinstance(obj, float):
         return float(obj) if math.isfinite(obj) else {"$float": repr(float(obj))}
     if isinstance(obj, torch.Tensor):
-        if obj.layout != torch.strided or obj.is_quantized or obj.device.type == "meta":
+        device = obj.device.type
+        if obj.layout != torch.strided or obj.is_quantized or device == "meta" or device not in DEVICE_TYPES:
             raise UnsupportedStateError(
-                f"The tensor at {_path_str(path)} is {obj.layout}/{obj.device} "
-                "; convert it to a dense tensor on a real device before saving.")
+                f"The tensor at {_path_str(path)} is {obj.layout}/{obj.device}; convert it to a dense tensor on a "
+                "device spotsafe knows (cpu, cuda, xpu, mps, ...) before saving.")
         if dtype_name(obj.dtype) not in TORCH_DTYPES:
             raise UnsupportedStateError(f"The tensor at {_path_str(path)} has dtype {obj.dtype}, which spotsafe does not "
                                         "store; convert it to a standard dtype before saving.")
+        if obj.dim() > MAX_NDIM:  # numpy arrays never have more
+            raise UnsupportedStateError(f"The tensor at {_path_str(path)} has {obj.dim()} dimensions, more than the "
+                                        f"{MAX_NDIM} a checkpoint holds; reshape it before saving.")
         arrays.append(obj)
         return {"$tensor": len(arrays) - 1}
     if isinstance(obj, np.ndarray):
