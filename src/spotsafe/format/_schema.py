@@ -60,6 +60,9 @@ def _numpy_dtypes() -> dict[str, tuple[str, int]]:
 # long double (f16 / c32) is left out: its bytes mean different things on different machines.
 NUMPY_DTYPES: dict[str, tuple[str, int]] = _numpy_dtypes()
 
+# how a non-finite float is spelled in a state tree or in metadata: {"$float": "nan"} (``repr`` of each)
+SPECIAL_FLOATS = ("nan", "inf", "-inf")
+
 # largest finite value of each float item size (for ``{"$np": "<f2", "v": ...}`` scalars)
 FLOAT_MAX = {2: 65504.0, 4: 3.4028234663852886e38, 8: 1.7976931348623157e308}
 
@@ -79,3 +82,6 @@ def int_range(kind: str, size: int) -> tuple[int, int]:
     """Smallest and largest value of a numpy integer kind (``i``/``u``) of ``size`` bytes."""
     bits = 8 * size
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if kind == "i" else (0, (1 << bits) - 1)
+
+
+INT64 = int_range("i", 8)  # an epoch, and an integer in metadata

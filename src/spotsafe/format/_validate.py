@@ -29,6 +29,7 @@ from typing import Any
 from ._layout import ALIGN, MANIFEST, MAX_STEP
 from ._schema import (
     FLOAT_MAX,
+    INT64,
     MAX_COMPONENTS,
     MAX_CREATED,
     MAX_FILE_BYTES,
@@ -42,6 +43,7 @@ from ._schema import (
     MAX_TOTAL_BYTES,
     MAX_WORLD_SIZE,
     NUMPY_DTYPES,
+    SPECIAL_FLOATS,
     TORCH_DTYPES,
     TORCH_VALUE_DTYPES,
     device_ok,
@@ -50,11 +52,9 @@ from ._schema import (
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]{0,254}$")
 _CHECKSUM = re.compile(r"^[0-9a-f]{16}$")
-_INT64 = (-(1 << 63), (1 << 63) - 1)
 _KINDS = ("stateful", "value")
 _TAGS = {"$tensor": (), "$ndarray": (), "$tuple": (), "$dict": ("ordered", "meta"), "$float": (),
          "$np": ("v",), "$dtype": (), "$device": ()}
-_SPECIAL_FLOATS = ("nan", "inf", "-inf")
 
 
 class ManifestError(ValueError):
@@ -140,7 +140,7 @@ def check_body(body: dict[str, Any]) -> None:
     """Check every field of a parsed manifest (its own checksum already verified)."""
     _need_int(body.get("step"), "step", 0, MAX_STEP)
     if body.get("epoch") is not None:
-        _need_int(body["epoch"], "epoch", *_INT64)
+        _need_int(body["epoch"], "epoch", *INT64)
     created = body.get("created")
     _need(isinstance(created, (int, float)) and not isinstance(created, bool) and 0 <= created <= MAX_CREATED,
           f"manifest.json has created = {_short(created)}; expected a time in seconds since 1970")
@@ -304,7 +304,7 @@ def check_tree(cname: str, kind: str, tree: Any, tensors: list[dict[str, Any]]) 
             if "meta" in node:
                 stack.append((node["meta"], False))
         elif tag == "$float":
-            if val not in _SPECIAL_FLOATS:
+            if val not in SPECIAL_FLOATS:
                 raise fail(f"has a malformed float {_short(val)}")
         elif tag == "$np":
             _check_np_scalar(f"the state tree of component {cname!r}", val, node.get("v"), "v" in node)
@@ -325,7 +325,7 @@ def _check_np_scalar(where: str, dtype: Any, v: Any, present: bool) -> None:
         lo, hi = int_range(kind, size)
         ok = _is_int(v) and lo <= v <= hi
     elif kind == "f":
-        special = isinstance(v, dict) and list(v) == ["$float"] and v["$float"] in _SPECIAL_FLOATS
+        special = isinstance(v, dict) and list(v) == ["$float"] and v["$float"] in SPECIAL_FLOATS
         ok = special or (isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= FLOAT_MAX[size])
     else:
         ok = False  # complex scalars are never written
