@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,3 +60,25 @@ def wait_for(cond, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return cond()
+
+
+RAW = "@RAW@"
+
+
+def resign_manifest(ckpt, edit, raw: str | None = None) -> None:
+    """Change the manifest of the checkpoint directory ``ckpt`` with ``edit(body)`` and give it a
+    matching self-checksum, as anyone with write access to the root can: bytes that pass the
+    checksum, so that only the validator can tell. ``raw`` text replaces the string "@RAW@" (RAW)
+    in the body afterwards: JSON no Python value produces (a NaN literal, 5000 digits, deep nesting)."""
+    from spotsafe.format import digest_bytes
+    from spotsafe.format._manifest import _SELF_SUM, _canonical
+
+    m = Path(ckpt) / "manifest.json"
+    body = json.loads(m.read_bytes())
+    body.pop(_SELF_SUM)
+    edit(body)
+    body[_SELF_SUM] = digest_bytes(_canonical(body))
+    text = json.dumps(body)
+    if raw is not None:
+        text = text.replace(json.dumps(RAW), raw)
+    m.write_text(text)

@@ -16,8 +16,7 @@ import torch
 
 import spotsafe
 from conftest import child_env, spotsafe_cli
-from spotsafe.format import digest_bytes
-from spotsafe.format._manifest import _canonical
+from helpers import resign_manifest
 
 BOGUS = "[/bogus]"
 LINK = "[link=https://evil.example]click[/link]"
@@ -38,14 +37,11 @@ def hostile_root(root):
         mgr.save(2, state)
     # step 2: a type and a version naming markup and escapes (re-signed), and a bad dtype in
     # the component called "[/bogus]", so that the reason names it
-    m = root / "step-000000000002" / "manifest.json"
-    body = json.loads(m.read_text())
-    body.pop("manifest_checksum")
-    body["components"][LINK]["type"] = "evil." + LINK + ESC
-    body["versions"][BOGUS] = ESC
-    body["components"][BOGUS]["tensors"][0]["dtype"] = "float32" + ESC
-    body["manifest_checksum"] = digest_bytes(_canonical(body))
-    m.write_text(json.dumps(body))
+    def edit(body):
+        body["components"][LINK]["type"] = "evil." + LINK + ESC
+        body["versions"][BOGUS] = ESC
+        body["components"][BOGUS]["tensors"][0]["dtype"] = "float32" + ESC
+    resign_manifest(root / "step-000000000002", edit)
     return root
 
 

@@ -14,9 +14,7 @@ import pytest
 import torch
 
 import spotsafe
-from helpers import assert_same_optimizer, make_training, snapshot, assert_same_tensors
-from spotsafe.format import digest_bytes
-from spotsafe.format._manifest import _SELF_SUM, _canonical
+from helpers import assert_same_optimizer, assert_same_tensors, make_training, resign_manifest, snapshot
 
 
 class Counter:
@@ -128,12 +126,7 @@ def test_failing_module_after_the_model_puts_every_module_back(root):
 
 def _rewrite_manifest(root, step, edit):
     """Change a committed manifest's body and give it a matching self-checksum: bytes that verify."""
-    path = root / f"step-{step:012d}" / "manifest.json"
-    body = json.loads(path.read_bytes())
-    body.pop(_SELF_SUM)
-    edit(body)
-    body[_SELF_SUM] = digest_bytes(_canonical(body))
-    path.write_bytes(json.dumps(body).encode())
+    resign_manifest(root / f"step-{step:012d}", edit)
 
 
 def _two_checkpoints(root):
