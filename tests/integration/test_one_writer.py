@@ -312,6 +312,17 @@ def test_a_renewal_whose_answer_was_lost_keeps_the_lease(s3_url, tmp_path):
     assert committed_steps(open_storage(s3_url)) == [1]
 
 
+def test_close_releases_the_lease_after_a_renewal_whose_answer_was_lost(s3_url, tmp_path):
+    """The same lost answer just before close: the conditional delete is refused, the lease still
+    holds our token, and it is deleted anyway, so the next writer need not wait for it to expire."""
+    with spotsafe.CheckpointManager(tmp_path / "a", remote=s3_url, lease=LeaseOptions(ttl=60, renew_every=20)):
+        ours = read_lease(s3_url)
+        st = open_storage(s3_url)
+        st.fs.pipe_file(f"{st.root}/{LEASE}", json.dumps({**ours, "heartbeat": _iso(time.time())}).encode())
+    with pytest.raises(FileNotFoundError):
+        read_lease(s3_url)
+
+
 def test_read_only_restore_from_the_remote_takes_no_lease_and_writes_nothing(s3_url, tmp_path):
     with spotsafe.CheckpointManager(tmp_path / "a", remote=s3_url) as mgr:
         mgr.save(5, {"w": torch.arange(4.0)})

@@ -480,15 +480,25 @@ class RemoteLease:
     def _delete_if_ours(self) -> None:
         if self._s3 and self._cas and self._etag:
             bucket, key, _ = self.storage.fs.split_path(self._path)
-            try:
-                self.storage.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=self._etag)
-                return
-            except Exception as e:  # noqa: BLE001 - classified
-                if _precondition_failed(e):
-                    logger.warning("Not releasing the writer lease %s: another writer holds it now", self.url)
+            etag = self._etag
+            for _ in range(2):
+                try:
+                    self.storage.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
                     return
-                if not _unsupported(e):
-                    raise
+                except Exception as e:  # noqa: BLE001 - classified
+                    if not _precondition_failed(e):
+                        if not _unsupported(e):
+                            raise
+                        break
+                raw, etag, present = self._read()
+                doc = self._parse(raw)
+                if not (isinstance(doc, dict) and doc.get("token") == self.owner.token and etag):
+                    if present:
+                        logger.warning("Not releasing the writer lease %s: another writer holds it now", self.url)
+                    return
+                # still ours: a renewal landed whose answer was lost, which moved the ETag
+            else:
+                return  # it keeps changing under our token: left to expire
         raw, _, _ = self._read()
         doc = self._parse(raw)
         if isinstance(doc, dict) and doc.get("token") == self.owner.token:
