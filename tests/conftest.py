@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,6 +90,14 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     return env
+
+
+def run_cli(*args, env: dict[str, str] | None = None, timeout: float = 60,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``spotsafe ARGS...`` as a real process of the installed entry point, bounded in time,
+    with its stdout and stderr captured as text."""
+    return subprocess.run([*spotsafe_cli(), *map(str, args)], capture_output=True, text=True,
+                          env=env or child_env(), timeout=timeout, cwd=cwd)
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import spotsafe
-from conftest import _clear_s3fs_cache, child_env, spotsafe_cli
+from conftest import _clear_s3fs_cache, child_env, run_cli
 from spotsafe.errors import RemoteAccessError, SpotsafeError, UnsupportedURLError
 from spotsafe.policy import plan, simulate
 from spotsafe.storage import open_storage
@@ -29,9 +29,7 @@ PLAN = ["plan", "--hours", "10", "--on-demand-price", "3", "--spot-price", "1", 
         "--checkpoint-cost", "30s", "--restart-cost", "10m"]
 
 
-def cli(*args, env: dict | None = None, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*spotsafe_cli(), *map(str, args)], capture_output=True, text=True,
-                          env=env or child_env(), timeout=timeout, cwd=cwd)
+cli = run_cli
 
 
 def one_sentence(out: subprocess.CompletedProcess, code: int) -> str:

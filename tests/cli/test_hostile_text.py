@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import spotsafe
-from conftest import child_env, spotsafe_cli
+from conftest import child_env, run_cli
 from helpers import resign_manifest
 
 BOGUS = "[/bogus]"
@@ -25,8 +25,7 @@ NAMES = [BOGUS, LINK, "esc" + ESC]
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    env = {**child_env(), "COLUMNS": "1000"}  # a wide table: each reason on one line
-    return subprocess.run([*spotsafe_cli(), *map(str, args)], capture_output=True, text=True, env=env, timeout=60)
+    return run_cli(*args, env={**child_env(), "COLUMNS": "1000"})  # a wide table: each reason on one line
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env, spotsafe_cli
+from conftest import child_env, run_cli, spotsafe_cli
 
 from spotsafe.telemetry import read_events
 
@@ -62,8 +62,7 @@ def supervise(args, cmd, *, cwd, env=None, timeout=120):
 
 
 def cli_json(*args, cwd=None):
-    r = subprocess.run([*spotsafe_cli(), *args, "--json"], cwd=cwd, env=child_env(), capture_output=True, text=True,
-                       timeout=60)
+    r = run_cli(*args, "--json", cwd=cwd)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -143,8 +142,7 @@ def test_a_drill_kill_the_report_and_plan_from_tell_what_happened(tmp_path):
     assert rep["replayed"]["steps"]["total"] == replayed
     assert rep["replayed"]["metrics"] == {"steps": replayed, "compared": replayed, "identical": replayed,
                                           "differing": []}                         # a deterministic script
-    text = subprocess.run([*spotsafe_cli(), "report", str(root)], env=child_env(), capture_output=True, text=True,
-                          timeout=60).stdout
+    text = run_cli("report", root).stdout
     assert f"replayed {replayed} steps, {replayed} logged metrics compared, {replayed} identical" in text
 
     plan = cli_json("plan", "--hours", "10", "--on-demand-price", "3", "--spot-price", "1", "--from", str(root))
@@ -172,6 +170,7 @@ def test_a_cloud_notice_ends_the_supervisor_with_75_and_a_drill_notice_restarts(
             if (tmp_path / "ready").exists() or p.poll() is not None:
                 break
             time.sleep(0.05)
+        assert (tmp_path / "ready").exists(), "the supervised command never reached step 3"
         metadata.aws_interrupt(120)                      # the machine is being reclaimed
         out, err = p.communicate(timeout=60)
     finally:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import spotsafe
-from conftest import child_env, spotsafe_cli
+from conftest import run_cli
 from helpers import make_training
 
 
@@ -44,8 +44,7 @@ def test_nan_metadata_saves_round_trips_and_later_saves_succeed(root):
     assert meta["lr"] == 0.5 and meta["note"] == "spike"
     raw = _strict((root / "step-000000000001" / "manifest.json").read_bytes())  # strict JSON on disk
     assert raw["metadata"]["loss"] == {"$float": "nan"}
-    shown = subprocess.run([*spotsafe_cli(), "inspect", str(root), "--step", "1"], capture_output=True, text=True,
-                           env=child_env(), timeout=60)
+    shown = run_cli("inspect", root, "--step", 1)
     assert shown.returncode == 0, shown.stderr
     assert '"loss": NaN' in shown.stdout and '"max": Infinity' in shown.stdout
 
