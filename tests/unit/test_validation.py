@@ -25,9 +25,9 @@ from spotsafe.cli._main import main
 from spotsafe.errors import CheckpointSkippedWarning
 from spotsafe.format import digest_bytes
 from spotsafe.format._manifest import _canonical
+from helpers import RAW, resign_manifest
 
 OLD, NEW = "step-000000000001", "step-000000000002"
-RAW = "@RAW@"
 
 
 def make_state(seed: int) -> dict:
@@ -50,18 +50,7 @@ def two(root):
     return root, {k: v.clone() for k, v in s1["model"].state_dict().items()}
 
 
-def rewrite(ckpt, mutate, raw: str | None = None) -> None:
-    """Change the manifest of ``ckpt`` with ``mutate(body)``, recompute its checksum, then put
-    ``raw`` text where the body holds "@RAW@" (JSON no Python value can produce)."""
-    m = ckpt / "manifest.json"
-    body = json.loads(m.read_text())
-    body.pop("manifest_checksum")
-    mutate(body)
-    body["manifest_checksum"] = digest_bytes(_canonical(body))
-    text = json.dumps(body)
-    if raw is not None:
-        text = text.replace(json.dumps(RAW), raw)
-    m.write_text(text)
+rewrite = resign_manifest  # edit a manifest, re-sign it; raw text where the body holds RAW
 
 
 def comp(body, name):
