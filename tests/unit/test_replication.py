@@ -129,3 +129,29 @@ def test_retry_stops_at_the_attempt_limit_and_never_retries_permanent_errors():
     with pytest.raises(PermissionError):
         retry(always(PermissionError()), policy=policy, transient=lambda e: not isinstance(e, PermissionError), what="x")
     assert len(calls) == 1
+
+
+def test_close_with_a_timeout_says_which_steps_did_not_reach_the_remote(root, remote, monkeypatch):
+    """close(timeout=...) that returns means every saved step is on the remote; otherwise it raises
+    a TimeoutError naming the ones that are not, and stays within its timeout plus a short join."""
+    import time
+
+    real = FsspecStorage.upload_file
+
+    def slow(st, fd, rel, **kw):  # a slow link: each file takes a second
+        time.sleep(1.0)
+        return real(st, fd, rel, **kw)
+
+    monkeypatch.setattr(FsspecStorage, "upload_file", slow)
+    mgr = spotsafe.CheckpointManager(root, remote=remote, keep_last=5, max_pending_uploads=3)
+    for step in (1, 2, 3):
+        mgr.save(step, {"v": torch.ones(3) * step})
+        mgr.wait()
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"Uploads to memory://.* did not finish within 0.2s: (step-\d+, )*"
+                                           r"step-000000000003 (is|are) not on it; the newest step confirmed there is "):
+        mgr.close(timeout=0.2)
+    assert time.monotonic() - t0 < 5
+    assert 3 not in committed_steps(open_storage(remote))
+    with spotsafe.CheckpointManager(root, read_only=True) as reader:
+        assert [c.step for c in reader.checkpoints()] == [1, 2, 3]  # all still here, for the next writer

@@ -625,21 +625,25 @@ class CheckpointManager:
     def close(self, *, wait_remote: bool = True, timeout: float | None = None) -> None:
         """Finish the background save, deletions and (``wait_remote``) uploads; idempotent.
 
-        Raises the failure of any background work.
+        Raises the failure of any background work, and TimeoutError naming the steps that did
+        not reach the remote within ``timeout`` seconds. The save in flight is always finished
+        first (the root stays locked while it writes), and its time counts against ``timeout``.
         """
         if self._closed:
             return
         self._closed = True
+        deadline = None if timeout is None else time.monotonic() + timeout
         errors: list[BaseException] = []
         try:
             try:
-                self._finish_inflight(timeout)
+                self._finish_inflight()  # no timeout: the lock is not released while it writes anyway
             except BaseException as e:  # noqa: BLE001 - raised below, after the threads stop
                 errors.append(e)
             self._persist_executor.shutdown(wait=True)
             if self._replicator is not None:
                 try:
-                    self._replicator.close(wait=wait_remote and not errors, timeout=timeout)
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    self._replicator.close(wait=wait_remote and not errors, timeout=left)
                 except BaseException as e:  # noqa: BLE001
                     errors.append(e)
             self._gc_executor.shutdown(wait=True)

@@ -229,15 +229,29 @@ class Replicator:
     def close(self, *, wait: bool = True, timeout: float | None = None) -> None:
         """Stop the thread; ``wait`` first for everything queued. Without ``wait``, an upload in
         flight is abandoned after a few seconds (the daemon thread dies with the process; the
-        next writer cleans the partial upload)."""
+        next writer cleans the partial upload).
+
+        Raises the error that stopped the uploads, or TimeoutError naming the steps that did not
+        reach the remote within ``timeout``: returning means everything queued is confirmed there.
+        """
+        done = False
         if wait:
             try:
-                self.wait(timeout=timeout)
+                done = self.wait(timeout=timeout)
             finally:
-                self._shutdown(60.0)
+                self._shutdown(60.0 if done else 2.0)
         else:
             self._shutdown(2.0)
         self.check()
+        if wait and not done:
+            with self._cond:
+                left = sorted(set(self._pending) | ({self._inflight} if self._inflight is not None else set()))
+            if left:
+                raise TimeoutError(
+                    f"Uploads to {self.remote.url} did not finish within {timeout:.1f}s: "
+                    f"{', '.join(map(step_dir, left))} {'is' if len(left) == 1 else 'are'} not on it; the newest step "
+                    f"confirmed there is {self._watermark_name()}; close with a longer timeout, or start the next "
+                    "writer from this root, which uploads its newest checkpoint.")
 
     def _shutdown(self, join_timeout: float) -> None:
         with self._cond:
