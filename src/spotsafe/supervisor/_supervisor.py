@@ -437,7 +437,7 @@ class Supervisor:
                     armed_at = now
             if drill is not None and armed_at is not None and drilled is None and stop_sig is None \
                     and now - armed_at >= drill[0]:
-                if any(e["event"] == "stop" for e in self._attempt_events(t0, '"event":"stop"')):
+                if self._attempt_events(t0, "stop"):
                     drill = None  # training is over (the process is only exiting): nothing left to drill
                     continue
                 drilled = drill[1]
@@ -464,12 +464,13 @@ class Supervisor:
         self._kill_group(child)  # leftovers of the group (orphaned workers), if any
         duration = self._clock() - t0
         self._learn_events_dir()
-        started = self._attempt_events(t0, '"event":"run_start"')  # this attempt's files only
+        evs = self._attempt_events(t0, "run_start", "restore", "stop")  # this attempt's files, read once
+        started = [e for e in evs if e["event"] == "run_start"]
         self._learn_locations([], started)
-        restored = max((e.get("step") or 0 for e in self._attempt_events(t0, '"event":"restore"')
+        restored = max((e.get("step") or 0 for e in evs
                         if e["event"] == "restore" and isinstance(e.get("step") or 0, int)), default=0)
         # spotsafe's own records first: torchrun exits 1, Lightning and the HF Trainer 0 after a notice
-        stops = [e for e in self._attempt_events(t0, '"event":"stop"') if e["event"] == "stop"]
+        stops = [e for e in evs if e["event"] == "stop"]
         noticed = bool(stops) and all(preempted_stop(e) for e in stops)
         source = next((e.get("source") for e in stops if e.get("source")), None) if noticed else None
         if rc == EXIT_PREEMPTED:
@@ -482,7 +483,7 @@ class Supervisor:
                                           "checkpoint durable")
         elif rc == 0:
             cause, detail = "done", "exit 0"
-        elif rc == EXIT_ROOT_LOCKED and not any(e["event"] == "run_start" for e in started):
+        elif rc == EXIT_ROOT_LOCKED and not started:
             cause, detail = "locked", "exit 6: refused at start, another process holds the run root"
         elif drilled is not None and rc == -signal.SIGTERM:
             cause, detail = "chaos_kill", "killed by the drill's SIGTERM (no handler installed at that moment)"
@@ -495,11 +496,9 @@ class Supervisor:
         return {"rc": rc, "cause": cause, "detail": detail, "duration_s": duration, "stop": stop_sig,
                 "budget": budget, "source": source, "drilled": drilled, "restored": restored}
 
-    def _attempt_events(self, since: float, needle: str | None = None) -> list[dict]:
-        """Events the current attempt's processes wrote (files touched since ``since``, on the monotonic clock).
-
-        ``needle``: skip files whose text does not contain it (a cheap pre-filter).
-        """
+    def _attempt_events(self, since: float, *kinds: str) -> list[dict]:
+        """The events of ``kinds`` the current attempt's processes wrote (files touched since ``since``,
+        on the monotonic clock); only the lines naming one of them are parsed."""
         wall0 = time.time() - (self._clock() - since)
         out = []
         for path in self.events_dir.glob("*.jsonl"):
@@ -509,15 +508,13 @@ class Supervisor:
                 text = path.read_text(errors="replace")
             except OSError:
                 continue
-            if needle is not None and needle not in text:
-                continue
-            out += [e for e in parse_lines(text) if e.get("run_id") == self.run_id
+            out += [e for e in parse_lines(text, kinds) if e.get("run_id") == self.run_id
                     and e.get("attempt") == self.attempt and e.get("role") != SUPERVISOR]
         return out
 
     def _restored(self, since: float) -> bool:
         """Whether this attempt's command has written its ``restore`` event (so it handles notices)."""
-        return any(e["event"] == "restore" for e in self._attempt_events(since, '"event":"restore"'))
+        return bool(self._attempt_events(since, "restore"))
 
     def _kill_group(self, child: subprocess.Popen) -> None:
         try:

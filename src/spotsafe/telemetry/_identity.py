@@ -76,12 +76,9 @@ def attempts_before(events_dir: str | os.PathLike, run_id: str, supervisor: str 
             text = p.read_text(errors="replace")
         except OSError:
             continue
-        if '"run_start"' not in text and '"spawn"' not in text:
-            continue
-        for e in parse_lines("\n".join(line for line in text.splitlines()
-                                       if '"run_start"' in line or '"spawn"' in line)):
-            if e.get("event") in ("run_start", "spawn") and e.get("run_id") == run_id \
-                    and (supervisor is None or e.get("supervisor") != supervisor) and isinstance(e.get("attempt"), int):
+        for e in parse_lines(text, ("run_start", "spawn")):
+            if e.get("run_id") == run_id and (supervisor is None or e.get("supervisor") != supervisor) \
+                    and isinstance(e.get("attempt"), int):
                 best = max(best, e["attempt"])
     return best
 
