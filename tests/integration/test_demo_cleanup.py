@@ -21,6 +21,8 @@ from pathlib import Path
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -36,8 +38,10 @@ def _killpg(pid: int) -> None:
         pass
 
 
-def _demo(tmp: Path, *args: str, limit: float = 180.0) -> subprocess.Popen:
-    """The demo in a session of its own, SIGKILLed with its session after ``limit`` seconds."""
+@contextmanager
+def _demo(tmp: Path, *args: str, limit: float = 180.0) -> Iterator[subprocess.Popen]:
+    """The demo in a session of its own, SIGKILLed with its session after ``limit`` seconds, and
+    at the end of the test whatever happened (a failed assertion leaves nothing running)."""
     env = {**child_env(), "TMPDIR": str(tmp), "SPOTSAFE_AWS_METADATA_URL": "off",
            "SPOTSAFE_GCP_METADATA_URL": "off", "SPOTSAFE_AZURE_METADATA_URL": "off"}
     proc = subprocess.Popen([sys.executable, str(DEMO), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -45,7 +49,14 @@ def _demo(tmp: Path, *args: str, limit: float = 180.0) -> subprocess.Popen:
     watchdog = threading.Timer(limit, _killpg, (proc.pid,))
     watchdog.daemon = True
     watchdog.start()
-    return proc
+    try:
+        yield proc
+    finally:
+        watchdog.cancel()
+        _killpg(proc.pid)
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -84,8 +95,8 @@ def _session_members(sid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_failed_demo_removes_its_temp_dir(tmpdir_short):
-    proc = _demo(tmpdir_short, "--steps", "20", "--drills", "0", "--workers", "0")
-    out, _ = proc.communicate(timeout=120)
+    with _demo(tmpdir_short, "--steps", "20", "--drills", "0", "--workers", "0") as proc:
+        out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
     assert "FAIL: no drill was injected" in out and "Removed " in out
     assert list(tmpdir_short.iterdir()) == [], "the demo left files behind"
@@ -94,26 +105,26 @@ def test_a_failed_demo_removes_its_temp_dir(tmpdir_short):
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_an_interrupted_demo_stops_its_children_and_removes_its_temp_dir(tmpdir_short, how):
-    proc = _demo(tmpdir_short, "--steps", "200", "--drills", "1", "--chaos", "60s", "--workers", "1")
-    seen = []
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:  # type: ignore[union-attr]
-        seen.append(line)
-        if line.strip().startswith("resumed") or time.monotonic() > deadline:
-            break  # the supervised run is training: its files are being written
-    assert any(x.strip().startswith("resumed") for x in seen), "".join(seen)
-    work = next(tmpdir_short.glob("spotsafe-demo-*"))
-    assert (work / "interrupted").is_dir()
-    t0 = time.monotonic()
-    if how == "ctrl-c":
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    else:
-        os.kill(proc.pid, signal.SIGTERM)   # the demo alone: it must stop its children itself
-    rest, _ = proc.communicate(timeout=60)
-    took = time.monotonic() - t0
-    print(f"{how}: the demo ended {took:.1f} s after the signal, exit {proc.returncode}")
-    assert proc.returncode in (130, 143), "".join(seen) + rest
-    assert "Removed " in rest
-    assert not work.exists() and list(tmpdir_short.iterdir()) == [], "the demo left files behind"
-    time.sleep(0.5)
-    assert _pids_alive(_session_members(proc.pid)) == [], "a child of the demo outlived it"
+    with _demo(tmpdir_short, "--steps", "200", "--drills", "1", "--chaos", "60s", "--workers", "1") as proc:
+        seen = []
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # type: ignore[union-attr]  (the watchdog ends a silent demo)
+            seen.append(line)
+            if line.strip().startswith("resumed") or time.monotonic() > deadline:
+                break  # the supervised run is training: its files are being written
+        assert any(x.strip().startswith("resumed") for x in seen), "".join(seen)
+        work = next(tmpdir_short.glob("spotsafe-demo-*"))
+        assert (work / "interrupted").is_dir()
+        t0 = time.monotonic()
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        else:
+            os.kill(proc.pid, signal.SIGTERM)   # the demo alone: it must stop its children itself
+        rest, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+        print(f"{how}: the demo ended {took:.1f} s after the signal, exit {proc.returncode}")
+        assert proc.returncode == (130 if how == "ctrl-c" else 143), "".join(seen) + rest
+        assert "Removed " in rest
+        assert not work.exists() and list(tmpdir_short.iterdir()) == [], "the demo left files behind"
+        time.sleep(0.5)
+        assert _pids_alive(_session_members(proc.pid)) == [], "a child of the demo outlived it"
