@@ -283,6 +283,46 @@ def test_upload_file_checks_the_bytes_as_it_reads_them_and_leaves_nothing_on_a_m
     assert not remote.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads")
 
 
+def test_a_failed_part_stops_the_multipart_upload_before_it_returns(s3_url, tmp_path, monkeypatch):
+    """A local read error on one part (EIO) fails the upload; the other parts stop, and nothing reads
+    the caller's descriptor after the call returned (the caller closes it, and its number is reused)."""
+    import errno
+
+    from fsspec.asyn import sync
+
+    from spotsafe.format import digest_bytes
+    from spotsafe.storage import _fsspec
+
+    part, data = 256 << 10, os.urandom(24 << 20)  # 96 parts, 2 at a time
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    reads, returned = [], threading.Event()
+    real = _fsspec._pread_exact
+
+    def disk(fd, n, offset):
+        reads.append((offset, returned.is_set()))
+        if offset == 4 * part:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(_fsspec, "_pread_exact", disk)
+    remote = open_storage(s3_url)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            sync(remote.fs.loop, _fsspec._s3_multipart_upload, remote.fs, fd, remote._p("a/blob"), len(data),
+                 digest_bytes(data), part=part, concurrency=2)
+        returned.set()
+    finally:
+        os.close(fd)
+    time.sleep(1.0)  # parts left running would read (and send) meanwhile
+    assert not [offset for offset, after in reads if after]
+    assert len(reads) < 20  # it stopped at the failed part, not after reading the whole file
+    assert remote.size("a/blob") is None
+    bucket, _, key = remote._p("").partition("/")
+    assert not remote.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads")
+
+
 def test_upload_file_on_a_generic_store_removes_what_fails(tmp_path):
     import uuid
 

@@ -509,19 +509,30 @@ async def _s3_multipart_upload(fs: Any, fd: int, rpath: str, size: int, checksum
         stream.add(index, data)
         return data
 
+    reads: set[asyncio.Future] = set()
+
     async def send(index: int, offset: int) -> dict:
         async with window:
-            data = await loop.run_in_executor(None, read, index, offset)
+            fut = loop.run_in_executor(None, read, index, offset)
+            reads.add(fut)
+            data = await asyncio.shield(fut)  # a cancelled send still lets its read finish: see below
             out = await asyncio.wait_for(fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
                                                      PartNumber=index + 1, Body=data), REQUEST_TIMEOUT)
             return {"PartNumber": index + 1, "ETag": out["ETag"]}
 
+    sends = [asyncio.ensure_future(send(i, off)) for i, off in enumerate(range(0, size, part))]
     try:
-        parts = await asyncio.gather(*[send(i, off) for i, off in enumerate(range(0, size, part))])
+        parts = await asyncio.gather(*sends)
         _check_upload(stream.nbytes, stream.hasher.hexdigest(), size, checksum, rpath)
         await asyncio.wait_for(fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
                                             MultipartUpload={"Parts": list(parts)}), REQUEST_TIMEOUT)
     except BaseException:
+        # One part failed: stop the others, and wait for the reads already in a thread, so that
+        # nothing reads ``fd`` after this returns (the caller closes it) and no part goes on uploading.
+        for t in sends:
+            t.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        await asyncio.gather(*reads, return_exceptions=True)
         try:
             await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
         except BaseException:  # noqa: BLE001 - the next writer aborts what is left
