@@ -196,8 +196,9 @@ class Supervisor:
         self.events_dir.mkdir(parents=True, exist_ok=True)
         if self._sup_dir is None:
             self.run_id = self._given_run_id or kept_run_id(self.events_dir, uuid.uuid4().hex[:12])
-            past = [e for e in read_events(self.events_dir) if e.get("run_id") == self.run_id]
-            self.attempt = max((int(e.get("attempt") or 0) for e in past), default=0)
+            # every attempt has a spawn (supervised) or run_start event: only those lines are parsed
+            past = [e for e in read_events(self.events_dir, ("spawn", "run_start")) if e.get("run_id") == self.run_id]
+            self.attempt = max((e["attempt"] for e in past if type(e.get("attempt")) is int), default=0)
         else:  # both learned from the command (telemetry/_identity.py)
             self.run_id, past, self.attempt = self._given_run_id or self.sup_id, [], 0
         self._locations: list[str] = []  # where progress is read: given, and reported by attempts

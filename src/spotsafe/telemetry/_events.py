@@ -136,10 +136,11 @@ def parse_lines(text: str, kinds: Collection[str] | None = None) -> list[dict[st
     return out
 
 
-def read_events(directory: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every event under ``directory`` (all writers), oldest first; torn or foreign lines skipped."""
+def read_events(directory: str | os.PathLike, kinds: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Every event under ``directory`` (all writers; only ``kinds`` when given), oldest first; torn or
+    foreign lines skipped."""
     out = []
     for p in sorted(Path(directory).glob("*.jsonl")):
-        out += parse_lines(p.read_text(errors="replace"))
+        out += parse_lines(p.read_text(errors="replace"), kinds)
     out.sort(key=lambda r: r["ts"])
     return out
