@@ -170,6 +170,9 @@ def test_the_supervisors_records_are_not_attempts_and_plan_reads_the_report_s_fi
     assert m.mtbf_s == pytest.approx(m.running_s / 3)
     # from the end of an attempt to the next one's first step: 1014 -> 1019 and 1028.6 -> 1032
     assert m.restart_s == pytest.approx((5.0 + 3.4) / 2) and m.restart_s > 0
+    # an attempt the supervisor spawned that crashed before writing an event counts for both
+    e = three_attempts() + [sup(1043, "spawn", 4, child_pid=14), sup(1043.5, "exit", 4, cause="crash", exit_code=1)]
+    assert measure(e).attempts == build_report(e)["attempts"] == 4
 
 
 def test_a_rerun_of_a_finished_run_adds_no_lost_time_and_no_wall_time():

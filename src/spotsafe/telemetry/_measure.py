@@ -111,6 +111,14 @@ def attempts(events: list[dict]) -> list[Attempt]:
     return spans
 
 
+def attempt_count(events: list[dict], spans: list[Attempt]) -> int:
+    """How many attempts ``events`` record: the (run id, attempt number) of every training process
+    in ``spans``, and of every attempt the supervisor spawned that never wrote an event."""
+    spawned = {(e.get("run_id"), e.get("attempt")) for e in events
+               if e.get("role") == SUPERVISOR and e["event"] == "spawn"}
+    return len({s.key[2:] for s in spans} | spawned)
+
+
 def _classify(s: Attempt, nxt: Attempt | None, sup_exit: dict | None) -> None:
     cause = sup_exit.get("cause") if sup_exit else None
     reason = s.stop.get("reason") if s.stop else None
@@ -182,7 +190,7 @@ def measure(events: list[dict]) -> Measured:
         step_times += [b - a for a, b in zip(ts, ts[1:]) if b > a]
     stalls = [c["stall_s"] for s in spans for c in s.checkpoints if c.get("stall_s")]
     return Measured(
-        attempts=len(spans), interruptions=interruptions, running_s=running,
+        attempts=attempt_count(events, spans), interruptions=interruptions, running_s=running,
         mtbf_s=running / (interruptions + 1) if running > 0 else None,
         restart_s=statistics.median(restarts) if restarts else None,
         checkpoint_stall_s=statistics.median(stalls) if stalls else None,

@@ -33,7 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from ._measure import SUPERVISOR, Attempt, attempts, idle_after_finish, restart_gaps
+from ._measure import SUPERVISOR, Attempt, attempt_count, attempts, idle_after_finish, restart_gaps
 
 
 def _quantiles(values: list[float]) -> dict[str, float | None]:
@@ -160,7 +160,6 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
     spans = attempts(events)
     intervals = _intervals(spans)
     exits = {(e.get("run_id"), e.get("attempt")): e for e in sup if e["event"] == "exit"}
-    spawned = {(e.get("run_id"), e.get("attempt")) for e in sup if e["event"] == "spawn"}
     if spot_price is None or on_demand_price is None:
         for e in reversed(sup):
             if e["event"] == "supervisor_start" and isinstance(e.get("profile"), dict):
@@ -205,7 +204,6 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
     crashes = max(sum(1 for s in spans if s.outcome == "crashed"),
                   sum(1 for e in exits.values() if e.get("cause") == "crash"))
     restarts = max(restarts, sum(1 for e in sup if e["event"] == "restart"))  # attempts that never reported count
-    attempts_n = len({s.key[2:] for s in spans} | spawned)
 
     ckpts = [c for s in spans for c in s.checkpoints]
     uploads = [e for e in events if e["event"] == "upload" and (e.get("rank") or 0) == 0 and e.get("role") != SUPERVISOR]
@@ -241,7 +239,7 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
     return {
         "root": root,
         "run_ids": sorted({str(e.get("run_id")) for e in events if e.get("run_id")}),
-        "attempts": attempts_n,
+        "attempts": attempt_count(events, spans),
         "wall_s": wall,
         "final_step": max((s.last_step for s in spans), default=0),
         "completed": bool(last and last.stop and last.stop.get("reason") == "completed"),
