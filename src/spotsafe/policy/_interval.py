@@ -107,34 +107,31 @@ def simulate(work: float, interval: float, checkpoint_cost: float, mtbf: float, 
     rng = random.Random(seed)
     full, rest = segments(work, interval)
     count = full + (1 if rest else 0)
+    rate = 1.0 / mtbf
     draws, check_at, deadline = 0, 0, clock() + time_limit
     out: list[float] = []
     for _ in range(runs):
         wall = 0.0
         for i in range(count):  # no list of segments: their number may be astronomic
             length = (interval if i < full else rest) + checkpoint_cost
+            restarting = False  # after an interruption: the restart (itself interruptible), then the segment again
             while True:
                 if draws >= check_at:  # the bound, checked every 4096 draws
                     if draws >= max_draws or clock() > deadline:
                         return out
                     check_at = draws + 4096
                 draws += 1
-                failure = rng.expovariate(1.0 / mtbf)
-                if failure >= length:
+                failure = rng.expovariate(rate)
+                need = restart_cost if restarting else length
+                if failure < need:
+                    wall += failure
+                    restarting = True
+                elif restarting:
+                    wall += restart_cost
+                    restarting = False
+                else:
                     wall += length
                     break
-                wall += failure
-                while True:  # the restart, itself interruptible
-                    if draws >= check_at:
-                        if draws >= max_draws or clock() > deadline:
-                            return out
-                        check_at = draws + 4096
-                    draws += 1
-                    failure = rng.expovariate(1.0 / mtbf)
-                    if failure >= restart_cost:
-                        wall += restart_cost
-                        break
-                    wall += failure
         out.append(wall)
     return out
 
