@@ -79,3 +79,23 @@ def test_ls_verify_and_inspect_print_a_hostile_reason_escaped(hostile_root):
     assert inspect.returncode == 1
     assert_safe(inspect)
     assert "Error: Checkpoint step-000000000002" in inspect.stderr and "'[/bogus]'" in inspect.stderr
+
+
+def test_a_hostile_root_name_is_printed_escaped(tmp_path):
+    """The reasons above are escaped where they are made (repr); the root's own name is not: every
+    command prints it as it is given, so only the CLI's escaping stands between it and the terminal."""
+    root = tmp_path / ("run" + BOGUS + "\x1b[2J\x07")
+    shown = f"{tmp_path}/run{BOGUS}\\x1b[2J\\x07"
+    with spotsafe.CheckpointManager(root, rng=False) as mgr:
+        mgr.save(1, {"w": torch.ones(2)})
+    for command in ("verify", "inspect"):
+        out = cli(command, root, "--step", 9)
+        assert out.returncode == 1 and "\x07" not in out.stderr
+        assert_safe(out)
+        assert out.stderr == (f"Error: Checkpoint step-000000000009 does not exist in {shown}; "
+                              f"run `spotsafe ls {shown}`.\n")
+    for command, args in (("ls", ()), ("inspect", ("--step", 1))):
+        out = cli(command, root, *args)
+        assert out.returncode == 0, out.stderr
+        assert_safe(out)
+        assert "\x07" not in out.stdout and shown in out.stdout.splitlines()[0]
