@@ -323,6 +323,23 @@ def test_close_releases_the_lease_after_a_renewal_whose_answer_was_lost(s3_url, 
         read_lease(s3_url)
 
 
+def test_a_lease_still_pending_at_close_is_never_taken_afterwards(s3_url, tmp_path):
+    """A remote unreachable at start leaves the lease pending, and the heartbeat keeps trying to take
+    it (here: waiting for the same run's lease from another host to expire). Once closed, it gives up:
+    it must not take the lease later and leave it held, with no heartbeat, against the next writer."""
+    from spotsafe.storage import Owner, RemoteLease
+
+    write_lease(s3_url, run_id="job-9", heartbeat=_iso(time.time()), expires=_iso(time.time() + 3), ttl_s=3)
+    lease = RemoteLease(open_storage(s3_url), LEASE, Owner.this_process("job-9"), FAST)
+    lease.defer(ConnectionRefusedError(111, "Connection refused"))  # as the manager does at start
+    lease.start()
+    time.sleep(1.0)  # the heartbeat is now waiting for the other host's lease to expire
+    lease.release()
+    time.sleep(5.0)  # past that expiry
+    assert lease.state == "released"
+    assert read_lease(s3_url)["host"] == "other-node"  # left as it was: expired, for the next writer to take
+
+
 def test_read_only_restore_from_the_remote_takes_no_lease_and_writes_nothing(s3_url, tmp_path):
     with spotsafe.CheckpointManager(tmp_path / "a", remote=s3_url) as mgr:
         mgr.save(5, {"w": torch.arange(4.0)})

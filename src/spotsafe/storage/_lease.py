@@ -316,6 +316,8 @@ class RemoteLease:
                             return
                         conflicts += 1
                         continue
+                    if self._stop.is_set():  # released meanwhile (the heartbeat was taking it late)
+                        raise LeaseNotHeldError(f"The writer lease {self.url} was released while waiting for it.")
                     self._sleep(max(0.05, min(1.0, waiting[0] - self._clock())))
                     continue
             conflicts += 1
@@ -456,6 +458,12 @@ class RemoteLease:
                 self._lost = str(e)
                 raise LeaseLostError(self._lost) from None
             self._state = "held"
+            if self._stop.is_set():  # release() came while it was being taken: give it back at once
+                try:
+                    self._delete_if_ours()
+                finally:
+                    self._state = "released"
+                raise LeaseNotHeldError(f"The writer lease {self.url} was released while it was being taken.")
             logger.info("Holding the writer lease %s now", self.url)
         if self._state == "lost":
             raise LeaseLostError(self._lost)
@@ -473,6 +481,8 @@ class RemoteLease:
                 except LeaseLostError:
                     return
                 except Exception as e:  # noqa: BLE001 - retried; guard() refuses writes once overdue
+                    if self._stop.is_set():
+                        return
                     self._renew_errors += 1
                     log = logger.warning if self._renew_errors == 1 else logger.debug
                     log("Renewing the writer lease %s failed (%s: %s); retrying", self.url, type(e).__name__, e)
