@@ -219,6 +219,20 @@ def test_read_only_restore_from_a_read_only_mount(tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10)
 
 
+def test_a_root_that_cannot_be_created_is_one_sentence(tmp_path):
+    """A root under a directory nobody may write (or with a file in its way) says so and what to do,
+    instead of a bare OSError from mkdir."""
+    with pytest.raises(ReadOnlyRootError, match=r"^Run root /sys/spotsafe-nowhere/run cannot be created here \(.+\); "
+                                                r"use a writable directory as the root\.$"):
+        spotsafe.CheckpointManager("/sys/spotsafe-nowhere/run")
+    (tmp_path / "file").write_bytes(b"x")
+    for root in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(NotADirectoryError, match=rf"^Run root {root} cannot be created: {tmp_path / 'file'} is a "
+                                                     r"file, not a directory; use a directory path as the root\.$"):
+            spotsafe.CheckpointManager(root)
+    assert (tmp_path / "file").read_bytes() == b"x"
+
+
 # -- the remote lease ---------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsafeFileError
+from ..errors import ReadOnlyRootError, UnsafeFileError
 from ..format._hash import digest_fd, new_hasher
 from ._reads import hash_in_order
 
@@ -273,7 +273,18 @@ class LocalStorage:
 
     # -- writing -------------------------------------------------------------------
     def make_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the root (and its parents); an error names the root and what to do instead."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            blocker = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), self.root)
+            raise NotADirectoryError(f"Run root {self.root} cannot be created: {blocker} is a file, not a directory; "
+                                     "use a directory path as the root.") from None
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise ReadOnlyRootError(f"Run root {self.root} cannot be created here ({e.strerror}); use a writable "
+                                    "directory as the root.") from None
 
     def begin(self, final_name: str, tmp_name: str) -> Path:
         """Start a save that will be published as ``final_name``: create its temp directory."""
