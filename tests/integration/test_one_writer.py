@@ -406,6 +406,26 @@ def test_a_remote_unreachable_at_start_is_leased_once_it_is_back_then_uploaded_t
     assert committed_steps(open_storage(url, opts)) == [1]
 
 
+@pytest.mark.slow
+def test_a_url_root_unreachable_at_start_is_one_sentence(s3_private):
+    """A URL root whose store does not answer cannot be written or restored from: refused at once in
+    one sentence (it was a bare botocore EndpointConnectionError), and no lease is left behind."""
+    from spotsafe.errors import RemoteUnavailableError
+
+    s3_private.make_bucket("bkt")
+    url, opts = "s3://bkt/run", s3_private.storage_options()
+    s3_private.stop()
+    t0 = time.monotonic()
+    with pytest.raises(RemoteUnavailableError, match=r"^Cannot reach the run root s3://bkt/run \(.*\); check the URL, "
+                                                     r"the endpoint and the network, then start again\.$"):
+        spotsafe.CheckpointManager(url, storage_options=opts)
+    assert time.monotonic() - t0 < 30
+    s3_private.start()
+    with spotsafe.CheckpointManager(url, storage_options=opts) as mgr:  # nothing held: free to take
+        mgr.save(1, {"w": torch.ones(2)})
+    assert committed_steps(open_storage(url, opts)) == [1]
+
+
 def test_a_refused_run_leaves_nothing_in_the_holder_s_root(tmp_path):
     root = tmp_path / "run"
     with spotsafe.CheckpointManager(root) as holder:

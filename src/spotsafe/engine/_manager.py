@@ -211,7 +211,13 @@ class CheckpointManager:
             return
         self._hold = RootHold.take(repr(self), stores, run_id=run_id, attempt=attempt, options=lease)  # first
         try:
-            self._clean_leftovers()
+            try:
+                self._clean_leftovers()
+            except Exception as e:  # noqa: BLE001 - classified
+                if not (isinstance(self.storage, FsspecStorage) and is_transient(e)):
+                    raise
+                raise RemoteUnavailableError(f"Cannot reach the run root {self.root} ({type(e).__name__}: {e}); check "
+                                             "the URL, the endpoint and the network, then start again.") from None
             if self.remote is not None:
                 self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
                                               max_pending=max_pending_uploads, backoff=upload_backoff,
