@@ -354,6 +354,24 @@ def test_a_lease_still_pending_at_close_is_never_taken_afterwards(s3_url, tmp_pa
     assert read_lease(s3_url)["host"] == "other-node"  # left as it was: expired, for the next writer to take
 
 
+def test_a_url_root_taken_over_during_a_save_raises_the_lease_sentence_itself(s3_url):
+    """The background save of a URL root finds, at its commit, that another writer took the lease: the
+    caller gets that LeaseLostError as it is, not wrapped in 'fix that cause, then save again'."""
+    with spotsafe.CheckpointManager(s3_url, lease=LeaseOptions(ttl=60, renew_every=20)) as mgr:
+        mgr.save(1, {"w": torch.ones(3)})
+        mgr.wait()
+        write_lease(s3_url, host="usurper", pid=99)  # no heartbeat will notice before the next commit
+        mgr.save(2, {"w": torch.ones(3) * 2})
+        with pytest.raises(LeaseLostError, match=r"^This process lost the writer lease on .*\(host usurper, pid 99, "
+                                                  r".*holds it now\), so it stopped writing there; stop one of the two "
+                                                  r"jobs, then restart this one \(.*\)\.$"):
+            mgr.wait()
+        with pytest.raises(LeaseLostError):
+            mgr.close()
+    assert committed_steps(open_storage(s3_url)) == [1]
+    assert read_lease(s3_url)["host"] == "usurper"
+
+
 def test_read_only_restore_from_the_remote_takes_no_lease_and_writes_nothing(s3_url, tmp_path):
     with spotsafe.CheckpointManager(tmp_path / "a", remote=s3_url) as mgr:
         mgr.save(5, {"w": torch.arange(4.0)})

@@ -373,6 +373,9 @@ class CheckpointManager:
             stats = fut.result(timeout)
         except (FutureTimeout, TimeoutError):
             raise TimeoutError(f"The save of {step_dir(step)} to {self.root} is not durable after {timeout}s.") from None
+        except LeaseLostError:
+            self._inflight = None
+            raise  # already one sentence with the way out; "save again" would be wrong
         except BaseException as e:
             self._inflight = None
             try:
