@@ -60,3 +60,23 @@ def test_no_events_is_a_clear_error(tmp_path):
     r = report(str(tmp_path))
     assert r.returncode == 1
     assert f"No events in {tmp_path}/events; pass the run root" in r.stderr
+
+
+def test_fields_of_the_wrong_type_read_as_absent(tmp_path):
+    """A hand-edited or foreign event file: a step that is a string, a stall that is markup, an infinite
+    persist time, a count of skipped checkpoints, prices that are not numbers. The report still states
+    the run's figures (exit 0), as if those fields were missing, instead of an "Internal error"."""
+    from test_report import ev, sup
+
+    write_log(tmp_path)
+    hostile = [ev(1030.5, "metrics", 13, 3, step="x", values={"loss": 1}),
+               ev(1031.5, "restore", 13, 3, step=[1], skipped=5),
+               ev(1041.6, "checkpoint", 13, 3, step="x", stall_s="[/bogus]", persist_s=float("inf")),
+               sup(1042.15, "supervisor_start", 3, profile={"spot_price": "x", "on_demand_price": [4]}),
+               {"ts": "soon", "event": "metrics", "step": 3}]
+    (tmp_path / "events" / "h-13.jsonl").open("a").write("\n" + "\n".join(json.dumps(e) for e in hostile) + "\n")
+    r = report(str(tmp_path))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "3 attempts, final step 30 (completed), wall time 42.20 s" in r.stdout
+    assert "resumed 2 of 2 restarts from the newest checkpoint (100%); invalid checkpoints skipped 0" in r.stdout
+    assert "cost: pass --spot-price and --on-demand-price" in r.stdout   # the newest profile's prices are no numbers

@@ -111,8 +111,24 @@ def events_dir_of(root: str | os.PathLike) -> Path | None:
     return Path(s) / "events"
 
 
+MAX_SECONDS = 1e12
+"""The largest time or duration an event may carry (far past any clock; sums of many stay finite)."""
+_NUMBER = (int, float)
+
+# Fields the report and the supervisor compute with, and the types each may have (numbers: finite,
+# within MAX_SECONDS); a field of another type (a hand-edited or foreign file) is dropped as the
+# line is read, so it reads as absent.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("step", "attempt", "rank", "pid", "exit_code"), (int,)),
+    **dict.fromkeys(("ts", "stall_s", "persist_s", "upload_s", "seconds_left", "backoff_s", "duration_s"), _NUMBER),
+    **dict.fromkeys(("run_id", "host", "role"), (str,)),
+    "skipped": (list,), "values": (dict,), "profile": (dict,),
+}
+
+
 def parse_lines(text: str, kinds: Collection[str] | None = None) -> list[dict[str, Any]]:
-    """The events of one file's text; torn or foreign lines skipped.
+    """The events of one file's text; torn or foreign lines skipped, and fields of the wrong type
+    dropped (a ``step`` that is no integer, a ``stall_s`` that is no finite number, ...).
 
     ``kinds``: only events of these names; a line that does not quote one is not parsed, so
     picking a few events out of a long file of ``metrics`` costs a substring search per line.
@@ -130,8 +146,13 @@ def parse_lines(text: str, kinds: Collection[str] | None = None) -> list[dict[st
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and "event" in rec and isinstance(rec.get("ts"), (int, float)) \
-                and (kinds is None or rec["event"] in kinds):
+        if not isinstance(rec, dict) or "event" not in rec or (kinds is not None and rec["event"] not in kinds):
+            continue
+        for k, types in _FIELDS.items():
+            v = rec.get(k)
+            if v is not None and (type(v) not in types or types is _NUMBER and not -MAX_SECONDS <= v <= MAX_SECONDS):
+                del rec[k]  # (NaN fails the comparison too)
+        if rec.get("ts") is not None:
             out.append(rec)
     return out
 

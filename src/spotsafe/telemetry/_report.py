@@ -163,8 +163,9 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
     if spot_price is None or on_demand_price is None:
         for e in reversed(sup):
             if e["event"] == "supervisor_start" and isinstance(e.get("profile"), dict):
-                spot_price = spot_price if spot_price is not None else e["profile"].get("spot_price")
-                on_demand_price = on_demand_price if on_demand_price is not None else e["profile"].get("on_demand_price")
+                prices = {k: v for k, v in e["profile"].items() if type(v) in (int, float) and 0 <= v <= 1e12}
+                spot_price = spot_price if spot_price is not None else prices.get("spot_price")
+                on_demand_price = on_demand_price if on_demand_price is not None else prices.get("on_demand_price")
                 break
 
     by_source: dict[str, int] = defaultdict(int)
