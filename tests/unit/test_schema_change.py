@@ -113,10 +113,14 @@ def test_plain_dict_keeps_a_new_key_and_restores_the_old_ones(saved):
 def test_kind_change_is_a_mismatch_even_with_partial(saved):
     root, *_ = saved
     state = _fresh(extras=EMA())
+    before = snapshot(state["model"])
     with spotsafe.CheckpointManager(root) as mgr:
         with pytest.raises(spotsafe.StateMismatchError, match=r"saved state\['extras'\] as value but it is now an "
                                                               r"object with state_dict\(\)"):
             mgr.restore(state, partial=True)
+    assert_same_tensors(before, snapshot(state["model"]))  # refused before anything was loaded
+    assert state["extras"].decay == 0.9 and torch.equal(state["extras"].shadow, torch.full((3,), 7.0))
+    assert state["scheduler"].last_epoch == 0
 
 
 def test_partial_of_the_wrong_type_is_refused(saved):
