@@ -20,11 +20,11 @@ import json
 import logging
 import os
 import threading
-from pathlib import Path
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from .._units import parse_duration
 from ._notice import NoticeSource
