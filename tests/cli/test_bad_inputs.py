@@ -126,15 +126,17 @@ def test_invalid_data_exits_1_with_one_sentence(files, args, message):
     assert message in line
 
 
-def test_a_missing_filesystem_package_names_the_extra():
-    pytest.importorskip("fsspec")
-    try:
-        import gcsfs  # noqa: F401
-        pytest.skip("gcsfs is installed here")
-    except ImportError:
-        pass
-    line = one_sentence(cli("ls", "gs://bucket/run"), 1)
-    assert "pip install spotsafe[gcs]" in line
+@pytest.mark.parametrize("url, package, extra", [("gs://bucket/run", "gcsfs", "gcs"),
+                                                 ("az://container/run", "adlfs", "azure")])
+def test_a_missing_filesystem_package_names_the_extra(url, package, extra, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here: the other URL checks the sentence")
+    for command in (("ls", url), ("run", "--root", tmp_path / "r", "--remote", url, "--", "true")):
+        line = one_sentence(cli(*command), 1)  # not a usage error: this machine lacks a package
+        assert f"Storage URL {url} needs a file-system package" in line and f"pip install spotsafe[{extra}]" in line
+    assert not (tmp_path / "r").exists()  # refused before the command ran or anything was written
 
 
 def test_the_library_names_an_unknown_scheme(tmp_path):
