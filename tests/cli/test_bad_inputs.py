@@ -371,3 +371,12 @@ def test_report_prints_names_from_the_events_escaped(tmp_path):
     assert "\\x1b[2J" in text and "\\u202e" in text      # shown, as escapes
     assert "[/bogus]" in text and "[link=http" in text   # printed as text, not read as markup
     assert "cloud[link=" in " ".join(text.split())       # the interruption's source, in its table
+
+
+def test_an_os_error_without_a_message_still_says_what_failed():
+    """A bare TimeoutError() (an asyncio timeout in a store's client has no text) was "Error: " and nothing."""
+    from spotsafe.cli._errors import as_command_error
+
+    assert as_command_error(TimeoutError()).message == "TimeoutError; check the path or the store, and retry."
+    assert as_command_error(ConnectionResetError(104, "Connection reset by peer")).message == \
+        "[Errno 104] Connection reset by peer."

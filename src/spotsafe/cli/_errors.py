@@ -59,7 +59,7 @@ def as_command_error(e: BaseException) -> CommandError:
         if e.filename is not None and e.strerror:
             where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
             return CommandError(f"Cannot use {where}: {e.strerror}; check the path and its permissions.")
-        return CommandError(f"{e or type(e).__name__}")
+        return CommandError(str(e) or f"{type(e).__name__}; check the path or the store, and retry")
     if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp"):
         return CommandError(f"The object store failed ({type(e).__name__}: {e}); check its URL, endpoint and "
                             "credentials.")
