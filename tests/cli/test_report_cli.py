@@ -8,6 +8,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from conftest import child_env, spotsafe_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -74,7 +76,10 @@ def test_fields_of_the_wrong_type_read_as_absent(tmp_path):
                ev(1041.6, "checkpoint", 13, 3, step="x", stall_s="[/bogus]", persist_s=float("inf")),
                sup(1042.15, "supervisor_start", 3, profile={"spot_price": "x", "on_demand_price": [4]}),
                {"ts": "soon", "event": "metrics", "step": 3}]
+    hostile.append(ev(1041.7, "metrics", 13, 3, step=30, values={"loss": float("nan"), "acc": float("inf")}))
     (tmp_path / "events" / "h-13.jsonl").open("a").write("\n" + "\n".join(json.dumps(e) for e in hostile) + "\n")
+    r = report(str(tmp_path), "--json")                                 # strict JSON: NaN and Infinity become null
+    assert json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json"))["attempts"] == 3
     r = report(str(tmp_path))
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert "3 attempts, final step 30 (completed), wall time 42.20 s" in r.stdout

@@ -16,6 +16,7 @@ from ..storage import check_root, is_url
 from ..supervisor import Chaos, Supervisor, get_profile
 from ..telemetry import (build_report, events_dir_of, prometheus_text, read_events, read_remote_events, serve_metrics,
                          write_textfile)
+from ..telemetry._events import _clean  # the one JSON-safe conversion
 from ._plan import _duration
 from ._params import Finite
 from ._safe import markup
@@ -196,7 +197,7 @@ def report_cmd(root, events_dir, profile_name, profiles_path, spot_price, on_dem
         else:
             write_textfile(prom_path, text)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(_clean(report), indent=2))  # strict JSON: a NaN from a hand-edited file is null
         return
     if prom_path == "-":
         return
