@@ -234,16 +234,16 @@ class Replicator:
         Raises the error that stopped the uploads, or TimeoutError naming the steps that did not
         reach the remote within ``timeout``: returning means everything queued is confirmed there.
         """
-        done = False
+        done = None
         if wait:
             try:
                 done = self.wait(timeout=timeout)
             finally:
-                self._shutdown(60.0 if done else 2.0)
+                self._shutdown(2.0 if done is False else 60.0)  # timed out: the caller asked for a bound
         else:
             self._shutdown(2.0)
         self.check()
-        if wait and not done:
+        if done is False:
             with self._cond:
                 left = sorted(set(self._pending) | ({self._inflight} if self._inflight is not None else set()))
             if left:
