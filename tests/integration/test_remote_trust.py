@@ -323,6 +323,35 @@ def test_a_failed_part_stops_the_multipart_upload_before_it_returns(s3_url, tmp_
     assert not remote.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads")
 
 
+def test_a_prune_that_fails_leaves_the_new_step_durable_and_uploaded(tmp_path):
+    """Retention cannot move an old checkpoint aside (a mount point: EBUSY). The step just committed is
+    durable and goes to the remote all the same; the failure is raised as the deletion it is, not as a
+    failed save of the new step (which then was never uploaded)."""
+    import shutil
+    import uuid
+
+    remote, root = f"memory://prune-{uuid.uuid4().hex[:8]}/run", tmp_path / "run"
+    with spotsafe.CheckpointManager(root, remote=remote, keep_last=1) as mgr:
+        mgr.save(1, {"v": torch.ones(3)})
+        mgr.wait(remote=True, timeout=30)
+    shutil.copytree(root / step_dir(1), tmp_path / "copy")
+    if subprocess.run(["mount", "--bind", str(tmp_path / "copy"), str(root / step_dir(1))],
+                      capture_output=True).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        with spotsafe.CheckpointManager(root, remote=remote, keep_last=1) as mgr:
+            mgr.save(2, {"v": torch.ones(3) * 2})
+            with pytest.raises(spotsafe.SpotsafeError, match=rf"^Deleting old checkpoint {step_dir(1)} in {root} "
+                                                             r"failed \(.*Device or resource busy.*\); check"):
+                mgr.wait()
+            assert mgr.wait(remote=True, timeout=30).step == 2
+            assert mgr.remote_watermark == 2
+        assert committed_steps(open_storage(remote)) == [2]
+        assert committed_steps(open_storage(root)) == [1, 2]
+    finally:
+        subprocess.run(["umount", str(root / step_dir(1))], capture_output=True)
+
+
 def test_upload_file_on_a_generic_store_removes_what_fails(tmp_path):
     import uuid
 

@@ -82,6 +82,13 @@ def _remedy(e: BaseException) -> str:
     return "fix that cause, then save again"
 
 
+def _failed(e: BaseException) -> Future:
+    """A finished future holding ``e``, to be raised with the background deletions."""
+    fut: Future = Future()
+    fut.set_exception(e)
+    return fut
+
+
 @dataclass(frozen=True)
 class SaveStats:
     """Timings and size of one save, in seconds and bytes.
@@ -417,25 +424,37 @@ class CheckpointManager:
         return self.last_save
 
     def _prune(self, committed: int) -> None:
+        """Apply retention after ``committed`` was committed. A failure here is a failed deletion,
+        raised on the next call like one, never a failure of the save that is already durable."""
         pinned = self._replicator.pinned() if self._replicator else set()
-        for s in self._retention.deletions(committed):
+        try:
+            doomed = self._retention.deletions(committed)
+        except Exception as e:  # noqa: BLE001 - raised on the next call
+            self._deletions.append((f"old checkpoints before {step_dir(committed)}", _failed(e)))
+            return
+        for s in doomed:
             if s in pinned:
                 continue  # still to be uploaded; a later prune removes it
-            gone = self.storage.retire(step_dir(s), trash_dir(s))
+            try:
+                gone = self.storage.retire(step_dir(s), trash_dir(s))
+            except Exception as e:  # noqa: BLE001 - raised on the next call; the next prune tries again
+                self._deletions.append((f"old checkpoint {step_dir(s)}", _failed(e)))
+                continue
             self._retention.forget(s)
-            self._deletions.append((gone, self._gc_executor.submit(self.storage.remove, gone, strict=True)))
+            self._deletions.append((f"old checkpoint {gone}", self._gc_executor.submit(self.storage.remove, gone,
+                                                                                       strict=True)))
 
     def _raise_background_errors(self, wait: bool = False) -> None:
         """Re-raise the first failure of a background deletion or upload."""
         pending = []
-        for trash, fut in self._deletions:
+        for what, fut in self._deletions:
             if not wait and not fut.done():
-                pending.append((trash, fut))
+                pending.append((what, fut))
                 continue
             err = fut.exception()
             if err is not None:
                 self._deletions = pending
-                raise SpotsafeError(f"Deleting old checkpoint {trash} in {self.root} failed ({err}); check "
+                raise SpotsafeError(f"Deleting {what} in {self.root} failed ({err}); check "
                                     "the permissions and free space of the run root.") from err
         self._deletions = pending
         if self._replicator is not None:
