@@ -157,3 +157,28 @@ def test_a_failed_background_deletion_is_raised_on_the_next_save(root, monkeypat
             mgr.save(3, {"v": 3})
         monkeypatch.undo()
         assert mgr.save(3, {"v": 3}).step == 3
+
+
+def test_every_failed_background_deletion_is_raised_none_dropped(root, monkeypatch):
+    import shutil
+    import threading
+
+    def refuse(path, ignore_errors=False):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with spotsafe.CheckpointManager(root, keep_last=1) as mgr:
+        mgr.save(1, {"v": 1})
+        mgr.wait()
+        monkeypatch.setattr(shutil, "rmtree", refuse)
+        gate = threading.Event()
+        mgr._gc_executor.submit(gate.wait, 30)  # deletions queue behind it
+        for step in (2, 3):  # each prunes the one before
+            mgr.save(step, {"v": step})
+            mgr.wait()
+        gate.set()
+        mgr._gc_executor.submit(lambda: None).result()
+        for gone in (1, 2):
+            with pytest.raises(spotsafe.SpotsafeError, match=rf"Deleting old checkpoint step-00000000000{gone}\.trash-"):
+                mgr.wait()
+        monkeypatch.undo()
+        assert mgr.wait().step == 3

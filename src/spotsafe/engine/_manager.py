@@ -447,13 +447,13 @@ class CheckpointManager:
     def _raise_background_errors(self, wait: bool = False) -> None:
         """Re-raise the first failure of a background deletion or upload."""
         pending = []
-        for what, fut in self._deletions:
+        for i, (what, fut) in enumerate(self._deletions):
             if not wait and not fut.done():
                 pending.append((what, fut))
                 continue
             err = fut.exception()
             if err is not None:
-                self._deletions = pending
+                self._deletions = pending + self._deletions[i + 1:]  # the others are raised by the next calls
                 raise SpotsafeError(f"Deleting {what} in {self.root} failed ({err}); check "
                                     "the permissions and free space of the run root.") from err
         self._deletions = pending
