@@ -44,7 +44,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK,
 from .._units import format_duration
 from ..storage import is_url
 from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
+from ..telemetry._events import file_host
 from ..telemetry._identity import SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
 from ..telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
 from ..telemetry._mirror import EventMirror
@@ -190,8 +190,7 @@ class Supervisor:
             events_dir = state_dir() / "runs" / hashlib.sha256(root.encode()).hexdigest()[:16] / "events"
             self._root_mirror = EventMirror(root, storage_options)
         elif events_dir is None:
-            host = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname() or "localhost")
-            self._sup_dir = events_dir = state_dir() / "supervisor" / f"{host}-{os.getpid()}-{self.sup_id}"
+            self._sup_dir = events_dir = state_dir() / "supervisor" / f"{file_host()}-{os.getpid()}-{self.sup_id}"
         self.events_dir = Path(events_dir)
         self.events_dir.mkdir(parents=True, exist_ok=True)
         if self._sup_dir is None:

@@ -31,6 +31,11 @@ RUN_ID_ENV = "SPOTSAFE_RUN_ID"
 ATTEMPT_ENV = "SPOTSAFE_ATTEMPT"
 
 
+def file_host(host: str | None = None) -> str:
+    """``host`` (default: this machine's name) as it goes into a file name: ``[A-Za-z0-9._-]`` only."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", host or socket.gethostname() or "localhost")
+
+
 def _clean(value: Any) -> Any:
     """JSON-safe: numbers stay numbers (nan/inf become null), tensors and numpy scalars become floats."""
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
@@ -66,8 +71,7 @@ class EventLog:
         self._fd: int | None = None
         if directory is not None:
             d = Path(directory)
-            safe_host = re.sub(r"[^A-Za-z0-9._-]", "_", self.host)
-            self.path = d / f"{safe_host}-{self.pid}.jsonl"
+            self.path = d / f"{file_host(self.host)}-{self.pid}.jsonl"
         self._closed = False  # the file is created by the first event: a process refused at start leaves none
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:

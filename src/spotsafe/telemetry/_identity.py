@@ -26,13 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from ._events import ATTEMPT_ENV, RUN_ID_ENV, EventLog, parse_lines
+from ._events import ATTEMPT_ENV, RUN_ID_ENV, EventLog, file_host, parse_lines
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def open_event_log(events_dir: str | os.PathLike | None, *, root: str | None = N
 def announce(sup_dir: str | os.PathLike, record: dict[str, Any]) -> None:
     """Tell the supervisor where this process's events are (one small file, written then renamed)."""
     d = Path(sup_dir) / ANNOUNCE
-    name = f"{socket.gethostname() or 'localhost'}-{os.getpid()}.json".replace("/", "_")
+    name = f"{file_host()}-{os.getpid()}.json"
     try:
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{name}.tmp"
