@@ -163,6 +163,8 @@ def test_every_failed_background_deletion_is_raised_none_dropped(root, monkeypat
     import shutil
     import threading
 
+    from spotsafe.format import step_dir
+
     def refuse(path, ignore_errors=False):
         raise PermissionError(13, "Permission denied", str(path))
 
@@ -178,7 +180,7 @@ def test_every_failed_background_deletion_is_raised_none_dropped(root, monkeypat
         gate.set()
         mgr._gc_executor.submit(lambda: None).result()
         for gone in (1, 2):
-            with pytest.raises(spotsafe.SpotsafeError, match=rf"Deleting old checkpoint step-00000000000{gone}\.trash-"):
+            with pytest.raises(spotsafe.SpotsafeError, match=rf"Deleting old checkpoint {step_dir(gone)}\.trash-"):
                 mgr.wait()
         monkeypatch.undo()
         assert mgr.wait().step == 3

@@ -149,7 +149,7 @@ def test_close_with_a_timeout_says_which_steps_did_not_reach_the_remote(root, re
         mgr.wait()
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match=r"Uploads to memory://.* did not finish within 0.2s: (step-\d+, )*"
-                                           r"step-000000000003 (is|are) not on it; the newest step confirmed there is "):
+                                           r"step-000000000003 (is|are) not on it; the newest step confirmed "):
         mgr.close(timeout=0.2)
     assert time.monotonic() - t0 < 5
     assert 3 not in committed_steps(open_storage(remote))
