@@ -524,7 +524,8 @@ class Replicator:
         with self._cond:
             if step not in self._again:  # else a newer local copy replaced this one while it went up
                 self._confirmed.add(step)
+                if self._inflight == step:
+                    self._inflight = None
+            # a replaced step stays in flight (pinned) until the loop re-queues it under this same lock
             self.rejected.pop(step, None)
-            if self._inflight == step:
-                self._inflight = None
             self._cond.notify_all()
