@@ -460,3 +460,28 @@ def test_a_refused_run_leaves_nothing_in_the_holder_s_root(tmp_path):
         assert f"pid {os.getpid()}," in proc.stderr.strip().splitlines()[-1]
         assert tree(root) == before  # no event file, no checkpoint, nothing touched
     assert committed_steps(open_storage(root)) == [1]
+
+
+def test_the_same_run_s_wait_is_bounded_whatever_the_lease_document_claims():
+    """A lease of the same run from another host claiming a TTL of 30 years is waited for at most
+    10 minutes (on an injected clock), then taken over: its heartbeat never moved."""
+    import uuid
+
+    from spotsafe.storage import Owner, RemoteLease
+
+    url = f"memory://lease-{uuid.uuid4().hex[:8]}/run"
+    write_lease(url, run_id="same-run", ttl_s=1e9, expires=_iso(time.time() + 1e9))
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    owner = Owner.this_process("same-run", 2)
+    lease = RemoteLease(open_storage(url), LEASE, owner, LeaseOptions(ttl=60, renew_every=15, settle=0.0),
+                        clock=lambda: now[0], wall=lambda: 1.9e9 + now[0], sleep=sleep)
+    lease.acquire()
+    try:
+        assert lease.state == "held" and read_lease(url)["token"] != "f" * 32   # ours now
+        assert 600 <= now[0] <= 603                                            # waited the cap, not 30 years
+    finally:
+        lease.release()

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_LEASE_BYTES = 64 << 10
 _MAX_CONFLICTS = 8  # lost create/replace races in a row before giving up
+_MAX_SAME_RUN_WAIT = 600.0  # seconds: the longest wait for the same run's lease from another machine
 
 
 class LeaseNotHeldError(OSError):
@@ -303,7 +304,9 @@ class RemoteLease:
                     if waiting is None:
                         ttl = doc.get("ttl_s") if isinstance(doc.get("ttl_s"), (int, float)) else self.options.ttl
                         left = (_parse_iso(doc.get("expires")) or self._wall()) - self._wall()
-                        wait = max(0.0, min(left, float(ttl))) + self.options.settle + 1.0
+                        # bounded whatever the document says: a heartbeat silent this long is a dead writer's
+                        ttl = min(float(ttl), max(self.options.ttl, _MAX_SAME_RUN_WAIT))
+                        wait = max(0.0, min(left, ttl)) + self.options.settle + 1.0
                         waiting = (self._clock() + wait, beat)
                         logger.info("The writer lease %s is held by the same run from %s; waiting up to %.0fs for "
                                     "it to expire", self.url, holder.describe(), wait)
