@@ -286,8 +286,10 @@ def test_the_cli_on_a_silent_remote_ends_with_one_sentence(tmp_path):
         took = time.monotonic() - t0
         print(f"spotsafe ls on a silent endpoint: exit {out.returncode} after {took:.1f} s")
         line = one_sentence(out, 1)
-        # it names what did not answer (today the endpoint, not the s3:// URL) and why
-        assert "timeout" in line.lower() and f"127.0.0.1:{server.port}" in line, line
+        # it names the store that did not answer, the endpoint, why, and the way out
+        assert line.startswith("Error: s3://bucket/run did not answer (") and "timeout" in line.lower(), line
+        assert f"127.0.0.1:{server.port}" in line and line.endswith("check the endpoint (AWS_ENDPOINT_URL for S3) "
+                                                                   "and the network, then retry."), line
         assert server.accepted, "the endpoint was never tried"
         assert took < 30
     finally:

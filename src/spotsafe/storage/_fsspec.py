@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import CorruptCheckpointError, MissingDependencyError, RemoteAccessError, UnsupportedURLError
+from ..errors import (CorruptCheckpointError, MissingDependencyError, RemoteAccessError, RemoteUnavailableError,
+                      UnsupportedURLError)
 from ..format._hash import digest_bytes, new_hasher
 from ._reads import hash_in_order
 
@@ -136,9 +137,23 @@ def _access_errors(method: Callable) -> Callable:
         except Exception as e:
             if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
                 raise RemoteAccessError(f"No usable credentials for {self.url} ({e}); {_CREDENTIALS_HINT}.") from e
+            if _no_answer(e):  # still a ConnectionError, so still transient for the callers that retry
+                raise RemoteUnavailableError(f"{self.url} did not answer ({type(e).__name__}: {e}); check the "
+                                             "endpoint (AWS_ENDPOINT_URL for S3) and the network, then retry.") from e
             raise
 
     return wrapper
+
+
+def _no_answer(e: BaseException) -> bool:
+    """A timeout or a refused or dropped connection, from the standard library or the HTTP stack."""
+    if isinstance(e, RemoteUnavailableError) or isinstance(e, (FileNotFoundError, PermissionError)):
+        return False
+    if isinstance(e, (TimeoutError, ConnectionError)):
+        return True
+    name = type(e).__name__
+    return type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "urllib3") and (
+        "Timeout" in name or "Connect" in name)
 
 
 def _unknown(url: str, scheme: str) -> UnsupportedURLError:
