@@ -43,6 +43,7 @@ from ..format import (
     check_checkpoint,
     committed_steps,
     content_problem,
+    decode_metadata,
     encode_metadata,
     is_leftover,
     list_checkpoints,
@@ -315,8 +316,9 @@ class CheckpointManager:
         """
         self._check_open()
         self._hold.check_writer()
-        if metadata is not None:
-            encode_metadata(metadata)  # a value a manifest cannot hold raises here, naming its key, not later
+        # one checked copy, made before any wait: a value a manifest cannot hold raises here, naming its key,
+        # and the caller may change its dict as soon as save() returns
+        metadata = decode_metadata(encode_metadata(metadata or {}))
         t0 = time.perf_counter()
         waited = 0.0
         if self._inflight is not None and not self._inflight[1].done():

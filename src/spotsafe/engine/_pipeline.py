@@ -31,9 +31,7 @@ from ..format import (
     TensorEntry,
     component_file,
     content_problem,
-    decode_metadata,
     default_versions,
-    encode_metadata,
     size_problem,
     unreadable_reason,
 )
@@ -128,8 +126,7 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}; "
                         "wrap it as {'model': model, ...}.")
-    # a checked copy: the caller may change its dict at once, and a bad value raises here, not in the background
-    meta = decode_metadata(encode_metadata(metadata or {}))
+    meta = dict(metadata or {})  # the manager hands a checked copy (format.encode_metadata), made in save()
     items = list(state.items())
     for name, _ in items:
         if not isinstance(name, str) or not name or name.startswith("__"):
