@@ -82,3 +82,15 @@ def resign_manifest(ckpt, edit, raw: str | None = None) -> None:
     if raw is not None:
         text = text.replace(json.dumps(RAW), raw)
     m.write_text(text)
+
+
+def remote_objects(url: str) -> list[str]:
+    """Every object under ``url`` (relative paths, sorted), listed afresh; [] when there are none."""
+    from spotsafe.storage import open_storage
+
+    st = open_storage(url)
+    st.fs.invalidate_cache()
+    try:
+        return sorted(p[len(st.root) + 1:] for p in st.fs.find(st.root))
+    except FileNotFoundError:
+        return []

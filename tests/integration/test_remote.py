@@ -20,7 +20,7 @@ import torch
 
 import spotsafe
 from conftest import child_env
-from helpers import assert_same_tensors, fresh_training, make_training, snapshot
+from helpers import assert_same_tensors, fresh_training, make_training, remote_objects, snapshot
 from spotsafe import Backoff
 from spotsafe.errors import RemoteError, RemoteUnavailableError, RemoteUnavailableWarning
 from spotsafe.format import committed_steps, step_dir
@@ -35,15 +35,6 @@ def train(model, opt, n: int) -> None:
         opt.zero_grad()
         model(torch.randn(6, 4)).pow(2).sum().backward()
         opt.step()
-
-
-def remote_objects(url: str) -> list[str]:
-    st = open_storage(url)
-    st.fs.invalidate_cache()
-    try:
-        return sorted(p[len(st.root) + 1:] for p in st.fs.find(st.root))
-    except FileNotFoundError:
-        return []
 
 
 def incomplete_uploads(st) -> list[str]:

@@ -27,6 +27,7 @@ from spotsafe.notices import FileTrigger
 from spotsafe.storage import FsspecStorage, open_storage
 from spotsafe.telemetry import read_events
 from unuploaded_child import state
+from helpers import remote_objects
 
 pytestmark = pytest.mark.slow
 CHILD = Path(__file__).with_name("unuploaded_child.py")
@@ -50,15 +51,6 @@ def flip(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x10
     path.write_bytes(bytes(data))
-
-
-def remote_names(url: str) -> list[str]:
-    st = open_storage(url)
-    st.fs.invalidate_cache()
-    try:
-        return sorted(p[len(st.root) + 1:] for p in st.fs.find(st.root))
-    except FileNotFoundError:
-        return []
 
 
 def files_of(directory: Path) -> dict[str, bytes]:
@@ -87,7 +79,7 @@ def test_a_corrupt_local_step_is_never_uploaded_and_keep_last_1_keeps_the_good_r
     assert_state(got, 10)
     assert f"Not uploading {step_dir(20)} to {s3_url}: its local copy" in caplog.text
     assert committed_steps(remote) == [10] and check_checkpoint(remote, 10, deep=True).valid
-    assert not [n for n in remote_names(s3_url) if n.startswith(step_dir(20))]  # no partial upload left
+    assert not [n for n in remote_objects(s3_url) if n.startswith(step_dir(20))]  # no partial upload left
     assert check_checkpoint(open_storage(local), 10, deep=True).valid  # the local tier was repaired
 
     # a restart on the same machine reads the repaired local copy...
@@ -385,4 +377,4 @@ def test_a_checkpoint_file_that_is_a_link_is_never_uploaded(s3_url, tmp_path, ca
     with spotsafe.CheckpointManager(local, remote=s3_url) as mgr:
         assert not mgr.wait_uploaded(5, timeout=60)
     assert "model.bin is a symbolic link" in caplog.text
-    assert not [n for n in remote_names(s3_url) if n.startswith("step-")]
+    assert not [n for n in remote_objects(s3_url) if n.startswith("step-")]
