@@ -39,7 +39,7 @@ from _common import fsync_dir  # noqa: E402
 
 import spotsafe  # noqa: E402
 from spotsafe.notices import Signals  # noqa: E402
-from spotsafe.telemetry import read_events  # noqa: E402
+from spotsafe._telemetry import read_events  # noqa: E402
 
 
 def parse_size(text: str) -> int:

@@ -170,7 +170,7 @@ def wait_for_steps(p: subprocess.Popen, log: Path, n: int, timeout: float) -> No
 
 
 def parse_events(events_dir: Path) -> dict:
-    from spotsafe.telemetry import read_events
+    from spotsafe._telemetry import read_events
 
     ev = read_events(events_dir)
     stop = next(e for e in reversed(ev) if e["event"] == "stop")
@@ -254,7 +254,7 @@ def boto3_run(setup: Setup, client, ckpt_dir: Path, prefix: str, nbytes: int) ->
 
 def measure_size(setup: Setup, label: str, repeats: int, s3) -> dict:
     """Every measurement of one size, ``repeats`` times, in an order rotated every repeat."""
-    from spotsafe.format import step_dir
+    from spotsafe._format import step_dir
 
     mib = parse_mib(label)
     nbytes = int(mib * 2**20)  # until the first local run gives the checkpoint's bytes

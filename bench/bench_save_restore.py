@@ -120,7 +120,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (byte_view, fsync_dir, med, mem_available, nbytes, peak_rss,  # noqa: E402
                      plan_layers, prefault, try_drop_caches)
 
-import spotsafe.engine._manager as _mgr_mod  # only to time the phases of save and restore
+import spotsafe._engine._manager as _mgr_mod  # only to time the phases of save and restore
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 

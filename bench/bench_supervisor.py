@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from spotsafe.telemetry import read_events  # noqa: E402
+from spotsafe._telemetry import read_events  # noqa: E402
 
 PY = sys.executable
 SPOTSAFE = [str(Path(PY).with_name("spotsafe"))] if Path(PY).with_name("spotsafe").exists() else [PY, "-m",

@@ -67,7 +67,7 @@ def main() -> None:
 
     import spotsafe
     from s3server import SeaweedS3
-    from spotsafe.format import step_dir
+    from spotsafe._format import step_dir
 
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="spotsafe-bench-upload-"))

@@ -256,7 +256,7 @@ def demo(args: argparse.Namespace, work: Path, keep: bool) -> int:
         print(f"FAIL: {len(diffs)} tensors differ, e.g. {diffs[:5]}")
         return 1
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from spotsafe.telemetry import read_events
+    from spotsafe._telemetry import read_events
 
     drills = [e["action"] for e in read_events(root / "events") if e["event"] == "chaos"]
     n = sum(t.numel() for t in torch.load(work / "reference.pt", weights_only=True)["model"].values())

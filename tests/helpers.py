@@ -70,8 +70,8 @@ def resign_manifest(ckpt, edit, raw: str | None = None) -> None:
     matching self-checksum, as anyone with write access to the root can: bytes that pass the
     checksum, so that only the validator can tell. ``raw`` text replaces the string "@RAW@" (RAW)
     in the body afterwards: JSON no Python value produces (a NaN literal, 5000 digits, deep nesting)."""
-    from spotsafe.format import digest_bytes
-    from spotsafe.format._manifest import _SELF_SUM, _canonical
+    from spotsafe._format import digest_bytes
+    from spotsafe._format._manifest import _SELF_SUM, _canonical
 
     m = Path(ckpt) / "manifest.json"
     body = json.loads(m.read_bytes())
@@ -86,7 +86,7 @@ def resign_manifest(ckpt, edit, raw: str | None = None) -> None:
 
 def remote_objects(url: str) -> list[str]:
     """Every object under ``url`` (relative paths, sorted), listed afresh; [] when there are none."""
-    from spotsafe.storage import open_storage
+    from spotsafe._storage import open_storage
 
     st = open_storage(url)
     st.fs.invalidate_cache()

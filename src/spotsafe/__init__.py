@@ -35,26 +35,26 @@ from .errors import (
 
 if TYPE_CHECKING:
     from . import data, notices, policy
-    from .engine import CheckpointManager, SaveStats, UploadStats
-    from .format import CheckpointInfo
+    from ._engine import CheckpointManager, SaveStats, UploadStats
+    from ._format import CheckpointInfo
     from .notices import Notice
     from .policy import EveryDuration, EverySteps
-    from .storage import LeaseOptions
+    from ._storage import LeaseOptions
     from .run import Preempted, Run
-    from .state import Stateful
+    from ._state import Stateful
 
 _LAZY = {
-    "CheckpointInfo": "spotsafe.format",
-    "CheckpointManager": "spotsafe.engine",
+    "CheckpointInfo": "spotsafe._format",
+    "CheckpointManager": "spotsafe._engine",
     "EveryDuration": "spotsafe.policy",
     "EverySteps": "spotsafe.policy",
-    "LeaseOptions": "spotsafe.storage",
+    "LeaseOptions": "spotsafe._storage",
     "Notice": "spotsafe.notices",
     "Preempted": "spotsafe.run",
     "Run": "spotsafe.run",
-    "SaveStats": "spotsafe.engine",
-    "Stateful": "spotsafe.state",
-    "UploadStats": "spotsafe.engine",
+    "SaveStats": "spotsafe._engine",
+    "Stateful": "spotsafe._state",
+    "UploadStats": "spotsafe._engine",
     "data": "spotsafe.data",
     "notices": "spotsafe.notices",
     "policy": "spotsafe.policy",

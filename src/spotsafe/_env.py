@@ -1,7 +1,7 @@
 """Environment variables ``spotsafe run`` hands to the command it supervises (no torch).
 
 ``spotsafe.Run`` reads them, so a script runs the same with or without the supervisor.
-(``SPOTSAFE_RUN_ID``, ``SPOTSAFE_ATTEMPT`` and ``SPOTSAFE_EVENTS_DIR`` are in spotsafe.telemetry.)
+(``SPOTSAFE_RUN_ID``, ``SPOTSAFE_ATTEMPT`` and ``SPOTSAFE_EVENTS_DIR`` are in spotsafe._telemetry.)
 """
 
 ROOT_ENV = "SPOTSAFE_ROOT"

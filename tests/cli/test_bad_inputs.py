@@ -23,7 +23,7 @@ import spotsafe
 from conftest import _clear_s3fs_cache, child_env, run_cli
 from spotsafe.errors import RemoteAccessError, SpotsafeError, UnsupportedURLError
 from spotsafe.policy import plan, simulate
-from spotsafe.storage import open_storage
+from spotsafe._storage import open_storage
 
 PLAN = ["plan", "--hours", "10", "--on-demand-price", "3", "--spot-price", "1", "--mtbf", "6h",
         "--checkpoint-cost", "30s", "--restart-cost", "10m"]

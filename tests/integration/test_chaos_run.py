@@ -19,7 +19,7 @@ import pytest
 from conftest import EXAMPLES, child_env, spotsafe_cli
 from preemption_demo import compare
 
-from spotsafe.telemetry import read_events
+from spotsafe._telemetry import read_events
 from test_report_html import PAGE, Tags, page_errors, run_chromium
 
 pytestmark = pytest.mark.slow
@@ -118,8 +118,8 @@ def test_sigkill_then_a_corrupt_newest_checkpoint_is_skipped_recorded_and_still_
     import signal
     import time
 
-    from spotsafe.format import committed_steps, step_dir
-    from spotsafe.storage import open_storage
+    from spotsafe._format import committed_steps, step_dir
+    from spotsafe._storage import open_storage
 
     env = child_env()
     args = ["--steps", "60", "--save-every", "10", "--notices", "signals", "--workers", "0"]

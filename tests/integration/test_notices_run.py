@@ -94,8 +94,8 @@ def events(root: Path) -> list[dict]:
 
 
 def committed(root: Path) -> list[int]:
-    from spotsafe.format import committed_steps
-    from spotsafe.storage import open_storage
+    from spotsafe._format import committed_steps
+    from spotsafe._storage import open_storage
 
     return committed_steps(open_storage(root, None))
 

@@ -23,8 +23,8 @@ import torch
 import spotsafe
 from conftest import child_env
 from spotsafe.errors import LeaseLostError, ReadOnlyRootError, RootLockedError
-from spotsafe.format import committed_steps, step_dir
-from spotsafe.storage import LeaseOptions, open_storage
+from spotsafe._format import committed_steps, step_dir
+from spotsafe._storage import LeaseOptions, open_storage
 
 CHILD = str(Path(__file__).with_name("writer_child.py"))
 LOCK = ".spotsafe-writer.lock"
@@ -341,7 +341,7 @@ def test_a_lease_still_pending_at_close_is_never_taken_afterwards(s3_url, tmp_pa
     """A remote unreachable at start leaves the lease pending, and the heartbeat keeps trying to take
     it (here: waiting for the same run's lease from another host to expire). Once closed, it gives up:
     it must not take the lease later and leave it held, with no heartbeat, against the next writer."""
-    from spotsafe.storage import Owner, RemoteLease
+    from spotsafe._storage import Owner, RemoteLease
 
     write_lease(s3_url, run_id="job-9", heartbeat=_iso(time.time()), expires=_iso(time.time() + 3), ttl_s=3)
     lease = RemoteLease(open_storage(s3_url), LEASE, Owner.this_process("job-9"), FAST)
@@ -467,7 +467,7 @@ def test_the_same_run_s_wait_is_bounded_whatever_the_lease_document_claims():
     10 minutes (on an injected clock), then taken over: its heartbeat never moved."""
     import uuid
 
-    from spotsafe.storage import Owner, RemoteLease
+    from spotsafe._storage import Owner, RemoteLease
 
     url = f"memory://lease-{uuid.uuid4().hex[:8]}/run"
     write_lease(url, run_id="same-run", ttl_s=1e9, expires=_iso(time.time() + 1e9))

@@ -23,8 +23,8 @@ from conftest import child_env
 from helpers import assert_same_tensors, fresh_training, make_training, remote_objects, snapshot
 from spotsafe import Backoff
 from spotsafe.errors import RemoteError, RemoteUnavailableError, RemoteUnavailableWarning
-from spotsafe.format import committed_steps, step_dir
-from spotsafe.storage import open_storage
+from spotsafe._format import committed_steps, step_dir
+from spotsafe._storage import open_storage
 
 pytestmark = pytest.mark.slow
 FAST = Backoff(base=0.2, cap=1.0, attempts=3, max_elapsed=10)
@@ -232,7 +232,7 @@ def test_a_hung_server_fails_the_upload_instead_of_hanging_it_and_later_saves_la
         return await real_call(self, method, *a, **kw)
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", freeze_at_first_put)
-    monkeypatch.setattr("spotsafe.storage._fsspec.REQUEST_TIMEOUT", 3.0)
+    monkeypatch.setattr("spotsafe._storage._fsspec.REQUEST_TIMEOUT", 3.0)
     try:
         with spotsafe.CheckpointManager(tmp_path / "run", remote="s3://bkt/run", storage_options=opts,
                                         upload_backoff=Backoff(base=0.2, cap=0.5, attempts=2, max_elapsed=20)) as mgr:

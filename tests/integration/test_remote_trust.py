@@ -22,10 +22,10 @@ import torch
 import spotsafe
 from conftest import child_env
 from spotsafe.errors import CheckpointSkippedWarning
-from spotsafe.format import MANIFEST, check_checkpoint, committed_steps, step_dir
+from spotsafe._format import MANIFEST, check_checkpoint, committed_steps, step_dir
 from spotsafe.notices import FileTrigger
-from spotsafe.storage import FsspecStorage, open_storage
-from spotsafe.telemetry import read_events
+from spotsafe._storage import FsspecStorage, open_storage
+from spotsafe._telemetry import read_events
 from unuploaded_child import state
 from helpers import remote_objects
 
@@ -253,7 +253,7 @@ def test_the_emergency_path_says_remote_only_for_a_step_confirmed_there(upload, 
 @pytest.mark.parametrize("size", [1000, 40 << 20], ids=["single PUT", "multipart"])
 def test_upload_file_checks_the_bytes_as_it_reads_them_and_leaves_nothing_on_a_mismatch(size, s3_url, tmp_path):
     from spotsafe.errors import CorruptCheckpointError
-    from spotsafe.format import digest_bytes
+    from spotsafe._format import digest_bytes
 
     data = os.urandom(size)
     path = tmp_path / "blob"
@@ -282,8 +282,8 @@ def test_a_failed_part_stops_the_multipart_upload_before_it_returns(s3_url, tmp_
 
     from fsspec.asyn import sync
 
-    from spotsafe.format import digest_bytes
-    from spotsafe.storage import _fsspec
+    from spotsafe._format import digest_bytes
+    from spotsafe._storage import _fsspec
 
     part, data = 256 << 10, os.urandom(24 << 20)  # 96 parts, 2 at a time
     path = tmp_path / "blob"
@@ -348,7 +348,7 @@ def test_upload_file_on_a_generic_store_removes_what_fails(tmp_path):
     import uuid
 
     from spotsafe.errors import CorruptCheckpointError
-    from spotsafe.format import digest_bytes
+    from spotsafe._format import digest_bytes
 
     data = os.urandom(3 << 20)
     path = tmp_path / "blob"

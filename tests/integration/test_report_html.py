@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from spotsafe.telemetry._html import render_html
+from spotsafe._telemetry._html import render_html
 
 PAGE = "spotsafe-report-page.html"
 SCREENSHOT_COPY = Path("/tmp/report-screenshot.png")

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import child_env, spotsafe_cli
 
-from spotsafe.telemetry import read_events
+from spotsafe._telemetry import read_events
 
 PY = sys.executable
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -294,8 +294,8 @@ print(f"rank {rank} done {run.step} w {state['w'][0].item():.0f}", flush=True)
 
 @pytest.mark.slow
 def test_torchrun_under_the_supervisor_stop_then_resume(tmp_path):
-    from spotsafe.format import committed_steps
-    from spotsafe.storage import open_storage
+    from spotsafe._format import committed_steps
+    from spotsafe._storage import open_storage
 
     worker = tmp_path / "worker.py"
     worker.write_text(TORCHRUN_WORKER)

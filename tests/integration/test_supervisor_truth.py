@@ -24,7 +24,7 @@ import pytest
 
 from conftest import child_env, run_cli, spotsafe_cli
 
-from spotsafe.telemetry import read_events
+from spotsafe._telemetry import read_events
 
 PY = sys.executable
 

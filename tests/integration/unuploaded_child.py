@@ -17,8 +17,8 @@ import sys
 import torch
 
 import spotsafe
-from spotsafe.format import step_dir
-from spotsafe.storage import FsspecStorage
+from spotsafe._format import step_dir
+from spotsafe._storage import FsspecStorage
 
 torch.set_num_threads(1)
 

@@ -19,7 +19,7 @@ import s3fs
 import torch
 
 import spotsafe
-from spotsafe.format import step_dir
+from spotsafe._format import step_dir
 
 torch.set_num_threads(1)
 

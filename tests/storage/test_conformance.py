@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import spotsafe
-from spotsafe.format import MANIFEST, committed_steps, digest_bytes, step_dir, tmp_dir, trash_dir
-from spotsafe.storage import FsspecStorage, LocalStorage, open_storage
+from spotsafe._format import MANIFEST, committed_steps, digest_bytes, step_dir, tmp_dir, trash_dir
+from spotsafe._storage import FsspecStorage, LocalStorage, open_storage
 
 BACKENDS = ["local", "memory", "s3"]
 

@@ -110,8 +110,8 @@ def test_hostile_pickle_is_never_executed(two_checkpoints, tmp_path):
     (ckpt / "model.bin").write_bytes(payload)
     # an attacker who can write files can also rewrite the manifest consistently
     body = json.loads((ckpt / "manifest.json").read_text())
-    from spotsafe.format import digest_bytes
-    from spotsafe.format._manifest import _canonical
+    from spotsafe._format import digest_bytes
+    from spotsafe._format._manifest import _canonical
 
     body.pop("manifest_checksum")
     body["files"]["model.bin"] = {"size": len(payload), "checksum": digest_bytes(payload), "rank": 0}
@@ -144,8 +144,8 @@ def test_torch_save_file_passed_off_as_a_checkpoint_is_refused(two_checkpoints, 
 
 def test_manifest_naming_an_unknown_dtype_is_invalid(two_checkpoints):
     ckpt = two_checkpoints / NEW
-    from spotsafe.format import digest_bytes
-    from spotsafe.format._manifest import _canonical
+    from spotsafe._format import digest_bytes
+    from spotsafe._format._manifest import _canonical
 
     body = json.loads((ckpt / "manifest.json").read_text())
     body.pop("manifest_checksum")

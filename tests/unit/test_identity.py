@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from spotsafe.telemetry import read_events
-from spotsafe.telemetry._identity import announcements, open_event_log
+from spotsafe._telemetry import read_events
+from spotsafe._telemetry._identity import announcements, open_event_log
 
 
 def _under(monkeypatch, sup_dir, supervisor: str, n: int, rank: int) -> None:

@@ -28,7 +28,7 @@ from spotsafe.policy import (
     young_interval,
 )
 from spotsafe.policy._interval import segment_time
-from spotsafe.telemetry import measure, read_events
+from spotsafe._telemetry import measure, read_events
 
 MIN, H = 60.0, 3600.0
 

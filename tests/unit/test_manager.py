@@ -163,7 +163,7 @@ def test_every_failed_background_deletion_is_raised_none_dropped(root, monkeypat
     import shutil
     import threading
 
-    from spotsafe.format import step_dir
+    from spotsafe._format import step_dir
 
     def refuse(path, ignore_errors=False):
         raise PermissionError(13, "Permission denied", str(path))

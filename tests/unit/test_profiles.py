@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spotsafe.supervisor import BUILTINS, Chaos, Profile, Supervisor, get_profile, load_profiles
+from spotsafe._supervisor import BUILTINS, Chaos, Profile, Supervisor, get_profile, load_profiles
 
 
 def test_builtins_differ_as_documented():

@@ -11,8 +11,8 @@ import torch
 import spotsafe
 from spotsafe._backoff import Backoff, retry
 from spotsafe.errors import RemoteError
-from spotsafe.format import committed_steps
-from spotsafe.storage import FsspecStorage, open_storage
+from spotsafe._format import committed_steps
+from spotsafe._storage import FsspecStorage, open_storage
 
 
 @pytest.fixture

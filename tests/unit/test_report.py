@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from spotsafe.telemetry import build_report, prometheus_text
+from spotsafe._telemetry import build_report, prometheus_text
 
 SUP = {"role": "supervisor", "run_id": "r1", "host": "h", "pid": 10, "rank": 0}
 
@@ -142,8 +142,8 @@ def test_prometheus_text_is_well_formed_and_carries_the_figures():
 
 
 def test_thin_points_keeps_every_attempt_its_ends_and_the_order():
-    from spotsafe.telemetry._html import MAX_POINTS, render_html
-    from spotsafe.telemetry._report import thin_points
+    from spotsafe._telemetry._html import MAX_POINTS, render_html
+    from spotsafe._telemetry._report import thin_points
 
     pts = [[s, 1 / s, 1] for s in range(1, 60_001)] + [[s, 1 / s, 2] for s in range(50_001, 50_011)] + \
           [[s, 1 / s, 3] for s in range(50_011, 140_001)]
@@ -161,7 +161,7 @@ def test_thin_points_keeps_every_attempt_its_ends_and_the_order():
 def test_the_supervisors_records_are_not_attempts_and_plan_reads_the_report_s_figures():
     """measure() (spotsafe plan --from, Optimal(mtbf=None)) counts the attempts the report counts:
     the supervisor's file, split by attempt number, is no attempt of its own."""
-    from spotsafe.telemetry import measure
+    from spotsafe._telemetry import measure
 
     m = measure(three_attempts())
     r = build_report(three_attempts())
@@ -189,7 +189,7 @@ def test_a_rerun_of_a_finished_run_adds_no_lost_time_and_no_wall_time():
     assert r["idle_s"] == pytest.approx(idle) and r["wall_s"] == pytest.approx(42.2 + 1.8)
     assert r["reruns"] == 1 and r["resume"]["restarts"] == 2 and r["interruptions"]["total"] == 2
     assert r["completed"] and r["crashes"] == 0
-    from spotsafe.telemetry import measure
+    from spotsafe._telemetry import measure
     assert measure(e).restart_s == pytest.approx(measure(three_attempts()).restart_s)
 
 
@@ -208,6 +208,6 @@ def test_replayed_steps_compare_their_logged_metrics_and_restored_from_names_the
     text = prometheus_text(build_report(e))
     assert 'spotsafe_replayed_metrics_compared_total{run=""} 2.0' in text
     assert 'spotsafe_replayed_metrics_identical_total{run=""} 1.0' in text
-    from spotsafe.telemetry._html import render_html
+    from spotsafe._telemetry._html import render_html
     page = render_html(r)
     assert "step 10 (local)" in page and "2 logged metrics compared, 2 identical" in page

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 
 import spotsafe
-from spotsafe.engine import _pipeline
-from spotsafe.engine import _retention as engine_retention
-from spotsafe.engine._retention import StoreRetention
-from spotsafe.format import MANIFEST, FileEntry, Manifest, step_dir
+from spotsafe._engine import _pipeline
+from spotsafe._engine import _retention as engine_retention
+from spotsafe._engine._retention import StoreRetention
+from spotsafe._format import MANIFEST, FileEntry, Manifest, step_dir
 from spotsafe.policy import EverySteps
 from spotsafe.policy._retention import (
     KeepAny,
@@ -26,7 +26,7 @@ from spotsafe.policy._retention import (
     as_retention,
     select_deletions,
 )
-from spotsafe.storage import open_storage
+from spotsafe._storage import open_storage
 
 HOUR = 1_700_002_800.0  # a whole hour since the epoch, so 10-minute windows start on it
 

@@ -13,7 +13,7 @@ import torch
 
 import spotsafe
 from spotsafe.notices import AWS, FileTrigger, Signals
-from spotsafe.telemetry import read_events
+from spotsafe._telemetry import read_events
 
 
 def make_state():

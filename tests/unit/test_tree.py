@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spotsafe.errors import UnsupportedStateError
-from spotsafe.state import decode, encode
+from spotsafe._state import decode, encode
 
 
 def roundtrip(obj):

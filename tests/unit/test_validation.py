@@ -23,8 +23,8 @@ from click.testing import CliRunner
 import spotsafe
 from spotsafe.cli._main import main
 from spotsafe.errors import CheckpointSkippedWarning
-from spotsafe.format import digest_bytes
-from spotsafe.format._manifest import _canonical
+from spotsafe._format import digest_bytes
+from spotsafe._format._manifest import _canonical
 from helpers import RAW, resign_manifest
 
 OLD, NEW = "step-000000000001", "step-000000000002"
@@ -185,8 +185,8 @@ def test_a_mangled_optimizer_tree_is_skipped(two):
 
 def test_a_file_too_large_for_memory_is_skipped_before_it_is_allocated(two):
     """A sparse file whose size matches its (re-signed) manifest, larger than this machine's memory."""
-    from spotsafe.engine._pipeline import available_memory
-    from spotsafe.format._schema import MAX_FILE_BYTES
+    from spotsafe._engine._pipeline import available_memory
+    from spotsafe._format._schema import MAX_FILE_BYTES
 
     root, old_params = two
     avail = available_memory()
@@ -256,8 +256,8 @@ def test_the_writer_refuses_a_state_the_validator_would_refuse(root, bad, what):
 def test_a_manifest_too_large_to_read_is_never_committed(root):
     """A state whose manifest would pass 128 MiB (a long string in a plain value): the save fails,
     naming the cause, and the older checkpoint stays the newest valid one."""
-    from spotsafe.format import ComponentEntry, Manifest
-    from spotsafe.format._schema import MAX_JSON_NODES, MAX_MANIFEST_BYTES
+    from spotsafe._format import ComponentEntry, Manifest
+    from spotsafe._format._schema import MAX_JSON_NODES, MAX_MANIFEST_BYTES
 
     with spotsafe.CheckpointManager(root, rng=False, keep_last=1) as mgr:
         mgr.save(1, {"v": "small"})
@@ -276,8 +276,8 @@ def test_a_manifest_too_large_to_read_is_never_committed(root):
 
 def test_metadata_that_looks_like_a_tag_stays_a_dict(two):
     """A re-signed manifest whose whole metadata is {"$float": "nan"}: still a dict after decoding."""
-    from spotsafe.format import read_manifest
-    from spotsafe.storage import LocalStorage
+    from spotsafe._format import read_manifest
+    from spotsafe._storage import LocalStorage
 
     root, _ = two
     rewrite(root / NEW, lambda b: b.update(metadata={"$float": "nan"}))
@@ -367,7 +367,7 @@ def test_a_link_is_never_uploaded_or_listed_as_valid(two, tmp_path, caplog):
     import logging
     import uuid
 
-    from spotsafe.storage import open_storage
+    from spotsafe._storage import open_storage
 
     root, _ = two
     outside = tmp_path / "outside"
@@ -401,7 +401,7 @@ def test_no_valid_checkpoint_at_all_still_raises_one_sentence(two):
 @pytest.mark.slow  # starts the S3 server when no earlier test did
 def test_a_malformed_remote_copy_falls_back_to_the_other_tier_and_an_older_step(root, s3_url):
     """Remote step 3 exists only there and is malformed; local step 2 is corrupt, its remote copy valid."""
-    from spotsafe.storage import open_storage
+    from spotsafe._storage import open_storage
 
     with spotsafe.CheckpointManager(root, remote=s3_url, keep_last=5) as mgr:
         mgr.save(1, make_state(1))
@@ -443,8 +443,8 @@ def test_whatever_the_validator_passes_decodes(root):
     import copy
     import random
 
-    from spotsafe.engine._pipeline import decode_components
-    from spotsafe.format import ManifestError, parse_manifest
+    from spotsafe._engine._pipeline import decode_components
+    from spotsafe._format import ManifestError, parse_manifest
 
     state = make_state(1)
     state["extra"].update(dt=torch.float16, dev=torch.device("cpu"), k={(1, 2): "x", 3: torch.ones(2)})

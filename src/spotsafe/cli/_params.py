@@ -6,7 +6,7 @@ import math
 
 import click
 
-from ..format._layout import MAX_STEP
+from .._format._layout import MAX_STEP
 
 
 class Finite(click.FloatRange):

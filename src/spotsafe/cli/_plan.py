@@ -47,8 +47,8 @@ def _from_events(root: str | None):
     """What the run at ``root`` measured (the same attempts ``spotsafe report`` counts), or None."""
     if root is None:
         return None
-    from ..storage import is_url
-    from ..telemetry import events_dir_of, measure, read_events, read_remote_events
+    from .._storage import is_url
+    from .._telemetry import events_dir_of, measure, read_events, read_remote_events
 
     if is_url(root):
         try:

@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .._units import format_duration
-from ..storage import check_root, is_url
-from ..supervisor import Chaos, Supervisor, get_profile
-from ..telemetry import (build_report, events_dir_of, prometheus_text, read_events, read_remote_events, serve_metrics,
+from .._storage import check_root, is_url
+from .._supervisor import Chaos, Supervisor, get_profile
+from .._telemetry import (build_report, events_dir_of, prometheus_text, read_events, read_remote_events, serve_metrics,
                          write_textfile)
-from ..telemetry._events import _clean  # the one JSON-safe conversion
+from .._telemetry._events import _clean  # the one JSON-safe conversion
 from ._plan import _duration
 from ._params import Finite
 from ._safe import markup
@@ -187,7 +187,7 @@ def report_cmd(root, events_dir, profile_name, profiles_path, spot_price, on_dem
         on_demand_price = on_demand_price if on_demand_price is not None else p.on_demand_price
     report = _report_for(root, events_dir, spot_price, on_demand_price, metric)
     if html_path:
-        from ..telemetry._html import render_html
+        from .._telemetry._html import render_html
 
         Path(html_path).write_text(render_html(report))
     if prom_path:

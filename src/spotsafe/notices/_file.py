@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .._units import parse_duration
-from ..storage._local import open_regular
+from .._storage._local import open_regular
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 from ._poller import poll_interval
 

@@ -15,7 +15,7 @@ be valid, so an invalid one (a garbage manifest, a file that fails its checksum,
 run's higher step) never takes a keep slot and never pushes the newest valid one out. A
 checkpoint known to be invalid is deleted once it is older than the one just committed;
 one whose verdict is unknown (it could not be read) is kept and takes no slot. The caller
-supplies the verdicts (:mod:`spotsafe.engine._retention`). Everything here is pure Python
+supplies the verdicts (:mod:`spotsafe._engine._retention`). Everything here is pure Python
 over numbers, so it is tested without files or sleeping.
 """
 

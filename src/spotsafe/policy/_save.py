@@ -39,7 +39,7 @@ class SavePolicy:
         """A checkpoint of ``step`` was taken (by this policy or any other reason), blocking ``stall_s``."""
 
     def history(self, measured: Any) -> None:
-        """What earlier attempts of this run measured (:class:`spotsafe.telemetry.Measured`)."""
+        """What earlier attempts of this run measured (:class:`spotsafe._telemetry.Measured`)."""
 
     def __or__(self, other: SavePolicy) -> SavePolicy:
         if not isinstance(other, SavePolicy):

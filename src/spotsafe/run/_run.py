@@ -27,16 +27,16 @@ from typing import Any
 from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._units import format_duration, parse_duration, parse_interval
-from ..engine import CheckpointManager, SaveStats
+from .._engine import CheckpointManager, SaveStats
 from ..errors import RootLockedError
-from ..format import step_dir
+from .._format import step_dir
 from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
 from ..notices._watcher import NoticesSpec
 from ..policy import RetentionPolicy, SavePolicy, as_policy
-from ..storage import is_url
-from ..telemetry import EVENTS_DIR_ENV, EventLog, events_dir_of, measure, read_events
-from ..telemetry._identity import SUPERVISOR_ID_ENV, open_event_log
-from ..telemetry._mirror import EventMirror
+from .._storage import is_url
+from .._telemetry import EVENTS_DIR_ENV, EventLog, events_dir_of, measure, read_events
+from .._telemetry._identity import SUPERVISOR_ID_ENV, open_event_log
+from .._telemetry._mirror import EventMirror
 
 MIRROR_EVERY_S = 30.0
 

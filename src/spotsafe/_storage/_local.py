@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReadOnlyRootError, UnsafeFileError
-from ..format._hash import digest_fd, new_hasher
+from .._format._hash import digest_fd, new_hasher
 from ._reads import hash_in_order
 
 _PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large enough to stream

@@ -57,12 +57,12 @@ from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
 from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK, EXIT_PREEMPTED,
                           EXIT_ROOT_LOCKED, EXIT_STOP_UNSAFE)
 from .._units import format_duration
-from ..storage import is_url
-from ..telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
-from ..telemetry._events import file_host
-from ..telemetry._identity import SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
-from ..telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
-from ..telemetry._mirror import EventMirror
+from .._storage import is_url
+from .._telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
+from .._telemetry._events import file_host
+from .._telemetry._identity import SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
+from .._telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
+from .._telemetry._mirror import EventMirror
 from ._chaos import KILL, Chaos
 from ._profile import Profile
 
@@ -97,8 +97,8 @@ def state_dir() -> Path:
 
 def newest_checkpoint(locations: list[str], storage_options: dict | None = None) -> int:
     """The newest step with a committed checkpoint (manifest present, sizes right) in any location; 0 if none."""
-    from ..format import check_checkpoint, committed_steps
-    from ..storage import open_storage
+    from .._format import check_checkpoint, committed_steps
+    from .._storage import open_storage
 
     best = 0
     for loc in locations:

@@ -1,7 +1,7 @@
 """The one validator of a manifest: the JSON, its fields, the tensor tables and the state trees.
 
 Restore, ``spotsafe ls``, ``verify`` and ``inspect`` all read a manifest through
-:func:`spotsafe.format.parse_manifest`, which runs everything here, so ``verify`` says a
+:func:`spotsafe._format.parse_manifest`, which runs everything here, so ``verify`` says a
 checkpoint is valid exactly when restore would load it (whether it fits the user's
 objects aside). The checks run on the parsed JSON before any object is built or any
 buffer allocated, in this order:
@@ -250,7 +250,7 @@ def check_tables(files: dict[str, Any], comps: dict[str, Any]) -> None:
 
 # -- 4. state trees -----------------------------------------------------------------
 def check_tree(cname: str, kind: str, tree: Any, tensors: list[dict[str, Any]]) -> None:
-    """Every node of a component's state tree is something :func:`spotsafe.state.decode` rebuilds."""
+    """Every node of a component's state tree is something :func:`spotsafe._state.decode` rebuilds."""
     def fail(what: str) -> ManifestError:
         return ManifestError(f"the state tree of component {cname!r} {what}")
 

@@ -1,6 +1,6 @@
 """The save pipeline in stages: stage -> persist -> commit, and the verified read for restore.
 
-* stage: ask every component for its state dict, encode it (:mod:`spotsafe.state._tree`),
+* stage: ask every component for its state dict, encode it (:mod:`spotsafe._state._tree`),
   and bring each tensor to host memory. Asynchronous saves copy every tensor into reusable
   staging buffers (:mod:`._staging`), the one copy that stalls training. Synchronous saves
   reference CPU tensors in place (the caller is blocked until the bytes are on disk); CUDA
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptCheckpointError, UnsupportedStateError
-from ..format import (
+from .._format import (
     ComponentEntry,
     FileEntry,
     Manifest,
@@ -36,7 +36,7 @@ from ..format import (
     unreadable_reason,
 )
 from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
-from ..state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
+from .._state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
 
 _ZEROS = memoryview(bytes(ALIGN))
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from .._backoff import Backoff, retry
 from ..errors import CorruptCheckpointError, RemoteError
-from ..format import (
+from .._format import (
     MANIFEST,
     Manifest,
     ManifestError,
@@ -61,9 +61,9 @@ from ..format import (
     step_dir,
     trash_dir,
 )
-from ..format._schema import MAX_MANIFEST_BYTES
+from .._format._schema import MAX_MANIFEST_BYTES
 from ..policy._retention import RetentionPolicy
-from ..storage._local import UnsafeFileError
+from .._storage._local import UnsafeFileError
 from ._retention import StoreRetention, Verdict
 from ._threads import lower_thread_priority
 
@@ -102,7 +102,7 @@ class Replicator:
     """Uploads committed checkpoints from ``local`` to ``remote`` on a daemon thread.
 
     After each upload the remote is pruned under ``retention``, the same policy as the
-    local root's, by validity (:class:`~spotsafe.engine._retention.StoreRetention`).
+    local root's, by validity (:class:`~spotsafe._engine._retention.StoreRetention`).
     ``local_retention``, the local root's, is told when a local copy fails verification.
     """
 

@@ -1,9 +1,9 @@
 """The writer's hold on its run root: the local ``flock`` and the remote leases, taken together.
 
 One writer per root (DESIGN.md). A manager that writes takes, before anything else writes
-there, the lock of a local root (:mod:`spotsafe.storage._lock`: the kernel releases it when
+there, the lock of a local root (:mod:`spotsafe._storage._lock`: the kernel releases it when
 the process dies) and a lease on every object store it writes to, the remote and a URL root
-(:mod:`spotsafe.storage._lease`: owner, heartbeat, expiry). Each store's ``write_guard`` is
+(:mod:`spotsafe._storage._lease`: owner, heartbeat, expiry). Each store's ``write_guard`` is
 the lease's check, so a writer whose lease was taken over stops before its next commit or
 deletion. Readers (``read_only=True``) hold nothing, and their guard refuses every write.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 
 from ..errors import ReadOnlyRootError, RemoteError, RootLockedError
-from ..format._layout import WRITER_LEASE, WRITER_LOCK
-from ..storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, WriterLock
-from ..telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
+from .._format._layout import WRITER_LEASE, WRITER_LOCK
+from .._storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, WriterLock
+from .._telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
 from ._replicate import is_transient
 
 

@@ -36,7 +36,7 @@ from ..errors import (
     StateMismatchError,
     UnsafeFileError,
 )
-from ..format import (
+from .._format import (
     MANIFEST,
     CheckpointInfo,
     ManifestError,
@@ -56,8 +56,8 @@ from ..format import (
     trash_dir,
 )
 from ..policy._retention import RetentionPolicy, as_retention
-from ..state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
-from ..storage import FsspecStorage, LeaseOptions, Owner, open_storage
+from .._state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
+from .._storage import FsspecStorage, LeaseOptions, Owner, open_storage
 from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import StoreRetention, Verdict
@@ -146,7 +146,7 @@ class CheckpointManager:
         run_id: The run this writer belongs to, recorded in the lock and the lease (default
             ``$SPOTSAFE_RUN_ID``); see "One writer per root" in the README.
         attempt: The attempt of the run, recorded likewise (default ``$SPOTSAFE_ATTEMPT``).
-        lease: Timing of the writer lease on a remote root (:class:`~spotsafe.storage.LeaseOptions`:
+        lease: Timing of the writer lease on a remote root (:class:`~spotsafe._storage.LeaseOptions`:
             ``ttl`` 60 s, ``renew_every`` 15 s).
 
     One process writes a root at a time: a second writer is refused with

@@ -6,7 +6,7 @@ checked against these before anything is allocated. The writer keeps within the 
 bounds (the state encoder refuses what the reader would refuse), so every checkpoint
 spotsafe writes is one it can read back.
 
-The dtype lists are the single source for both sides: :mod:`spotsafe.state._tree` maps
+The dtype lists are the single source for both sides: :mod:`spotsafe._state._tree` maps
 only these names to torch and numpy dtypes.
 """
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import (CorruptCheckpointError, MissingDependencyError, RemoteAccessError, RemoteUnavailableError,
                       UnsupportedURLError)
-from ..format._hash import digest_bytes, new_hasher
+from .._format._hash import digest_bytes, new_hasher
 from ._reads import hash_in_order
 
 logger = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ class FsspecStorage:
 
     def retire(self, name: str, trash_name: str) -> str:
         """Uncommit ``name`` at once by deleting its manifest; returns what to :meth:`remove` later."""
-        from ..format import MANIFEST
+        from .._format import MANIFEST
 
         self._guard(strict=True)
         try:

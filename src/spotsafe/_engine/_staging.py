@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..format._layout import ALIGN  # the reader checks every offset against the same alignment
+from .._format._layout import ALIGN  # the reader checks every offset against the same alignment
 PAGE = 4096
 
 

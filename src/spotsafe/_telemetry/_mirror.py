@@ -81,7 +81,7 @@ class EventMirror:
             return
         try:
             if self._storage is None:
-                from ..storage import open_storage
+                from .._storage import open_storage
 
                 self._storage = open_storage(self.remote, self._options)
             self._storage.put_bytes(f"{REMOTE_EVENTS}/{path.name}", data)
@@ -94,7 +94,7 @@ class EventMirror:
 
 def read_remote_events(remote: str, storage_options: dict[str, Any] | None = None) -> list[dict]:
     """Every event under ``<remote>/events/`` (all writers), oldest first; torn lines skipped."""
-    from ..storage import open_storage
+    from .._storage import open_storage
 
     from ._events import parse_lines
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-from ..format._hash import new_hasher
+from .._format._hash import new_hasher
 
 Piece = tuple[int, int, Future]  # (start, stop, future of the bytes read into buf[start:stop])
 

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..format import (
+from .._format import (
     Manifest,
     ManifestError,
     committed_steps,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedStateError
-from ..format._schema import (DEVICE_TYPES, MAX_NDIM, MAX_NUMBER_CHARS, MAX_STATE_DEPTH, NUMPY_DTYPES, TORCH_DTYPES,
+from .._format._schema import (DEVICE_TYPES, MAX_NDIM, MAX_NUMBER_CHARS, MAX_STATE_DEPTH, NUMPY_DTYPES, TORCH_DTYPES,
                               TORCH_VALUE_DTYPES, device_ok)
 
 _BIG = 10 ** (MAX_NUMBER_CHARS - 1)  # a sign and 99 digits: the longest number the reader takes
@@ -55,7 +55,7 @@ def _path_str(path: tuple) -> str:
 def encode(obj: Any, arrays: list, path: tuple = ()) -> Any:
     """Encode ``obj`` as JSON-able data; tensors and arrays are appended to ``arrays``.
 
-    Only what :mod:`spotsafe.format`'s validator accepts is written (dtypes from its
+    Only what :mod:`spotsafe._format`'s validator accepts is written (dtypes from its
     allow-list, at most ``MAX_STATE_DEPTH`` containers deep), so every checkpoint saved can
     be restored.
     """
