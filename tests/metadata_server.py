@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -83,13 +83,13 @@ class MetadataServer:
         return {name: self.url for name in ENV_NAMES.values()}
 
     def aws_interrupt(self, seconds: float = 120.0, action: str = "terminate") -> None:
-        when = datetime.fromtimestamp(time.time() + seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = datetime.fromtimestamp(time.time() + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.lock:
             self.aws_action = {"action": action, "time": when}
 
     def aws_rebalance_now(self) -> None:
         with self.lock:
-            self.aws_rebalance = {"noticeTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            self.aws_rebalance = {"noticeTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     def gcp_preempt(self) -> None:
         with self.lock:
@@ -97,7 +97,7 @@ class MetadataServer:
 
     def azure_preempt(self, seconds: float = 30.0, *, event_type: str = "Preempt", resources=None) -> str:
         event_id = str(uuid.uuid4()).upper()
-        not_before = format_datetime(datetime.fromtimestamp(time.time() + seconds, timezone.utc), usegmt=True)
+        not_before = format_datetime(datetime.fromtimestamp(time.time() + seconds, UTC), usegmt=True)
         with self.lock:
             self.azure_events.append({
                 "EventId": event_id, "EventType": event_type, "ResourceType": "VirtualMachine",

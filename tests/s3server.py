@@ -55,7 +55,7 @@ _SERVICES = ("s3", "master", "volume", "filer")
 
 _taken: set[int] = set()
 _taken_lock = threading.Lock()
-_live: "weakref.WeakSet[SeaweedS3]" = weakref.WeakSet()
+_live: weakref.WeakSet[SeaweedS3] = weakref.WeakSet()
 
 
 def weed_binary() -> Path:
@@ -227,7 +227,7 @@ class SeaweedS3:
             "-volume.preStopSeconds=0",
         ] + ([f"-s3.config={self.data_dir / 's3.json'}"] if self.auth else [])
 
-    def start(self, timeout: float = 30.0) -> "SeaweedS3":
+    def start(self, timeout: float = 30.0) -> SeaweedS3:
         if self.running:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ class SeaweedS3:
             except _PortClash:
                 self._kill()
                 if attempt + 1 == tries:
-                    raise RuntimeError(f"SeaweedFS could not bind its ports:\n{self.log_tail()}")
+                    raise RuntimeError(f"SeaweedFS could not bind its ports:\n{self.log_tail()}") from None
                 _release_ports(self.ports)
             except BaseException:
                 self._kill()
@@ -261,7 +261,7 @@ class SeaweedS3:
     def _launch(self) -> None:
         env = dict(os.environ)
         env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = str(self.volumes_per_grow)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the server's lifetime)
         self._log.write(f"\n===== start {time.ctime()} ports={self.ports}\n".encode())
         self._log.flush()
         self._log_start = self._log.tell()
@@ -368,7 +368,7 @@ class SeaweedS3:
                     except OSError:
                         pass
 
-    def restart(self, timeout: float = 30.0) -> "SeaweedS3":
+    def restart(self, timeout: float = 30.0) -> SeaweedS3:
         """Stop and start again on the same ports and the same data dir (objects survive)."""
         self.stop()
         return self.start(timeout)
@@ -379,7 +379,7 @@ class SeaweedS3:
         _release_ports(self.ports)
         _live.discard(self)
 
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> SeaweedS3:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -37,11 +37,11 @@ if TYPE_CHECKING:
     from . import data, notices, policy
     from ._engine import CheckpointManager, SaveStats, UploadStats
     from ._format import CheckpointInfo
+    from ._state import Stateful
+    from ._storage import LeaseOptions
     from .notices import Notice
     from .policy import EveryDuration, EverySteps
-    from ._storage import LeaseOptions
     from .run import Preempted, Run
-    from ._state import Stateful
 
 _LAZY = {
     "CheckpointInfo": "spotsafe._format",

@@ -49,7 +49,7 @@ def retry(fn: Callable[[], T], *, policy: Backoff, transient: Callable[[BaseExce
     for attempt in range(policy.attempts):
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - classified below
+        except Exception as e:
             if not transient(e) or attempt == policy.attempts - 1:
                 raise
             pause = policy.delay(attempt)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import _clear_s3fs_cache, child_env, run_cli
 
 import spotsafe
-from conftest import _clear_s3fs_cache, child_env, run_cli
+from spotsafe._storage import open_storage
 from spotsafe.errors import RemoteAccessError, SpotsafeError, UnsupportedURLError
 from spotsafe.policy import plan, simulate
-from spotsafe._storage import open_storage
 
 PLAN = ["plan", "--hours", "10", "--on-demand-price", "3", "--spot-price", "1", "--mtbf", "6h",
         "--checkpoint-cost", "30s", "--restart-cost", "10m"]

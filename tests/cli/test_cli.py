@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 import torch
+from conftest import child_env, spotsafe_cli
 
 import spotsafe
-from conftest import child_env, spotsafe_cli
 
 
 def cli(*args) -> subprocess.CompletedProcess:

@@ -13,10 +13,10 @@ import subprocess
 
 import pytest
 import torch
-
-import spotsafe
 from conftest import child_env, run_cli
 from helpers import resign_manifest
+
+import spotsafe
 
 BOGUS = "[/bogus]"
 LINK = "[link=https://evil.example]click[/link]"

@@ -9,11 +9,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from conftest import child_env, spotsafe_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_report import three_attempts  # noqa: E402
+from test_report import three_attempts
 
 
 def write_log(root: Path) -> None:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES, child_env
 from preemption_demo import compare, run_with_kills
 

@@ -15,12 +15,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES, child_env, spotsafe_cli
 from preemption_demo import compare
+from test_report_html import PAGE, Tags, page_errors, run_chromium
 
 from spotsafe._telemetry import read_events
-from test_report_html import PAGE, Tags, page_errors, run_chromium
 
 pytestmark = pytest.mark.slow
 

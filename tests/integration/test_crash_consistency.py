@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_env
 
 import spotsafe
-from conftest import child_env
 
 pytestmark = pytest.mark.slow
 CHILD = Path(__file__).with_name("crash_child.py")

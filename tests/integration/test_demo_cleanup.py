@@ -12,20 +12,18 @@ path under /tmp, as on a user's machine: the demo's children then keep their tem
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from pathlib import Path
-
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, child_env
 
 DEMO = EXAMPLES / "preemption_demo.py"

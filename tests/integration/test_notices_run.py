@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, child_env
 from preemption_demo import compare
 

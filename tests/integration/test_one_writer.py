@@ -15,16 +15,17 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_env
 
 import spotsafe
-from conftest import child_env
-from spotsafe.errors import LeaseLostError, ReadOnlyRootError, RootLockedError
 from spotsafe._format import committed_steps, step_dir
 from spotsafe._storage import LeaseOptions, open_storage
+from spotsafe.errors import LeaseLostError, ReadOnlyRootError, RootLockedError
 
 CHILD = str(Path(__file__).with_name("writer_child.py"))
 LOCK = ".spotsafe-writer.lock"
@@ -83,9 +84,9 @@ def write_lease(url: str, **fields) -> None:
 
 
 def _iso(ts: float) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 @pytest.mark.slow

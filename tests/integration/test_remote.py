@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import spotsafe
 from conftest import child_env
 from helpers import assert_same_tensors, fresh_training, make_training, remote_objects, snapshot
+
+import spotsafe
 from spotsafe import Backoff
-from spotsafe.errors import RemoteError, RemoteUnavailableError, RemoteUnavailableWarning
 from spotsafe._format import committed_steps, step_dir
 from spotsafe._storage import open_storage
+from spotsafe.errors import RemoteError, RemoteUnavailableError, RemoteUnavailableWarning
 
 pytestmark = pytest.mark.slow
 FAST = Backoff(base=0.2, cap=1.0, attempts=3, max_elapsed=10)

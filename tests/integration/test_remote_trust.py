@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_env
+from helpers import remote_objects
+from unuploaded_child import state
 
 import spotsafe
-from conftest import child_env
-from spotsafe.errors import CheckpointSkippedWarning
 from spotsafe._format import MANIFEST, check_checkpoint, committed_steps, step_dir
-from spotsafe.notices import FileTrigger
 from spotsafe._storage import FsspecStorage, open_storage
 from spotsafe._telemetry import read_events
-from unuploaded_child import state
-from helpers import remote_objects
+from spotsafe.errors import CheckpointSkippedWarning
+from spotsafe.notices import FileTrigger
 
 pytestmark = pytest.mark.slow
 CHILD = Path(__file__).with_name("unuploaded_child.py")
@@ -252,8 +252,8 @@ def test_the_emergency_path_says_remote_only_for_a_step_confirmed_there(upload, 
 
 @pytest.mark.parametrize("size", [1000, 40 << 20], ids=["single PUT", "multipart"])
 def test_upload_file_checks_the_bytes_as_it_reads_them_and_leaves_nothing_on_a_mismatch(size, s3_url, tmp_path):
-    from spotsafe.errors import CorruptCheckpointError
     from spotsafe._format import digest_bytes
+    from spotsafe.errors import CorruptCheckpointError
 
     data = os.urandom(size)
     path = tmp_path / "blob"
@@ -347,8 +347,8 @@ def test_a_prune_that_fails_leaves_the_new_step_durable_and_uploaded(tmp_path):
 def test_upload_file_on_a_generic_store_removes_what_fails(tmp_path):
     import uuid
 
-    from spotsafe.errors import CorruptCheckpointError
     from spotsafe._format import digest_bytes
+    from spotsafe.errors import CorruptCheckpointError
 
     data = os.urandom(3 << 20)
     path = tmp_path / "blob"

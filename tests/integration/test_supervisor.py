@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import child_env, spotsafe_cli
 
 from spotsafe._telemetry import read_events
@@ -371,8 +370,9 @@ def test_as_a_containers_pid_1_it_reaps_orphans_and_still_forwards_signals(tmp_p
 
 
 def test_a_command_refused_by_another_writer_s_lock_stops_the_supervisor_with_exit_6(tmp_path):
-    import spotsafe
     import torch
+
+    import spotsafe
 
     root = tmp_path / "run"
     cmd = script(tmp_path, """

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import child_env, run_cli, spotsafe_cli
 
 from spotsafe._telemetry import read_events

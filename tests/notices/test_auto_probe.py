@@ -7,9 +7,10 @@ import logging
 import time
 from pathlib import Path
 
+from helpers import wait_for
+
 from spotsafe.notices import AWS, GCP, NoticeWatcher
 from spotsafe.notices._poller import AZURE_ASSET_TAG, dmi_cloud
-from helpers import wait_for
 
 
 def fake_dmi(directory: Path, **files: str) -> Path:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import time
 
-from spotsafe.notices import FileTrigger, NoticeWatcher
 from helpers import wait_for
+
+from spotsafe.notices import FileTrigger, NoticeWatcher
 
 
 def test_a_fifo_at_the_notice_path_is_a_notice_and_never_hangs_the_poller(tmp_path):

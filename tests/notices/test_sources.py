@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from helpers import wait_for
 
 from spotsafe.notices import (
     AWS,
@@ -20,7 +21,6 @@ from spotsafe.notices import (
     Slurm,
     make_sources,
 )
-from helpers import wait_for
 
 
 def test_aws_imdsv2_instance_action_sets_the_deadline(metadata):
@@ -223,7 +223,7 @@ def test_a_third_signal_is_obeyed_at_once():
         try:
             for expected_urgent in (False, True):
                 os.kill(os.getpid(), signal.SIGUSR2)
-                assert wait_for(lambda: w.urgent == expected_urgent, 2)
+                assert wait_for(lambda want=expected_urgent: w.urgent == want, 2)
             assert calls == []
             os.kill(os.getpid(), signal.SIGUSR2)
             assert wait_for(lambda: calls == [signal.SIGUSR2], 2)

@@ -10,9 +10,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_tensors, fresh_training, make_training, snapshot
 
 import spotsafe
-from helpers import assert_same_tensors, fresh_training, make_training, snapshot
 
 
 def train_steps(model, opt, n: int, width: int = 4) -> None:
@@ -130,7 +130,8 @@ def test_a_background_failure_is_raised_on_the_next_call(root, monkeypatch, wher
     mgr.wait()
     monkeypatch.setattr(mgr.storage, "write_file", failing_write)
     mgr.save(2, {"v": torch.ones(4) * 2})  # returns: the failure happens in the background
-    match = r"Background save of step-000000000002 .* failed \(OSError: .*No space left.*newest checkpoint there is step-000000000001"
+    match = (r"Background save of step-000000000002 .* failed \(OSError: .*No space left"
+             r".*newest checkpoint there is step-000000000001")
     with pytest.raises(spotsafe.SpotsafeError, match=match):
         if where == "save":
             mgr._persist_executor.submit(lambda: None).result()

@@ -9,9 +9,10 @@ import statistics
 import subprocess
 
 import pytest
+from conftest import spotsafe_cli
 
 import spotsafe
-from conftest import spotsafe_cli
+from spotsafe._telemetry import measure, read_events
 from spotsafe.policy import (
     EverySteps,
     LostWorkBudget,
@@ -28,7 +29,6 @@ from spotsafe.policy import (
     young_interval,
 )
 from spotsafe.policy._interval import segment_time
-from spotsafe._telemetry import measure, read_events
 
 MIN, H = 60.0, 3600.0
 

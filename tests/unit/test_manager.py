@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_optimizer, assert_same_tensors, fresh_training, make_training, snapshot
 
 import spotsafe
-from helpers import assert_same_optimizer, assert_same_tensors, fresh_training, make_training, snapshot
 
 
 def test_round_trip_restores_every_component_in_place(root):

@@ -11,10 +11,10 @@ import uuid
 import numpy as np
 import pytest
 import torch
-
-import spotsafe
 from conftest import run_cli
 from helpers import make_training
+
+import spotsafe
 
 
 def _state():

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import assert_same_tensors, fresh_training, make_training, snapshot
 
 import spotsafe
-from helpers import fresh_training, make_training, snapshot, assert_same_tensors
 
 
 @pytest.fixture

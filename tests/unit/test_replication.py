@@ -10,9 +10,9 @@ import torch
 
 import spotsafe
 from spotsafe._backoff import Backoff, retry
-from spotsafe.errors import RemoteError
 from spotsafe._format import committed_steps
 from spotsafe._storage import FsspecStorage, open_storage
+from spotsafe.errors import RemoteError
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_optimizer, assert_same_tensors, make_training, resign_manifest, snapshot
 
 import spotsafe
-from helpers import assert_same_optimizer, assert_same_tensors, make_training, resign_manifest, snapshot
 
 
 class Counter:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import uuid
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +16,7 @@ from spotsafe._engine import _pipeline
 from spotsafe._engine import _retention as engine_retention
 from spotsafe._engine._retention import StoreRetention
 from spotsafe._format import MANIFEST, FileEntry, Manifest, step_dir
+from spotsafe._storage import open_storage
 from spotsafe.policy import EverySteps
 from spotsafe.policy._retention import (
     KeepAny,
@@ -26,7 +26,6 @@ from spotsafe.policy._retention import (
     as_retention,
     select_deletions,
 )
-from spotsafe._storage import open_storage
 
 HOUR = 1_700_002_800.0  # a whole hour since the epoch, so 10-minute windows start on it
 

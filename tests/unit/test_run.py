@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import spotsafe
-from spotsafe.notices import AWS, FileTrigger, Signals
 from spotsafe._telemetry import read_events
+from spotsafe.notices import AWS, FileTrigger, Signals
 
 
 def make_state():
@@ -164,7 +164,7 @@ def test_an_error_in_the_loop_is_recorded_and_not_checkpointed(root):
             for step in run.steps(10):
                 train_step(model, opt)
                 if step == 3:
-                    1 / 0
+                    raise ZeroDivisionError("training bug")
     assert run.exit_code == 1
     with spotsafe.CheckpointManager(root) as mgr:
         assert mgr.latest_step() == 2                          # not the half-done step 3

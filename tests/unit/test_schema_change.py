@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 import torch
+from helpers import assert_same_optimizer, assert_same_tensors, fresh_training, make_training, snapshot
 
 import spotsafe
-from helpers import assert_same_optimizer, assert_same_tensors, fresh_training, make_training, snapshot
 
 
 class EMA:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from spotsafe.errors import UnsupportedStateError
 from spotsafe._state import decode, encode
+from spotsafe.errors import UnsupportedStateError
 
 
 def roundtrip(obj):

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import RAW, resign_manifest
 
 import spotsafe
-from spotsafe.cli._main import main
-from spotsafe.errors import CheckpointSkippedWarning
 from spotsafe._format import digest_bytes
 from spotsafe._format._manifest import _canonical
-from helpers import RAW, resign_manifest
+from spotsafe.cli._main import main
+from spotsafe.errors import CheckpointSkippedWarning
 
 OLD, NEW = "step-000000000001", "step-000000000002"
 
@@ -292,7 +292,7 @@ def _bounded(fn, seconds=20.0):
     def run():
         try:
             out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
+        except BaseException as e:
             out["error"] = e
 
     t = threading.Thread(target=run, daemon=True)

@@ -25,17 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._backoff import Backoff
-from ..errors import (
-    CheckpointNotFoundError,
-    CheckpointSkippedWarning,
-    CorruptCheckpointError,
-    LeaseLostError,
-    RemoteUnavailableError,
-    RemoteUnavailableWarning,
-    SpotsafeError,
-    StateMismatchError,
-    UnsafeFileError,
-)
 from .._format import (
     MANIFEST,
     CheckpointInfo,
@@ -55,15 +44,26 @@ from .._format import (
     tmp_dir,
     trash_dir,
 )
-from ..policy._retention import RetentionPolicy, as_retention
 from .._state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
 from .._storage import FsspecStorage, LeaseOptions, Owner, open_storage
+from ..errors import (
+    CheckpointNotFoundError,
+    CheckpointSkippedWarning,
+    CorruptCheckpointError,
+    LeaseLostError,
+    RemoteUnavailableError,
+    RemoteUnavailableWarning,
+    SpotsafeError,
+    StateMismatchError,
+    UnsafeFileError,
+)
+from ..policy._retention import RetentionPolicy, as_retention
 from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._retention import StoreRetention, Verdict
 from ._staging import StagingBuffers
-from ._writer import RootHold
 from ._threads import lower_thread_priority
+from ._writer import RootHold
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class CheckpointManager:
         try:
             try:
                 self._clean_leftovers()
-            except Exception as e:  # noqa: BLE001 - classified
+            except Exception as e:
                 if not (isinstance(self.storage, FsspecStorage) and is_transient(e)):
                     raise
                 raise RemoteUnavailableError(f"Cannot reach the run root {self.root} ({type(e).__name__}: {e}); check "
@@ -390,7 +390,7 @@ class CheckpointManager:
             try:
                 newest = committed_steps(self.storage)
                 there = f"the newest checkpoint there is {step_dir(newest[-1]) if newest else 'none'}"
-            except Exception as listing:  # noqa: BLE001 - the save's own error is the one to name
+            except Exception as listing:
                 there = f"the root cannot be listed either ({type(listing).__name__})"
             raise SpotsafeError(f"Background save of {step_dir(step)} to {self.root} failed ({type(e).__name__}: "
                                 f"{e}); {there}; {_remedy(e)}.") from e
@@ -431,7 +431,7 @@ class CheckpointManager:
         pinned = self._replicator.pinned() if self._replicator else set()
         try:
             doomed = self._retention.deletions(committed)
-        except Exception as e:  # noqa: BLE001 - raised on the next call
+        except Exception as e:
             self._deletions.append((f"old checkpoints before {step_dir(committed)}", _failed(e)))
             return
         for s in doomed:
@@ -439,7 +439,7 @@ class CheckpointManager:
                 continue  # still to be uploaded; a later prune removes it
             try:
                 gone = self.storage.retire(step_dir(s), trash_dir(s))
-            except Exception as e:  # noqa: BLE001 - raised on the next call; the next prune tries again
+            except Exception as e:
                 self._deletions.append((f"old checkpoint {step_dir(s)}", _failed(e)))
                 continue
             self._retention.forget(s)
@@ -509,7 +509,7 @@ class CheckpointManager:
                 if down is not None:
                     raise down
                 tiers.append(("remote", self.remote, committed_steps(self.remote)))
-            except Exception as e:  # noqa: BLE001 - classified
+            except Exception as e:
                 if not is_transient(e):
                     raise
                 unreachable = f"{type(e).__name__}: {e}"
@@ -540,7 +540,7 @@ class CheckpointManager:
                                         partial=partial)  # touches nothing; a malformed tree is corrupt: a skip
                 except StateMismatchError:
                     raise  # a valid checkpoint that does not fit the objects: only the caller can decide
-                except Exception as e:  # noqa: BLE001 - an unreachable store falls back; anything else is a skip
+                except Exception as e:
                     invalid = isinstance(e, (ManifestError, CorruptCheckpointError))
                     transient = tier == "remote" and not invalid and is_transient(e)
                     where = f"{name} in {storage.url}"
@@ -628,7 +628,7 @@ class CheckpointManager:
             except BaseException:
                 self.storage.abort(handle)
                 raise
-        except Exception as e:  # noqa: BLE001 - a repair is a bonus; the restore stands
+        except Exception as e:
             logger.warning("Could not repair %s in %s from its verified copy on %s (%s: %s); the restore stands, "
                            "and the next save writes a new local checkpoint.", name, self.root, self.remote.url,
                            type(e).__name__, e)
@@ -667,14 +667,14 @@ class CheckpointManager:
         try:
             try:
                 self._finish_inflight()  # no timeout: the lock is not released while it writes anyway
-            except BaseException as e:  # noqa: BLE001 - raised below, after the threads stop
+            except BaseException as e:
                 errors.append(e)
             self._persist_executor.shutdown(wait=True)
             if self._replicator is not None:
                 try:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     self._replicator.close(wait=wait_remote and not errors, timeout=left)
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     errors.append(e)
             self._gc_executor.shutdown(wait=True)
             self._hash_executor.shutdown(wait=True)
@@ -682,7 +682,7 @@ class CheckpointManager:
             self._buffers.release()
             try:
                 self._raise_background_errors(wait=True)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 errors.append(e)
             try:
                 self._hold.check_leases()

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CorruptCheckpointError, UnsupportedStateError
 from .._format import (
     ComponentEntry,
     FileEntry,
@@ -35,8 +34,9 @@ from .._format import (
     size_problem,
     unreadable_reason,
 )
-from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
 from .._state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
+from ..errors import CorruptCheckpointError, UnsupportedStateError
+from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
 
 _ZEROS = memoryview(bytes(ALIGN))
 
@@ -93,7 +93,7 @@ def _byte_view(a: Any) -> memoryview:
 
 def _entries(arrays: list, devices: list[str], offsets: list[int], file: str) -> list[TensorEntry]:
     entries = []
-    for a, dev, off in zip(arrays, devices, offsets):
+    for a, dev, off in zip(arrays, devices, offsets, strict=True):
         n = array_nbytes(a)
         if isinstance(a, torch.Tensor):
             entries.append(TensorEntry(dtype_name(a.dtype), tuple(a.shape), off, n, file, "tensor", dev))
@@ -104,7 +104,7 @@ def _entries(arrays: list, devices: list[str], offsets: list[int], file: str) ->
 
 def _zero_copy_pieces(arrays: list, offsets: list[int]) -> list[memoryview]:
     pieces, pos = [], 0
-    for a, off in zip(arrays, offsets):
+    for a, off in zip(arrays, offsets, strict=True):
         if off > pos:
             pieces.append(_ZEROS[:off - pos])
         view = _byte_view(a)
@@ -251,7 +251,7 @@ def read_verified(storage: Any, name: str, manifest: Manifest, io_executor: Any)
             raise MemoryError(f"{fname} ({_gib(size)}) could not be allocated; free memory or restore on a larger "
                               "machine") from None
     results = storage.read_files([(f"{name}/{f}", memoryview(bufs[f].numpy())) for f in names], io_executor)
-    for fname, (n, digest) in zip(names, results):
+    for fname, (n, digest) in zip(names, results, strict=True):
         problem = content_problem(fname, manifest.files[fname], n, digest)
         if problem is not None:
             raise CorruptCheckpointError(problem)

@@ -44,7 +44,6 @@ import time
 from dataclasses import dataclass
 
 from .._backoff import Backoff, retry
-from ..errors import CorruptCheckpointError, RemoteError
 from .._format import (
     MANIFEST,
     Manifest,
@@ -62,8 +61,9 @@ from .._format import (
     trash_dir,
 )
 from .._format._schema import MAX_MANIFEST_BYTES
-from ..policy._retention import RetentionPolicy
 from .._storage._local import UnsafeFileError
+from ..errors import CorruptCheckpointError, RemoteError
+from ..policy._retention import RetentionPolicy
 from ._retention import StoreRetention, Verdict
 from ._threads import lower_thread_priority
 
@@ -272,7 +272,7 @@ class Replicator:
         self._retries = 0
         try:
             self._start()
-        except BaseException as e:  # noqa: BLE001 - handed to the training thread
+        except BaseException as e:
             self._fail(RemoteError(f"Cannot reach the remote {self.remote.url} ({type(e).__name__}: {e}); "
                                    "check the URL, the credentials and the network."), e)
         with self._cond:
@@ -288,7 +288,7 @@ class Replicator:
                 self._inflight = step
             try:
                 self._upload(step)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 self._fail(RemoteError(f"Uploading {step_dir(step)} to {self.remote.url} failed after "
                                        f"{self._retries} retries ({type(e).__name__}: {e}); the newest step "
                                        f"confirmed on the remote is still {self._watermark_name()}."), e)
@@ -383,7 +383,7 @@ class Replicator:
         if self._retries:
             try:  # a failed attempt may have left an incomplete multipart upload behind
                 self.remote.abort_incomplete_uploads(name)
-            except Exception as e:  # noqa: BLE001 - the next writer cleans it up at start
+            except Exception as e:
                 logger.info("Could not list incomplete uploads of %s in %s (%s)", name, self.remote.url, e)
         self.uploads.append(UploadStats(step, manifest.total_bytes, time.perf_counter() - t0, self._retries))
         del self.uploads[:-100]
@@ -488,7 +488,7 @@ class Replicator:
         self.remote.remove(name)
         try:
             self.remote.abort_incomplete_uploads(name)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             logger.info("Could not list incomplete uploads of %s in %s (%s)", name, self.remote.url, e)
 
     def _reject(self, step: int, reason: str, raw: bytes | None = None) -> None:
@@ -518,7 +518,7 @@ class Replicator:
                 with self._cond:
                     self._confirmed.discard(s)
                 self.remote.remove(gone, strict=True)
-        except Exception as e:  # noqa: BLE001 - an old remote checkpoint left is not data loss
+        except Exception as e:
             logger.warning("Pruning old checkpoints in %s failed (%s); will retry after the next upload",
                            self.remote.url, e)
         with self._cond:

@@ -156,7 +156,7 @@ class StoreRetention:
                 if problem is not None:
                     return Verdict(False, manifest.created, digest, problem)
             return Verdict(True, manifest.created, digest)
-        except Exception as e:  # noqa: BLE001 - no verdict: kept, and checked again by the next prune
+        except Exception as e:
             logger.info("Keeping %s in %s for now: it cannot be checked (%s: %s)", name, self.storage.url,
                         type(e).__name__, e)
             return None

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .._format._layout import ALIGN  # the reader checks every offset against the same alignment
+
 PAGE = 4096
 
 
@@ -92,7 +93,7 @@ class StagingBuffers:
         pin = any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in arrays)
         pin = pin and torch.cuda.is_available()
         buf = self._buffer(name, total, pin)
-        for a, off in zip(arrays, offsets):
+        for a, off in zip(arrays, offsets, strict=True):
             n = array_nbytes(a)
             if n == 0:
                 continue

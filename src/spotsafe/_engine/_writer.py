@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ReadOnlyRootError, RemoteError, RootLockedError
 from .._format._layout import WRITER_LEASE, WRITER_LOCK
 from .._storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, WriterLock
 from .._telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
+from ..errors import ReadOnlyRootError, RemoteError, RootLockedError
 from ._replicate import is_transient
 
 
@@ -73,7 +73,7 @@ class RootHold:
             lease.acquire()
         except RootLockedError:
             raise
-        except Exception as e:  # noqa: BLE001 - classified
+        except Exception as e:
             if not is_transient(e):
                 raise RemoteError(f"Cannot take the writer lease {lease.url} ({type(e).__name__}: {e}); check "
                                   "the URL, the bucket and the credentials.") from e

@@ -14,7 +14,7 @@ ALGORITHM = "xxh3_64"
 _READ_CHUNK = 16 << 20
 
 
-def new_hasher() -> "xxhash.xxh3_64":
+def new_hasher() -> xxhash.xxh3_64:
     """A fresh streaming hasher."""
     return xxhash.xxh3_64()
 

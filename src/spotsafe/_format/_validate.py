@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from itertools import pairwise
 from typing import Any
 
 from ._layout import ALIGN, MANIFEST, MAX_STEP
@@ -243,7 +244,7 @@ def check_tables(files: dict[str, Any], comps: dict[str, Any]) -> None:
                 spans.setdefault(t["file"], []).append((t["offset"], end, cname, i))
     for fname, s in spans.items():
         s.sort()
-        for (_, end, c1, i1), (start, _, c2, i2) in zip(s, s[1:]):
+        for (_, end, c1, i1), (start, _, c2, i2) in pairwise(s):
             _need(start >= end, f"tensor {i1} of component {c1!r} and tensor {i2} of component {c2!r} overlap "
                                 f"in {fname!r}")
 

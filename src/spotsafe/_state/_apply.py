@@ -34,7 +34,7 @@ import logging
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 RNG_COMPONENT = "__rng__"
 
-Partial = Union[bool, str, Collection[str]]
+Partial = bool | str | Collection[str]
 
 # Optimizer state entries that always have the shape of their parameter.
 _PARAM_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
@@ -142,11 +142,11 @@ def _check_optimizer(ckpt: str, name: str, opt: torch.optim.Optimizer, sd: Any) 
         raise StateMismatchError(f"Checkpoint {ckpt} has {len(groups)} parameter groups for state[{name!r}], "
                                  f"the optimizer has {len(opt.param_groups)}; {_WAY_OUT}.")
     params: dict[int, torch.Tensor] = {}
-    for i, (g, cur) in enumerate(zip(groups, opt.param_groups)):
+    for i, (g, cur) in enumerate(zip(groups, opt.param_groups, strict=True)):
         if len(g["params"]) != len(cur["params"]):
             raise StateMismatchError(f"Checkpoint {ckpt} has {len(g['params'])} parameters in group {i} of "
                                      f"state[{name!r}], the optimizer has {len(cur['params'])}; {_WAY_OUT}.")
-        params.update(zip(g["params"], cur["params"]))
+        params.update(zip(g["params"], cur["params"], strict=True))
     for pid, entry in sd["state"].items():
         p = params.get(pid)
         if p is None:
@@ -235,7 +235,7 @@ def apply_checkpoint(plan: RestorePlan) -> None:
         for step in reversed(undo):
             try:
                 step()
-            except Exception as e:  # noqa: BLE001 - the others still go back; the first error is raised
+            except Exception as e:
                 logger.error("Could not put an object back after a failed restore of %s: %s", ckpt, e)
         raise
     if plan.added or plan.removed:
@@ -264,7 +264,7 @@ def _way_back(name: str, obj: Any) -> Callable[[bool], None]:
     else:
         try:
             sd = copy.deepcopy(obj.state_dict())
-        except Exception as e:  # noqa: BLE001 - named below
+        except Exception as e:
             raise UnsupportedStateError(
                 f"state[{name!r}].state_dict() cannot be copied ({type(e).__name__}: {e}), so a failed restore could "
                 "not put it back; return tensors, numbers, strings and containers from it.") from e
@@ -305,10 +305,10 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     try:
         return bool(a == b) or (a != a and b != b)  # NaN equals NaN here
-    except Exception:  # noqa: BLE001 - incomparable: treat as changed, so it is put back
+    except Exception:
         return False
 
 

@@ -42,7 +42,7 @@ def check_rng(state: Any) -> None:
                         ("torch", lambda s: torch.Generator().set_state(_byte_tensor(s).clone()))):
         try:
             probe(state[name])
-        except Exception as e:  # noqa: BLE001 - whatever the generator refuses, the state is malformed
+        except Exception as e:
             raise ValueError(f"the {name} RNG state is malformed ({type(e).__name__}: {e})") from None
     cuda = state.get("cuda")
     if cuda is not None:

@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._format._schema import (
+    DEVICE_TYPES,
+    MAX_NDIM,
+    MAX_NUMBER_CHARS,
+    MAX_STATE_DEPTH,
+    NUMPY_DTYPES,
+    TORCH_DTYPES,
+    TORCH_VALUE_DTYPES,
+    device_ok,
+)
 from ..errors import UnsupportedStateError
-from .._format._schema import (DEVICE_TYPES, MAX_NDIM, MAX_NUMBER_CHARS, MAX_STATE_DEPTH, NUMPY_DTYPES, TORCH_DTYPES,
-                              TORCH_VALUE_DTYPES, device_ok)
 
 _BIG = 10 ** (MAX_NUMBER_CHARS - 1)  # a sign and 99 digits: the longest number the reader takes
 

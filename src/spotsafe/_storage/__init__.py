@@ -7,13 +7,11 @@ import re
 from typing import Any
 
 from ..errors import UnsupportedURLError
-
 from ._fsspec import FsspecStorage, ManifestLastCommit, check_url, is_url
 from ._lease import LeaseNotHeldError, LeaseOptions, RemoteLease
 from ._local import AtomicRenameCommit, LocalStorage
 from ._lock import WriterLock
 from ._owner import Owner
-
 
 _ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 _URL_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "http", "https", "hdfs"}

@@ -34,9 +34,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import (CorruptCheckpointError, MissingDependencyError, RemoteAccessError, RemoteUnavailableError,
-                      UnsupportedURLError)
 from .._format._hash import digest_bytes, new_hasher
+from ..errors import (
+    CorruptCheckpointError,
+    MissingDependencyError,
+    RemoteAccessError,
+    RemoteUnavailableError,
+    UnsupportedURLError,
+)
 from ._reads import hash_in_order
 
 logger = logging.getLogger(__name__)
@@ -101,7 +106,7 @@ def _tune_s3(fs: Any, url: str) -> None:
     fs.retries = 1  # s3fs's retry loop (5 tries by default) around botocore's: see REQUEST_ATTEMPTS
     try:
         client = sync(fs.loop, fs.set_session)
-    except Exception as e:  # noqa: BLE001 - classified: AWS settings that botocore rejects, or s3fs internals
+    except Exception as e:
         if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore"):
             raise RemoteAccessError(f"Cannot set up the S3 client for {url} ({type(e).__name__}: {e}); check the "
                                     f"AWS settings: {_CREDENTIALS_HINT}.") from None
@@ -112,7 +117,7 @@ def _tune_s3(fs: Any, url: str) -> None:
         raise RemoteAccessError(f"No AWS credentials found for {url}; {_CREDENTIALS_HINT}.")
     try:
         client.meta.events.register("before-send.s3", _drop_expect_header, unique_id="spotsafe-no-expect")
-    except Exception:  # noqa: BLE001 - an s3fs without these internals still works, only without the fix
+    except Exception:
         logger.debug("Could not tune the S3 client", exc_info=True)
 
 
@@ -147,7 +152,7 @@ def _access_errors(method: Callable) -> Callable:
 
 def _no_answer(e: BaseException) -> bool:
     """A timeout or a refused or dropped connection, from the standard library or the HTTP stack."""
-    if isinstance(e, RemoteUnavailableError) or isinstance(e, (FileNotFoundError, PermissionError)):
+    if isinstance(e, (RemoteUnavailableError, FileNotFoundError, PermissionError)):
         return False
     if isinstance(e, (TimeoutError, ConnectionError)):
         return True
@@ -550,6 +555,6 @@ async def _s3_multipart_upload(fs: Any, fd: int, rpath: str, size: int, checksum
         await asyncio.gather(*reads, return_exceptions=True)
         try:
             await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
-        except BaseException:  # noqa: BLE001 - the next writer aborts what is left
+        except BaseException:
             logger.debug("Could not abort multipart upload of %s", rpath, exc_info=True)
         raise

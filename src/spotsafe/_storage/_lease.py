@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .._units import parse_duration
@@ -90,7 +90,7 @@ class LeaseOptions:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 def _parse_iso(value: Any) -> float | None:
@@ -101,7 +101,7 @@ def _parse_iso(value: Any) -> float | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -239,7 +239,7 @@ class RemoteLease:
                 self._tick()
             except LeaseLostError:
                 raise
-            except Exception as e:  # noqa: BLE001 - classified
+            except Exception as e:
                 if not self._transient(e):
                     raise
                 raise LeaseNotHeldError(f"The writer lease {self.url} is not held ({type(e).__name__}: {e}); "
@@ -267,7 +267,7 @@ class RemoteLease:
                     if self._state == "held":
                         self._delete_if_ours()
                         logger.debug("Released the writer lease %s", self.url)
-                except Exception as e:  # noqa: BLE001 - an unreleased lease only expires
+                except Exception as e:
                     logger.warning("Could not release the writer lease %s (%s: %s); it expires by itself in "
                                    "%.0fs", self.url, type(e).__name__, e, self.options.ttl)
                 finally:
@@ -366,7 +366,7 @@ class RemoteLease:
             try:
                 self._etag = self._s3_put(body, **cond)
                 written = True
-            except Exception as e:  # noqa: BLE001 - classified
+            except Exception as e:
                 if _precondition_failed(e) or isinstance(e, FileExistsError):
                     return False  # another writer got there first
                 if not _unsupported(e):
@@ -377,7 +377,7 @@ class RemoteLease:
                 try:
                     self._s3_put(body, **cond)
                     self._cas = False
-                except Exception as e:  # noqa: BLE001 - classified
+                except Exception as e:
                     if not (_precondition_failed(e) or isinstance(e, FileExistsError)):
                         raise
                     self._cas = True
@@ -412,7 +412,7 @@ class RemoteLease:
                 try:
                     self._etag = self._s3_put(body, IfMatch=self._etag)
                     break
-                except Exception as e:  # noqa: BLE001 - classified
+                except Exception as e:
                     if not (_precondition_failed(e) or isinstance(e, FileNotFoundError)):
                         raise
                     raw, etag, present = self._read()
@@ -483,7 +483,7 @@ class RemoteLease:
                     self._tick()
                 except LeaseLostError:
                     return
-                except Exception as e:  # noqa: BLE001 - retried; guard() refuses writes once overdue
+                except Exception as e:
                     if self._stop.is_set():
                         return
                     self._renew_errors += 1
@@ -498,7 +498,7 @@ class RemoteLease:
                 try:
                     self.storage.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
                     return
-                except Exception as e:  # noqa: BLE001 - classified
+                except Exception as e:
                     if not _precondition_failed(e):
                         if not _unsupported(e):
                             raise

@@ -22,8 +22,8 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from ..errors import ReadOnlyRootError, UnsafeFileError
 from .._format._hash import digest_fd, new_hasher
+from ..errors import ReadOnlyRootError, UnsafeFileError
 from ._reads import hash_in_order
 
 _PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large enough to stream

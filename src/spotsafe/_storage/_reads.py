@@ -16,7 +16,7 @@ def hash_in_order(bufs: list[memoryview], jobs: list[list[Piece]]) -> list[tuple
     the byte count reports what was actually read.
     """
     results = []
-    for buf, pieces in zip(bufs, jobs):
+    for buf, pieces in zip(bufs, jobs, strict=True):
         hasher, total = new_hasher(), 0
         for start, stop, fut in pieces:
             got = fut.result()

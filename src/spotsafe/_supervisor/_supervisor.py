@@ -54,15 +54,22 @@ from pathlib import Path
 
 from .._backoff import Backoff
 from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
-from .._exitcodes import (EXIT_BUDGET, EXIT_CRASH_LOOP, EXIT_NOT_FOUND, EXIT_OK, EXIT_PREEMPTED,
-                          EXIT_ROOT_LOCKED, EXIT_STOP_UNSAFE)
-from .._units import format_duration
+from .._exitcodes import (
+    EXIT_BUDGET,
+    EXIT_CRASH_LOOP,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_ROOT_LOCKED,
+    EXIT_STOP_UNSAFE,
+)
 from .._storage import is_url
 from .._telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
 from .._telemetry._events import file_host
 from .._telemetry._identity import SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
 from .._telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
 from .._telemetry._mirror import EventMirror
+from .._units import format_duration
 from ._chaos import KILL, Chaos
 from ._profile import Profile
 
@@ -111,7 +118,7 @@ def newest_checkpoint(locations: list[str], storage_options: dict | None = None)
                 if check_checkpoint(storage, step, deep=False).valid:
                     best = step
                     break
-        except Exception as e:  # noqa: BLE001 - an unreachable tier is no progress, not a failure
+        except Exception as e:
             logger.warning("Cannot read the checkpoints at %s (%s); counting no progress there.", loc, e)
     return best
 
@@ -560,5 +567,5 @@ class Supervisor:
         if self._on_attempt_end is not None:
             try:
                 self._on_attempt_end(self.events_dir)
-            except Exception as e:  # noqa: BLE001 - an export must not end the run
+            except Exception as e:
                 logger.warning("Cannot export metrics (%s).", e)

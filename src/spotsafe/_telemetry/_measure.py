@@ -26,6 +26,7 @@ import bisect
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 SUPERVISOR = "supervisor"
 
@@ -139,7 +140,7 @@ def idle_after_finish(events: list[dict], spans: list[Attempt]) -> float:
     last event before the rerun began (its supervisor's start, else its first event) to that start."""
     ts = sorted(e["ts"] for e in events)
     idle = 0.0
-    for s, nxt in zip(spans, spans[1:]):
+    for s, nxt in pairwise(spans):
         if s.outcome != "finished":
             continue
         begin = min((e["ts"] for e in events if e.get("role") == SUPERVISOR and e["event"] == "supervisor_start"
@@ -156,7 +157,7 @@ def restart_gaps(spans: list[Attempt], *, from_last_step: bool = False) -> dict[
     with ``from_last_step`` from its last step (the report's "time lost": the emergency save
     included)."""
     out = {}
-    for i, (s, nxt) in enumerate(zip(spans, spans[1:])):
+    for i, (s, nxt) in enumerate(pairwise(spans)):
         if s.outcome == "finished":
             continue
         first = nxt.first_step_ts
@@ -187,7 +188,7 @@ def measure(events: list[dict]) -> Measured:
     step_times = []
     for s in spans:
         ts = [e["ts"] for e in s.events if e["event"] == "metrics"]
-        step_times += [b - a for a, b in zip(ts, ts[1:]) if b > a]
+        step_times += [b - a for a, b in pairwise(ts) if b > a]
     stalls = [c["stall_s"] for s in spans for c in s.checkpoints if c.get("stall_s")]
     return Measured(
         attempts=attempt_count(events, spans), interruptions=interruptions, running_s=running,

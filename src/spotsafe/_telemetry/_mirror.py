@@ -86,7 +86,7 @@ class EventMirror:
                 self._storage = open_storage(self.remote, self._options)
             self._storage.put_bytes(f"{REMOTE_EVENTS}/{path.name}", data)
             self._pushed[path.name] = len(data)
-        except Exception as e:  # noqa: BLE001 - telemetry must never stop training
+        except Exception as e:
             self.errors += 1
             logger.warning("Cannot copy events %s to %s/%s (%s); will try again on the next push.",
                            path.name, self.remote, REMOTE_EVENTS, e)
@@ -95,7 +95,6 @@ class EventMirror:
 def read_remote_events(remote: str, storage_options: dict[str, Any] | None = None) -> list[dict]:
     """Every event under ``<remote>/events/`` (all writers), oldest first; torn lines skipped."""
     from .._storage import open_storage
-
     from ._events import parse_lines
 
     storage = open_storage(remote, storage_options)

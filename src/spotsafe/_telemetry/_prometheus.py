@@ -102,13 +102,13 @@ def serve_metrics(text: Callable[[], str], port: int, host: str = "127.0.0.1") -
     """Serve ``GET /metrics`` with ``text()`` from a daemon thread; ``server.shutdown()`` stops it."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             if self.path.split("?")[0] != "/metrics":
                 self.send_error(404, "Only /metrics is served here.")
                 return
             try:
                 body = text().encode()
-            except Exception as e:  # noqa: BLE001 - a scrape error is reported to the scraper
+            except Exception as e:
                 self.send_error(500, f"Cannot compute the metrics: {e}")
                 return
             self.send_response(200)
@@ -117,7 +117,7 @@ def serve_metrics(text: Callable[[], str], port: int, host: str = "127.0.0.1") -
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     server = ThreadingHTTPServer((host, port), Handler)

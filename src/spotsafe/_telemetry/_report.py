@@ -31,6 +31,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from ._measure import SUPERVISOR, Attempt, attempt_count, attempts, idle_after_finish, restart_gaps
@@ -123,7 +124,7 @@ def _replayed_metrics(spans: list[Attempt], keep: int = 10) -> dict[str, Any]:
     differing: list[dict] = []
     for step in sorted(runs):
         execs = runs[step]
-        for (a0, before), (a1, after) in zip(execs, execs[1:]):
+        for (a0, before), (a1, after) in pairwise(execs):
             names = [k for k in after if k in before]
             steps += bool(names)
             for k in names:

@@ -14,13 +14,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .._version import __version__
 from .._format import check_checkpoint, committed_steps, list_checkpoints, read_manifest_bytes, step_dir
 from .._format._validate import load_json
 from .._storage import FsspecStorage, LocalStorage, open_storage
-from ._safe import markup, plain
+from .._version import __version__
 from ._errors import SafeGroup, fail
 from ._params import STEP
+from ._safe import markup, plain
 
 _out = Console(highlight=False, soft_wrap=True)  # one line per checkpoint, however long its reason
 

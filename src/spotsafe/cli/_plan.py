@@ -37,7 +37,7 @@ def _rate(ctx, param, value):
     try:
         rate = float(text)
     except ValueError:
-        raise click.BadParameter(f"Cannot read --rate {value!r}; give interruptions per hour, e.g. 0.2 or 0.2/h.")
+        raise click.BadParameter(f"Cannot read --rate {value!r}; give interruptions per hour, e.g. 0.2 or 0.2/h.") from None
     if not (math.isfinite(rate) and rate > 0):
         raise click.BadParameter(f"--rate {value!r} must be more than 0 per hour; use --mtbf for a duration.")
     return rate

@@ -11,14 +11,21 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .._units import format_duration
 from .._storage import check_root, is_url
 from .._supervisor import Chaos, Supervisor, get_profile
-from .._telemetry import (build_report, events_dir_of, prometheus_text, read_events, read_remote_events, serve_metrics,
-                         write_textfile)
+from .._telemetry import (
+    build_report,
+    events_dir_of,
+    prometheus_text,
+    read_events,
+    read_remote_events,
+    serve_metrics,
+    write_textfile,
+)
 from .._telemetry._events import _clean  # the one JSON-safe conversion
-from ._plan import _duration
+from .._units import format_duration
 from ._params import Finite
+from ._plan import _duration
 from ._safe import markup
 
 _out = Console(highlight=False, soft_wrap=True)

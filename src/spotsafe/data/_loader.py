@@ -133,7 +133,7 @@ class ResumableDataLoader:
         epoch = self.sampler.epoch
         planned = self.sampler.batches()
         self._batches.plan = [[(epoch, i) for i in mine] for mine, _ in planned]
-        for batch, (_, consumed) in zip(self._loader, planned):
+        for batch, (_, consumed) in zip(self._loader, planned, strict=False):
             self.sampler.position += consumed
             yield batch
         self.sampler.epoch, self.sampler.position = epoch + 1, 0

@@ -77,8 +77,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self):
         for mine, consumed in self.batches():
-            for i in mine:
-                yield i
+            yield from mine
             self.position += consumed
         self.epoch, self.position = self.epoch + 1, 0
 

@@ -9,8 +9,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from .._units import parse_duration
 from .._storage._local import open_regular
+from .._units import parse_duration
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 from ._poller import poll_interval
 

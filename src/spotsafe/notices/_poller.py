@@ -94,7 +94,7 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None, body: 
     except urllib.error.HTTPError as e:
         try:
             data = e.read(1 << 20)
-        except Exception:  # noqa: BLE001 - the status is what matters
+        except Exception:
             data = b""
         return Response(e.code, {k.lower(): v for k, v in (e.headers or {}).items()}, data)
     except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client's bad status line
@@ -212,7 +212,7 @@ class Poller(NoticeSource):
                                        self.name, self.url, e, self.interval)
                         warned = True
                 self._stop.wait(self.interval)
-        except Exception:  # noqa: BLE001 - a broken poller must not take the training run down
+        except Exception:
             logger.exception("The %s notice poller failed; %s notices are off", self.name, self.name)
             self._active = False
 

@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from typing import Union
 
 from ._clouds import AWS, GCP, Azure
 from ._file import FILE_ENV, FileTrigger
@@ -22,7 +21,7 @@ from ._signals import Kubernetes, Signals, Slurm
 
 logger = logging.getLogger(__name__)
 
-NoticesSpec = Union[str, None, bool, Iterable[Union[NoticeSource, str]]]
+NoticesSpec = str | None | bool | Iterable[NoticeSource | str]
 NAMES = ("signals", "kubernetes", "slurm", "aws", "gcp", "azure", "file")
 
 
@@ -77,7 +76,7 @@ class NoticeWatcher:
         for s in reversed(self.sources):
             try:
                 s.stop()
-            except Exception:  # noqa: BLE001 - stopping must not hide the run's own outcome
+            except Exception:
                 logger.exception("Stopping notice source %r failed", s)
         self._started = False
 
@@ -128,7 +127,7 @@ class NoticeWatcher:
         for s in self.sources:
             try:
                 s.acknowledge()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("Acknowledging the notice of %r failed", s)
 
     @property

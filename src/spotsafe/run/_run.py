@@ -24,19 +24,19 @@ from collections.abc import Collection, Iterator
 from datetime import timedelta
 from typing import Any
 
+from .._engine import CheckpointManager, SaveStats
 from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
-from .._units import format_duration, parse_duration, parse_interval
-from .._engine import CheckpointManager, SaveStats
-from ..errors import RootLockedError
 from .._format import step_dir
-from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
-from ..notices._watcher import NoticesSpec
-from ..policy import RetentionPolicy, SavePolicy, as_policy
 from .._storage import is_url
 from .._telemetry import EVENTS_DIR_ENV, EventLog, events_dir_of, measure, read_events
 from .._telemetry._identity import SUPERVISOR_ID_ENV, open_event_log
 from .._telemetry._mirror import EventMirror
+from .._units import format_duration, parse_duration, parse_interval
+from ..errors import RootLockedError
+from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
+from ..notices._watcher import NoticesSpec
+from ..policy import RetentionPolicy, SavePolicy, as_policy
 
 MIRROR_EVERY_S = 30.0
 
@@ -203,7 +203,7 @@ class Run:
             try:
                 try:
                     self.manager.wait()  # the save in flight is a consistent snapshot: keep it
-                except Exception as e:  # noqa: BLE001 - the loop's own error is the one to raise
+                except Exception as e:
                     logger.warning("The checkpoint in flight failed too: %s", e)
                 self._report_durable()
                 self.events.emit("stop", reason="exit" if isinstance(exc, SystemExit) else "error",
@@ -243,12 +243,12 @@ class Run:
         if self.manager is not None:
             try:
                 self.manager.close(wait_remote=wait_remote)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 errors.append(e)
             if self.exit_code is None:  # no stop event yet (it is the last event of a process)
                 try:
                     self._report_durable()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
         if self.watcher is not None:
             self.watcher.stop()
@@ -456,7 +456,7 @@ class Run:
                                        "dropped or refused). The newest step confirmed there is %s.", name,
                                        mgr.root, mgr.remote.url, self._confirmed_on_remote())
                         return "local"
-            except Exception as e:  # noqa: BLE001 - the local copy stands
+            except Exception as e:
                 if notice is None:
                     raise
                 logger.warning("%s is durable on local disk at %s; its upload to %s failed (%s).", name, mgr.root,
