@@ -35,7 +35,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from . import data, notices, policy
-    from ._engine import CheckpointManager, SaveStats, UploadStats
+    from ._engine import CheckpointManager, RestoreStats, SaveStats, UploadStats
     from ._format import CheckpointInfo
     from ._state import Stateful
     from ._storage import LeaseOptions
@@ -51,6 +51,7 @@ _LAZY = {
     "LeaseOptions": "spotsafe._storage",
     "Notice": "spotsafe.notices",
     "Preempted": "spotsafe.run",
+    "RestoreStats": "spotsafe._engine",
     "Run": "spotsafe.run",
     "SaveStats": "spotsafe._engine",
     "Stateful": "spotsafe._state",
@@ -82,6 +83,7 @@ __all__ = [
     "RemoteError",
     "RemoteUnavailableError",
     "RemoteUnavailableWarning",
+    "RestoreStats",
     "RootLockedError",
     "Run",
     "SaveStats",

@@ -24,6 +24,7 @@ EXPECTED = [
     "RemoteError",
     "RemoteUnavailableError",
     "RemoteUnavailableWarning",
+    "RestoreStats",
     "RootLockedError",
     "Run",
     "SaveStats",

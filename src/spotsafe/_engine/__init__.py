@@ -2,5 +2,6 @@
 
 from ._manager import CheckpointManager, SaveStats
 from ._replicate import UploadStats
+from ._restore_stats import RestoreStats
 
-__all__ = ["CheckpointManager", "SaveStats", "UploadStats"]
+__all__ = ["CheckpointManager", "RestoreStats", "SaveStats", "UploadStats"]

@@ -60,6 +60,7 @@ from ..errors import (
 from ..policy._retention import RetentionPolicy, as_retention
 from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
+from ._restore_stats import RestoreStats
 from ._retention import StoreRetention, Verdict
 from ._staging import StagingBuffers
 from ._threads import lower_thread_priority
@@ -198,6 +199,7 @@ class CheckpointManager:
         self.restored_tier: str | None = None
         self.restore_skipped: list[str] = []
         self.last_save: SaveStats | None = None
+        self.last_restore: RestoreStats | None = None
         self.durable_saves: deque[SaveStats] = deque(maxlen=100)
         self.skipped_saves = 0
         self._buffers = StagingBuffers()
@@ -500,7 +502,9 @@ class CheckpointManager:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
         partial_names(partial)  # a wrong type raises here, not as a reason to skip a checkpoint
+        t0 = time.perf_counter()
         self._finish_inflight()
+        t_list = time.perf_counter()
         tiers: list[tuple[str, Any, list[int]]] = [("root", self.storage, committed_steps(self.storage))]
         unreachable: str | None = None
         if self.remote is not None:
@@ -530,9 +534,11 @@ class CheckpointManager:
             for tier, storage, steps in tiers:
                 if s not in steps:
                     continue
+                t_read = time.perf_counter()
                 try:
                     manifest = read_manifest(storage, name)
                     bufs = read_verified(storage, name, manifest, self._io_executor)
+                    t_load = time.perf_counter()
                     loaded = dict(decode_components(manifest, bufs))
                     rng = loaded.pop(RNG_COMPONENT, None)
                     plan = plan_restore(name, {n: c.kind for n, c in manifest.components.items()
@@ -565,10 +571,14 @@ class CheckpointManager:
                     warnings.warn(f"Checkpoint {name} holds no RNG state; randomness will not replay exactly.",
                                   CheckpointSkippedWarning, stacklevel=2)
                 apply_checkpoint(plan)  # all or nothing: on failure every object is as it was
+                t_loaded = time.perf_counter()
                 self.restored = CheckpointInfo(s, name, f"{storage.url}/{name}", True, None, manifest)
                 self.restored_tier = tier
                 self.restore_skipped = skipped
                 self._after_restore(s, tier, manifest, bufs, rejected)
+                self.last_restore = RestoreStats(step=s, tier=tier, bytes=manifest.total_bytes, fallbacks=len(skipped),
+                                                 select_s=t_read - t_list, read_s=t_load - t_read,
+                                                 load_s=t_loaded - t_load, total_s=time.perf_counter() - t0)
                 if skipped:
                     logger.warning("Restored %s from %s after skipping %d invalid checkpoint(s): %s", name, tier,
                                    len(skipped), "; ".join(skipped))
@@ -576,6 +586,9 @@ class CheckpointManager:
                     logger.info("Restored %s from %s (%s)", name, tier, storage.url)
                 return s
         self.restore_skipped = skipped
+        self.last_restore = RestoreStats(step=None, tier=None, bytes=0, fallbacks=len(skipped),
+                                         select_s=time.perf_counter() - t_list, read_s=0.0, load_s=0.0,
+                                         total_s=time.perf_counter() - t0)
         if unreachable is not None and not fresh_if_unreachable:
             raise RemoteUnavailableError(
                 f"No valid checkpoint could be read: the remote {self.remote.url} is unreachable ({unreachable}) and "

@@ -166,16 +166,14 @@ class Run:
                              sources=self.watcher.active, policy=repr(self.policy),
                              **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
                                 else {}))
-            t0, w0 = time.perf_counter(), time.time()
+            w0 = time.time()
             restored = self.manager.restore(self.state, partial=self.partial)
             self._restore_window = (w0, time.time())
             self.start_step = self.step = restored or 0
             self._submitted = self._reported = self.step
-            info = self.manager.restored
+            info, stats = self.manager.restored, self.manager.last_restore
             self.events.emit("restore", step=restored, tier=self._tier_name(self.manager.restored_tier) if restored
-                             else None,
-                             seconds=time.perf_counter() - t0,
-                             bytes=info.manifest.total_bytes if info and info.manifest else 0,
+                             else None, seconds=stats.total_s, bytes=stats.bytes,
                              skipped=list(self.manager.restore_skipped))
             if restored:
                 logger.info("Resuming at step %d from %s", restored, info.location if info else self.root)
