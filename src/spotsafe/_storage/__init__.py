@@ -1,4 +1,8 @@
-"""Storage layer: bytes at a location and the commit strategy for it."""
+"""Storage layer: bytes at a location and the commit strategy for it.
+
+The contract every store keeps (phases of a write, call order, threads, what is atomic) is
+:mod:`._protocol`'s :class:`Storage`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from ._lease import LeaseNotHeldError, LeaseOptions, RemoteLease
 from ._local import AtomicRenameCommit, LocalStorage
 from ._lock import WriterLock
 from ._owner import Owner
+from ._protocol import CommitStrategy, Handle, LocalFiles, SaveNotBegunError, Storage, Uploadable
 
 _ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 _URL_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "http", "https", "hdfs"}
@@ -33,8 +38,12 @@ def check_root(root: str | os.PathLike) -> None:
                                   f"{typo.group(1)}://{s[typo.end():]} (or ./{s} for a local directory).")
 
 
-def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> LocalStorage | FsspecStorage:
+def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None = None, *,
+                 commit: CommitStrategy | None = None) -> Storage:
     """LocalStorage for a path (or ``file://``), FsspecStorage for any other URL.
+
+    ``commit``: how the store publishes a save (a :class:`CommitStrategy`); by default
+    :class:`AtomicRenameCommit` on a local path, :class:`ManifestLastCommit` at a URL.
 
     Raises :class:`~spotsafe.errors.UnsupportedURLError` for an unknown scheme, or a URL with
     one slash (``s3:/bucket``) that would otherwise become a local directory named ``s3:``;
@@ -42,10 +51,11 @@ def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None
     """
     check_root(root)
     if is_url(root):
-        return FsspecStorage(os.fspath(root), storage_options)
+        return FsspecStorage(os.fspath(root), storage_options, commit=commit)
     s = os.fspath(root)
-    return LocalStorage(s[len("file://"):] if s.startswith("file://") else s)
+    return LocalStorage(s[len("file://"):] if s.startswith("file://") else s, commit=commit)
 
 
-__all__ = ["AtomicRenameCommit", "FsspecStorage", "LeaseNotHeldError", "LeaseOptions", "LocalStorage",
-           "ManifestLastCommit", "Owner", "RemoteLease", "WriterLock", "check_root", "is_url", "open_storage"]
+__all__ = ["AtomicRenameCommit", "CommitStrategy", "FsspecStorage", "Handle", "LeaseNotHeldError", "LeaseOptions",
+           "LocalFiles", "LocalStorage", "ManifestLastCommit", "Owner", "RemoteLease", "SaveNotBegunError", "Storage",
+           "Uploadable", "WriterLock", "check_root", "is_url", "open_storage"]

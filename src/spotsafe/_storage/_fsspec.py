@@ -42,6 +42,7 @@ from ..errors import (
     RemoteUnavailableError,
     UnsupportedURLError,
 )
+from ._protocol import CommitStrategy, Handle, OpenSaves, Storage
 from ._reads import hash_in_order
 
 logger = logging.getLogger(__name__)
@@ -207,19 +208,42 @@ def _open_fs(url: str, options: dict[str, Any]) -> tuple[Any, str]:
 
 
 class ManifestLastCommit:
-    """Commit strategy for object stores: every file first, the manifest PUT last."""
+    """Commit strategy for object stores: every file first, the manifest PUT last.
 
-    def commit(self, storage: FsspecStorage, final_name: str, manifest_name: str, manifest: bytes) -> None:
+    Needs a store whose ``begin`` returned ``final_name`` itself (files written in place)
+    and whose ``listdir_committed`` lists only names holding the manifest. The atomic step
+    is the one PUT: a crash before it leaves ``final_name/`` without a manifest (never
+    listed, removed by the next writer); after it, the step committed and complete.
+    """
+
+    def commit(self, storage: Storage, handle: Handle, final_name: str, manifest_name: str,
+               manifest: bytes) -> None:
+        """PUT ``manifest`` as ``final_name/manifest_name``: the commit point."""
+        if handle != final_name:
+            raise ValueError(f"ManifestLastCommit publishes files written in place, but {storage.url} wrote this "
+                             f"save under {handle!r}, not {final_name!r}; use AtomicRenameCommit on that store.")
         storage.put_bytes(f"{final_name}/{manifest_name}", manifest)
 
 
 class FsspecStorage:
-    """A run root at an fsspec URL. Same methods as :class:`LocalStorage`."""
+    """A run root at an fsspec URL.
 
-    commit_strategy = ManifestLastCommit()
+    Implements :class:`~spotsafe._storage._protocol.Storage` and
+    :class:`~spotsafe._storage._protocol.Uploadable`; the protocol's module docstring gives the
+    call order and which engine thread calls what.
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    Args:
+        url: The root, ``scheme://bucket/prefix``.
+        storage_options: Options for the fsspec file system (endpoint, credentials).
+        commit: How a save is published (:class:`~spotsafe._storage._protocol.CommitStrategy`);
+            default :class:`ManifestLastCommit`.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
+                 commit: CommitStrategy | None = None) -> None:
         self._url = url.rstrip("/")
+        self.commit_strategy: CommitStrategy = commit if commit is not None else ManifestLastCommit()
+        self._saves = OpenSaves(self._url)
         self.fs, path = _open_fs(self._url, dict(storage_options or {}))
         self.root = path.rstrip("/")
         # Called before every write: the writer lease's check (one writer per root), or None;
@@ -326,19 +350,21 @@ class FsspecStorage:
     def make_root(self) -> None:
         """Nothing to create: object stores make prefixes implicitly (the bucket must exist)."""
 
-    def begin(self, final_name: str, tmp_name: str) -> str:
+    def begin(self, final_name: str, tmp_name: str) -> Handle:
         """Uploads go straight to ``final_name``; a stale uncommitted one there is removed first."""
         self.remove(final_name)
-        return final_name
+        return self._saves.begun(final_name)
 
-    def abort(self, handle: str) -> None:
+    def abort(self, handle: Handle) -> None:
+        """Throw away an uncommitted save: everything under ``handle`` goes."""
+        self._saves.end(handle)
         self.remove(handle)
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         self._guard(strict=True)
         self.fs.pipe_file(self._p(rel), bytes(data))
 
-    def write_file(self, handle: str, name: str, pieces: Iterable[memoryview],
+    def write_file(self, handle: Handle, name: str, pieces: Iterable[memoryview],
                    hash_executor: Executor, *, direct: bool = False) -> tuple[int, str]:
         """Upload ``pieces`` as one object; (size, digest)."""
         self._guard()
@@ -399,8 +425,11 @@ class FsspecStorage:
         finally:
             self.fs.invalidate_cache(posixpath.dirname(path))
 
-    def commit(self, handle: str, final_name: str, manifest_name: str, manifest: bytes) -> None:
-        self.commit_strategy.commit(self, final_name, manifest_name, manifest)
+    def commit(self, handle: Handle, final_name: str, manifest_name: str, manifest: bytes) -> None:
+        """Publish the save ``handle`` as ``final_name`` through :attr:`commit_strategy`."""
+        self._saves.check(handle)
+        self.commit_strategy.commit(self, handle, final_name, manifest_name, manifest)
+        self._saves.end(handle)
 
     def retire(self, name: str, trash_name: str) -> str:
         """Uncommit ``name`` at once by deleting its manifest; returns what to :meth:`remove` later."""

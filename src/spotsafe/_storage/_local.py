@@ -24,6 +24,7 @@ from typing import Any
 
 from .._format._hash import digest_fd, new_hasher
 from ..errors import ReadOnlyRootError, UnsafeFileError
+from ._protocol import CommitStrategy, Handle, LocalFiles, OpenSaves, Storage
 from ._reads import hash_in_order
 
 _PIECE = 32 << 20  # write granularity: small enough to overlap hashing, large enough to stream
@@ -136,13 +137,24 @@ def _open_direct(path: Path) -> int | None:
 
 
 class AtomicRenameCommit:
-    """Commit strategy for POSIX directories: manifest into the temp dir, then rename."""
+    """Commit strategy for POSIX directories: manifest into the temp dir, fsync, then rename.
 
-    def commit(self, tmp: Path, final: Path, manifest_name: str, manifest: bytes) -> None:
-        """Write the manifest, make everything durable and publish ``tmp`` as ``final``.
+    Needs a store with paths (:class:`~spotsafe._storage._protocol.LocalFiles`) whose
+    ``begin`` returned a temp directory. The atomic step is ``rename(2)``: a crash before
+    it leaves only ``<handle>/`` (a leftover, never listed); after it, ``final_name/``
+    complete and durable once the root is fsynced.
+    """
 
-        Raises FileExistsError when ``final`` exists; the caller decides what to do.
+    def commit(self, storage: Storage, handle: Handle, final_name: str, manifest_name: str,
+               manifest: bytes) -> None:
+        """Write the manifest, make everything durable and publish ``handle`` as ``final_name``.
+
+        Raises FileExistsError when ``final_name`` exists; the caller decides what to do.
         """
+        if not isinstance(storage, LocalFiles):
+            raise TypeError(f"AtomicRenameCommit needs a store on a POSIX file system, and {storage.url} is not one; "
+                            "use ManifestLastCommit for an object store.")
+        tmp, final = storage.path(handle), storage.path(final_name)
         fd = os.open(tmp / manifest_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             _write_all(fd, memoryview(manifest))
@@ -159,15 +171,23 @@ class AtomicRenameCommit:
 class LocalStorage:
     """A run root on a local (or network-mounted POSIX) file system.
 
-    Single writer per root: the process that saves is the one that cleans leftovers.
-    Methods are called from the thread that calls ``CheckpointManager.save``/``restore``;
-    hashing runs on the executor passed in.
+    Implements :class:`~spotsafe._storage._protocol.Storage` and
+    :class:`~spotsafe._storage._protocol.LocalFiles`; the protocol's module docstring gives
+    the call order and which engine thread calls what (writes on the persist thread,
+    removals on the gc thread, reads on the upload thread and, for restore, the caller's
+    thread with the I/O executor). Single writer per root: the process that saves is the
+    one that cleans leftovers.
+
+    Args:
+        root: The run root directory (``~`` is expanded; made absolute).
+        commit: How a save is published (:class:`~spotsafe._storage._protocol.CommitStrategy`);
+            default :class:`AtomicRenameCommit`.
     """
 
-    commit_strategy = AtomicRenameCommit()
-
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, commit: CommitStrategy | None = None) -> None:
         self.root = Path(root).expanduser().absolute()
+        self.commit_strategy: CommitStrategy = commit if commit is not None else AtomicRenameCommit()
+        self._saves = OpenSaves(str(self.root))
 
     @property
     def url(self) -> str:
@@ -286,17 +306,17 @@ class LocalStorage:
             raise ReadOnlyRootError(f"Run root {self.root} cannot be created here ({e.strerror}); use a writable "
                                     "directory as the root.") from None
 
-    def begin(self, final_name: str, tmp_name: str) -> Path:
-        """Start a save that will be published as ``final_name``: create its temp directory."""
-        p = self.root / tmp_name
-        p.mkdir()
-        return p
+    def begin(self, final_name: str, tmp_name: str) -> Handle:
+        """Start a save that will be published as ``final_name``: create its temp directory ``tmp_name``."""
+        (self.root / tmp_name).mkdir()
+        return self._saves.begun(tmp_name)
 
-    def abort(self, handle: Path) -> None:
-        """Throw away an uncommitted save."""
-        self.remove(handle.name)
+    def abort(self, handle: Handle) -> None:
+        """Throw away an uncommitted save: its temp directory goes."""
+        self._saves.end(handle)
+        self.remove(handle)
 
-    def write_file(self, handle: Path, name: str, pieces: Iterable[memoryview],
+    def write_file(self, handle: Handle, name: str, pieces: Iterable[memoryview],
                    hash_executor: Executor, *, direct: bool = False) -> tuple[int, str]:
         """Write ``pieces`` to a new file of the save, hash them on ``hash_executor``, fsync; (size, digest).
 
@@ -314,7 +334,7 @@ class LocalStorage:
         futures = []
         batch: list[memoryview] = []
         batched = size = 0
-        path = handle / name
+        path = self.root / handle / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         dfd = _open_direct(path) if direct else None
         try:
@@ -348,8 +368,11 @@ class LocalStorage:
                 f.result()
         return size, hasher.hexdigest()
 
-    def commit(self, handle: Path, final_name: str, manifest_name: str, manifest: bytes) -> None:
-        self.commit_strategy.commit(handle, self.root / final_name, manifest_name, manifest)
+    def commit(self, handle: Handle, final_name: str, manifest_name: str, manifest: bytes) -> None:
+        """Publish the save ``handle`` as ``final_name`` through :attr:`commit_strategy`."""
+        self._saves.check(handle)
+        self.commit_strategy.commit(self, handle, final_name, manifest_name, manifest)
+        self._saves.end(handle)
 
     def retire(self, name: str, trash_name: str) -> str:
         """Make committed ``name`` invisible at once; returns what to :meth:`remove` later.
