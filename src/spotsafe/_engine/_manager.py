@@ -45,7 +45,7 @@ from .._format import (
     trash_dir,
 )
 from .._state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
-from .._storage import FsspecStorage, LeaseOptions, Owner, open_storage
+from .._storage import LeaseOptions, LocalFiles, Owner, Storage, Uploadable, open_storage
 from ..errors import (
     CheckpointNotFoundError,
     CheckpointSkippedWarning,
@@ -180,14 +180,14 @@ class CheckpointManager:
         self.keep = as_retention(keep_last, keep_every, keep)
         if when_busy not in WHEN_BUSY:
             raise ValueError(f"when_busy={when_busy!r} is not one of {WHEN_BUSY}.")
-        self.storage = open_storage(root, storage_options)
-        self.remote: FsspecStorage | None = None
+        self.storage: Storage = open_storage(root, storage_options)
+        self.remote: Uploadable | None = None
         if remote is not None:
-            if isinstance(self.storage, FsspecStorage):
+            if not isinstance(self.storage, LocalFiles):  # the replicator reads a local root's files
                 raise ValueError(f"root {self.storage.url} is already remote; pass a local directory as root "
                                  "and the URL as remote, or drop remote.")
             rs = open_storage(remote, storage_options)
-            if not isinstance(rs, FsspecStorage):
+            if not isinstance(rs, Uploadable):
                 raise ValueError(f"remote={remote!r} is a local path; pass a URL such as s3://bucket/run.")
             self.remote = rs
         self.keep_last = keep_last if keep is None else None
@@ -224,7 +224,7 @@ class CheckpointManager:
             try:
                 self._clean_leftovers()
             except Exception as e:
-                if not (isinstance(self.storage, FsspecStorage) and is_transient(e)):
+                if isinstance(self.storage, LocalFiles) or not is_transient(e):
                     raise
                 raise RemoteUnavailableError(f"Cannot reach the run root {self.root} ({type(e).__name__}: {e}); check "
                                              "the URL, the endpoint and the network, then start again.") from None
@@ -505,7 +505,7 @@ class CheckpointManager:
         t0 = time.perf_counter()
         self._finish_inflight()
         t_list = time.perf_counter()
-        tiers: list[tuple[str, Any, list[int]]] = [("root", self.storage, committed_steps(self.storage))]
+        tiers: list[tuple[str, Storage, list[int]]] = [("root", self.storage, committed_steps(self.storage))]
         unreachable: str | None = None
         if self.remote is not None:
             try:

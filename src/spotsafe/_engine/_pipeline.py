@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .._format import (
     unreadable_reason,
 )
 from .._state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
+from .._storage import Handle, Storage
 from ..errors import CorruptCheckpointError, UnsupportedStateError
 from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
 
@@ -169,8 +171,8 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
     return Staged(step, comps, epoch, meta, time.perf_counter() - t0)
 
 
-def persist(staged: Staged, storage: Any, tmp: Any, hash_executor: Any) -> Manifest:
-    """Write every component file into ``tmp`` and return the manifest describing them."""
+def persist(staged: Staged, storage: Storage, tmp: Handle, hash_executor: Executor) -> Manifest:
+    """Write every component file into the save ``tmp`` (begun, not committed) and return the manifest describing them."""
     files: dict[str, FileEntry] = {}
     components: dict[str, ComponentEntry] = {}
     for comp in staged.components:
@@ -225,7 +227,7 @@ def available_memory() -> int | None:
     return avail
 
 
-def read_verified(storage: Any, name: str, manifest: Manifest, io_executor: Any) -> dict[str, torch.Tensor]:
+def read_verified(storage: Storage, name: str, manifest: Manifest, io_executor: Executor) -> dict[str, torch.Tensor]:
     """Read every file of a checkpoint into memory and check its size and checksum.
 
     Raises CorruptCheckpointError naming the first file that fails, and MemoryError when

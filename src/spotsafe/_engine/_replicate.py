@@ -61,6 +61,7 @@ from .._format import (
     trash_dir,
 )
 from .._format._schema import MAX_MANIFEST_BYTES
+from .._storage import LocalFiles, Uploadable
 from .._storage._local import UnsafeFileError
 from ..errors import CorruptCheckpointError, RemoteError
 from ..policy._retention import RetentionPolicy
@@ -104,9 +105,10 @@ class Replicator:
     After each upload the remote is pruned under ``retention``, the same policy as the
     local root's, by validity (:class:`~spotsafe._engine._retention.StoreRetention`).
     ``local_retention``, the local root's, is told when a local copy fails verification.
+    Every call this thread makes to either store is listed in :mod:`spotsafe._storage._protocol`.
     """
 
-    def __init__(self, local, remote, *, retention: RetentionPolicy, max_pending: int = 2,
+    def __init__(self, local: LocalFiles, remote: Uploadable, *, retention: RetentionPolicy, max_pending: int = 2,
                  backoff: Backoff = Backoff(), local_retention: StoreRetention | None = None) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending_uploads must be at least 1, got {max_pending}.")

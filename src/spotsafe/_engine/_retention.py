@@ -45,6 +45,7 @@ from .._format import (
     size_problem,
     step_dir,
 )
+from .._storage import Storage
 from ..policy._retention import RetentionPolicy, select_deletions
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class StoreRetention:
     :meth:`forget` may be called from any thread.
     """
 
-    def __init__(self, storage, policy: RetentionPolicy) -> None:
+    def __init__(self, storage: Storage, policy: RetentionPolicy) -> None:
         self.storage = storage
         self.policy = policy
         self._lock = threading.Lock()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from .._format._layout import WRITER_LEASE, WRITER_LOCK
-from .._storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, WriterLock
+from .._storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, Storage, WriterLock
 from .._telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
 from ..errors import ReadOnlyRootError, RemoteError, RootLockedError
 from ._replicate import is_transient
@@ -34,7 +34,7 @@ class RootHold:
         self.leases: list[RemoteLease] = []
 
     @classmethod
-    def take(cls, what: str, stores: list, *, run_id: str | None, attempt: int | None,
+    def take(cls, what: str, stores: list[Storage | None], *, run_id: str | None, attempt: int | None,
              options: LeaseOptions) -> RootHold:
         """Lock the local root and lease every object store in ``stores``; raise RootLockedError
         naming the holder. A store unreachable now is leased later by the heartbeat (writes to it
@@ -59,7 +59,7 @@ class RootHold:
         return hold
 
     @classmethod
-    def reader(cls, what: str, stores: list) -> RootHold:
+    def reader(cls, what: str, stores: list[Storage | None]) -> RootHold:
         """No lock, no lease: every write to an object store in ``stores`` raises ReadOnlyRootError."""
         hold = cls(what, read_only=True)
         for st in stores:
@@ -82,7 +82,7 @@ class RootHold:
         st.write_guard = lease.guard
         lease.start()
 
-    def unreachable(self, store: object) -> BaseException | None:
+    def unreachable(self, store: Storage) -> BaseException | None:
         """Why ``store`` could not be leased at start, while its lease is still pending (else None):
         a restore then falls back to the other tier at once instead of waiting on it again."""
         for lease in self.leases:

@@ -11,11 +11,15 @@ exactly when restore would load the checkpoint (whether it fits the objects asid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import RemoteError, UnsafeFileError
 from ._layout import MANIFEST, parse_step_dir, step_dir
 from ._manifest import FileEntry, Manifest, ManifestError, parse_manifest
 from ._schema import MAX_MANIFEST_BYTES
+
+if TYPE_CHECKING:  # the storage layer imports this one at run time
+    from .._storage import Storage
 
 # Errors that make one checkpoint unreadable here: a member that is a link / FIFO / device,
 # or a local file this process may not read. Anything else (a network error, a store that
@@ -43,7 +47,7 @@ class CheckpointInfo:
         return self.manifest.created if self.manifest else None
 
 
-def read_manifest_bytes(storage, name: str) -> bytes:
+def read_manifest_bytes(storage: Storage, name: str) -> bytes:
     """The raw manifest of checkpoint dir ``name``, refused unread when it is too large to be one.
 
     Raises ManifestError when it is missing or too large; the storage's own errors otherwise.
@@ -57,7 +61,7 @@ def read_manifest_bytes(storage, name: str) -> bytes:
     return storage.read_bytes(rel)
 
 
-def read_manifest(storage, name: str) -> Manifest:
+def read_manifest(storage: Storage, name: str) -> Manifest:
     """Read and parse the manifest of checkpoint dir ``name``; raises ManifestError with the reason."""
     manifest = parse_manifest(read_manifest_bytes(storage, name))
     step = parse_step_dir(name)
@@ -66,7 +70,7 @@ def read_manifest(storage, name: str) -> Manifest:
     return manifest
 
 
-def check_checkpoint(storage, step: int, *, deep: bool = True) -> CheckpointInfo:
+def check_checkpoint(storage: Storage, step: int, *, deep: bool = True) -> CheckpointInfo:
     """Verify the checkpoint of ``step`` in ``storage``."""
     name = step_dir(step)
     location = f"{storage.url}/{name}"
@@ -120,11 +124,11 @@ def content_problem(fname: str, entry: FileEntry, nread: int, digest: str) -> st
     return None
 
 
-def committed_steps(storage) -> list[int]:
+def committed_steps(storage: Storage) -> list[int]:
     """Steps with a committed-looking directory (``step-N``), ascending; not yet verified."""
     return sorted(s for s in (parse_step_dir(n) for n in storage.listdir_committed(MANIFEST)) if s is not None)
 
 
-def list_checkpoints(storage, *, deep: bool = True) -> list[CheckpointInfo]:
+def list_checkpoints(storage: Storage, *, deep: bool = True) -> list[CheckpointInfo]:
     """Every checkpoint directory under the root with its verdict, oldest first."""
     return [check_checkpoint(storage, s, deep=deep) for s in committed_steps(storage)]

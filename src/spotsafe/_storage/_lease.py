@@ -44,11 +44,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._units import parse_duration
 from ..errors import LeaseLostError, RootLockedError
 from ._owner import Owner
+
+if TYPE_CHECKING:
+    from ._fsspec import FsspecStorage
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +149,7 @@ async def _s3_get(fs: Any, bucket: str, key: str) -> tuple[bytes | None, str | N
 class RemoteLease:
     """The lease ``name`` under a remote root (an :class:`FsspecStorage`), held for ``owner``."""
 
-    def __init__(self, storage: Any, name: str, owner: Owner, options: LeaseOptions = LeaseOptions(), *,
+    def __init__(self, storage: FsspecStorage, name: str, owner: Owner, options: LeaseOptions = LeaseOptions(), *,
                  is_transient: Callable[[BaseException], bool] = lambda e: True,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:

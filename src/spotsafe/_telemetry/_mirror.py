@@ -14,7 +14,10 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class EventMirror:
     def __init__(self, remote: str, storage_options: dict[str, Any] | None = None) -> None:
         self.remote = remote
         self._options = storage_options
-        self._storage = None
+        self._storage: Storage | None = None  # opened on the mirror thread, at the first copy
         self._pushed: dict[str, int] = {}      # file name -> size last copied
         self._queue: set[Path] = set()
         self._cond = threading.Condition()

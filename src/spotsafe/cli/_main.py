@@ -16,7 +16,7 @@ from rich.table import Table
 
 from .._format import check_checkpoint, committed_steps, list_checkpoints, read_manifest_bytes, step_dir
 from .._format._validate import load_json
-from .._storage import FsspecStorage, LocalStorage, open_storage
+from .._storage import Storage, open_storage
 from .._version import __version__
 from ._errors import SafeGroup, fail
 from ._params import STEP
@@ -28,7 +28,7 @@ _out = Console(highlight=False, soft_wrap=True)  # one line per checkpoint, howe
 _err = fail  # Error: <one sentence> on stderr, and the exit code
 
 
-def _storage(root: str) -> LocalStorage | FsspecStorage:
+def _storage(root: str) -> Storage:
     storage = open_storage(root)
     if not storage.exists():
         _err(f"{storage.url} does not exist; pass the run root you gave CheckpointManager.")
