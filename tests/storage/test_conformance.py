@@ -2,7 +2,11 @@
 
 What every storage must do for checkpoints to be safe: a save is invisible until its
 commit, committed bytes read back exactly with the right checksum, a retired checkpoint
-vanishes at once, missing things read as missing, and the manager works on top of it.
+vanishes at once, missing things read as missing, the call order of a write is enforced,
+a commit strategy passed in is the one used, and the manager works on top of it.
+
+Only the protocol (:class:`spotsafe._storage.Storage`) is used here: each backend supplies a
+URL, nothing else.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import pytest
 import torch
 
 import spotsafe
+from spotsafe._engine._pipeline import persist, stage
 from spotsafe._format import MANIFEST, committed_steps, digest_bytes, step_dir, tmp_dir, trash_dir
-from spotsafe._storage import FsspecStorage, LocalStorage, open_storage
+from spotsafe._storage import CommitStrategy, SaveNotBegunError, Storage, open_storage
 
 BACKENDS = ["local", "memory", "s3"]
 
@@ -60,9 +65,10 @@ def save_raw(storage, step: int, files: dict[str, bytes], executor, commit: bool
     return out
 
 
-def test_the_url_picks_the_storage(url):
+def test_every_store_satisfies_the_protocol(url):
     st = open_storage(url)
-    assert isinstance(st, LocalStorage if "://" not in url else FsspecStorage)
+    assert isinstance(st, Storage)
+    assert isinstance(st.commit_strategy, CommitStrategy)
     assert st.url == url.rstrip("/") or st.url == os.path.abspath(url)
 
 
@@ -131,11 +137,101 @@ def test_the_manager_round_trips_and_rejects_a_flipped_byte(url):
         rel = f"{step_dir(3)}/model.bin"
         data = bytearray(st.read_bytes(rel))
         data[100] ^= 1
-        if isinstance(st, LocalStorage):
-            st.path(rel).write_bytes(bytes(data))
-        else:
-            st.fs.pipe_file(st._p(rel), bytes(data))
+        st.put_bytes(rel, bytes(data))
         fresh = torch.nn.Linear(64, 32)
         with pytest.warns(spotsafe.CheckpointSkippedWarning, match=r"step-000000000003 .* fails its checksum"):
             assert mgr.restore({"model": fresh}) == 2
     assert torch.equal(fresh.weight, expected)
+
+
+# -- the seam: the call order of a write, and a commit strategy chosen by the caller ----------------
+
+@pytest.fixture
+def hasher():
+    with ThreadPoolExecutor(1) as ex:  # write_file hashes a stream: one worker, in order
+        yield ex
+
+
+class Recording:
+    """A commit strategy that records each call and delegates to the store's own."""
+
+    def __init__(self, inner: CommitStrategy) -> None:
+        self.inner = inner
+        self.calls: list[tuple] = []
+
+    def commit(self, storage, handle, final_name, manifest_name, manifest) -> None:
+        self.calls.append((storage, final_name, manifest_name, manifest))
+        self.inner.commit(storage, handle, final_name, manifest_name, manifest)
+
+
+class Crash(BaseException):
+    """The process dies here: nothing on the way handles it, nothing is aborted."""
+
+
+class CrashBeforeCommit:
+    """A commit strategy whose process dies just before the atomic step."""
+
+    def commit(self, storage, handle, final_name, manifest_name, manifest) -> None:
+        raise Crash
+
+
+def save_state(storage, step: int, state: dict, hasher) -> bytes:
+    """A real checkpoint of ``state`` written and committed through the protocol alone; its manifest."""
+    staged = stage(step, state, rng=True)
+    handle = storage.begin(step_dir(step), tmp_dir(step))
+    raw = persist(staged, storage, handle, hasher).to_json_bytes()
+    storage.commit(handle, step_dir(step), MANIFEST, raw)
+    return raw
+
+
+def test_a_commit_strategy_passed_in_is_the_one_used_and_its_checkpoint_restores_bit_exactly(url, hasher):
+    rec = Recording(open_storage(url).commit_strategy)
+    st = open_storage(url, commit=rec)
+    assert st.commit_strategy is rec
+    st.make_root()
+    model = torch.nn.Linear(32, 16)
+    raw = save_state(st, 5, {"model": model}, hasher)
+    assert rec.calls == [(st, step_dir(5), MANIFEST, raw)]
+    assert committed_steps(open_storage(url)) == [5]
+    fresh = torch.nn.Linear(32, 16)
+    with spotsafe.CheckpointManager(url, read_only=True) as mgr:
+        assert mgr.restore({"model": fresh}) == 5
+    assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
+
+
+def test_a_commit_without_its_begin_is_refused_and_changes_nothing(storage, executor):
+    with pytest.raises(SaveNotBegunError, match=r"begin\(\)"):
+        storage.commit(step_dir(1), step_dir(1), MANIFEST, b"{}")
+    assert committed_steps(storage) == [] and storage.listdir() == []
+    name = step_dir(2)
+    handle = storage.begin(name, tmp_dir(2))
+    storage.write_file(handle, "a.bin", [memoryview(b"2" * 10)], executor)
+    storage.commit(handle, name, MANIFEST, b'{"first": true}')
+    with pytest.raises(SaveNotBegunError):
+        storage.commit(handle, name, MANIFEST, b'{"second": true}')  # the same save twice
+    aborted = storage.begin(step_dir(3), tmp_dir(3))
+    storage.abort(aborted)
+    with pytest.raises(SaveNotBegunError):
+        storage.commit(aborted, step_dir(3), MANIFEST, b"{}")  # an aborted save
+    assert committed_steps(storage) == [2] and storage.listdir() == [name]
+    assert storage.read_bytes(f"{name}/{MANIFEST}") == b'{"first": true}'
+
+
+def test_a_crash_before_the_commit_point_leaves_no_committed_step(url, hasher):
+    model = torch.nn.Linear(32, 16)
+    st = open_storage(url)
+    st.make_root()
+    save_state(st, 1, {"model": model}, hasher)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(Crash):
+        save_state(open_storage(url, commit=CrashBeforeCommit()), 2, {"model": model}, hasher)
+    reader = open_storage(url)
+    assert committed_steps(reader) == [1]
+    assert {n for n in reader.listdir() if n.startswith("step-")} - {step_dir(1)}  # step 2's files are there
+    fresh = torch.nn.Linear(32, 16)
+    with spotsafe.CheckpointManager(url) as mgr:  # the next writer cleans up and resumes from step 1
+        assert [n for n in reader.listdir() if n.startswith("step-")] == [step_dir(1)]
+        assert mgr.restore({"model": fresh}) == 1
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in expected.items())

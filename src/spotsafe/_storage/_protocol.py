@@ -85,6 +85,8 @@ class SaveNotBegunError(SpotsafeError, RuntimeError):
 class Storage(Protocol):
     """A run root: bytes at names, a write in phases, an atomic commit. See the module docstring."""
 
+    commit_strategy: CommitStrategy  # how commit() publishes a save (chosen with the store's commit=)
+
     @property
     def url(self) -> str:
         """Where the root is, as a user would write it (an absolute path or a URL); never credentials."""
