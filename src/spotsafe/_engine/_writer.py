@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 
+from .._env import ATTEMPT_ENV, RUN_ID_ENV
 from .._format._layout import WRITER_LEASE, WRITER_LOCK
 from .._storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, Storage, WriterLock
-from .._telemetry._events import ATTEMPT_ENV, RUN_ID_ENV
 from ..errors import ReadOnlyRootError, RemoteError, RootLockedError
 from ._replicate import is_transient
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .._env import PROFILES_ENV
 from .._units import parse_duration, parse_interval
 
-PROFILES_ENV = "SPOTSAFE_PROFILES"
 DEFAULT_FILE = "spotsafe.toml"
 MAX_FILE_BYTES = 1 << 20  # a profiles file is a few hundred bytes; anything past this is not one
 

@@ -50,10 +50,23 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._backoff import Backoff
-from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
+from .._env import (
+    ATTEMPT_ENV,
+    EVENTS_DIR_ENV,
+    REMOTE_ENV,
+    ROOT_ENV,
+    RUN_ID_ENV,
+    SAVE_EVERY_ENV,
+    SIGNAL_GRACE_ENV,
+    STATE_DIR_ENV,
+    SUPERVISED_ENV,
+    SUPERVISOR_DIR_ENV,
+    SUPERVISOR_ID_ENV,
+)
 from .._exitcodes import (
     EXIT_BUDGET,
     EXIT_CRASH_LOOP,
@@ -63,10 +76,11 @@ from .._exitcodes import (
     EXIT_ROOT_LOCKED,
     EXIT_STOP_UNSAFE,
 )
+from .._names import Cause, Event
 from .._storage import is_url
-from .._telemetry import ATTEMPT_ENV, EVENTS_DIR_ENV, RUN_ID_ENV, EventLog, events_dir_of, parse_lines, read_events
+from .._telemetry import EventLog, events_dir_of, parse_lines, read_events
 from .._telemetry._events import file_host
-from .._telemetry._identity import SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV, announcements, kept_run_id
+from .._telemetry._identity import announcements, kept_run_id
 from .._telemetry._measure import MACHINE_SOURCES, SUPERVISOR, preempted_stop
 from .._telemetry._mirror import EventMirror
 from .._units import format_duration
@@ -75,12 +89,10 @@ from ._profile import Profile
 
 logger = logging.getLogger(__name__)
 
-GRACE_ENV = "SPOTSAFE_SIGNAL_GRACE"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 POLL_S = 0.05
 MIRROR_EVERY_S = 30.0
 LEARN_EVERY_S = 0.25
-STATE_DIR_ENV = "SPOTSAFE_STATE_DIR"
 
 
 def state_dir() -> Path:
@@ -145,6 +157,44 @@ def _signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class AttemptEnd:
+    """How one attempt of the command ended: what decides the next step (the ``exit`` event
+    records the same)."""
+
+    exit_code: int
+    """The command's exit status; negative when a signal killed it (``Popen.returncode``)."""
+    cause: Cause
+    """The classification (the module docstring's table)."""
+    detail: str
+    """Why, in words: for the log line and the ``exit`` event."""
+    duration_s: float
+    """From the start of the command to its end (monotonic)."""
+    restored: int = 0
+    """The step the command restored (its ``restore`` event; 0 for none)."""
+    source: str | None = None
+    """The notices' source when every process recorded a stop for one (``aws``, ``signal``, ...)."""
+    stop_signal: int | None = None
+    """The first signal the supervisor itself got during the attempt (forwarded to the command)."""
+    budget_spent: bool = False
+    """``max_total_time`` ran out during the attempt (the command was sent SIGTERM)."""
+    drill: str | None = None
+    """The ``--chaos`` drill injected during the attempt (``kill`` or ``notice``), if any."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cause", Cause(self.cause))  # a word outside the vocabulary fails here
+
+    @property
+    def preempted(self) -> bool:
+        """It stopped for a notice with its checkpoint durable: safe to restart."""
+        return self.cause is Cause.PREEMPTED
+
+    @property
+    def signal_name(self) -> str | None:
+        """The name of the signal that killed the command (``SIGKILL``), None when it exited."""
+        return _signal_name(self.exit_code) if self.exit_code < 0 else None
+
+
 class Supervisor:
     """Runs ``command`` until it finishes, under a profile's retry budget.
 
@@ -203,7 +253,8 @@ class Supervisor:
         if self._sup_dir is None:
             self.run_id = self._given_run_id or kept_run_id(self.events_dir, uuid.uuid4().hex[:12])
             # every attempt has a spawn (supervised) or run_start event: only those lines are parsed
-            past = [e for e in read_events(self.events_dir, ("spawn", "run_start")) if e.get("run_id") == self.run_id]
+            past = [e for e in read_events(self.events_dir, (Event.SPAWN, Event.RUN_START))
+                    if e.get("run_id") == self.run_id]
             self.attempt = max((e["attempt"] for e in past if type(e.get("attempt")) is int), default=0)
         else:  # both learned from the command (telemetry/_identity.py)
             self.run_id, past, self.attempt = self._given_run_id or self.sup_id, [], 0
@@ -215,6 +266,7 @@ class Supervisor:
         self.restarts = 0
         self.interruptions = 0
         self.crashes_in_a_row = 0        # crashes since the last progress
+        self.ended: list[AttemptEnd] = []  # how each attempt of this supervisor ended, oldest first
         self._signals: list[int] = []
         self._advised = False
 
@@ -237,7 +289,7 @@ class Supervisor:
             env[REMOTE_ENV] = self.profile.remote
         if self.profile.save_every:
             env[SAVE_EVERY_ENV] = self.profile.save_every
-        env.setdefault(GRACE_ENV, f"{self.profile.grace:g}")
+        env.setdefault(SIGNAL_GRACE_ENV, f"{self.profile.grace:g}")
         return env
 
     @property
@@ -281,11 +333,11 @@ class Supervisor:
     def _learn_locations(self, given: list[str], events: list[dict]) -> None:
         """Add the checkpoint locations ``given`` and those the ``run_start`` events report."""
         for e in events:
-            if e.get("event") == "run_start":
+            if e.get("event") == Event.RUN_START:
                 given += [x for x in (e.get("root"), e.get("remote")) if x]
         self._locations = list(dict.fromkeys(self._locations + given))
 
-    def _emit(self, event: str, **fields) -> None:
+    def _emit(self, event: Event, **fields) -> None:
         fields.setdefault("attempt", self.attempt)
         self.events.emit(event, **fields)
 
@@ -294,7 +346,7 @@ class Supervisor:
         """Supervise until done or out of budget; returns the supervisor's exit code."""
         previous = {s: signal.signal(s, self._on_signal) for s in FORWARDED}
         start = self._clock()
-        self._emit("supervisor_start", command=self.command, profile=self.profile.__dict__,
+        self._emit(Event.SUPERVISOR_START, command=self.command, profile=self.profile.__dict__,
                    chaos=None if self.chaos is None else {k: v for k, v in self.chaos.__dict__.items()
                                                           if not k.startswith("_")})
         try:
@@ -303,7 +355,7 @@ class Supervisor:
             for s, h in previous.items():
                 signal.signal(s, h)
         self._say(reason)
-        self._emit("supervisor_stop", exit_code=code, reason=reason, restarts=self.restarts,
+        self._emit(Event.SUPERVISOR_STOP, exit_code=code, reason=reason, restarts=self.restarts,
                    interruptions=self.interruptions)
         self._export()
         self.events.close()
@@ -334,56 +386,57 @@ class Supervisor:
             except (FileNotFoundError, PermissionError) as e:
                 return EXIT_NOT_FOUND, f"cannot start {self.command[0]!r} ({e.strerror}); check the command after --."
             if not known and self._locations:  # learned from the command: it resumed from what there was
-                before = ended["restored"]
+                before = ended.restored
+            self.ended.append(ended)
             after = newest_checkpoint(self._locations, self.storage_options)
-            cause, rc = ended["cause"], ended["rc"]
-            self._emit("exit", exit_code=rc if rc >= 0 else None, signal=_signal_name(rc) if rc < 0 else None,
-                       cause=cause, detail=ended["detail"], duration_s=ended["duration_s"], checkpoint_step=after,
-                       progress=after > before, source=ended["source"])
+            cause, rc = ended.cause, ended.exit_code
+            self._emit(Event.EXIT, exit_code=rc if rc >= 0 else None, signal=ended.signal_name, cause=cause,
+                       detail=ended.detail, duration_s=ended.duration_s, checkpoint_step=after,
+                       progress=after > before, source=ended.source)
             self._export()
-            if ended["stop"] is not None:  # the supervisor was told to stop
+            if ended.stop_signal is not None:  # the supervisor was told to stop
                 return self._stopped(ended)
-            if cause == "preempted" and ended["drilled"] is None and ended["source"] in MACHINE_SOURCES:
+            if ended.preempted and ended.drill is None and ended.source in MACHINE_SOURCES:
                 self.interruptions += 1
-                return EXIT_PREEMPTED, (f"the command stopped for a notice from {ended['source']} (the machine is "
+                return EXIT_PREEMPTED, (f"the command stopped for a notice from {ended.source} (the machine is "
                                         f"being reclaimed) with its checkpoint durable at step {after}; exiting 75 "
                                         "so that the job moves to another machine.")
-            if cause == "locked":
+            if cause is Cause.LOCKED:
                 return EXIT_ROOT_LOCKED, ("the command was refused at start: another process holds the run root "
                                           "(the command's last line names it); not restarting into the same "
                                           "refusal. Stop the other writer, or use another root.")
-            if cause == "done":
+            if cause is Cause.DONE:
                 return EXIT_OK, (f"the command finished (attempt {self.attempt}; {self.restarts} restart(s) by this "
                                  "supervisor).")
-            if ended["budget"]:
+            if ended.budget_spent:
                 return EXIT_BUDGET, (f"max_total_time ({format_duration(self.profile.max_total_time)}) is spent; "
                                      f"the command was stopped at step {after}. Raise --max-total-time to go on.")
-            if cause in ("preempted", "chaos_kill"):
+            if cause in (Cause.PREEMPTED, Cause.CHAOS_KILL):
                 self.interruptions += 1
                 self._advise(start)
             delay = 0.0
             if after > before:
                 self.crashes_in_a_row = 0
-            if cause == "crash":
+            if cause is Cause.CRASH:
                 if after <= before:
                     self.crashes_in_a_row += 1
                 limit = self.profile.max_crashes_without_progress
                 if self.crashes_in_a_row >= limit:
                     return EXIT_CRASH_LOOP, (f"{self.crashes_in_a_row} crashes in a row with no new checkpoint "
-                                             f"(last: {ended['detail']}; newest checkpoint step {after}); "
+                                             f"(last: {ended.detail}; newest checkpoint step {after}); "
                                              f"giving up (max_crashes_without_progress={limit}).")
                 delay = self.backoff.delay(max(0, self.crashes_in_a_row - 1), self._rng)
             if self.restarts >= self.profile.max_restarts:
                 return EXIT_BUDGET, (f"max_restarts ({self.profile.max_restarts}) is spent: the last attempt "
-                                     f"ended by {cause} ({ended['detail']}), newest checkpoint step {after}. "
+                                     f"ended by {cause} ({ended.detail}), newest checkpoint step {after}. "
                                      "Raise --max-restarts to go on.")
             if budget_end is not None and self._clock() + delay >= budget_end:
                 return EXIT_BUDGET, (f"max_total_time ({format_duration(self.profile.max_total_time)}) would be "
                                      f"spent before the next attempt; newest checkpoint step {after}.")
             self.restarts += 1
-            self._emit("restart", cause=cause, backoff_s=delay, next_attempt=self.attempt + 1,
+            self._emit(Event.RESTART, cause=cause, backoff_s=delay, next_attempt=self.attempt + 1,
                        checkpoint_step=after)
-            self._say(f"attempt {self.attempt} ended: {cause} ({ended['detail']}); "
+            self._say(f"attempt {self.attempt} ended: {cause} ({ended.detail}); "
                       + (f"restarting in {delay:.1f} s" if delay else "restarting now")
                       + f" from step {after} (restart {self.restarts} of {self.profile.max_restarts}).")
             if delay and self._sleep(delay):
@@ -400,12 +453,12 @@ class Supervisor:
             time.sleep(min(POLL_S, max(0.0, end - self._clock())))
         return bool(self._signals)
 
-    def _attempt(self, budget_end: float | None) -> dict:
+    def _attempt(self, budget_end: float | None) -> AttemptEnd:
         """Run the command once; how it ended."""
         seen = len(self._signals)
         t0 = self._clock()
         child = subprocess.Popen(self.command, env=self._env(), start_new_session=True)
-        self._emit("spawn", child_pid=child.pid, command=self.command, supervisor=self.sup_id)
+        self._emit(Event.SPAWN, child_pid=child.pid, command=self.command, supervisor=self.sup_id)
         next_learn = t0
         drill = self.chaos.next() if self.chaos is not None else None
         armed_at = None           # drills count from the command's restore (its handlers are in place)
@@ -444,12 +497,12 @@ class Supervisor:
                     armed_at = now
             if drill is not None and armed_at is not None and drilled is None and stop_sig is None \
                     and now - armed_at >= drill[0]:
-                if self._attempt_events(t0, "stop"):
+                if self._attempt_events(t0, Event.STOP):
                     drill = None  # training is over (the process is only exiting): nothing left to drill
                     continue
                 drilled = drill[1]
                 self.chaos.injected += 1
-                self._emit("chaos", action=drilled, after_s=now - t0, after_ready_s=now - armed_at,
+                self._emit(Event.CHAOS, action=drilled, after_s=now - t0, after_ready_s=now - armed_at,
                            grace_s=self.chaos.grace)
                 if drilled == KILL:
                     self._kill_group(child)
@@ -471,41 +524,42 @@ class Supervisor:
         self._kill_group(child)  # leftovers of the group (orphaned workers), if any
         duration = self._clock() - t0
         self._learn_events_dir()
-        evs = self._attempt_events(t0, "run_start", "restore", "stop")  # this attempt's files, read once
-        started = [e for e in evs if e["event"] == "run_start"]
+        evs = self._attempt_events(t0, Event.RUN_START, Event.RESTORE, Event.STOP)  # this attempt's files, read once
+        started = [e for e in evs if e["event"] == Event.RUN_START]
         self._learn_locations([], started)
         restored = max((e.get("step") or 0 for e in evs
-                        if e["event"] == "restore" and isinstance(e.get("step") or 0, int)), default=0)
+                        if e["event"] == Event.RESTORE and isinstance(e.get("step") or 0, int)), default=0)
         # spotsafe's own records first: torchrun exits 1, Lightning and the HF Trainer 0 after a notice
-        stops = [e for e in evs if e["event"] == "stop"]
+        stops = [e for e in evs if e["event"] == Event.STOP]
         noticed = bool(stops) and all(preempted_stop(e) for e in stops)
         source = next((e.get("source") for e in stops if e.get("source")), None) if noticed else None
         if rc == EXIT_PREEMPTED:
-            cause, detail = "preempted", "exit 75, checkpoint durable"
+            cause, detail = Cause.PREEMPTED, "exit 75, checkpoint durable"
         elif killed_by == "drill":
-            cause, detail = "chaos_kill", "SIGKILL by --chaos"
+            cause, detail = Cause.CHAOS_KILL, "SIGKILL by --chaos"
         elif noticed:
             how = f"exit {rc}" if rc >= 0 else f"killed by {_signal_name(rc)}"
-            cause, detail = "preempted", (f"{how}, but every process recorded a stop for a notice with its "
-                                          "checkpoint durable")
+            cause, detail = Cause.PREEMPTED, (f"{how}, but every process recorded a stop for a notice with its "
+                                              "checkpoint durable")
         elif rc == 0:
-            cause, detail = "done", "exit 0"
+            cause, detail = Cause.DONE, "exit 0"
         elif rc == EXIT_ROOT_LOCKED and not started:
-            cause, detail = "locked", "exit 6: refused at start, another process holds the run root"
+            cause, detail = Cause.LOCKED, "exit 6: refused at start, another process holds the run root"
         elif drilled is not None and rc == -signal.SIGTERM:
-            cause, detail = "chaos_kill", "killed by the drill's SIGTERM (no handler installed at that moment)"
+            cause, detail = Cause.CHAOS_KILL, "killed by the drill's SIGTERM (no handler installed at that moment)"
         elif killed_by == "deadline":
-            cause, detail = "crash", "killed at the end of the grace period"
+            cause, detail = Cause.CRASH, "killed at the end of the grace period"
         else:
-            cause, detail = "crash", f"exit {rc}" if rc > 0 else f"killed by {_signal_name(rc)}"
-        if drilled is not None and cause == "preempted":
+            cause, detail = Cause.CRASH, f"exit {rc}" if rc > 0 else f"killed by {_signal_name(rc)}"
+        if drilled is not None and cause is Cause.PREEMPTED:
             detail += " (--chaos notice)"
-        return {"rc": rc, "cause": cause, "detail": detail, "duration_s": duration, "stop": stop_sig,
-                "budget": budget, "source": source, "drilled": drilled, "restored": restored}
+        return AttemptEnd(exit_code=rc, cause=cause, detail=detail, duration_s=duration, restored=restored,
+                          source=source, stop_signal=stop_sig, budget_spent=budget, drill=drilled)
 
-    def _attempt_events(self, since: float, *kinds: str) -> list[dict]:
+    def _attempt_events(self, since: float, *kinds: Event) -> list[dict]:
         """The events of ``kinds`` the current attempt's processes wrote (files touched since ``since``,
-        on the monotonic clock); only the lines naming one of them are parsed."""
+        on the monotonic clock): each line parsed, then matched on its event name, run id, attempt
+        and role."""
         wall0 = time.time() - (self._clock() - since)
         out = []
         for path in self.events_dir.glob("*.jsonl"):
@@ -521,7 +575,7 @@ class Supervisor:
 
     def _restored(self, since: float) -> bool:
         """Whether this attempt's command has written its ``restore`` event (so it handles notices)."""
-        return bool(self._attempt_events(since, "restore"))
+        return bool(self._attempt_events(since, Event.RESTORE))
 
     def _kill_group(self, child: subprocess.Popen) -> None:
         try:
@@ -532,15 +586,15 @@ class Supervisor:
         if os.getpid() == 1:
             _reap_orphans()
 
-    def _stopped(self, ended: dict) -> tuple[int, str]:
-        name = signal.Signals(ended["stop"]).name
-        if ended["cause"] == "done":
+    def _stopped(self, ended: AttemptEnd) -> tuple[int, str]:
+        name = signal.Signals(ended.stop_signal).name
+        if ended.cause is Cause.DONE:
             return EXIT_OK, f"{name} received, and the command finished."
-        if ended["cause"] == "preempted":
+        if ended.preempted:
             return EXIT_PREEMPTED, (f"{name} received: the command checkpointed and exited 75; exiting 75 "
                                     "(restart me to resume).")
         return EXIT_STOP_UNSAFE, (f"{name} received, and the command did not exit 0 or 75 within the "
-                                  f"{self.profile.grace:g} s grace ({ended['detail']}); its newest durable "
+                                  f"{self.profile.grace:g} s grace ({ended.detail}); its newest durable "
                                   "checkpoint is what a restart will resume from.")
 
     # -- advice and exports ------------------------------------------------------------------
@@ -558,7 +612,7 @@ class Supervisor:
             msg += (f": spot costs {p:g}/h against {d:g}/h on demand; `spotsafe plan --mtbf "
                     f"{format_duration(mtbf_h * 3600)} --spot-price {p:g} --on-demand-price {d:g}` prices it")
         msg += "."
-        self._emit("advice", interruptions=self.interruptions, mtbf_s=mtbf_h * 3600, message=msg)
+        self._emit(Event.ADVICE, interruptions=self.interruptions, mtbf_s=mtbf_h * 3600, message=msg)
         self._say(msg)
 
     def _export(self) -> None:

@@ -24,11 +24,11 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from .._env import ATTEMPT_ENV, RUN_ID_ENV
+from .._names import Event
+
 logger = logging.getLogger(__name__)
 
-EVENTS_DIR_ENV = "SPOTSAFE_EVENTS_DIR"
-RUN_ID_ENV = "SPOTSAFE_RUN_ID"
-ATTEMPT_ENV = "SPOTSAFE_ATTEMPT"
 
 
 def file_host(host: str | None = None) -> str:
@@ -74,8 +74,10 @@ class EventLog:
             self.path = d / f"{file_host(self.host)}-{self.pid}.jsonl"
         self._closed = False  # the file is created by the first event: a process refused at start leaves none
 
-    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        record = {"ts": time.time(), "event": event, "run_id": self.run_id, "attempt": self.attempt,
+    def emit(self, event: Event, **fields: Any) -> dict[str, Any]:
+        """Append one event: ``event`` is a member of :class:`~spotsafe._names.Event` (or its string;
+        any other name raises ``ValueError``, so a writer cannot invent one its readers do not know)."""
+        record = {"ts": time.time(), "event": Event(event), "run_id": self.run_id, "attempt": self.attempt,
                   "rank": self.rank, "host": self.host, "pid": self.pid}
         if self.role is not None:
             record["role"] = self.role
@@ -134,16 +136,17 @@ def parse_lines(text: str, kinds: Collection[str] | None = None) -> list[dict[st
     """The events of one file's text; torn or foreign lines skipped, and fields of the wrong type
     dropped (a ``step`` that is no integer, a ``stall_s`` that is no finite number, ...).
 
-    ``kinds``: only events of these names; a line that does not quote one is not parsed, so
-    picking a few events out of a long file of ``metrics`` costs a substring search per line.
+    ``kinds``: only events of these names (:class:`~spotsafe._names.Event` members or their
+    strings), matched on the parsed ``event`` field, never on the text. A line is left undecoded
+    only when it cannot hold one: JSON spells the string ``stop`` as ``"stop"`` or with a
+    backslash escape, so a line with neither is skipped after a substring search, and picking the
+    few ``stop`` events out of a long file of ``metrics`` does not decode every line.
     """
     lines = text.splitlines()
     if kinds is not None:
         kinds = tuple(kinds)  # compared with ==: an event name of any JSON type is simply no match
-        needles = [f'"{k}"' for k in kinds]
-        if not any(n in text for n in needles):
-            return []
-        lines = [line for line in lines if any(n in line for n in needles)]
+        quoted = [f'"{k}"' for k in kinds]
+        lines = [line for line in lines if "\\" in line or any(q in line for q in quoted)]
     out = []
     for line in lines:
         try:

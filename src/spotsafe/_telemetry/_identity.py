@@ -31,14 +31,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ._events import ATTEMPT_ENV, RUN_ID_ENV, EventLog, file_host, parse_lines
+from .._env import ATTEMPT_ENV, RUN_ID_ENV, SUPERVISOR_DIR_ENV, SUPERVISOR_ID_ENV
+from .._names import Event
+from ._events import EventLog, file_host, parse_lines
 
 logger = logging.getLogger(__name__)
 
-SUPERVISOR_DIR_ENV = "SPOTSAFE_SUPERVISOR_DIR"
-"""Set by a supervisor that does not know the run's events directory: announce it here."""
-SUPERVISOR_ID_ENV = "SPOTSAFE_SUPERVISOR_ID"
-"""The supervisor's own id (on its ``spawn`` events and the command's ``run_start``)."""
 RUN_ID_FILE = "run-id"
 ANNOUNCE = "announce"
 
@@ -75,7 +73,7 @@ def attempts_before(events_dir: str | os.PathLike, run_id: str, supervisor: str 
             text = p.read_text(errors="replace")
         except OSError:
             continue
-        for e in parse_lines(text, ("run_start", "spawn")):
+        for e in parse_lines(text, (Event.RUN_START, Event.SPAWN)):
             if e.get("run_id") == run_id and (supervisor is None or e.get("supervisor") != supervisor) \
                     and isinstance(e.get("attempt"), int):
                 best = max(best, e["attempt"])

@@ -26,7 +26,10 @@ import bisect
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from enum import StrEnum
 from itertools import pairwise
+
+from .._names import Cause, Event, StopReason
 
 SUPERVISOR = "supervisor"
 
@@ -39,7 +42,19 @@ restarting the command where it is."""
 def preempted_stop(stop: dict | None) -> bool:
     """Whether a ``stop`` event records a stop for a notice with its checkpoint taken care of
     (durable on a tier, or nothing to save): safe to restart, whatever the exit code."""
-    return bool(stop) and stop.get("reason") == "notice" and stop.get("tier") is not None
+    return bool(stop) and stop.get("reason") == StopReason.NOTICE and stop.get("tier") is not None
+
+
+class Outcome(StrEnum):
+    """How an attempt ended, as its events tell (the module docstring defines each)."""
+
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+    CRASHED = "crashed"
+
+
+KILLED = "killed"
+"""The source of an interruption without a notice (no ``stop`` event, or a drill's kill)."""
 
 
 @dataclass
@@ -55,8 +70,8 @@ class Attempt:
     notice: dict | None = None
     metrics: list[dict] = field(default_factory=list)
     checkpoints: list[dict] = field(default_factory=list)
-    outcome: str | None = None       # "finished", "interrupted", "crashed", or None (still running, exit)
-    source: str | None = None        # of an interruption: the notice's source, or "killed"
+    outcome: Outcome | None = None   # None: still running, or left by ``exit`` without a notice
+    source: str | None = None        # of an interruption: the notice's source, or KILLED
 
     @property
     def start(self) -> float:
@@ -77,7 +92,7 @@ class Attempt:
 
     @property
     def first_step_ts(self) -> float | None:
-        return next((e["ts"] for e in self.events if e["event"] in ("metrics", "checkpoint")), None)
+        return next((e["ts"] for e in self.events if e["event"] in (Event.METRICS, Event.CHECKPOINT)), None)
 
 
 def attempts(events: list[dict]) -> list[Attempt]:
@@ -93,20 +108,20 @@ def attempts(events: list[dict]) -> list[Attempt]:
         s = Attempt(key, evs)
         for e in evs:
             kind = e["event"]
-            if kind == "restore" and s.restore_ts is None:
+            if kind == Event.RESTORE and s.restore_ts is None:
                 s.restore_step, s.restore_ts, s.restore_tier = e.get("step") or 0, e["ts"], e.get("tier")
-            elif kind == "stop":
+            elif kind == Event.STOP:
                 s.stop = e
-            elif kind == "notice" and not e.get("advisory") and s.notice is None:
+            elif kind == Event.NOTICE and not e.get("advisory") and s.notice is None:
                 s.notice = e
-            elif kind == "metrics" and isinstance(e.get("step"), int):
+            elif kind == Event.METRICS and isinstance(e.get("step"), int):
                 s.metrics.append(e)
-            elif kind == "checkpoint":
+            elif kind == Event.CHECKPOINT:
                 s.checkpoints.append(e)
         spans.append(s)
     spans.sort(key=lambda s: s.start)
     exits = {(e.get("run_id"), e.get("attempt")): e for e in events
-             if e.get("role") == SUPERVISOR and e["event"] == "exit"}
+             if e.get("role") == SUPERVISOR and e["event"] == Event.EXIT}
     for i, s in enumerate(spans):
         _classify(s, spans[i + 1] if i + 1 < len(spans) else None, exits.get(s.key[2:]))
     return spans
@@ -116,23 +131,23 @@ def attempt_count(events: list[dict], spans: list[Attempt]) -> int:
     """How many attempts ``events`` record: the (run id, attempt number) of every training process
     in ``spans``, and of every attempt the supervisor spawned that never wrote an event."""
     spawned = {(e.get("run_id"), e.get("attempt")) for e in events
-               if e.get("role") == SUPERVISOR and e["event"] == "spawn"}
+               if e.get("role") == SUPERVISOR and e["event"] == Event.SPAWN}
     return len({s.key[2:] for s in spans} | spawned)
 
 
 def _classify(s: Attempt, nxt: Attempt | None, sup_exit: dict | None) -> None:
     cause = sup_exit.get("cause") if sup_exit else None
     reason = s.stop.get("reason") if s.stop else None
-    if reason == "notice" or (s.stop is None and s.notice is not None):
-        s.outcome = "interrupted"
+    if reason == StopReason.NOTICE or (s.stop is None and s.notice is not None):
+        s.outcome = Outcome.INTERRUPTED
         s.source = (s.notice or {}).get("source") or (s.stop or {}).get("source") or "signal"
-    elif s.stop is None and cause in (None, "chaos_kill", "preempted") and (nxt is not None or cause):
-        s.outcome, s.source = "interrupted", "killed"
-    elif cause == "crash" or (s.stop is not None and s.stop.get("exit_code") not in (0, None)
-                              and reason in ("error", "exit")):
-        s.outcome = "crashed"
-    elif reason == "completed" or cause == "done":
-        s.outcome = "finished"
+    elif s.stop is None and cause in (None, Cause.CHAOS_KILL, Cause.PREEMPTED) and (nxt is not None or cause):
+        s.outcome, s.source = Outcome.INTERRUPTED, KILLED
+    elif cause == Cause.CRASH or (s.stop is not None and s.stop.get("exit_code") not in (0, None)
+                                  and reason in (StopReason.ERROR, StopReason.EXIT)):
+        s.outcome = Outcome.CRASHED
+    elif reason == StopReason.COMPLETED or cause == Cause.DONE:
+        s.outcome = Outcome.FINISHED
 
 
 def idle_after_finish(events: list[dict], spans: list[Attempt]) -> float:
@@ -141,9 +156,9 @@ def idle_after_finish(events: list[dict], spans: list[Attempt]) -> float:
     ts = sorted(e["ts"] for e in events)
     idle = 0.0
     for s, nxt in pairwise(spans):
-        if s.outcome != "finished":
+        if s.outcome != Outcome.FINISHED:
             continue
-        begin = min((e["ts"] for e in events if e.get("role") == SUPERVISOR and e["event"] == "supervisor_start"
+        begin = min((e["ts"] for e in events if e.get("role") == SUPERVISOR and e["event"] == Event.SUPERVISOR_START
                      and s.end < e["ts"] <= nxt.start), default=nxt.start)
         before = ts[max(0, bisect.bisect_left(ts, begin) - 1)]
         idle += max(0.0, begin - max(before, s.end))
@@ -158,7 +173,7 @@ def restart_gaps(spans: list[Attempt], *, from_last_step: bool = False) -> dict[
     included)."""
     out = {}
     for i, (s, nxt) in enumerate(pairwise(spans)):
-        if s.outcome == "finished":
+        if s.outcome == Outcome.FINISHED:
             continue
         first = nxt.first_step_ts
         out[i] = max(0.0, (first if first is not None else nxt.end) - (s.last_step_ts if from_last_step else s.end))
@@ -183,11 +198,11 @@ def measure(events: list[dict]) -> Measured:
     """Summarize ``events`` (any order, any number of writers, the supervisor's included)."""
     spans = attempts(events)
     running = sum(s.end - s.start for s in spans)
-    interruptions = sum(1 for s in spans if s.outcome == "interrupted")
+    interruptions = sum(1 for s in spans if s.outcome == Outcome.INTERRUPTED)
     restarts = [gap for i, gap in restart_gaps(spans).items() if spans[i + 1].first_step_ts is not None]
     step_times = []
     for s in spans:
-        ts = [e["ts"] for e in s.events if e["event"] == "metrics"]
+        ts = [e["ts"] for e in s.events if e["event"] == Event.METRICS]
         step_times += [b - a for a, b in pairwise(ts) if b > a]
     stalls = [c["stall_s"] for s in spans for c in s.checkpoints if c.get("stall_s")]
     return Measured(

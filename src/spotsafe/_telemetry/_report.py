@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from ._measure import SUPERVISOR, Attempt, attempt_count, attempts, idle_after_finish, restart_gaps
+from .._names import Cause, Event, StopReason
+from ._measure import SUPERVISOR, Attempt, Outcome, attempt_count, attempts, idle_after_finish, restart_gaps
 
 
 def _quantiles(values: list[float]) -> dict[str, float | None]:
@@ -160,10 +161,10 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
     sup = [e for e in events if e.get("role") == SUPERVISOR]
     spans = attempts(events)
     intervals = _intervals(spans)
-    exits = {(e.get("run_id"), e.get("attempt")): e for e in sup if e["event"] == "exit"}
+    exits = {(e.get("run_id"), e.get("attempt")): e for e in sup if e["event"] == Event.EXIT}
     if spot_price is None or on_demand_price is None:
         for e in reversed(sup):
-            if e["event"] == "supervisor_start" and isinstance(e.get("profile"), dict):
+            if e["event"] == Event.SUPERVISOR_START and isinstance(e.get("profile"), dict):
                 prices = {k: v for k, v in e["profile"].items() if type(v) in (int, float) and 0 <= v <= 1e12}
                 spot_price = spot_price if spot_price is not None else prices.get("spot_price")
                 on_demand_price = on_demand_price if on_demand_price is not None else prices.get("on_demand_price")
@@ -178,14 +179,14 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
         durable_before += [(c["ts"], c.get("step") or 0) for c in s.checkpoints]
     for i, s in enumerate(spans):
         nxt = spans[i + 1] if i + 1 < len(spans) else None
-        if i > 0 and spans[i - 1].outcome == "finished":
+        if i > 0 and spans[i - 1].outcome == Outcome.FINISHED:
             reruns += 1
         elif i > 0:
             restarts += 1
             expected = max((step for ts, step in durable_before if ts < s.start), default=0)
             if s.restore_ts is not None and (s.restore_step or 0) >= expected:
                 resumed += 1
-        if s.outcome != "interrupted":
+        if s.outcome != Outcome.INTERRUPTED:
             continue
         by_source[str(s.source)] += 1  # a hand-edited or foreign event may carry any JSON value
         entry = {"attempt": s.key[3], "source": s.source, "ts": s.stop["ts"] if s.stop else s.end,
@@ -203,12 +204,12 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
                     iv.attributed = True
             entry["replayed_s"] = secs
         per_interruption.append(entry)
-    crashes = max(sum(1 for s in spans if s.outcome == "crashed"),
-                  sum(1 for e in exits.values() if e.get("cause") == "crash"))
-    restarts = max(restarts, sum(1 for e in sup if e["event"] == "restart"))  # attempts that never reported count
+    crashes = max(sum(1 for s in spans if s.outcome == Outcome.CRASHED),
+                  sum(1 for e in exits.values() if e.get("cause") == Cause.CRASH))
+    restarts = max(restarts, sum(1 for e in sup if e["event"] == Event.RESTART))  # attempts that never reported count
 
     ckpts = [c for s in spans for c in s.checkpoints]
-    uploads = [e for e in events if e["event"] == "upload" and (e.get("rank") or 0) == 0 and e.get("role") != SUPERVISOR]
+    uploads = [e for e in events if e["event"] == Event.UPLOAD and (e.get("rank") or 0) == 0 and e.get("role") != SUPERVISOR]
     # checkpoint stalls inside final step executions are not useful work
     stall_in_final = 0.0
     finals_by_span: dict[int, list[_Interval]] = defaultdict(list)
@@ -244,13 +245,13 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
         "attempts": attempt_count(events, spans),
         "wall_s": wall,
         "final_step": max((s.last_step for s in spans), default=0),
-        "completed": bool(last and last.stop and last.stop.get("reason") == "completed"),
+        "completed": bool(last and last.stop and last.stop.get("reason") == StopReason.COMPLETED),
         "interruptions": {"total": sum(by_source.values()), "by_source": dict(sorted(by_source.items()))},
         "crashes": crashes,
-        "drills": sum(1 for e in sup if e["event"] == "chaos"),
+        "drills": sum(1 for e in sup if e["event"] == Event.CHAOS),
         "reruns": reruns,
         "resume": {"restarts": restarts, "resumed": resumed, "rate": resumed / restarts if restarts else None,
-                   "fallbacks": sum(len(e.get("skipped") or []) for e in events if e["event"] == "restore")},
+                   "fallbacks": sum(len(e.get("skipped") or []) for e in events if e["event"] == Event.RESTORE)},
         "replayed": {"steps": _summary(replayed_steps), "seconds": _summary(replayed_s),
                      "metrics": _replayed_metrics(spans)},
         "per_interruption": per_interruption,

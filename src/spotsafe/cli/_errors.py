@@ -22,11 +22,9 @@ from typing import NoReturn
 
 import click
 
+from .._env import DEBUG_ENV
 from ..errors import MissingDependencyError, SpotsafeError, UnsupportedURLError
 from ._safe import plain
-
-DEBUG_ENV = "SPOTSAFE_DEBUG"
-"""Set to 1 to let an unexpected error (a bug) through with its traceback."""
 
 
 class CommandError(click.ClickException):

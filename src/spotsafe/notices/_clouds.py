@@ -33,6 +33,7 @@ import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from .._env import AWS_METADATA_URL_ENV, AZURE_METADATA_URL_ENV, GCP_METADATA_URL_ENV
 from ._notice import DEFAULT_GRACE, Notice
 from ._poller import Poller, Unreachable, http
 
@@ -60,7 +61,7 @@ class AWS(Poller):
     """AWS spot interruption notices (and rebalance recommendations) over IMDSv2."""
 
     name = "aws"
-    env = "SPOTSAFE_AWS_METADATA_URL"
+    env = AWS_METADATA_URL_ENV
     default_url = "http://169.254.169.254"
     TOKEN_TTL = 21600
 
@@ -124,7 +125,7 @@ class GCP(Poller):
     """GCP preemption (spot and preemptible VMs) from the metadata server; 30 s of notice."""
 
     name = "gcp"
-    env = "SPOTSAFE_GCP_METADATA_URL"
+    env = GCP_METADATA_URL_ENV
     default_url = "http://metadata.google.internal"
     HEADERS = {"Metadata-Flavor": "Google"}
 
@@ -149,7 +150,7 @@ class Azure(Poller):
     """Azure spot evictions (``Preempt``) and ``Terminate`` from Scheduled Events, acknowledged once safe."""
 
     name = "azure"
-    env = "SPOTSAFE_AZURE_METADATA_URL"
+    env = AZURE_METADATA_URL_ENV
     default_url = "http://169.254.169.254"
     HEADERS = {"Metadata": "true"}
     EVENTS = "/metadata/scheduledevents?api-version=2020-07-01"

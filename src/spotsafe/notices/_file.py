@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from .._env import NOTICE_FILE_ENV
 from .._storage._local import open_regular
 from .._units import parse_duration
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
@@ -16,7 +17,6 @@ from ._poller import poll_interval
 
 logger = logging.getLogger(__name__)
 
-FILE_ENV = "SPOTSAFE_NOTICE_FILE"
 MAX_NOTICE_BYTES = 64  # a duration such as "45" or "2m"; anything longer is not read
 
 
@@ -34,9 +34,9 @@ class FileTrigger(NoticeSource):
 
     def __init__(self, path: str | os.PathLike | None = None, *, interval: float | str | timedelta | None = None,
                  grace: float | str | timedelta = DEFAULT_GRACE) -> None:
-        path = path if path is not None else os.environ.get(FILE_ENV)
+        path = path if path is not None else os.environ.get(NOTICE_FILE_ENV)
         if not path:
-            raise ValueError(f"FileTrigger needs a path; pass one or set {FILE_ENV}.")
+            raise ValueError(f"FileTrigger needs a path; pass one or set {NOTICE_FILE_ENV}.")
         self.path = Path(path)
         self.interval = poll_interval(interval)
         self.grace = parse_duration(grace, what="grace")

@@ -26,17 +26,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from .._env import DMI_DIR_ENV, NOTICE_POLL_ENV
 from .._units import parse_duration
 from ._notice import NoticeSource
 
 logger = logging.getLogger(__name__)
 
-POLL_ENV = "SPOTSAFE_NOTICE_POLL_S"
 DEFAULT_POLL_S = 2.0
 MAX_POLL_S = 5.0
 PROBE_BACKOFF = (1.0, 60.0)  # first delay and cap of the probes on a machine that is on the source's cloud
 
-DMI_ENV = "SPOTSAFE_DMI_DIR"
 DMI_DIR = "/sys/class/dmi/id"
 AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"  # every Azure VM's chassis asset tag (Hyper-V alone lacks it)
 
@@ -56,7 +55,7 @@ def dmi_cloud(directory: str | os.PathLike | None = None) -> str | None:
     ``chassis_asset_tag``) under ``directory``, else ``$SPOTSAFE_DMI_DIR``, else
     /sys/class/dmi/id. Nothing is asked over the network.
     """
-    d = Path(directory or os.environ.get(DMI_ENV) or DMI_DIR)
+    d = Path(directory or os.environ.get(DMI_DIR_ENV) or DMI_DIR)
     vendors = {_dmi(d, n) for n in ("sys_vendor", "bios_vendor", "board_vendor")}
     product = _dmi(d, "product_name")
     if "Amazon EC2" in vendors or product.startswith("Amazon EC2") or "amazon" in _dmi(d, "bios_version").lower():
@@ -104,7 +103,7 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None, body: 
 def poll_interval(value: float | str | timedelta | None) -> float:
     """The polling period: the argument, else ``$SPOTSAFE_NOTICE_POLL_S``, else 2 s; at most 5 s."""
     if value is None:
-        value = os.environ.get(POLL_ENV) or DEFAULT_POLL_S
+        value = os.environ.get(NOTICE_POLL_ENV) or DEFAULT_POLL_S
     seconds = parse_duration(value, what="poll interval")
     if not 0 < seconds <= MAX_POLL_S:
         raise ValueError(f"A notice poll interval of {seconds:g}s is outside (0, {MAX_POLL_S:g}] s; notices "

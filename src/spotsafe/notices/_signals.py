@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from datetime import timedelta
 
+from .._env import SIGNAL_GRACE_ENV, SLURM_GRACE_ENV, TERMINATION_GRACE_ENV
 from .._units import parse_duration
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 
@@ -56,7 +57,7 @@ class Signals(NoticeSource):
     """
 
     name = "signal"
-    env = "SPOTSAFE_SIGNAL_GRACE"
+    env = SIGNAL_GRACE_ENV
 
     def __init__(self, signals: Iterable[int | str] = ("SIGTERM", "SIGINT", "SIGUSR1"), *,
                  grace: float | str | timedelta | None = None) -> None:
@@ -123,7 +124,7 @@ class Kubernetes(Signals):
     """
 
     name = "kubernetes"
-    env = "SPOTSAFE_TERMINATION_GRACE"
+    env = TERMINATION_GRACE_ENV
 
     def __init__(self, *, grace: float | str | timedelta | None = None) -> None:
         super().__init__(("SIGTERM",), grace=grace)
@@ -139,7 +140,7 @@ class Slurm(Signals):
     (default ``$SPOTSAFE_SLURM_GRACE`` or 30 s; set it to the ``@`` seconds you chose)."""
 
     name = "slurm"
-    env = "SPOTSAFE_SLURM_GRACE"
+    env = SLURM_GRACE_ENV
 
     def __init__(self, signals: Iterable[int | str] = ("SIGUSR1", "SIGTERM"), *,
                  grace: float | str | timedelta | None = None) -> None:

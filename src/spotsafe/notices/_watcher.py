@@ -13,8 +13,9 @@ import os
 import threading
 from collections.abc import Iterable
 
+from .._env import NOTICE_FILE_ENV
 from ._clouds import AWS, GCP, Azure
-from ._file import FILE_ENV, FileTrigger
+from ._file import FileTrigger
 from ._notice import Notice, NoticeSource
 from ._poller import Poller
 from ._signals import Kubernetes, Signals, Slurm
@@ -154,7 +155,7 @@ def make_sources(spec: NoticesSpec = "auto") -> list[NoticeSource]:
         if Slurm.detected():
             sources.append(Slurm())
         sources += [AWS(auto=True), GCP(auto=True), Azure(auto=True)]
-        if os.environ.get(FILE_ENV):
+        if os.environ.get(NOTICE_FILE_ENV):
             sources.append(FileTrigger())
         return sources
     items = spec.split(",") if isinstance(spec, str) else list(spec)  # type: ignore[arg-type]
