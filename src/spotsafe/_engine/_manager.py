@@ -43,6 +43,7 @@ from .._format import (
     step_dir,
     tmp_dir,
     trash_dir,
+from .._names import Tier
 )
 from .._state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
 from .._storage import LeaseOptions, LocalFiles, Owner, Storage, Uploadable, open_storage
@@ -196,7 +197,7 @@ class CheckpointManager:
         self.async_save = async_save
         self.when_busy = when_busy
         self.restored: CheckpointInfo | None = None
-        self.restored_tier: str | None = None
+        self.restored_tier: Tier | None = None
         self.restore_skipped: list[str] = []
         self.last_save: SaveStats | None = None
         self.last_restore: RestoreStats | None = None
@@ -505,14 +506,14 @@ class CheckpointManager:
         t0 = time.perf_counter()
         self._finish_inflight()
         t_list = time.perf_counter()
-        tiers: list[tuple[str, Storage, list[int]]] = [("root", self.storage, committed_steps(self.storage))]
+        tiers: list[tuple[Tier, Storage, list[int]]] = [(Tier.ROOT, self.storage, committed_steps(self.storage))]
         unreachable: str | None = None
         if self.remote is not None:
             try:
                 down = self._hold.unreachable(self.remote)  # seen at start: not waited on a second time
                 if down is not None:
                     raise down
-                tiers.append(("remote", self.remote, committed_steps(self.remote)))
+                tiers.append((Tier.REMOTE, self.remote, committed_steps(self.remote)))
             except Exception as e:
                 if not is_transient(e):
                     raise
@@ -548,7 +549,7 @@ class CheckpointManager:
                     raise  # a valid checkpoint that does not fit the objects: only the caller can decide
                 except Exception as e:
                     invalid = isinstance(e, (ManifestError, CorruptCheckpointError))
-                    transient = tier == "remote" and not invalid and is_transient(e)
+                    transient = tier is Tier.REMOTE and not invalid and is_transient(e)
                     where = f"{name} in {storage.url}"
                     reason = skip_reason(e)
                     if step is not None:
@@ -561,7 +562,7 @@ class CheckpointManager:
                         continue
                     if not invalid:  # malformed in a way no check named (or a bug): keep the trace for a report
                         logger.debug("Reading %s failed", where, exc_info=True)
-                    if tier == "root" and (invalid or isinstance(e, UnsafeFileError)):
+                    if tier is Tier.ROOT and (invalid or isinstance(e, UnsafeFileError)):
                         rejected.append(s)  # its bytes or its files are bad, not just unreadable now
                     skipped.append(f"{where} ({reason})")
                     warnings.warn(f"Checkpoint {where} is invalid: {reason}. Skipping it and falling back to another "
@@ -601,7 +602,7 @@ class CheckpointManager:
                 "fresh_if_invalid=True to start over.")
         return None
 
-    def _after_restore(self, step: int, tier: str, manifest, bufs: dict[str, Any], rejected: list[int]) -> None:
+    def _after_restore(self, step: int, tier: Tier, manifest, bufs: dict[str, Any], rejected: list[int]) -> None:
         """Keep what restore learned by reading every byte: verdicts for retention (``rejected``: the
         local copies that failed verification), the remote copy as confirmed, and a local copy
         repaired from a verified remote one. Never fails the restore."""
@@ -609,9 +610,9 @@ class CheckpointManager:
             return
         for s in rejected:
             self._retention.record(s, Verdict(False, reason="it failed verification when restore read it"))
-        if tier == "root":
+        if tier is Tier.ROOT:
             self._retention.record(step, Verdict(True, manifest.created))
-        elif tier == "remote" and self._replicator is not None:
+        elif tier is Tier.REMOTE and self._replicator is not None:
             self._replicator.confirm_restored(step, manifest)
             self._repair_local(step, manifest, bufs)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import threading
 
-BACKGROUND_NICE = int(os.environ.get("SPOTSAFE_BACKGROUND_NICE", "10"))  # added to the nice value of the
+from .._env import BACKGROUND_NICE_ENV
+
+BACKGROUND_NICE = int(os.environ.get(BACKGROUND_NICE_ENV, "10"))  # added to the nice value of the
 # threads that persist and upload; 0 turns it off
 
 

@@ -25,12 +25,13 @@ from datetime import timedelta
 from typing import Any
 
 from .._engine import CheckpointManager, SaveStats
-from .._env import REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV
+from .._env import EVENTS_DIR_ENV, REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV, SUPERVISOR_ID_ENV
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._format import step_dir
+from .._names import Event, SaveReason, StopReason, Tier
 from .._storage import is_url
-from .._telemetry import EVENTS_DIR_ENV, EventLog, events_dir_of, measure, read_events
-from .._telemetry._identity import SUPERVISOR_ID_ENV, open_event_log
+from .._telemetry import EventLog, events_dir_of, measure, read_events
+from .._telemetry._identity import open_event_log
 from .._telemetry._mirror import EventMirror
 from .._units import format_duration, parse_duration, parse_interval
 from ..errors import RootLockedError
@@ -48,7 +49,7 @@ _SLICE = 0.1  # seconds between looks at a second signal while waiting on the em
 class Preempted(SystemExit):
     """Raised out of the training loop after a notice once the checkpoint is durable; exits 75."""
 
-    def __init__(self, notice: Notice, step: int, tier: str | None) -> None:
+    def __init__(self, notice: Notice, step: int, tier: Tier | None) -> None:
         super().__init__(EXIT_PREEMPTED)
         self.notice, self.step, self.tier = notice, step, tier
 
@@ -140,12 +141,12 @@ class Run:
         self.step = 0
         self.total: int | None = None
         self.exit_code: int | None = None
-        self.tier: str | None = None
+        self.tier: Tier | None = None
         self.completed = False
         self._current: int | None = None
         self._handled: Notice | None = None
         self._submitted: int | None = None       # newest step handed to the manager
-        self._reasons: dict[int, str] = {}
+        self._reasons: dict[int, SaveReason | str] = {}
         self._reported = 0                       # newest step whose checkpoint event is written
         self._uploads_reported = 0
         self._restore_window = (0.0, 0.0)
@@ -162,7 +163,7 @@ class Run:
             self.watcher.start()  # before the restore: a notice during it is kept
             self.manager = CheckpointManager(self.root, run_id=self.events.run_id, attempt=self.events.attempt,
                                              **self._manager_options)  # one writer: refused here when taken
-            self.events.emit("run_start", root=self.manager.root, remote=self._manager_options["remote"],
+            self.events.emit(Event.RUN_START, root=self.manager.root, remote=self._manager_options["remote"],
                              sources=self.watcher.active, policy=repr(self.policy),
                              **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
                                 else {}))
@@ -172,7 +173,7 @@ class Run:
             self.start_step = self.step = restored or 0
             self._submitted = self._reported = self.step
             info, stats = self.manager.restored, self.manager.last_restore
-            self.events.emit("restore", step=restored, tier=self._tier_name(self.manager.restored_tier) if restored
+            self.events.emit(Event.RESTORE, step=restored, tier=self._tier_name(self.manager.restored_tier) if restored
                              else None, seconds=stats.total_s, bytes=stats.bytes,
                              skipped=list(self.manager.restore_skipped))
             if restored:
@@ -192,7 +193,7 @@ class Run:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if isinstance(exc, Preempted):
-            self._teardown(wait_remote=exc.tier == "remote")
+            self._teardown(wait_remote=exc.tier == Tier.REMOTE)
             return
         if exc_type is not None:
             # sys.exit() in the loop is the user's own way out; anything else is a failure
@@ -204,7 +205,7 @@ class Run:
                 except Exception as e:
                     logger.warning("The checkpoint in flight failed too: %s", e)
                 self._report_durable()
-                self.events.emit("stop", reason="exit" if isinstance(exc, SystemExit) else "error",
+                self.events.emit(Event.STOP, reason=StopReason.EXIT if isinstance(exc, SystemExit) else StopReason.ERROR,
                                  exit_code=self.exit_code, step=self.step, error=f"{exc_type.__name__}: {exc}")
             finally:
                 self._teardown(wait_remote=False)
@@ -214,7 +215,7 @@ class Run:
         except BaseException:
             self._teardown(wait_remote=False)
             raise
-        self._teardown(wait_remote=self.tier == "remote")
+        self._teardown(wait_remote=self.tier == Tier.REMOTE)
 
     def _finish(self) -> None:
         """Leaving normally: a final checkpoint of the last step, durable (on the remote too)."""
@@ -225,7 +226,7 @@ class Run:
             self._notice_now()  # the loop ended early with a notice pending: the emergency path
             return
         if self.step > (self._submitted or 0):
-            self._save(self.step, "final")
+            self._save(self.step, SaveReason.FINAL)
         if self._submitted:
             deadline = self._deadline(notice) if notice is not None else None
             self.tier = self._make_durable(self._submitted, deadline, notice)
@@ -233,7 +234,8 @@ class Run:
                 self.watcher.acknowledge()
         self.exit_code = EXIT_OK
         self._report_durable()
-        self.events.emit("stop", reason="completed" if self.completed else "exit", exit_code=EXIT_OK,
+        self.events.emit(Event.STOP, reason=StopReason.COMPLETED if self.completed else StopReason.EXIT,
+                         exit_code=EXIT_OK,
                          step=self.step, tier=self.tier, notice=notice.source if notice else None)
 
     def _teardown(self, *, wait_remote: bool) -> None:
@@ -287,11 +289,11 @@ class Run:
             return
         advisories = self.watcher.new_advisories()
         for adv in advisories:
-            self.events.emit("notice", source=adv.source, reason=adv.reason, seconds_left=None, advisory=True,
+            self.events.emit(Event.NOTICE, source=adv.source, reason=adv.reason, seconds_left=None, advisory=True,
                              step=step)
             logger.warning("Early warning from %s (%s): checkpointing step %d now", adv.source, adv.reason, step)
         due = self.policy.due(step, now) or bool(advisories)
-        reason = "notice" if advisories else "policy"
+        reason = SaveReason.NOTICE if advisories else SaveReason.POLICY
         if due and not self.completed:
             self._save(step, reason)
         self._report_durable()
@@ -310,14 +312,14 @@ class Run:
         step = values.pop("step", None)
         if step is None:
             step = self._current if self._current is not None else self.step
-        self.events.emit("metrics", step=step, values=values)
+        self.events.emit(Event.METRICS, step=step, values=values)
 
-    def save(self, reason: str = "manual") -> SaveStats:
+    def save(self, reason: str = SaveReason.MANUAL) -> SaveStats:
         """Checkpoint the last finished step now (asynchronously, as policy saves are)."""
         return self._save(self.step, reason)
 
     # -- internals -------------------------------------------------------------------------
-    def _save(self, step: int, reason: str) -> SaveStats:
+    def _save(self, step: int, reason: SaveReason | str) -> SaveStats:
         epoch = next((v.epoch for v in self.state.values() if isinstance(getattr(v, "epoch", None), int)), None)
         stats = self.manager.save(step, self.state, epoch=epoch)
         self._reasons[step] = reason
@@ -335,14 +337,14 @@ class Run:
                 if last.step <= self._reported:
                     continue
                 self._reported = last.step
-                self.events.emit("checkpoint", step=last.step, reason=self._reasons.get(last.step, "policy"),
+                self.events.emit(Event.CHECKPOINT, step=last.step, reason=self._reasons.get(last.step, SaveReason.POLICY),
                                  bytes=last.bytes, stall_s=last.stall_s, waited_s=last.waited_s,
                                  stage_s=last.stage_s, persist_s=last.persist_s, total_s=last.total_s)
         watermark = mgr.remote_watermark
         if watermark is not None and watermark > self._uploads_reported:
             for up in mgr.uploads:
                 if up.step > self._uploads_reported:
-                    self.events.emit("upload", step=up.step, bytes=up.bytes, upload_s=up.upload_s,
+                    self.events.emit(Event.UPLOAD, step=up.step, bytes=up.bytes, upload_s=up.upload_s,
                                      retries=up.retries)
             self._uploads_reported = max(watermark, *(u.step for u in mgr.uploads), self._uploads_reported)
             now = time.monotonic()
@@ -371,13 +373,13 @@ class Run:
         deadline = self._deadline(notice)
         w0, w1 = self._restore_window
         during = "restore" if w0 <= notice.received <= w1 else ("step" if step > self.start_step else "start")
-        self.events.emit("notice", source=notice.source, reason=notice.reason, seconds_left=notice.seconds_left(),
+        self.events.emit(Event.NOTICE, source=notice.source, reason=notice.reason, seconds_left=notice.seconds_left(),
                          advisory=False, step=step, during=during)
         logger.warning("Interruption notice from %s (%s, %s left): checkpointing step %d and stopping",
                        notice.source, notice.reason, format_duration(max(0.0, deadline - time.monotonic()
                                                                          + self.margin)), step)
         if step > (self._submitted or 0):
-            self._save(step, "notice")
+            self._save(step, SaveReason.NOTICE)
         if self._submitted != self.start_step:
             tier = self._make_durable(self._submitted, deadline, notice)
         elif self.start_step:
@@ -385,22 +387,23 @@ class Run:
             logger.warning("No step has run since the restore: %s (%s) is the checkpoint to resume from.",
                            step_dir(self.start_step), tier)
         else:
-            tier = "none"
+            tier = Tier.NONE
             logger.warning("No step has run yet: nothing to checkpoint, nothing is lost.")
         self.tier = tier
         self._report_durable()
         if tier is not None:
             self.watcher.acknowledge()
         self.exit_code = EXIT_PREEMPTED
-        self.events.emit("stop", reason="notice", exit_code=EXIT_PREEMPTED, step=step, tier=tier,
+        self.events.emit(Event.STOP, reason=StopReason.NOTICE, exit_code=EXIT_PREEMPTED, step=step, tier=tier,
                          checkpoint_step=self._submitted, source=notice.source,
-                         notice_to_durable_s=time.time() - notice.received if tier in ("local", "remote") else None,
+                         notice_to_durable_s=time.time() - notice.received if tier in (Tier.LOCAL, Tier.REMOTE) else None,
                          seconds_left=notice.seconds_left())
         if self.exit_on_notice:
             raise Preempted(notice, step, tier)
 
-    def _make_durable(self, step: int, deadline: float | None, notice: Notice | None) -> str | None:
-        """Wait until ``step`` is durable on the best tier that fits; return "remote", "local" or None."""
+    def _make_durable(self, step: int, deadline: float | None, notice: Notice | None) -> Tier | None:
+        """Wait until ``step`` is durable on the best tier that fits; return ``Tier.REMOTE``, ``Tier.LOCAL``
+        or None."""
         mgr = self.manager
         name = step_dir(step)
         while True:
@@ -418,31 +421,31 @@ class Run:
         if mgr.remote is None:
             if notice is not None:
                 logger.warning("%s is durable at %s.", name, mgr.root)
-            return self._tier_name("root")
+            return self._tier_name(Tier.ROOT)
         mgr.prioritize_upload(step)
         estimate, why = self._upload_estimate(step)
         left = None if deadline is None else deadline - time.monotonic()
         if notice is not None and self.watcher.urgent:
             logger.warning("%s is durable on local disk at %s; not waiting for the upload to %s: a second signal "
                            "came.", name, mgr.root, mgr.remote.url)
-            return "local"
+            return Tier.LOCAL
         if left is not None and estimate is not None and estimate > left:
             logger.warning("%s is durable on local disk at %s only: its upload to %s would take about %s (%s), "
                            "more than the %s left. The newest step confirmed there is %s.", name, mgr.root,
                            mgr.remote.url, format_duration(estimate), why, format_duration(max(0.0, left)),
                            self._confirmed_on_remote())
-            return "local"
+            return Tier.LOCAL
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 logger.warning("%s is durable on local disk at %s; its upload to %s did not finish before the "
                                "deadline. The newest step confirmed there is %s.", name, mgr.root, mgr.remote.url,
                                self._confirmed_on_remote())
-                return "local"
+                return Tier.LOCAL
             if notice is not None and self.watcher.urgent:
                 logger.warning("%s is durable on local disk at %s; stopped waiting for the upload to %s: a second "
                                "signal came.", name, mgr.root, mgr.remote.url)
-                return "local"
+                return Tier.LOCAL
             try:
                 # True only once this manager confirmed ``step`` itself on the remote: a higher step there
                 # (another run's, a garbage manifest) never ends this wait
@@ -453,27 +456,27 @@ class Run:
                         logger.warning("%s is durable on local disk at %s; it will not reach %s (its upload was "
                                        "dropped or refused). The newest step confirmed there is %s.", name,
                                        mgr.root, mgr.remote.url, self._confirmed_on_remote())
-                        return "local"
+                        return Tier.LOCAL
             except Exception as e:
                 if notice is None:
                     raise
                 logger.warning("%s is durable on local disk at %s; its upload to %s failed (%s).", name, mgr.root,
                                mgr.remote.url, e)
-                return "local"
+                return Tier.LOCAL
             if done:
                 if notice is not None:
                     logger.warning("%s is durable on %s (and on local disk).", name, mgr.remote.url)
-                return "remote"
+                return Tier.REMOTE
 
     def _confirmed_on_remote(self) -> str:
         """The newest step this run's manager confirmed on the remote, for a log line."""
         mark = self.manager.remote_watermark
         return step_dir(mark) if mark is not None else "none yet"
 
-    def _tier_name(self, tier: str | None) -> str | None:
-        """"local" or "remote" for the manager's "root"/"remote" (a URL root is remote)."""
-        if tier == "root":
-            return "remote" if is_url(self.root) else "local"
+    def _tier_name(self, tier: Tier | None) -> Tier | None:
+        """``local`` or ``remote`` for the manager's ``root``/``remote`` (a URL root is remote)."""
+        if tier == Tier.ROOT:
+            return Tier.REMOTE if is_url(self.root) else Tier.LOCAL
         return tier
 
     def _upload_estimate(self, step: int) -> tuple[float | None, str]:
