@@ -43,8 +43,8 @@ from .._format import (
     step_dir,
     tmp_dir,
     trash_dir,
-from .._names import Tier
 )
+from .._names import Tier
 from .._state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
 from .._storage import LeaseOptions, LocalFiles, Owner, Storage, Uploadable, open_storage
 from ..errors import (
