@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         save_every = int(args.save_every) if args.save_every.isdigit() else args.save_every
     try:
         with spotsafe.Run(args.root, state, save_every=save_every, notices=args.notices, remote=args.remote,
-                          keep_last=args.keep_last) as run:
+                          keep=args.keep_last) as run:
             print(f"resumed {run.step} epoch {loader.epoch} position {loader.position}", flush=True)
             durable = run.step
             model.train()

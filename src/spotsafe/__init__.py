@@ -35,7 +35,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from . import data, notices, policy
-    from ._engine import CheckpointManager, RestoreStats, SaveStats, UploadStats
+    from ._engine import CheckpointManager, CheckpointOptions, RestoreStats, SaveStats, UploadStats
     from ._format import CheckpointInfo
     from ._state import Stateful
     from ._storage import LeaseOptions
@@ -48,6 +48,7 @@ _LAZY = {
     "CheckpointManager": "spotsafe._engine",
     "EveryDuration": "spotsafe.policy",
     "EverySteps": "spotsafe.policy",
+    "CheckpointOptions": "spotsafe._engine",
     "LeaseOptions": "spotsafe._storage",
     "Notice": "spotsafe.notices",
     "Preempted": "spotsafe.run",
@@ -68,6 +69,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointSkippedWarning",
+    "CheckpointOptions",
     "CorruptCheckpointError",
     "EXIT_OK",
     "EXIT_PREEMPTED",

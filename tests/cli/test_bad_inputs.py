@@ -315,28 +315,30 @@ def test_plan_simulate_with_a_short_mtbf_ends_and_says_it_was_cut_short():
 
 
 def test_simulate_is_bounded_in_draws_and_in_time():
-    args = (10 * 3600.0, 60.0, 30.0, 60.0, 600.0)  # each restart completes with probability e^-10
-    assert simulate(*args, runs=5, max_draws=50_000) == []
+    hopeless = {"checkpoint_cost": 30.0, "mtbf": 60.0, "restart_cost": 600.0}  # a restart completes with p = e^-10
+    assert simulate(10 * 3600.0, 60.0, **hopeless, runs=5, max_draws=50_000) == []
     ticks = iter(range(10**9))
-    assert simulate(*args, runs=5, time_limit=3, clock=lambda: float(next(ticks))) == []
-    full = simulate(3600.0, 600.0, 10.0, 6 * 3600.0, 60.0, runs=50, max_draws=50_000)
+    assert simulate(10 * 3600.0, 60.0, **hopeless, runs=5, time_limit=3, clock=lambda: float(next(ticks))) == []
+    costs = {"checkpoint_cost": 10.0, "mtbf": 6 * 3600.0, "restart_cost": 60.0}
+    full = simulate(3600.0, 600.0, **costs, runs=50, max_draws=50_000)
     assert len(full) == 50 and min(full) >= 3600.0
-    cut = simulate(3600.0, 600.0, 10.0, 6 * 3600.0, 60.0, runs=10_000, max_draws=50_000)
+    cut = simulate(3600.0, 600.0, **costs, runs=10_000, max_draws=50_000)
     assert 0 < len(cut) < 10_000 and cut[:50] == full  # the jobs it finished, the same as before
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
 def test_plan_refuses_non_finite_figures(bad):
     with pytest.raises(ValueError, match="finite"):
-        plan(3600.0, 6 * 3600.0, 30.0, bad, 1.0, 3.0)
+        plan(3600.0, mtbf=6 * 3600.0, checkpoint_cost=30.0, restart_cost=bad, spot_price=1.0, on_demand_price=3.0)
     with pytest.raises(ValueError, match="finite"):
-        plan(3600.0, 6 * 3600.0, 30.0, 60.0, bad, 3.0)
+        plan(3600.0, mtbf=6 * 3600.0, checkpoint_cost=30.0, restart_cost=60.0, spot_price=bad, on_demand_price=3.0)
 
 
 def test_a_restart_longer_than_a_float_can_price_is_a_sentence_not_an_overflow():
     with pytest.raises(ValueError, match="would never finish"):
-        plan(36000.0, 21600.0, 30.0, 3.6e11, 1.0, 3.0)
-    p = plan(36000.0, 21600.0, 30.0, 1200.0, 1.0, 3.0)  # restarts > 12 min overflowed the break-even search
+        plan(36000.0, mtbf=21600.0, checkpoint_cost=30.0, restart_cost=3.6e11, spot_price=1.0, on_demand_price=3.0)
+    # restarts > 12 min overflowed the break-even search
+    p = plan(36000.0, mtbf=21600.0, checkpoint_cost=30.0, restart_cost=1200.0, spot_price=1.0, on_demand_price=3.0)
     assert p.break_even_mtbf_s is not None and math.isfinite(p.expected_wall_time_s)
 
 

@@ -21,7 +21,7 @@ def cli(*args) -> subprocess.CompletedProcess:
 def run_root(root):
     model = torch.nn.Linear(16, 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         for s in (100, 200, 300):
             mgr.save(s, {"model": model, "optimizer": opt}, epoch=s // 100, metadata={"loss": 1.0 / s})
     return root
@@ -94,7 +94,7 @@ def test_inspect_of_a_damaged_checkpoint_says_why(run_root):
 
 
 def test_ls_and_verify_read_a_remote_root_from_the_usual_environment(s3_url, tmp_path):
-    with spotsafe.CheckpointManager(tmp_path / "local", remote=s3_url, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(tmp_path / "local", remote=s3_url, keep=5) as mgr:
         for s in (1, 2):
             mgr.save(s, {"w": torch.full((64,), float(s))})
     rows = [json.loads(x) for x in cli("ls", s3_url, "--json").stdout.splitlines()]

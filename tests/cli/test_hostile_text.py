@@ -31,7 +31,7 @@ def cli(*args) -> subprocess.CompletedProcess:
 @pytest.fixture
 def hostile_root(root):
     state = {name: {"w": torch.full((4,), float(i))} for i, name in enumerate(NAMES)}
-    with spotsafe.CheckpointManager(root, keep_last=5, rng=False) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5, rng=False) as mgr:
         mgr.save(1, state, metadata={BOGUS: LINK + ESC})
         mgr.save(2, state)
     # step 2: a type and a version naming markup and escapes (re-signed), and a bad dtype in

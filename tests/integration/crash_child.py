@@ -3,7 +3,7 @@
 Usage: crash_child.py BASE syscall           # one trial per file-system call of a save
        crash_child.py BASE timed N SEED      # N trials, killed after a random delay
 
-Each trial forks a saver process that commits step 1 and then step 2 (keep_last=1, so
+Each trial forks a saver process that commits step 1 and then step 2 (keep=1, so
 step 1 is deleted after step 2 commits) -- or, in timed mode, steps 1, 2, 3, ... in a loop
 -- and dies by SIGKILL: in syscall mode it kills itself at the K-th os call (open, write, pwrite,
 fsync, mkdir, rename, unlink, rmdir) of the second save, for every K; in timed mode this
@@ -55,7 +55,7 @@ def install_kill_at(k: int, counter: list[int], active: list[bool]) -> None:
 def saver(root: str, report_fd: int, kill_at: int | None, loop: bool) -> None:
     counter, active = [0], [False]
     install_kill_at(-1 if kill_at is None else kill_at, counter, active)
-    mgr = spotsafe.CheckpointManager(root, keep_last=1)
+    mgr = spotsafe.CheckpointManager(root, keep=1)
     step = 1
     while True:
         state = make_state(step)

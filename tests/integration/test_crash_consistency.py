@@ -33,7 +33,7 @@ def run_child(*args) -> list[dict]:
 def check_restores_exactly(root: str) -> int:
     """The step a fresh manager restores (0 for none), after checking every restored byte."""
     state = {"model": None, "optimizer": None, "meta": None}
-    with spotsafe.CheckpointManager(root, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(root, keep=1) as mgr:
         step = mgr.restore(state)
         infos = mgr.checkpoints()
     assert sorted(os.listdir(root)) == [".spotsafe-writer.lock"] + [i.name for i in infos]  # leftovers cleaned

@@ -166,7 +166,7 @@ def test_two_managers_in_one_process_on_one_root_the_second_is_refused_until_the
 
 def test_read_only_restore_writes_nothing_and_needs_no_lock(tmp_path):
     root, hold = tmp_path / "run", tmp_path / "go"
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         for step in (1, 2):
             mgr.save(step, {"w": torch.full((10,), float(step))})
     (root / f"{step_dir(3)}.tmp-0123456789ab").mkdir()  # a leftover a writer would clean
@@ -176,7 +176,7 @@ def test_read_only_restore_writes_nothing_and_needs_no_lock(tmp_path):
         before = tree(root)
         time.sleep(0.05)  # an mtime written now would differ
         state = {"w": None}
-        with spotsafe.CheckpointManager(root, read_only=True, keep_last=1) as reader:
+        with spotsafe.CheckpointManager(root, read_only=True, keep=1) as reader:
             assert reader.restore(state) == 2
             assert [c.step for c in reader.checkpoints()] == [1, 2]
             with pytest.raises(ReadOnlyRootError, match="read_only=True"):

@@ -46,7 +46,7 @@ def test_round_trip_and_a_new_machine_restores_from_the_remote_bit_exact(s3_url,
     caplog.set_level(logging.DEBUG)
     model, opt, sched = make_training()
     local = tmp_path / "node-a"
-    with spotsafe.CheckpointManager(local, remote=s3_url, keep_last=2) as mgr:
+    with spotsafe.CheckpointManager(local, remote=s3_url, keep=2) as mgr:
         for step in (10, 20, 30):
             train(model, opt, 2)
             mgr.save(step, {"model": model, "optimizer": opt, "scheduler": sched})

@@ -72,7 +72,7 @@ def test_a_corrupt_local_step_is_never_uploaded_and_keep_last_1_keeps_the_good_r
     caplog.set_level(logging.INFO)
     got = blank()
     with pytest.warns(CheckpointSkippedWarning, match=rf"{step_dir(20)} in {local} .*fails its checksum"):
-        with spotsafe.CheckpointManager(local, remote=s3_url, keep_last=1) as mgr:
+        with spotsafe.CheckpointManager(local, remote=s3_url, keep=1) as mgr:
             assert mgr.restore(got) == 10 and mgr.restored_tier == "remote"
             assert not mgr.wait_uploaded(20, timeout=60)  # refused, not merely late
             assert mgr.remote_watermark == 10
@@ -85,12 +85,12 @@ def test_a_corrupt_local_step_is_never_uploaded_and_keep_last_1_keeps_the_good_r
     # a restart on the same machine reads the repaired local copy...
     got = blank()
     with pytest.warns(CheckpointSkippedWarning, match=step_dir(20)):
-        with spotsafe.CheckpointManager(local, remote=s3_url, keep_last=1) as mgr:
+        with spotsafe.CheckpointManager(local, remote=s3_url, keep=1) as mgr:
             assert mgr.restore(got) == 10 and mgr.restored_tier == "root"
     assert_state(got, 10)
     # ...and a brand-new machine the remote copy, bit for bit
     got = blank()
-    with spotsafe.CheckpointManager(tmp_path / "node-b", remote=s3_url, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(tmp_path / "node-b", remote=s3_url, keep=1) as mgr:
         assert mgr.restore(got) == 10 and mgr.restored_tier == "remote"
     assert_state(got, 10)
     assert committed_steps(remote) == [10]
@@ -183,7 +183,7 @@ def test_a_garbage_higher_step_on_the_remote_neither_ends_a_wait_nor_raises_the_
     garbage_at_900(s3_url)
     gate = Gate(monkeypatch)
     remote = open_storage(s3_url)
-    with spotsafe.CheckpointManager(tmp_path / "run", remote=s3_url, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(tmp_path / "run", remote=s3_url, keep=1) as mgr:
         mgr.save(1, state(1))
         with pytest.raises(TimeoutError, match=rf"{step_dir(1)} is not confirmed on {s3_url} after 2s; the newest "
                                                "step confirmed there is none"):
@@ -323,7 +323,7 @@ def test_a_prune_that_fails_leaves_the_new_step_durable_and_uploaded(tmp_path):
     import uuid
 
     remote, root = f"memory://prune-{uuid.uuid4().hex[:8]}/run", tmp_path / "run"
-    with spotsafe.CheckpointManager(root, remote=remote, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(root, remote=remote, keep=1) as mgr:
         mgr.save(1, {"v": torch.ones(3)})
         mgr.wait(remote=True, timeout=30)
     shutil.copytree(root / step_dir(1), tmp_path / "copy")
@@ -331,7 +331,7 @@ def test_a_prune_that_fails_leaves_the_new_step_durable_and_uploaded(tmp_path):
                       capture_output=True).returncode != 0:
         pytest.skip("bind mounts are not allowed here")
     try:
-        with spotsafe.CheckpointManager(root, remote=remote, keep_last=1) as mgr:
+        with spotsafe.CheckpointManager(root, remote=remote, keep=1) as mgr:
             mgr.save(2, {"v": torch.ones(3) * 2})
             with pytest.raises(spotsafe.SpotsafeError, match=rf"^Deleting old checkpoint {step_dir(1)} in {root} "
                                                              r"failed \(.*Device or resource busy.*\); check"):

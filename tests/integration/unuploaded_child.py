@@ -39,7 +39,7 @@ def main() -> None:
         return real(st, fd, rel, **kw)
 
     FsspecStorage.upload_file = die_at_m
-    mgr = spotsafe.CheckpointManager(local, remote=remote, keep_last=1, async_save=False)
+    mgr = spotsafe.CheckpointManager(local, remote=remote, keep=1, async_save=False)
     mgr.save(n, state(n))
     mgr.wait(remote=True, timeout=120)
     print("remote", mgr.remote_watermark, flush=True)

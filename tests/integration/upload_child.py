@@ -44,7 +44,7 @@ def main() -> None:
         return out
 
     s3fs.S3FileSystem._call_s3 = die_mid_upload
-    with spotsafe.CheckpointManager(local, remote=remote, keep_last=3) as mgr:
+    with spotsafe.CheckpointManager(local, remote=remote, keep=3) as mgr:
         mgr.save(1, state(1))
         mgr.wait(remote=True, timeout=120)
         print("remote", mgr.remote_watermark, flush=True)

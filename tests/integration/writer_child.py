@@ -2,7 +2,7 @@
 
 Usage: writer_child.py ROOT VALUE STEPS HOLD_FILE [--remote URL] [--fork-worker]
 
-Opens ``CheckpointManager(ROOT, keep_last=3)`` (a second writer is refused right here, and
+Opens ``CheckpointManager(ROOT, keep=3)`` (a second writer is refused right here, and
 the error goes out as a user would see it: a traceback and exit 1), prints ``holding
 <pid>``, saves step 1, then waits until HOLD_FILE exists (at most 60 s) before saving
 steps 2..STEPS and closing. Every checkpoint's ``w`` is ``VALUE + step``, so whose it is
@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 def main() -> None:
     root, value, steps, hold = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     remote = sys.argv[sys.argv.index("--remote") + 1] if "--remote" in sys.argv else None
-    mgr = spotsafe.CheckpointManager(root, remote=remote, keep_last=3)
+    mgr = spotsafe.CheckpointManager(root, remote=remote, keep=3)
     if "--fork-worker" in sys.argv:
         pid = os.fork()
         if pid == 0:

@@ -124,7 +124,7 @@ def test_missing_things_read_as_missing(storage):
 
 def test_the_manager_round_trips_and_rejects_a_flipped_byte(url):
     model = torch.nn.Linear(64, 32)
-    with spotsafe.CheckpointManager(url, keep_last=2) as mgr:
+    with spotsafe.CheckpointManager(url, keep=2) as mgr:
         for step in (1, 2, 3):
             with torch.no_grad():
                 model.weight.add_(1.0)

@@ -16,7 +16,7 @@ NEW = "step-000000000002"
 
 @pytest.fixture
 def two_checkpoints(root):
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         for s in (1, 2):
             mgr.save(s, {"model": {"w": torch.full((64, 64), float(s))}, "opt": {"m": torch.full((10,), s * 2.0)}})
     return root
@@ -160,7 +160,7 @@ def test_manifest_naming_an_unknown_dtype_is_invalid(two_checkpoints):
 def test_saving_over_a_corrupt_checkpoint_of_the_same_step_replaces_it(two_checkpoints):
     flip_byte(two_checkpoints / NEW / "model.bin")  # sizes still match: only the checksum can tell
     new_state = {"model": {"w": torch.full((64, 64), 9.0)}, "opt": {"m": torch.zeros(10)}}
-    with spotsafe.CheckpointManager(two_checkpoints, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(two_checkpoints, keep=5) as mgr:
         assert not mgr.save(2, new_state).skipped
         state = {"model": None, "opt": None}
         assert mgr.restore(state) == 2

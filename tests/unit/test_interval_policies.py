@@ -54,8 +54,8 @@ def test_daly_when_checkpoints_cost_more_than_twice_the_mtbf():
 ])
 def test_the_simulation_agrees_with_the_analytic_expectation(work, mtbf, ckpt, restart, interval, seed):
     tau = interval or daly_interval(ckpt, mtbf)
-    expected = expected_wall_time(work, tau, ckpt, mtbf, restart)
-    walls = simulate(work, tau, ckpt, mtbf, restart, runs=1500, seed=seed)
+    expected = expected_wall_time(work, tau, checkpoint_cost=ckpt, mtbf=mtbf, restart_cost=restart)
+    walls = simulate(work, tau, checkpoint_cost=ckpt, mtbf=mtbf, restart_cost=restart, runs=1500, seed=seed)
     assert statistics.fmean(walls) == pytest.approx(expected, rel=0.05)
     assert min(walls) >= work                              # never faster than the work itself
 
@@ -63,28 +63,31 @@ def test_the_simulation_agrees_with_the_analytic_expectation(work, mtbf, ckpt, r
 def test_the_optimum_is_the_cheapest_interval():
     work, mtbf, ckpt, restart = 50 * H, 3 * H, 3 * MIN, 10 * MIN
     best = daly_interval(ckpt, mtbf)
-    at = lambda tau: expected_wall_time(work, tau, ckpt, mtbf, restart)  # noqa: E731
+    at = lambda tau: expected_wall_time(work, tau, checkpoint_cost=ckpt, mtbf=mtbf, restart_cost=restart)  # noqa: E731
     assert at(best) < at(best * 0.7) and at(best) < at(best * 1.4)
 
 
+COSTS = {"checkpoint_cost": 5 * MIN, "restart_cost": 10 * MIN, "spot_price": 1.0, "on_demand_price": 3.0}
+
+
 def test_plan_costs_savings_and_break_even_are_consistent():
-    p = plan(100 * H, 6 * H, 5 * MIN, 10 * MIN, spot_price=1.0, on_demand_price=3.0)
+    p = plan(100 * H, **COSTS, mtbf=6 * H)
     assert p.optimal_interval_s == pytest.approx(daly_interval(5 * MIN, 6 * H))
     assert p.spot_cost == pytest.approx(p.expected_wall_time_s / H * 1.0)
     assert p.on_demand_cost == pytest.approx(300.0)
     assert p.savings_fraction == pytest.approx(1 - p.spot_cost / 300.0)
     assert p.wasted_s == pytest.approx(p.expected_wall_time_s - 100 * H) and p.wasted_s > p.checkpoint_overhead_s
-    at_break_even = plan(100 * H, p.break_even_mtbf_s, 5 * MIN, 10 * MIN, 1.0, 3.0)
+    at_break_even = plan(100 * H, **COSTS, mtbf=p.break_even_mtbf_s)
     # equal up to one checkpoint (under interruptions): the cost jumps by one where the work stops
     # being a whole number of intervals, and the break-even may sit on such a jump
-    one_checkpoint = segment_time(5 * MIN, p.break_even_mtbf_s, 10 * MIN) / H * 1.0
+    one_checkpoint = segment_time(5 * MIN, mtbf=p.break_even_mtbf_s, restart_cost=10 * MIN) / H * 1.0
     assert at_break_even.spot_cost == pytest.approx(at_break_even.on_demand_cost, abs=one_checkpoint)
     assert one_checkpoint < 0.001 * at_break_even.on_demand_cost
-    assert break_even_mtbf(100 * H, 5 * MIN, 10 * MIN, 3.0, 3.0) is None      # no discount: never
+    assert break_even_mtbf(100 * H, **{**COSTS, "spot_price": 3.0}) is None      # no discount: never
 
 
 def test_hybrid_meets_the_deadline_with_the_largest_spot_share():
-    p = plan(100 * H, 6 * H, 5 * MIN, 10 * MIN, 1.0, 3.0)
+    p = plan(100 * H, **COSTS, mtbf=6 * H)
     share, wall, cost = hybrid(100 * H, 110 * H, p)
     assert 0 < share < 1 and wall == pytest.approx(110 * H)
     assert p.spot_cost < cost < p.on_demand_cost
@@ -194,8 +197,9 @@ def test_plan_command_json_table_and_measured_inputs(tmp_path):
     assert out.returncode == 0, out.stderr
     j = json.loads(out.stdout)
     assert j["optimal_interval_s"] / 60 == pytest.approx(56.7, abs=0.1) and j["young_interval_s"] == 3600
-    assert j["expected_wall_time_s"] == pytest.approx(expected_wall_time(100 * H, j["optimal_interval_s"], 300,
-                                                                         6 * H, 600))
+    assert j["expected_wall_time_s"] == pytest.approx(expected_wall_time(100 * H, j["optimal_interval_s"],
+                                                                         checkpoint_cost=300, mtbf=6 * H,
+                                                                         restart_cost=600))
     assert j["on_demand_cost"] == 300 and j["spot_cost"] == pytest.approx(j["expected_wall_time_s"] / H)
     assert j["savings_fraction"] == pytest.approx(1 - j["spot_cost"] / 300)
     assert abs(j["simulation"]["mean_vs_expected"]) < 0.05

@@ -8,6 +8,7 @@ import torch
 from helpers import assert_same_optimizer, assert_same_tensors, fresh_training, make_training, snapshot
 
 import spotsafe
+from spotsafe.policy import KeepEvery, KeepLast
 
 
 def test_round_trip_restores_every_component_in_place(root):
@@ -67,7 +68,7 @@ def test_empty_root_restores_nothing(root):
 
 
 def test_restore_a_given_step_and_a_missing_one(root):
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         for s in (10, 20, 30):
             mgr.save(s, {"v": torch.full((3,), float(s))})
         state = {"v": None}
@@ -88,7 +89,7 @@ def test_saving_a_committed_step_again_keeps_the_valid_one(root):
 
 
 def test_retention_on_disk_keeps_last_and_every(root):
-    with spotsafe.CheckpointManager(root, keep_last=2, keep_every=30) as mgr:
+    with spotsafe.CheckpointManager(root, keep=KeepLast(2) | KeepEvery(30)) as mgr:
         for s in range(10, 101, 10):
             mgr.save(s, {"v": s})
         mgr.wait()
@@ -128,8 +129,8 @@ def test_cuda_less_state_records_devices_and_dtypes(root):
 
 
 def test_manager_rejects_bad_arguments(root):
-    with pytest.raises(ValueError, match="keep_last"):
-        spotsafe.CheckpointManager(root, keep_last=0)
+    with pytest.raises(ValueError, match=r"keep=0 is not a whole number of at least 1; use keep=1 or more"):
+        spotsafe.CheckpointManager(root, keep=0)
     with spotsafe.CheckpointManager(root) as mgr:
         with pytest.raises(ValueError, match="Step -1"):
             mgr.save(-1, {"v": 1})
@@ -147,7 +148,7 @@ def test_a_failed_background_deletion_is_raised_on_the_next_save(root, monkeypat
     def refuse(path, ignore_errors=False):
         raise PermissionError(13, "Permission denied", str(path))
 
-    with spotsafe.CheckpointManager(root, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(root, keep=1) as mgr:
         mgr.save(1, {"v": 1})
         monkeypatch.setattr(shutil, "rmtree", refuse)
         mgr.save(2, {"v": 2})  # prunes step 1 in the background, which fails
@@ -168,7 +169,7 @@ def test_every_failed_background_deletion_is_raised_none_dropped(root, monkeypat
     def refuse(path, ignore_errors=False):
         raise PermissionError(13, "Permission denied", str(path))
 
-    with spotsafe.CheckpointManager(root, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(root, keep=1) as mgr:
         mgr.save(1, {"v": 1})
         mgr.wait()
         monkeypatch.setattr(shutil, "rmtree", refuse)

@@ -30,7 +30,7 @@ def _strict(data: bytes):
 
 def test_nan_metadata_saves_round_trips_and_later_saves_succeed(root):
     state = _state()
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:  # asynchronous: the manifest is written later
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:  # asynchronous: the manifest is written later
         mgr.save(1, state, metadata={"loss": float("nan"), "grad": {"max": float("inf"), "min": -math.inf},
                                      "losses": [1.5, float("nan")], "lr": np.float32(0.5), "note": "spike"})
         for step in (2, 3):

@@ -36,7 +36,7 @@ class UploadGate:
 
 def test_the_queue_is_bounded_and_drops_the_oldest_waiting_step(root, remote, monkeypatch):
     gate = UploadGate(monkeypatch)
-    with spotsafe.CheckpointManager(root, remote=remote, max_pending_uploads=1, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, remote=remote, max_pending_uploads=1, keep=5) as mgr:
         mgr.save(1, {"v": torch.ones(3)})
         mgr.wait()
         assert gate.started.wait(10)  # step 1 is being uploaded
@@ -52,7 +52,7 @@ def test_the_queue_is_bounded_and_drops_the_oldest_waiting_step(root, remote, mo
 
 def test_local_retention_keeps_steps_that_still_wait_for_upload(root, remote, monkeypatch):
     gate = UploadGate(monkeypatch)
-    with spotsafe.CheckpointManager(root, remote=remote, keep_last=1, max_pending_uploads=3) as mgr:
+    with spotsafe.CheckpointManager(root, remote=remote, keep=1, max_pending_uploads=3) as mgr:
         for step in (1, 2, 3):
             mgr.save(step, {"v": torch.ones(3) * step})
             mgr.wait()
@@ -143,7 +143,7 @@ def test_close_with_a_timeout_says_which_steps_did_not_reach_the_remote(root, re
         return real(st, fd, rel, **kw)
 
     monkeypatch.setattr(FsspecStorage, "upload_file", slow)
-    mgr = spotsafe.CheckpointManager(root, remote=remote, keep_last=5, max_pending_uploads=3)
+    mgr = spotsafe.CheckpointManager(root, remote=remote, keep=5, max_pending_uploads=3)
     for step in (1, 2, 3):
         mgr.save(step, {"v": torch.ones(3) * step})
         mgr.wait()

@@ -54,7 +54,7 @@ def test_restore_reports_its_step_tier_bytes_and_phases(root):
 
 
 def test_a_skipped_newer_corrupt_checkpoint_is_counted_and_timed_as_selection(root):
-    with spotsafe.CheckpointManager(root, async_save=False, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, async_save=False, keep=5) as mgr:
         for step in (1, 2, 3):
             mgr.save(step, make_state(step))
     for step in (2, 3):  # both newer ones damaged: one byte flipped in every file but the manifest

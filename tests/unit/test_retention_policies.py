@@ -103,7 +103,7 @@ def test_only_time_based_rules_need_creation_times():
 
 def test_as_retention_builds_the_manager_defaults_or_passes_keep_through():
     assert repr(as_retention()) == "KeepLast(3)"
-    assert repr(as_retention(keep_last=2, keep_every=10)) == "KeepLast(2) | KeepEvery(10)"
+    assert repr(as_retention(2)) == "KeepLast(2)"
     policy = KeepLast(1) | KeepEveryDuration("1h")
     assert as_retention(keep=policy) is policy
 
@@ -185,24 +185,21 @@ def test_the_committed_step_is_valid_whatever_the_sets_say():
     (lambda: KeepEveryDuration(0), r"KeepEveryDuration\(0\) must be longer than 0 seconds; use e.g. '1h'"),
     (lambda: KeepEveryDuration("soon"), r"KeepEveryDuration='soon'.*15m"),
     (lambda: KeepEveryDuration(-60), r"KeepEveryDuration=-60 must be a finite duration"),
-    (lambda: as_retention(keep_last=0), r"keep_last=0 is not a whole number of at least 1; use keep_last >= 1"),
-    (lambda: as_retention(keep_every=0), r"keep_every=0 is not a whole number of at least 1; use None"),
-    (lambda: as_retention(keep_every=10, keep=KeepLast(2)),
-     r"keep=KeepLast\(2\) replaces keep_last and keep_every, so keep_every=10 would be ignored"),
-    (lambda: as_retention(keep_last=5, keep=KeepLast(2)), r"so keep_last=5 would be ignored; drop it"),
+    (lambda: as_retention(0), r"keep=0 is not a whole number of at least 1; use keep=1 or more"),
+    (lambda: spotsafe.CheckpointOptions(keep=-2), r"keep=-2 is not a whole number of at least 1"),
 ])
 def test_bad_arguments_name_the_value_and_the_way_out(make, message):
     with pytest.raises(ValueError, match=message):
         make()
 
 
-def test_keep_must_be_a_retention_policy():
-    with pytest.raises(TypeError, match=r"keep=5 is not a retention policy; use KeepLast\(n\)"):
-        as_retention(keep=5)
+def test_keep_must_be_a_number_or_a_retention_policy():
+    with pytest.raises(TypeError, match=r"keep='5' is not a number or a retention policy; use keep=3, KeepLast\(n\)"):
+        as_retention(keep="5")
+    with pytest.raises(TypeError, match="keep=True is not a number"):
+        as_retention(keep=True)
     with pytest.raises(TypeError):
         KeepLast(1) | EverySteps(5)  # a save policy says when to save, not what to keep
-    with pytest.raises(ValueError, match="keep=KeepLast"):
-        spotsafe.CheckpointManager("unused", keep=KeepLast(1), keep_every=10)
 
 
 # -- one store: creation times read only when needed, and only once --------------------------
@@ -283,7 +280,6 @@ def remaining_steps(root) -> list[int]:
 def test_manager_prunes_its_root_under_a_combined_policy(root):
     with spotsafe.CheckpointManager(root, keep=KeepLast(2) | KeepEvery(10)) as mgr:
         assert repr(mgr) == f"CheckpointManager({mgr.root!r}, keep=KeepLast(2) | KeepEvery(10))"
-        assert mgr.keep_last is None and mgr.keep_every is None  # keep= replaces them
         for step in range(1, 26):
             mgr.save(step, {"v": step})
             mgr.wait()
@@ -293,8 +289,8 @@ def test_manager_prunes_its_root_under_a_combined_policy(root):
 
 
 def test_manager_default_retention_reads_no_manifest_to_prune(root, reads):
-    with spotsafe.CheckpointManager(root, keep_last=2, async_save=False) as mgr:
-        assert repr(mgr.keep) == "KeepLast(2)" and mgr.keep_last == 2
+    with spotsafe.CheckpointManager(root, keep=2, async_save=False) as mgr:
+        assert repr(mgr.keep) == "KeepLast(2)" and mgr.options.keep == 2
         for step in range(1, 6):
             mgr.save(step, {"v": step})
     assert remaining_steps(root) == [4, 5]

@@ -40,7 +40,7 @@ def test_steps_restore_save_by_policy_and_a_final_checkpoint(root):
             seen.append(step)
     assert seen == list(range(1, 8)) and run.exit_code == 0 and run.completed
     final = {k: v.clone() for k, v in model.state_dict().items()}
-    with spotsafe.CheckpointManager(root, keep_last=10) as mgr:
+    with spotsafe.CheckpointManager(root, keep=10) as mgr:
         assert [c.step for c in mgr.checkpoints() if c.valid] == [3, 6, 7]
     ev = read_events(root / "events")
     assert [e["event"] for e in ev][:2] == ["run_start", "restore"] and ev[-1]["event"] == "stop"
@@ -126,7 +126,7 @@ def test_manual_loops_use_step_done_and_stop_requested(root, tmp_path):
                         time.sleep(0.01)
                 run.step_done(step)
     assert stop.value.step == 6
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         assert [c.step for c in mgr.checkpoints()] == [4, 6]
 
 
@@ -334,7 +334,7 @@ def test_the_supervisors_environment_fills_root_remote_and_save_every(root, monk
     with spotsafe.Run(None, state, notices=None) as run:
         for _ in run.steps(9):
             train_step(model, opt)
-    with spotsafe.CheckpointManager(root, keep_last=10) as mgr:
+    with spotsafe.CheckpointManager(root, keep=10) as mgr:
         assert [c.step for c in mgr.checkpoints() if c.valid] == [4, 8, 9]          # $SPOTSAFE_SAVE_EVERY
     mem = fsspec.filesystem("memory")
     names = sorted(p.rsplit("/", 1)[-1] for p in mem.ls(remote, detail=False))

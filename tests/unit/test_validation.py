@@ -43,7 +43,7 @@ def make_state(seed: int) -> dict:
 @pytest.fixture
 def two(root):
     """Step 1 and step 2 saved; returns (root, the parameters of step 1)."""
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         s1 = make_state(1)
         mgr.save(1, s1, metadata={"loss": 0.5})
         mgr.save(2, make_state(2), metadata={"loss": 0.25})
@@ -146,7 +146,7 @@ def test_verify_and_restore_agree_on_a_malformed_manifest(two, case):
     assert CliRunner().invoke(main, ["verify", str(root), "--step", "1"]).exit_code == 0
 
     state = make_state(7)
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         with pytest.warns(CheckpointSkippedWarning, match=rf"{NEW} .* is invalid: .*{reason_of(case)}") as rec:
             assert mgr.restore(state) == 1
         assert len([w for w in rec if issubclass(w.category, CheckpointSkippedWarning)]) == 1
@@ -177,7 +177,7 @@ def test_a_mangled_optimizer_tree_is_skipped(two):
         comp(body, "opt")["tree"]["param_groups"] = [1]
     rewrite(root / NEW, mangle)
     state = make_state(7)
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         with pytest.warns(CheckpointSkippedWarning, match=NEW):
             assert mgr.restore(state) == 1
     assert torch.equal(state["model"].weight, old_params["weight"])
@@ -198,7 +198,7 @@ def test_a_file_too_large_for_memory_is_skipped_before_it_is_allocated(two):
     rewrite(root / NEW, lambda b: b["files"]["model.bin"].update(size=size))
     state = make_state(7)
     t0 = time.monotonic()
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         with pytest.warns(CheckpointSkippedWarning, match=rf"{NEW} .* is invalid: .*GiB of memory is available"):
             assert mgr.restore(state) == 1
     assert time.monotonic() - t0 < 20  # nothing of the huge file was read
@@ -243,7 +243,7 @@ class _Holder:
 ])
 def test_the_writer_refuses_a_state_the_validator_would_refuse(root, bad, what):
     """Before, each of these saved (and pruned older checkpoints) as a checkpoint restore then skipped."""
-    with spotsafe.CheckpointManager(root, rng=False, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(root, rng=False, keep=1) as mgr:
         mgr.save(1, {"v": 1.5, "h": _Holder({"k": 2})})
         with pytest.raises(spotsafe.UnsupportedStateError, match=what):
             mgr.save(2, bad)
@@ -259,7 +259,7 @@ def test_a_manifest_too_large_to_read_is_never_committed(root):
     from spotsafe._format import ComponentEntry, Manifest
     from spotsafe._format._schema import MAX_JSON_NODES, MAX_MANIFEST_BYTES
 
-    with spotsafe.CheckpointManager(root, rng=False, keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(root, rng=False, keep=1) as mgr:
         mgr.save(1, {"v": "small"})
         with pytest.raises(spotsafe.SpotsafeError, match=rf"manifest of step 2 cannot be written: it would be \d+ "
                                                          rf"bytes, and at most {MAX_MANIFEST_BYTES} are read"):
@@ -354,7 +354,7 @@ def test_links_fifos_are_never_followed_or_read(two, tmp_path, case):
     state = make_state(7)
 
     def restore():
-        with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+        with spotsafe.CheckpointManager(root, keep=5) as mgr:
             with pytest.warns(CheckpointSkippedWarning, match=LINKS[case]):
                 return mgr.restore(state)
     assert _bounded(restore) == 1
@@ -375,7 +375,7 @@ def test_a_link_is_never_uploaded_or_listed_as_valid(two, tmp_path, caplog):
     (root / NEW).symlink_to(outside, target_is_directory=True)
     url = f"memory://links-{uuid.uuid4().hex[:8]}/run"
     caplog.set_level(logging.INFO)
-    with spotsafe.CheckpointManager(root, remote=url, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, remote=url, keep=5) as mgr:
         infos = {i.step: i for i in mgr.checkpoints()}
         assert not mgr.wait_uploaded(2, timeout=30) and mgr.remote_watermark is None
     assert infos[1].valid and not infos[2].valid and infos[2].manifest is None
@@ -389,7 +389,7 @@ def test_no_valid_checkpoint_at_all_still_raises_one_sentence(two):
     root, _ = two
     damage(root, "NaN literal")
     (root / OLD / "model.bin").write_bytes(b"short")
-    with spotsafe.CheckpointManager(root, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, keep=5) as mgr:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CheckpointSkippedWarning)
             with pytest.raises(spotsafe.CorruptCheckpointError, match="all 2 failed verification"):
@@ -403,7 +403,7 @@ def test_a_malformed_remote_copy_falls_back_to_the_other_tier_and_an_older_step(
     """Remote step 3 exists only there and is malformed; local step 2 is corrupt, its remote copy valid."""
     from spotsafe._storage import open_storage
 
-    with spotsafe.CheckpointManager(root, remote=s3_url, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, remote=s3_url, keep=5) as mgr:
         mgr.save(1, make_state(1))
         s2 = make_state(2)
         mgr.save(2, s2)
@@ -418,7 +418,7 @@ def test_a_malformed_remote_copy_falls_back_to_the_other_tier_and_an_older_step(
     (root / NEW / "model.bin").write_bytes(bytes(data))
 
     state = make_state(7)
-    with spotsafe.CheckpointManager(root, remote=s3_url, keep_last=5) as mgr:
+    with spotsafe.CheckpointManager(root, remote=s3_url, keep=5) as mgr:
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
             assert mgr.restore(state) == 2

@@ -4,4 +4,5 @@ from ._manager import CheckpointManager, SaveStats
 from ._replicate import UploadStats
 from ._restore_stats import RestoreStats
 
-__all__ = ["CheckpointManager", "RestoreStats", "SaveStats", "UploadStats"]
+__all__ = ["CheckpointManager", "CheckpointOptions", "RestoreStats", "SaveStats", "UploadStats"]
+from ._options import CheckpointOptions

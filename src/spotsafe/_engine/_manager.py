@@ -22,9 +22,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
-from .._backoff import Backoff
 from .._format import (
     MANIFEST,
     CheckpointInfo,
@@ -46,7 +45,7 @@ from .._format import (
 )
 from .._names import Tier
 from .._state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
-from .._storage import LeaseOptions, LocalFiles, Owner, Storage, Uploadable, open_storage
+from .._storage import LocalFiles, Owner, Storage, Uploadable, open_storage
 from ..errors import (
     CheckpointNotFoundError,
     CheckpointSkippedWarning,
@@ -58,7 +57,7 @@ from ..errors import (
     StateMismatchError,
     UnsafeFileError,
 )
-from ..policy._retention import RetentionPolicy, as_retention
+from ._options import CheckpointOptions, ManagerSettings, options_from
 from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._restore_stats import RestoreStats
@@ -68,8 +67,6 @@ from ._threads import lower_thread_priority
 from ._writer import RootHold
 
 logger = logging.getLogger(__name__)
-
-WHEN_BUSY = ("wait", "skip")
 
 
 def _remedy(e: BaseException) -> str:
@@ -92,7 +89,7 @@ def _failed(e: BaseException) -> Future:
     return fut
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SaveStats:
     """Timings and size of one save, in seconds and bytes.
 
@@ -126,20 +123,15 @@ class CheckpointManager:
             committed checkpoint to, in the background. Restore looks at both tiers.
         storage_options: Options for the fsspec file system(s) (endpoint, credentials);
             by default each store reads its usual environment variables and config files.
-        keep_last: How many of the newest checkpoints to keep (at least 1), on both tiers.
-        keep_every: Also keep every checkpoint whose step is a multiple of this.
-        keep: A retention policy that replaces ``keep_last`` and ``keep_every``, on both
-            tiers: ``KeepLast(n)``, ``KeepEvery(k)``, ``KeepEveryDuration("1h")`` (the oldest
-            checkpoint of each hour), combined with ``|``. Whatever it says, the newest
-            checkpoint, the one just saved and any newer step are kept.
-        rng: Capture and restore the python, numpy, torch CPU and CUDA RNGs (default True).
-        async_save: ``save()`` returns once the state is copied to host buffers and
-            persists in the background (default True). False: ``save()`` returns durable.
-        when_busy: What ``save()`` does while the previous save is still persisting:
-            ``"wait"`` for it (default), or ``"skip"`` this save (counted in ``skipped_saves``).
-        max_pending_uploads: Steps that may wait for upload; beyond, the oldest waiting
-            one is dropped (counted in ``dropped_uploads``).
-        upload_backoff: Retry policy for transient remote errors.
+        keep: What to keep, on both tiers: a number ``n`` (the ``n`` newest, default 3) or a
+            retention policy: ``KeepLast(n)``, ``KeepEvery(k)``, ``KeepEveryDuration("1h")`` (the
+            oldest checkpoint of each hour), combined with ``|``. Whatever it says, the newest
+            checkpoint, the one just saved and any newer step are kept. ``keep_last=n`` and
+            ``keep_every=k`` still work (deprecated: ``keep=n``, ``keep=KeepLast(n) | KeepEvery(k)``).
+        rng, async_save, when_busy, max_pending_uploads, upload_backoff, lease: The other
+            settings, described on :class:`~spotsafe.CheckpointOptions`.
+        options: All the settings above as one :class:`~spotsafe.CheckpointOptions`, instead
+            of keyword arguments (not both).
         read_only: Open the checkpoints for reading only: no writer lock or lease, no
             directory created, no leftovers cleaned, no uploads; :meth:`restore`,
             :meth:`checkpoints` and :meth:`latest_step` work on a root this process cannot
@@ -148,8 +140,6 @@ class CheckpointManager:
         run_id: The run this writer belongs to, recorded in the lock and the lease (default
             ``$SPOTSAFE_RUN_ID``); see "One writer per root" in the README.
         attempt: The attempt of the run, recorded likewise (default ``$SPOTSAFE_ATTEMPT``).
-        lease: Timing of the writer lease on a remote root (:class:`~spotsafe._storage.LeaseOptions`:
-            ``ttl`` 60 s, ``renew_every`` 15 s).
 
     One process writes a root at a time: a second writer is refused with
     :class:`RootLockedError` naming the holder (a local root is locked with ``flock``, which
@@ -162,7 +152,7 @@ class CheckpointManager:
 
     Example::
 
-        mgr = CheckpointManager("runs/exp1", remote="s3://bucket/exp1", keep_last=3)
+        mgr = CheckpointManager("runs/exp1", remote="s3://bucket/exp1", keep=3)
         state = {"model": model, "optimizer": opt, "scheduler": sched, "data": loader}
         start = (mgr.restore(state) or 0) + 1
         for step in range(start, total + 1):
@@ -172,15 +162,11 @@ class CheckpointManager:
         mgr.close()                     # waits until everything is durable
     """
 
-    def __init__(self, root: str | os.PathLike, *, remote: str | None = None,
-                 storage_options: dict[str, Any] | None = None, keep_last: int = 3, keep_every: int | None = None,
-                 keep: RetentionPolicy | None = None, rng: bool = True, async_save: bool = True,
-                 when_busy: str = "wait", max_pending_uploads: int = 2, upload_backoff: Backoff = Backoff(),
-                 read_only: bool = False, run_id: str | None = None, attempt: int | None = None,
-                 lease: LeaseOptions = LeaseOptions()) -> None:
-        self.keep = as_retention(keep_last, keep_every, keep)
-        if when_busy not in WHEN_BUSY:
-            raise ValueError(f"when_busy={when_busy!r} is not one of {WHEN_BUSY}.")
+    def __init__(self, root: str | os.PathLike, *, options: CheckpointOptions | None = None,
+                 run_id: str | None = None, attempt: int | None = None, **settings: Unpack[ManagerSettings]) -> None:
+        self.options = opts = options_from(options, settings, caller="CheckpointManager")
+        self.keep = opts.retention
+        remote, storage_options = opts.remote, opts.storage_options
         self.storage: Storage = open_storage(root, storage_options)
         self.remote: Uploadable | None = None
         if remote is not None:
@@ -191,11 +177,9 @@ class CheckpointManager:
             if not isinstance(rs, Uploadable):
                 raise ValueError(f"remote={remote!r} is a local path; pass a URL such as s3://bucket/run.")
             self.remote = rs
-        self.keep_last = keep_last if keep is None else None
-        self.keep_every = keep_every if keep is None else None
-        self.rng = rng
-        self.async_save = async_save
-        self.when_busy = when_busy
+        self.rng = opts.rng
+        self.async_save = opts.async_save
+        self.when_busy = opts.when_busy
         self.restored: CheckpointInfo | None = None
         self.restored_tier: Tier | None = None
         self.restore_skipped: list[str] = []
@@ -213,14 +197,14 @@ class CheckpointManager:
         self._deletions: list[tuple[str, Future]] = []
         self._inflight: tuple[int, Future] | None = None
         self._closed = False
-        self.read_only = read_only
+        self.read_only = read_only = opts.read_only
         self._retention = StoreRetention(self.storage, self.keep)
         self._replicator = None
         stores = [self.storage, self.remote]
         if read_only:
             self._hold = RootHold.reader(repr(self), stores)
             return
-        self._hold = RootHold.take(repr(self), stores, run_id=run_id, attempt=attempt, options=lease)  # first
+        self._hold = RootHold.take(repr(self), stores, run_id=run_id, attempt=attempt, options=opts.lease)  # first
         try:
             try:
                 self._clean_leftovers()
@@ -231,7 +215,7 @@ class CheckpointManager:
                                              "the URL, the endpoint and the network, then start again.") from None
             if self.remote is not None:
                 self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
-                                              max_pending=max_pending_uploads, backoff=upload_backoff,
+                                              max_pending=opts.max_pending_uploads, backoff=opts.upload_backoff,
                                               local_retention=self._retention)
         except BaseException:
             self._hold.release()
@@ -328,7 +312,8 @@ class CheckpointManager:
             if self.when_busy == "skip":
                 self.skipped_saves += 1
                 logger.info("Skipping the save of step %d: step %d is still persisting", step, self._inflight[0])
-                return SaveStats(step, 0, 0.0, None, None, skipped=True, stall_s=time.perf_counter() - t0)
+                return SaveStats(step=step, bytes=0, stage_s=0.0, persist_s=None, total_s=None, skipped=True,
+                                 stall_s=time.perf_counter() - t0)
             self._finish_inflight()
             waited = time.perf_counter() - t0
         self._finish_inflight()
@@ -339,7 +324,8 @@ class CheckpointManager:
             if existing.valid:
                 logger.info("Checkpoint %s already committed in %s; keeping it", name, self.root)
                 elapsed = time.perf_counter() - t0
-                return SaveStats(step, 0, 0.0, 0.0, elapsed, skipped=True, stall_s=elapsed, waited_s=waited)
+                return SaveStats(step=step, bytes=0, stage_s=0.0, persist_s=0.0, total_s=elapsed, skipped=True,
+                                 stall_s=elapsed, waited_s=waited)
             logger.warning("Replacing invalid checkpoint %s in %s (%s)", name, self.root, existing.reason)
             self.storage.remove(self.storage.retire(name, trash_dir(step)))
         staged = stage(step, state, rng=self.rng, epoch=epoch, metadata=metadata,
@@ -349,7 +335,8 @@ class CheckpointManager:
         stall = time.perf_counter() - t0
         fut = self._persist_executor.submit(self._persist, staged, t0, waited, stall)
         self._inflight = (step, fut)
-        return SaveStats(step, staged.nbytes, staged.stage_s, None, None, stall_s=stall, waited_s=waited)
+        return SaveStats(step=step, bytes=staged.nbytes, stage_s=staged.stage_s, persist_s=None, total_s=None,
+                         stall_s=stall, waited_s=waited)
 
     def _persist(self, staged, t0: float, waited: float, stall: float | None = None) -> SaveStats:
         """Write, commit, prune and queue the upload of a staged checkpoint (any thread)."""
@@ -369,8 +356,8 @@ class CheckpointManager:
         if self._replicator is not None:
             self._replicator.submit(staged.step)
         total = time.perf_counter() - t0
-        stats = SaveStats(staged.step, manifest.total_bytes, staged.stage_s, persist_s, total,
-                          stall_s=total if stall is None else stall, waited_s=waited)
+        stats = SaveStats(step=staged.step, bytes=manifest.total_bytes, stage_s=staged.stage_s, persist_s=persist_s,
+                          total_s=total, stall_s=total if stall is None else stall, waited_s=waited)
         self.durable_saves.append(stats)
         self.last_save = stats
         logger.debug("Saved %s (%d bytes) in %.3fs", name, manifest.total_bytes, total)
@@ -573,7 +560,8 @@ class CheckpointManager:
                                   CheckpointSkippedWarning, stacklevel=2)
                 apply_checkpoint(plan)  # all or nothing: on failure every object is as it was
                 t_loaded = time.perf_counter()
-                self.restored = CheckpointInfo(s, name, f"{storage.url}/{name}", True, None, manifest)
+                self.restored = CheckpointInfo(step=s, name=name, location=f"{storage.url}/{name}", valid=True,
+                                               manifest=manifest)
                 self.restored_tier = tier
                 self.restore_skipped = skipped
                 self._after_restore(s, tier, manifest, bufs, rejected)
@@ -609,9 +597,9 @@ class CheckpointManager:
         if self.read_only:
             return
         for s in rejected:
-            self._retention.record(s, Verdict(False, reason="it failed verification when restore read it"))
+            self._retention.record(s, Verdict(valid=False, reason="it failed verification when restore read it"))
         if tier is Tier.ROOT:
-            self._retention.record(step, Verdict(True, manifest.created))
+            self._retention.record(step, Verdict(valid=True, created=manifest.created))
         elif tier is Tier.REMOTE and self._replicator is not None:
             self._replicator.confirm_restored(step, manifest)
             self._repair_local(step, manifest, bufs)

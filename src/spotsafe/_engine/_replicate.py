@@ -89,7 +89,7 @@ class _LocalInvalid(Exception):
     """The local copy of a step fails verification (never retried; the message says why)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UploadStats:
     """One step replicated to the remote."""
 
@@ -192,7 +192,7 @@ class Replicator:
 
     def confirm_restored(self, step: int, manifest: Manifest) -> None:
         """Restore downloaded every byte of ``step`` from the remote and verified it: it is confirmed there."""
-        self._retention.record(step, Verdict(True, manifest.created))
+        self._retention.record(step, Verdict(valid=True, created=manifest.created))
         with self._cond:
             self._confirmed.add(step)
             self._cond.notify_all()
@@ -387,7 +387,8 @@ class Replicator:
                 self.remote.abort_incomplete_uploads(name)
             except Exception as e:
                 logger.info("Could not list incomplete uploads of %s in %s (%s)", name, self.remote.url, e)
-        self.uploads.append(UploadStats(step, manifest.total_bytes, time.perf_counter() - t0, self._retries))
+        self.uploads.append(UploadStats(step=step, bytes=manifest.total_bytes, upload_s=time.perf_counter() - t0,
+                                        retries=self._retries))
         del self.uploads[:-100]
         logger.info("Uploaded %s to %s (%d bytes, %.2fs)", name, self.remote.url, manifest.total_bytes,
                     time.perf_counter() - t0)
@@ -504,7 +505,7 @@ class Replicator:
                      "it holds, and saving that step again replaces the local copy.", step_dir(step), self.remote.url,
                      self.local.url, reason)
         if self._local_retention is not None:
-            self._local_retention.record(step, Verdict(False, digest=digest_bytes(raw) if raw else None,
+            self._local_retention.record(step, Verdict(valid=False, digest=digest_bytes(raw) if raw else None,
                                                        reason=reason))
         with self._cond:
             self.rejected[step] = reason

@@ -51,7 +51,7 @@ from ..policy._retention import RetentionPolicy, select_deletions
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verdict:
     """Whether one copy of a step is valid, judged on the manifest whose digest is ``digest``."""
 
@@ -77,8 +77,8 @@ class StoreRetention:
 
     def vouch(self, step: int, manifest: Manifest | None = None, raw: bytes | None = None) -> None:
         """``step`` is valid: this manager wrote (or uploaded) its bytes and hashed them as it did."""
-        self.record(step, Verdict(True, manifest.created if manifest else None,
-                                  digest_bytes(raw) if raw is not None else None))
+        self.record(step, Verdict(valid=True, created=manifest.created if manifest else None,
+                                  digest=digest_bytes(raw) if raw is not None else None))
 
     def record(self, step: int, verdict: Verdict) -> None:
         """Remember a verdict made elsewhere (restore, an upload) on the current copy of ``step``.
@@ -115,7 +115,7 @@ class StoreRetention:
                 continue  # never deleted, never in a slot: not worth a read
             v = known.get(s)
             if s == committed and (v is None or not v.valid):
-                v = Verdict(True, v.created if v else None)  # valid by definition: it was just committed
+                v = Verdict(valid=True, created=v.created if v else None)  # valid by definition: it was just committed
             if v is None or (v.valid and v.created is None and self.policy.needs_times):
                 v = self._judge(s)
                 if v is None:
@@ -143,20 +143,20 @@ class StoreRetention:
             try:
                 raw = read_manifest_bytes(self.storage, name)
             except ManifestError as e:
-                return Verdict(False, None, None, str(e))
+                return Verdict(valid=False, reason=str(e))
             digest = digest_bytes(raw)
             try:
                 manifest = parse_manifest(raw)
             except ManifestError as e:
-                return Verdict(False, None, digest, str(e))
+                return Verdict(valid=False, digest=digest, reason=str(e))
             if manifest.step != step:
-                return Verdict(False, None, digest, f"manifest.json says step {manifest.step}, the directory "
-                                                    f"says {step}")
+                return Verdict(valid=False, digest=digest, reason=f"manifest.json says step {manifest.step}, the "
+                                                                  f"directory says {step}")
             for fname, entry in manifest.files.items():
                 problem = size_problem(fname, entry, self.storage.size(f"{name}/{fname}"))
                 if problem is not None:
-                    return Verdict(False, manifest.created, digest, problem)
-            return Verdict(True, manifest.created, digest)
+                    return Verdict(valid=False, created=manifest.created, digest=digest, reason=problem)
+            return Verdict(valid=True, created=manifest.created, digest=digest)
         except Exception as e:
             logger.info("Keeping %s in %s for now: it cannot be checked (%s: %s)", name, self.storage.url,
                         type(e).__name__, e)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the storage layer imports this one at run time
 _UNREADABLE = (UnsafeFileError, PermissionError, IsADirectoryError)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointInfo:
     """One checkpoint directory and the verdict on it."""
 
@@ -77,11 +77,11 @@ def check_checkpoint(storage: Storage, step: int, *, deep: bool = True) -> Check
     try:
         manifest = read_manifest(storage, name)
     except ManifestError as e:
-        return CheckpointInfo(step, name, location, False, str(e))
+        return CheckpointInfo(step=step, name=name, location=location, valid=False, reason=str(e))
     except _UNREADABLE as e:
         if isinstance(e, RemoteError):
             raise
-        return CheckpointInfo(step, name, location, False, unreadable_reason(e))
+        return CheckpointInfo(step=step, name=name, location=location, valid=False, reason=unreadable_reason(e))
     for fname, entry in manifest.files.items():
         rel = f"{name}/{fname}"
         try:
@@ -94,8 +94,9 @@ def check_checkpoint(storage: Storage, step: int, *, deep: bool = True) -> Check
                 raise
             problem = unreadable_reason(e)
         if problem is not None:
-            return CheckpointInfo(step, name, location, False, problem, manifest)
-    return CheckpointInfo(step, name, location, True, None, manifest)
+            return CheckpointInfo(step=step, name=name, location=location, valid=False, reason=problem,
+                                  manifest=manifest)
+    return CheckpointInfo(step=step, name=name, location=location, valid=True, manifest=manifest)
 
 
 def unreadable_reason(e: OSError) -> str:

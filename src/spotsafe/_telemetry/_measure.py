@@ -57,7 +57,7 @@ KILLED = "killed"
 """The source of an interruption without a notice (no ``stop`` event, or a drill's kill)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Attempt:
     """One training process (rank 0) and what its events say."""
 
@@ -105,7 +105,7 @@ def attempts(events: list[dict]) -> list[Attempt]:
     spans = []
     for key, evs in procs.items():
         evs.sort(key=lambda e: e["ts"])
-        s = Attempt(key, evs)
+        s = Attempt(key=key, events=evs)
         for e in evs:
             kind = e["event"]
             if kind == Event.RESTORE and s.restore_ts is None:
@@ -180,7 +180,7 @@ def restart_gaps(spans: list[Attempt], *, from_last_step: bool = False) -> dict[
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Measured:
     """Figures measured from events; None where the history does not say."""
 

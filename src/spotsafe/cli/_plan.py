@@ -122,7 +122,8 @@ def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint
         raise click.UsageError(f"Missing {', '.join(missing)}; give them, or --from a run root whose events "
                                "measured them.")
     try:
-        p = plan(hours * 3600.0, mtbf, checkpoint_cost, restart_cost, spot_price, on_demand_price)
+        p = plan(hours * 3600.0, mtbf=mtbf, checkpoint_cost=checkpoint_cost, restart_cost=restart_cost,
+                 spot_price=spot_price, on_demand_price=on_demand_price)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     out = p.to_json()
@@ -132,8 +133,8 @@ def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint
     if assumption:
         out["assumption"] = assumption
     if runs:
-        walls = sorted(simulate(p.work_s, p.optimal_interval_s, checkpoint_cost, mtbf, restart_cost, runs=runs,
-                                seed=seed))
+        walls = sorted(simulate(p.work_s, p.optimal_interval_s, checkpoint_cost=checkpoint_cost, mtbf=mtbf,
+                                restart_cost=restart_cost, runs=runs, seed=seed))
         out["simulation"] = {"runs": runs, "seed": seed, "finished": len(walls), "truncated": len(walls) < runs,
                              "mean_wall_time_s": statistics.fmean(walls) if walls else None,
                              "p95_wall_time_s": walls[min(len(walls) - 1, int(0.95 * len(walls)))] if walls else None,

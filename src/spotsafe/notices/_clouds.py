@@ -105,8 +105,8 @@ class AWS(Poller):
                 action, when = "terminate", ""
             deadline = _iso_time(when) if when else None
             now = time.time()
-            self.post(Notice("aws", deadline if deadline is not None else now + 120.0,
-                             f"spot instance-action: {action} at {when or 'unknown time'}", now))
+            self.post(Notice(source="aws", deadline=deadline if deadline is not None else now + 120.0,
+                             reason=f"spot instance-action: {action} at {when or 'unknown time'}", received=now))
             return True
         if self.rebalance and not self._rebalance_seen:
             r = self._get("/latest/meta-data/events/recommendations/rebalance")
@@ -116,8 +116,8 @@ class AWS(Poller):
                     when = r.json().get("noticeTime", "")
                 except (ValueError, AttributeError):
                     when = ""
-                self.post(Notice("aws-rebalance", None, f"rebalance recommendation at {when or 'unknown time'}",
-                                 advisory=True))
+                self.post(Notice(source="aws-rebalance", deadline=None,
+                                 reason=f"rebalance recommendation at {when or 'unknown time'}", advisory=True))
         return False
 
 
@@ -141,7 +141,8 @@ class GCP(Poller):
         r = self._preempted()
         if r.status == 200 and r.body.strip().upper() == b"TRUE":
             now = time.time()
-            self.post(Notice("gcp", now + DEFAULT_GRACE, "instance/preempted is TRUE", now))
+            self.post(Notice(source="gcp", deadline=now + DEFAULT_GRACE, reason="instance/preempted is TRUE",
+                             received=now))
             return True
         return False
 
@@ -189,9 +190,9 @@ class Azure(Poller):
             now = time.time()
             deadline = _rfc1123_time(ev.get("NotBefore") or "")
             self.event_id = ev.get("EventId")
-            self.post(Notice("azure", deadline if deadline is not None else now + DEFAULT_GRACE,
-                             f"Scheduled Event {ev.get('EventType')} {self.event_id} not before "
-                             f"{ev.get('NotBefore') or 'now'}", now))
+            self.post(Notice(source="azure", deadline=deadline if deadline is not None else now + DEFAULT_GRACE,
+                             reason=f"Scheduled Event {ev.get('EventType')} {self.event_id} not before "
+                                    f"{ev.get('NotBefore') or 'now'}", received=now))
             return True
         return False
 

@@ -73,7 +73,8 @@ class FileTrigger(NoticeSource):
                 except (OSError, ValueError) as e:
                     logger.info("Notice file %s does not hold a duration (%s); assuming %gs", self.path,
                                 getattr(e, "strerror", None) or e, grace)
-                self._watcher.post(Notice(self.name, now + grace, f"{self.path} appeared", now))
+                self._watcher.post(Notice(source=self.name, deadline=now + grace, reason=f"{self.path} appeared",
+                                          received=now))
                 return
             self._stop.wait(self.interval)
 

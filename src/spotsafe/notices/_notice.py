@@ -14,7 +14,7 @@ DEFAULT_GRACE = 30.0
 (GCP and Azure give 30 s; Kubernetes' default terminationGracePeriodSeconds is 30 s)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     """An interruption warning.
 

@@ -83,8 +83,8 @@ class Signals(NoticeSource):
     def _handle(self, signum: int, frame: object) -> None:
         # Runs in the main thread between two bytecodes: record and return, nothing else.
         now = time.time()
-        self._watcher.post(Notice(self.name, now + self.grace, f"{signal.Signals(signum).name} received", now),
-                           signal=True)
+        self._watcher.post(Notice(source=self.name, deadline=now + self.grace,
+                                  reason=f"{signal.Signals(signum).name} received", received=now), signal=True)
         if self._watcher.signals >= GIVE_UP_AFTER:
             self._give_up(signum, frame)
 

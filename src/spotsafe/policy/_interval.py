@@ -64,7 +64,7 @@ def daly_interval(checkpoint_cost: float, mtbf: float) -> float:
     return math.sqrt(2.0 * d * m) * (1.0 + math.sqrt(x) / 3.0 + x / 9.0) - d
 
 
-def segment_time(length: float, mtbf: float, restart_cost: float) -> float:
+def segment_time(length: float, *, mtbf: float, restart_cost: float) -> float:
     """Expected wall time to get through ``length`` seconds of uninterruptible work (inf past a float's range)."""
     try:
         return mtbf * math.exp(restart_cost / mtbf) * math.expm1(length / mtbf)
@@ -81,19 +81,19 @@ def segments(work: float, interval: float) -> tuple[int, float]:
     return full, rest
 
 
-def expected_wall_time(work: float, interval: float, checkpoint_cost: float, mtbf: float,
+def expected_wall_time(work: float, interval: float, *, checkpoint_cost: float, mtbf: float,
                        restart_cost: float) -> float:
     """Expected wall time of ``work`` seconds of compute with a checkpoint every ``interval``."""
     _check_positive(work=work, interval=interval, mtbf=mtbf)
     _check_not_negative(checkpoint_cost=checkpoint_cost, restart_cost=restart_cost)
     full, rest = segments(work, interval)
-    total = full * segment_time(interval + checkpoint_cost, mtbf, restart_cost) if full else 0.0
+    total = full * segment_time(interval + checkpoint_cost, mtbf=mtbf, restart_cost=restart_cost) if full else 0.0
     if rest:
-        total += segment_time(rest + checkpoint_cost, mtbf, restart_cost)
+        total += segment_time(rest + checkpoint_cost, mtbf=mtbf, restart_cost=restart_cost)
     return total
 
 
-def simulate(work: float, interval: float, checkpoint_cost: float, mtbf: float, restart_cost: float, *,
+def simulate(work: float, interval: float, *, checkpoint_cost: float, mtbf: float, restart_cost: float,
              runs: int = 1000, seed: int = 0, max_draws: int = SIMULATION_MAX_DRAWS,
              time_limit: float = SIMULATION_TIME_LIMIT, clock: Callable[[], float] = time.monotonic) -> list[float]:
     """Wall times of simulated jobs under Poisson interruptions (the model above).
@@ -136,7 +136,7 @@ def simulate(work: float, interval: float, checkpoint_cost: float, mtbf: float, 
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """Expected time and money of a job on spot against on-demand, at Daly's optimum interval."""
 
@@ -164,14 +164,14 @@ class Plan:
         return d
 
 
-def plan(work: float, mtbf: float, checkpoint_cost: float, restart_cost: float, spot_price: float,
+def plan(work: float, *, mtbf: float, checkpoint_cost: float, restart_cost: float, spot_price: float,
          on_demand_price: float, interval: float | None = None) -> Plan:
     """The plan at Daly's optimum (or at ``interval``); on-demand runs ``work`` with no interruptions."""
     _check_positive(work=work, mtbf=mtbf, checkpoint_cost=checkpoint_cost, spot_price=spot_price,
                     on_demand_price=on_demand_price)
     _check_not_negative(restart_cost=restart_cost)
     tau = interval if interval is not None else daly_interval(checkpoint_cost, mtbf)
-    wall = expected_wall_time(work, tau, checkpoint_cost, mtbf, restart_cost)
+    wall = expected_wall_time(work, tau, checkpoint_cost=checkpoint_cost, mtbf=mtbf, restart_cost=restart_cost)
     if not math.isfinite(wall):
         raise ValueError(f"On spot this job would never finish: with an interruption every {format_duration(mtbf)}, "
                          f"a restart of {format_duration(restart_cost)} and {format_duration(tau + checkpoint_cost)} "
@@ -184,20 +184,25 @@ def plan(work: float, mtbf: float, checkpoint_cost: float, restart_cost: float, 
     overhead = (full + (1 if rest else 0)) * checkpoint_cost
     spot = wall / 3600.0 * spot_price
     on_demand = work / 3600.0 * on_demand_price
-    return Plan(work, mtbf, checkpoint_cost, restart_cost, spot_price, on_demand_price,
-                young_interval(checkpoint_cost, mtbf), tau, wall, wall / mtbf, wall - work, overhead, spot,
-                on_demand, 1.0 - spot / on_demand,
-                break_even_mtbf(work, checkpoint_cost, restart_cost, spot_price, on_demand_price))
+    return Plan(work_s=work, mtbf_s=mtbf, checkpoint_cost_s=checkpoint_cost, restart_cost_s=restart_cost,
+                spot_price=spot_price, on_demand_price=on_demand_price,
+                young_interval_s=young_interval(checkpoint_cost, mtbf), optimal_interval_s=tau,
+                expected_wall_time_s=wall, expected_interruptions=wall / mtbf, wasted_s=wall - work,
+                checkpoint_overhead_s=overhead, spot_cost=spot, on_demand_cost=on_demand,
+                savings_fraction=1.0 - spot / on_demand,
+                break_even_mtbf_s=break_even_mtbf(work, checkpoint_cost=checkpoint_cost, restart_cost=restart_cost,
+                                                  spot_price=spot_price, on_demand_price=on_demand_price))
 
 
-def break_even_mtbf(work: float, checkpoint_cost: float, restart_cost: float, spot_price: float,
+def break_even_mtbf(work: float, *, checkpoint_cost: float, restart_cost: float, spot_price: float,
                     on_demand_price: float) -> float | None:
     """The MTBF at which spot (at its optimal interval) costs as much as on-demand; None if spot never wins."""
     if spot_price >= on_demand_price:
         return None
 
     def spot_cost(m: float) -> float:
-        return expected_wall_time(work, daly_interval(checkpoint_cost, m), checkpoint_cost, m, restart_cost) \
+        tau = daly_interval(checkpoint_cost, m)
+        return expected_wall_time(work, tau, checkpoint_cost=checkpoint_cost, mtbf=m, restart_cost=restart_cost) \
             * spot_price
 
     target = work * on_demand_price

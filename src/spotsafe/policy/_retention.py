@@ -160,35 +160,23 @@ def select_deletions(policy: RetentionPolicy, checkpoints: Iterable[tuple[int, f
     return [step for step, _ in eligible if step not in kept and (step in good or step in bad)]
 
 
-def as_retention(keep_last: int = _KEEP_LAST, keep_every: int | None = None,
-                 keep: RetentionPolicy | None = None) -> RetentionPolicy:
-    """The manager's ``keep_last=`` / ``keep_every=`` / ``keep=`` arguments as one policy.
+def as_retention(keep: int | RetentionPolicy = _KEEP_LAST) -> RetentionPolicy:
+    """The ``keep=`` argument of the manager and ``Run`` as one policy.
 
     Args:
-        keep_last: How many of the newest checkpoints to keep (at least 1).
-        keep_every: Also keep every step that is a multiple of this (None: none).
-        keep: A policy that replaces both, e.g. ``KeepLast(2) | KeepEveryDuration("1h")``.
+        keep: A number ``n`` (keep the ``n`` newest, at least 1) or a policy such as
+            ``KeepLast(2) | KeepEveryDuration("1h")``.
 
     Returns:
-        ``keep`` as is, else ``KeepLast(keep_last)``, ``| KeepEvery(keep_every)`` when given.
+        ``keep`` as is when it is a policy, else ``KeepLast(keep)``.
 
     Raises:
-        ValueError: A count is below 1, or ``keep`` is given with a non-default
-            ``keep_last`` or any ``keep_every``.
-        TypeError: ``keep`` is not a :class:`RetentionPolicy`.
+        ValueError: A number below 1.
+        TypeError: ``keep`` is neither a whole number nor a :class:`RetentionPolicy`.
     """
-    if keep is None:
-        policy = KeepLast(_count(keep_last, f"keep_last={keep_last!r}",
-                                 "use keep_last >= 1 (the newest checkpoint is always kept)"))
-        if keep_every is None:
-            return policy
-        return policy | KeepEvery(_count(keep_every, f"keep_every={keep_every!r}", "use None or keep_every >= 1"))
-    if not isinstance(keep, RetentionPolicy):
-        raise TypeError(f"keep={keep!r} is not a retention policy; use KeepLast(n), KeepEvery(k), "
-                        "KeepEveryDuration('1h') or a combination with |.")
-    given = [f"keep_last={keep_last!r}"] if keep_last != _KEEP_LAST else []
-    given += [f"keep_every={keep_every!r}"] if keep_every is not None else []
-    if given:
-        raise ValueError(f"keep={keep!r} replaces keep_last and keep_every, so {' and '.join(given)} would be "
-                         "ignored; drop it, or fold it into keep, e.g. keep=KeepLast(3) | KeepEvery(1000).")
-    return keep
+    if isinstance(keep, RetentionPolicy):
+        return keep
+    if isinstance(keep, int) and not isinstance(keep, bool):
+        return KeepLast(_count(keep, f"keep={keep!r}", "use keep=1 or more (the newest checkpoint is always kept)"))
+    raise TypeError(f"keep={keep!r} is not a number or a retention policy; use keep=3, KeepLast(n), KeepEvery(k), "
+                    "KeepEveryDuration('1h') or a combination with |.")

@@ -16,15 +16,17 @@ The emergency path, after the step that was running when the notice came:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import statistics
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Unpack
 
-from .._engine import CheckpointManager, SaveStats
+from .._engine import CheckpointManager, CheckpointOptions, SaveStats
+from .._engine._options import ManagerSettings, options_from
 from .._env import EVENTS_DIR_ENV, REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV, SUPERVISOR_ID_ENV
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._format import step_dir
@@ -37,7 +39,7 @@ from .._units import format_duration, parse_duration, parse_interval
 from ..errors import RootLockedError
 from ..notices import DEFAULT_GRACE, Notice, NoticeWatcher, make_sources
 from ..notices._watcher import NoticesSpec
-from ..policy import RetentionPolicy, SavePolicy, as_policy
+from ..policy import SavePolicy, as_policy
 
 MIRROR_EVERY_S = 30.0
 
@@ -63,6 +65,26 @@ class RootLocked(SystemExit):
         super().__init__(EXIT_ROOT_LOCKED)
 
 
+def _check_manager(manager: CheckpointManager, root: str | os.PathLike | None, *, given: list[str]) -> str:
+    """The root of a ready ``manager`` handed to ``Run``, after the checks that it can be used as given."""
+    if given:
+        raise ValueError(f"Run got a ready manager and also {', '.join(f'{k}=' for k in given)}; set those on the "
+                         "CheckpointManager, or pass the settings without a manager.")
+    if manager.read_only:
+        raise ValueError(f"Run writes checkpoints, and {manager!r} is read-only; pass a manager opened without "
+                         "read_only=True.")
+    if root is not None and not _same_root(os.fspath(root), manager.root):
+        raise ValueError(f"Run got root={os.fspath(root)!r} and a manager of {manager.root}; pass root=None with "
+                         "a manager, or the manager of that root.")
+    return manager.root
+
+
+def _same_root(a: str, b: str) -> bool:
+    if is_url(a) or is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 class Run:
     """Restore, checkpoint by policy, watch for notices, and exit safely on one.
 
@@ -76,10 +98,16 @@ class Run:
             notices and at the end.
         notices: ``"auto"`` (signals and every cloud that answers), None, or source names /
             objects (see :func:`spotsafe.notices.make_sources`).
-        remote, storage_options, keep_last, keep_every, keep, rng, async_save: As for
-            :class:`~spotsafe.CheckpointManager`; ``remote=None`` takes ``$SPOTSAFE_REMOTE`` when
-            set. With a remote, the run's event file is copied to ``<remote>/events/`` too
-            (by the supervisor instead, under ``spotsafe run``).
+        manager: A ready :class:`~spotsafe.CheckpointManager` of ``root`` (``root`` may then be
+            None) to use instead of making one; the run closes it when it ends, as it closes its
+            own. Not with ``options`` or manager settings.
+        options: The manager's settings as one :class:`~spotsafe.CheckpointOptions`.
+        **settings: Or each setting as a keyword argument, as for
+            :class:`~spotsafe.CheckpointManager`: ``remote``, ``storage_options``, ``keep``
+            (``keep=5`` or a retention policy), ``rng``, ``async_save``, ``when_busy``,
+            ``max_pending_uploads``, ``upload_backoff``, ``lease``. No remote given takes
+            ``$SPOTSAFE_REMOTE`` when set. With a remote, the run's event file is copied to
+            ``<remote>/events/`` too (by the supervisor instead, under ``spotsafe run``).
         margin: Time kept in hand before a notice's deadline (default 3 s): waits on the
             emergency path end this long before it.
         exit_on_notice: Raise :class:`Preempted` (``SystemExit(75)``) after the emergency
@@ -101,14 +129,23 @@ class Run:
 
     def __init__(self, root: str | os.PathLike | None, state: dict[str, Any], *,
                  save_every: SavePolicy | int | float | str | timedelta | None = None, notices: NoticesSpec = "auto",
-                 remote: str | None = None, storage_options: dict[str, Any] | None = None, keep_last: int = 3,
-                 keep_every: int | None = None, keep: RetentionPolicy | None = None, rng: bool = True,
-                 async_save: bool = True,
+                 manager: CheckpointManager | None = None, options: CheckpointOptions | None = None,
                  margin: float | str | timedelta = 3.0, exit_on_notice: bool = True,
                  events_dir: str | os.PathLike | None = None, partial: bool | str | Collection[str] = False,
-                 clock=time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, **settings: Unpack[ManagerSettings]) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
+        if manager is not None:
+            root = _check_manager(manager, root, given=[*(["options"] if options is not None else []), *settings])
+            self._options = manager.options
+        else:
+            self._options = options_from(options, settings, caller="Run")
+            if self._options.read_only:
+                raise ValueError("Run writes checkpoints, so read_only=True cannot be one of its settings; open a "
+                                 "CheckpointManager(read_only=True) to read them instead.")
+            if self._options.remote is None and os.environ.get(REMOTE_ENV):
+                self._options = dataclasses.replace(self._options, remote=os.environ[REMOTE_ENV])
+        self._given_manager = manager
         if root is None:
             root = os.environ.get(ROOT_ENV)
             if not root:
@@ -117,8 +154,6 @@ class Run:
         if save_every is None and os.environ.get(SAVE_EVERY_ENV):
             save_every = os.environ[SAVE_EVERY_ENV]
             parse_interval(save_every, what=f"${SAVE_EVERY_ENV}")  # a bad value is named as the variable
-        if remote is None:
-            remote = os.environ.get(REMOTE_ENV) or None
         self.root = os.fspath(root)
         self.state = state
         self.policy = as_policy(save_every)
@@ -126,8 +161,6 @@ class Run:
         self.exit_on_notice = exit_on_notice
         self.partial = partial
         self._sources = make_sources(notices)
-        self._manager_options = dict(remote=remote, storage_options=storage_options, keep_last=keep_last,
-                                     keep_every=keep_every, keep=keep, rng=rng, async_save=async_save)
         if events_dir is None:
             events_dir = os.environ.get(EVENTS_DIR_ENV) or events_dir_of(self.root)  # None for a URL root
         self._events_dir = events_dir
@@ -154,16 +187,17 @@ class Run:
     # -- entering and leaving --------------------------------------------------------
     def __enter__(self) -> Run:
         self.events = open_event_log(self._events_dir, root=self.root)  # announced to a supervisor that asks
-        remote = self._manager_options["remote"]
+        remote = self._options.remote
         if remote and self.events.path is not None and not os.environ.get(SUPERVISED_ENV):
             # under ``spotsafe run`` the supervisor copies the events (one writer per remote file)
-            self._mirror = EventMirror(remote, self._manager_options["storage_options"])
+            self._mirror = EventMirror(remote, self._options.storage_options)
         self.watcher = NoticeWatcher(self._sources)
         try:
             self.watcher.start()  # before the restore: a notice during it is kept
-            self.manager = CheckpointManager(self.root, run_id=self.events.run_id, attempt=self.events.attempt,
-                                             **self._manager_options)  # one writer: refused here when taken
-            self.events.emit(Event.RUN_START, root=self.manager.root, remote=self._manager_options["remote"],
+            self.manager = self._given_manager or CheckpointManager(
+                self.root, options=self._options, run_id=self.events.run_id,
+                attempt=self.events.attempt)  # one writer: refused here when taken
+            self.events.emit(Event.RUN_START, root=self.manager.root, remote=remote,
                              sources=self.watcher.active, policy=repr(self.policy),
                              **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
                                 else {}))
@@ -322,6 +356,11 @@ class Run:
     def _save(self, step: int, reason: SaveReason | str) -> SaveStats:
         epoch = next((v.epoch for v in self.state.values() if isinstance(getattr(v, "epoch", None), int)), None)
         stats = self.manager.save(step, self.state, epoch=epoch)
+        if stats.skipped and stats.total_s is None and reason in ("final", "notice"):
+            # skipped because the previous save still persists (when_busy="skip"): the last checkpoint of a run
+            # is never one of those, so wait for that save and take this one
+            self.manager.wait()
+            stats = self.manager.save(step, self.state, epoch=epoch)
         self._reasons[step] = reason
         self._submitted = step
         self.policy.saved(step, self._clock(), stats.stall_s)
