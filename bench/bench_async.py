@@ -47,7 +47,7 @@ cancels drifts that move whole repeats); where the ratio of medians disagrees, t
 marked with ``?``: too noisy to call, rerun with more ``--repeats``.
 
 Checkpoints go under ``--dir`` (default ``bench/results/tmp-async-<pid>``, on the repository's file
-system, removed at the end). The manager is built with a large ``keep_last`` and the benchmark
+system, removed at the end). The manager is built with a large ``KeepLast`` and the benchmark
 deletes every checkpoint itself, untimed, so no pruning or background deletion overlaps a
 measurement.
 
@@ -73,37 +73,41 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
-import re
 import shutil
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parent.parent
-try:
-    import spotsafe
-except ImportError:  # not installed in this interpreter: use the checkout
-    sys.path.insert(0, str(REPO / "src"))
-    import spotsafe
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (byte_view, fsync_dir, med, mem_available, nbytes, peak_rss,  # noqa: E402
-                     plan_layers, prefault, try_drop_caches)
-
 import torch.distributed.checkpoint as dcp
+from _common import (
+    Model,
+    build_model,
+    byte_view,
+    dir_arg,
+    med,
+    paired,
+    parse_size,
+    peak_rss,
+    prefault,
+    prefault_budget,
+    print_goals,
+    print_table,
+    remove,
+    scratch_dir,
+    settle_s,
+    setup_torch,
+    try_drop_caches,
+    write_fsync,
+    write_json,
+)
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-warnings.filterwarnings("ignore", message=r".*torch\.distributed is disabled.*")
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed.*")
+import spotsafe
+from spotsafe.policy import KeepLast
 
-CHUNK = 64 << 20
 STALL_METHODS = ["memcpy", "memcpy_flat", "spotsafe", "dcp", "dcp_warm", "torch"]
 LABELS = {
     "memcpy": "memcpy (per tensor, warm dst)",
@@ -120,74 +124,22 @@ SLOWDOWN_GOAL = 0.10
 STEP_LIMIT_S = 1.0
 
 
-# -- sizes, models, tensors -----------------------------------------------------------
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 256M or 1G")
-    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
-
-
-def make_model(width: int, layers: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
-    return model, torch.optim.Adam(model.parameters(), lr=1e-4)
-
-
-def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, width: int, batch: int):
-    x = torch.randn(batch, width)
-
-    def step() -> None:
-        loss = model(x).square().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
-
-
-def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Every model and optimizer tensor (module order, then params x sorted state keys)."""
-    ts = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
-    for p in model.parameters():
-        st = opt.state.get(p, {})
-        ts += [st[k] for k in sorted(st) if isinstance(st[k], torch.Tensor)]
-    return ts
-
-
-# -- file-system and memory helpers -----------------------------------------------------
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def paired(xs: list[float], refs: list[float]) -> float:
-    """Median over repeats of xs[r] / refs[r] (cancels slow drifts that move whole repeats)."""
-    return med([x / y for x, y in zip(xs, refs)])
-
-
 class Bench:
     """State shared by the three parts: the model, its tensors, the manager and the scratch dir."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.dir = workdir
-        self.width, self.layers = plan_layers(args.size)
-        torch.manual_seed(0)
         t0 = time.perf_counter()
-        self.model, self.opt = make_model(self.width, self.layers)
-        make_step(self.model, self.opt, self.width, 8)()  # creates the Adam state
-        self.state = {"model": self.model, "optimizer": self.opt}
-        ts = state_tensors(self.model, self.opt)
-        self.bytes, self.n_tensors = nbytes(ts), len(ts)
+        self.m: Model = build_model(args.size, lr=1e-4)
+        self.width, self.layers, self.state = self.m.width, self.m.layers, self.m.state
+        self.bytes, self.n_tensors = self.m.nbytes, len(self.m.tensors())
         self.build_s = time.perf_counter() - t0
-        self.pf_bytes = 0
-        if args.prefault:
-            self.pf_bytes = max(0, int(min(2.5 * self.bytes + (256 << 20), mem_available() - self.bytes - (2 << 30))))
-        self.settle = args.settle if args.settle is not None else min(5.0, self.bytes / 0.4e9)
+        self.pf_bytes = prefault_budget(self.bytes) if args.prefault else 0
+        self.settle = args.settle if args.settle is not None else settle_s(self.bytes)
         self.root = workdir / "spotsafe"
-        # keep_last large: the benchmark deletes checkpoints itself, outside every timing
-        self.mgr = spotsafe.CheckpointManager(self.root, keep_last=1_000_000, async_save=True)
+        # KeepLast large: the benchmark deletes checkpoints itself, outside every timing
+        self.mgr = spotsafe.CheckpointManager(self.root, keep=KeepLast(1_000_000), async_save=True)
         self.step = 0
         self.prefault_s: list[float] = []
 
@@ -209,9 +161,6 @@ class Bench:
             if p.name.startswith("step-"):
                 remove(p)
 
-    def sd(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
-
     def close(self) -> None:
         self.mgr.close()
 
@@ -219,7 +168,7 @@ class Bench:
 # -- part 1: stall ------------------------------------------------------------------------
 def part_stall(b: Bench) -> dict:
     args = b.args
-    src = state_tensors(b.model, b.opt)
+    src = b.m.tensors()
     dst = [torch.empty_like(t) for t in src]
     for d in dst:
         d.fill_(0)  # warm: touched before
@@ -260,7 +209,7 @@ def part_stall(b: Bench) -> dict:
         elif m in ("dcp", "dcp_warm"):
             path = b.dir / "dcp"
             t0 = time.perf_counter()
-            fut = dcp.async_save(b.sd(), checkpoint_id=str(path), no_dist=True,
+            fut = dcp.async_save(b.m.state_dicts(), checkpoint_id=str(path), no_dist=True,
                                  **({"async_stager": stager} if m == "dcp_warm" else {}))
             dt = time.perf_counter() - t0
             fut.result()
@@ -271,7 +220,7 @@ def part_stall(b: Bench) -> dict:
             path = b.dir / "torch.pt"
             t0 = time.perf_counter()
             with open(path, "wb") as f:
-                torch.save(b.sd(), f)
+                torch.save(b.m.state_dicts(), f)
             dt = time.perf_counter() - t0
             os.sync()
             remove(path)
@@ -295,28 +244,13 @@ def part_stall(b: Bench) -> dict:
     res["spotsafe_staging_allocations"] = b.mgr._buffers.allocations
     res["spotsafe_staging_bytes"] = b.mgr.staging_bytes
     stager.close()
-    del src, dst, flat_src, flat_dst, stager
-    gc.collect()
-    return res
+    return res  # the buffers above are freed here; Bench.prepare collects before the next measurement
 
 
 # -- part 2: time to durable ----------------------------------------------------------------
 def save_raw(b: Bench) -> float:
     path = b.dir / "raw.bin"
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        for t in state_tensors(b.model, b.opt):
-            view = byte_view(t)
-            for start in range(0, len(view), CHUNK):
-                chunk = view[start:start + CHUNK]
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(b.dir)
-    dt = time.perf_counter() - t0
+    dt = write_fsync(path, (byte_view(t) for t in b.m.tensors()))
     remove(path)
     return dt
 
@@ -348,7 +282,7 @@ def part_durable(b: Bench, can_drop: bool) -> dict:
 # -- part 3: training-step slowdown ------------------------------------------------------------
 def part_steps(b: Bench) -> dict:
     args = b.args
-    big_step = make_step(b.model, b.opt, b.width, args.batch)
+    big_step = b.m.step_fn(args.batch)
     probe = []
     if args.train_model in ("auto", "big"):
         big_step()  # warm-up
@@ -360,12 +294,8 @@ def part_steps(b: Bench) -> dict:
     if use_big:
         step, train_desc = big_step, (f"the saved model itself ({b.layers} x Linear({b.width},{b.width}), "
                                       f"batch {args.batch})")
-        small = None
     else:
-        torch.manual_seed(1)
-        small = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Linear(2048, 2048), torch.nn.ReLU())])
-        small_opt = torch.optim.Adam(small.parameters(), lr=1e-4)
-        step = make_step(small, small_opt, 2048, args.batch)
+        step = build_model(dims=[2048] * 5, relu=True, seed=1, lr=1e-4).step_fn(args.batch)
         train_desc = (f"a separate 4 x Linear(2048,2048)+ReLU MLP, batch {args.batch} (a step of the saved model "
                       f"took {med(probe):.2f}s > {STEP_LIMIT_S:.0f}s)")
     for _ in range(3):
@@ -388,10 +318,11 @@ def part_steps(b: Bench) -> dict:
         step()  # untimed: the first step after the pre-fault
         pre = timed_steps(3)  # a baseline right before this save, to pair with (the VM drifts)
         base += pre
-        stats = b.mgr.save(b.next_step(), b.state)
+        step_no = b.next_step()
+        stats = b.mgr.save(step_no, b.state)
         t_start = time.perf_counter()
         mine = []
-        while not (b.mgr._inflight is None or b.mgr._inflight[1].done()):
+        while b.mgr.last_save is None or b.mgr.last_save.step < step_no:  # set once the save is durable
             t0 = time.perf_counter()
             step()
             mine.append(time.perf_counter() - t0)
@@ -408,8 +339,6 @@ def part_steps(b: Bench) -> dict:
     os.sync()
     time.sleep(min(1.0, b.settle))
     base += timed_steps(args.steps - half)
-    del step, big_step, small
-    gc.collect()
     return {"train_model": "big" if use_big else "small", "train_desc": train_desc, "probe_big_step_s": probe,
             "baseline_s": base, "during_s": during, "per_save": per_save}
 
@@ -425,15 +354,9 @@ def report(b: Bench, st: dict, du: dict | None, sp: dict | None, threads: int) -
     gib = b.bytes / 2**30
     print(f"\n== Async save, {gib:.2f} GiB state ({b.layers} x Linear({b.width},{b.width}) + Adam, {b.n_tensors} "
           f"tensors; CPU, {threads} threads), median of {b.args.repeats} ==")
-    print(f"\nStall: time the caller is blocked (warm, after {b.args.warmup} warm-up rounds)")
-    hdr = f"  {'method':<34} {'median s':>9} {'min..max s':>15} {'GB/s':>6} {'vs memcpy':>10} {'vs spotsafe':>12}"
-    print(hdr)
-    print("  " + "-" * (len(hdr) - 2))
-    for m in STALL_METHODS:
-        xs = st[m]
-        t = med(xs)
-        print(f"  {LABELS[m]:<34} {t:>9.4f} {min(xs):>7.4f}..{max(xs):<7.4f} {b.bytes / t / 1e9:>6.2f} "
-              f"{t / med(st['memcpy']):>9.2f}x {t / med(st['spotsafe']):>11.2f}x")
+    print_table(f"Stall: time the caller is blocked (warm, after {b.args.warmup} warm-up rounds)",
+                {LABELS[k]: st[k] for k in STALL_METHODS}, peers=[LABELS["memcpy"], LABELS["spotsafe"]],
+                nbytes=b.bytes, unit=("s", 1.0, 4))
     print(f"  spotsafe: stats.stall_s median {med(st['spotsafe_stall_s']):.4f}s (stage_s {med(st['spotsafe_stage_s']):.4f}); "
           f"first (cold) save stalled {st['spotsafe_first_stall_s']:.3f}s; staging buffers allocated "
           f"{st['spotsafe_staging_allocations']} times, {st['spotsafe_staging_bytes'] / 2**30:.2f} GiB held")
@@ -460,9 +383,9 @@ def report(b: Bench, st: dict, du: dict | None, sp: dict | None, threads: int) -
              f"{tr:.1f}x of medians, {pair_tr:.1f}x paired"),
     ]
     if du:
-        print("\nTime to durable (save() to committed and fsynced; raw: write+fsync of file and dir)")
-        for m, xs in (("raw write+fsync", du["raw"]), ("spotsafe save()+wait() total_s", du["spotsafe"])):
-            print(f"  {m:<34} {med(xs):>9.3f} {min(xs):>7.3f}..{max(xs):<7.3f} {b.bytes / med(xs) / 1e9:>6.2f} GB/s")
+        print_table("Time to durable (save() to committed and fsynced; raw: write+fsync of file and dir)",
+                    {"raw write+fsync": du["raw"], "spotsafe save()+wait() total_s": du["spotsafe"]},
+                    peers=["raw write+fsync"], nbytes=b.bytes)
         print(f"  spotsafe: stall {med(du['spotsafe_stall_s']):.3f}, persist {med(du['spotsafe_persist_s']):.3f}, "
               f"wall until wait() returned {med(du['spotsafe_wall_s']):.3f}")
         r_med, r_pair = med(du["spotsafe"]) / med(du["raw"]), paired(du["spotsafe"], du["raw"])
@@ -490,16 +413,14 @@ def report(b: Bench, st: dict, du: dict | None, sp: dict | None, threads: int) -
     print(f"\n== Async save, {gib:.2f} GiB state (CPU, {threads} threads) ==")
     for line in lines:
         print(line)
-    print("Goals (verdict on the paired estimate; '?' where the ratio of medians disagrees: too noisy to call):")
-    for g in goals:
-        print(f"  [{'MET' if g['met'] else 'NOT MET':>7}{'' if g['estimates_agree'] else '?'}] {g['goal']}: {g['detail']}")
+    print_goals(goals)
     return goals
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=parse_size, default=parse_size("1G"), help="state size (default 1G)")
+    ap.add_argument("--size", type=parse_size, default="1G", help="state size (default 1G)")
     ap.add_argument("--repeats", type=int, default=5, help="measured repeats of parts 1 and 2 (default 5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up rounds of part 1 (default 2)")
     ap.add_argument("--steps", type=int, default=30, help="baseline training steps of part 3 (default 30)")
@@ -509,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="train the saved model (big), a 4-layer MLP (small), or big unless a step takes > 1 s")
     ap.add_argument("--parts", default="stall,durable,steps", help="which parts to run (default all three)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--dir", type=Path, default=REPO / "bench" / "results" / f"tmp-async-{os.getpid()}",
-                    help="scratch directory on the disk to measure (default bench/results/tmp-async-<pid>; removed)")
+    dir_arg(ap, "async")
     ap.add_argument("--settle", type=float, default=None,
                     help="seconds to sleep before each durable save (default: size / 0.4 GB/s, at most 5; "
                          "part 1 sleeps at most 1)")
@@ -522,54 +442,41 @@ def main(argv: list[str] | None = None) -> int:
     if not parts <= {"stall", "durable", "steps"} or "stall" not in parts:
         ap.error("--parts: a subset of stall,durable,steps that includes stall")
 
-    torch.set_num_threads(args.threads)
-    workdir = args.dir.resolve()
-    if workdir.exists() and any(workdir.iterdir()):
-        ap.error(f"{workdir} exists and is not empty; pass an empty or new --dir")
-    workdir.mkdir(parents=True, exist_ok=True)
+    print(setup_torch(args.threads))
     can_drop = try_drop_caches()
-    free = shutil.disk_usage(workdir).free
-    print(f"spotsafe {spotsafe.__version__} ({Path(spotsafe.__file__).resolve().parent}), torch {torch.__version__}, "
-          f"python {platform.python_version()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}")
-    print(f"scratch dir {workdir} ({free / 1e9:.1f} GB free); drop_caches permitted: {can_drop}")
     t_start = time.perf_counter()
     threads_before = set(threading.enumerate())
     b = None
     st = du = sp = None
-    try:
-        b = Bench(args, workdir)
-        print(f"state: {b.layers} x Linear({b.width},{b.width}) + Adam = {b.bytes / 2**30:.3f} GiB in {b.n_tensors} "
-              f"tensors, built in {b.build_s:.1f}s; prefault {b.pf_bytes / 2**30:.2f} GiB; settle {b.settle:.1f}s",
-              flush=True)
-        print("part 1: stall", flush=True)
-        st = part_stall(b)
-        if "durable" in parts:
-            print("part 2: time to durable", flush=True)
-            du = part_durable(b, can_drop)
-        if "steps" in parts:
-            print("part 3: training steps while persisting", flush=True)
-            sp = part_steps(b)
-    finally:
-        if b is not None:
-            b.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with scratch_dir("async", args.dir) as workdir:
+        print(f"scratch dir {workdir} ({shutil.disk_usage(workdir).free / 1e9:.1f} GB free); "
+              f"drop_caches permitted: {can_drop}")
+        try:
+            b = Bench(args, workdir)
+            print(f"state: {b.m.describe()} = {b.bytes / 2**30:.3f} GiB in {b.n_tensors} tensors, built in "
+                  f"{b.build_s:.1f}s; prefault {b.pf_bytes / 2**30:.2f} GiB; settle {b.settle:.1f}s", flush=True)
+            print("part 1: stall", flush=True)
+            st = part_stall(b)
+            if "durable" in parts:
+                print("part 2: time to durable", flush=True)
+                du = part_durable(b, can_drop)
+            if "steps" in parts:
+                print("part 3: training steps while persisting", flush=True)
+                sp = part_steps(b)
+        finally:
+            if b is not None:
+                b.close()
     goals = report(b, st, du, sp, args.threads)
     left = [t.name for t in set(threading.enumerate()) - threads_before if t.is_alive()]
     elapsed = time.perf_counter() - t_start
     print(f"\npeak RSS {peak_rss() / 2**30:.2f} GiB; prefault median {med(b.prefault_s):.2f}s (untimed); "
           f"threads left running: {left or 'none'}; total benchmark time {elapsed:.0f}s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {"env": {"spotsafe": spotsafe.__version__, "torch": torch.__version__,
-                       "python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": args.threads,
-                       "dir": str(workdir), "drop_caches": can_drop, "prefault_bytes": b.pf_bytes,
-                       "settle_s": b.settle},
-               "state": {"bytes": b.bytes, "width": b.width, "layers": b.layers, "tensors": b.n_tensors},
-               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "stall": st, "durable": du, "steps": sp, "goals": goals, "prefault_s": b.prefault_s,
-               "peak_rss_bytes": peak_rss(), "elapsed_s": elapsed, "threads_left": left}
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"results written to {args.json}")
+    write_json(args.json, {"env": {"threads": args.threads, "drop_caches": can_drop, "prefault_bytes": b.pf_bytes,
+                                   "settle_s": b.settle},
+                           "state": {"bytes": b.bytes, "width": b.width, "layers": b.layers, "tensors": b.n_tensors},
+                           "args": vars(args), "stall": st, "durable": du, "steps": sp, "goals": goals,
+                           "prefault_s": b.prefault_s, "peak_rss_bytes": peak_rss(), "elapsed_s": elapsed,
+                           "threads_left": left})
     return 0
 
 

@@ -17,8 +17,12 @@ Then notice-to-durable: ``spotsafe.Run`` gets SIGUSR1 after a step and the emerg
 checkpoint's ``notice_to_durable_s`` (from the stop event) is compared with a raw
 write+fsync of the same bytes.
 
-    python bench/bench_cuda.py --sizes 1G,4G --repeats 3
+Files go under ``--dir`` (default ``bench/results/tmp-cuda-<pid>``), removed at the end.
+
+    .venv/bin/python bench/bench_cuda.py --sizes 1G,4G --repeats 3
+    .venv/bin/python bench/bench_cuda.py --sizes 256M --repeats 2      # quick
 """
+
 
 from __future__ import annotations
 
@@ -26,44 +30,20 @@ import argparse
 import os
 import shutil
 import signal
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import Model, build_model, dir_arg, med, parse_sizes, print_goals, print_table, scratch_dir, write_fsync
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fsync_dir  # noqa: E402
+import spotsafe
+from spotsafe._telemetry import read_events
+from spotsafe.notices import Signals
+from spotsafe.policy import KeepLast
 
-import spotsafe  # noqa: E402
-from spotsafe.notices import Signals  # noqa: E402
-from spotsafe._telemetry import read_events  # noqa: E402
-
-
-def parse_size(text: str) -> int:
-    units = {"M": 2**20, "G": 2**30}
-    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
-
-
-def build(total: int):
-    """Params + Adam state of about ``total`` bytes on cuda:0."""
-    width = 4096
-    layers = max(1, total // (3 * 4 * width * width))
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(layers)]).cuda()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    model(torch.randn(8, width, device="cuda")).sum().backward()
-    opt.step()
-    torch.cuda.synchronize()
-    return model, opt
-
-
-def tensors(model, opt) -> list[torch.Tensor]:
-    out = [p.data for p in model.parameters()]
-    for st in opt.state.values():
-        out += [v for v in st.values() if isinstance(v, torch.Tensor) and v.is_cuda]
-    return out
+LABELS = {"cpu": ".cpu() (pageable)", "pinned": "pinned copy (floor)", "spotsafe": "spotsafe save() stall",
+          "dcp": "dcp.async_save stall", "torch.save": "torch.save (no fsync)"}
 
 
 def timed(fn) -> float:
@@ -73,43 +53,30 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def raw_write(path: Path, buf: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    with open(path, "wb") as f:
-        f.write(memoryview(buf.numpy()))
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(path.parent)
-    return time.perf_counter() - t0
-
-
-def stalls(model, opt, work: Path, repeats: int) -> dict[str, list[float]]:
+def stalls(m: Model, work: Path, repeats: int) -> dict[str, list[float]]:
     import torch.distributed.checkpoint as dcp
 
-    ts = tensors(model, opt)
+    ts = m.tensors()
     pinned = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in ts]
-    res: dict[str, list[float]] = {k: [] for k in ("cpu", "pinned", "spotsafe", "dcp", "torch.save")}
-    state = {"model": model, "optimizer": opt}
+    res: dict[str, list[float]] = {k: [] for k in LABELS}
 
     def pinned_copy():
         for d, t in zip(pinned, ts):
             d.copy_(t, non_blocking=True)
         torch.cuda.synchronize()
 
-    with spotsafe.CheckpointManager(work / "spotsafe", keep_last=1) as mgr:
+    with spotsafe.CheckpointManager(work / "spotsafe", keep=KeepLast(1)) as mgr:
         for r in range(repeats + 1):
             cpu = timed(lambda: [t.cpu() for t in ts])
             pin = timed(pinned_copy)
-            stats = mgr.save(r + 1, state)
+            stats = mgr.save(r + 1, m.state)
             mgr.wait()
-            fut = None
             t0 = time.perf_counter()
-            fut = dcp.async_save({"model": model.state_dict(), "optimizer": opt.state_dict()},
-                                 checkpoint_id=str(work / f"dcp{r}"), no_dist=True)
+            fut = dcp.async_save(m.state_dicts(), checkpoint_id=str(work / f"dcp{r}"), no_dist=True)
             dcp_s = time.perf_counter() - t0
             fut.result()
             shutil.rmtree(work / f"dcp{r}", ignore_errors=True)
-            ts_s = timed(lambda: torch.save(state_dicts(model, opt), work / "t.pt"))
+            ts_s = timed(lambda: torch.save(m.state_dicts(), work / "t.pt"))
             os.unlink(work / "t.pt")
             if r:  # the first round warms every path up
                 for k, v in zip(res, (cpu, pin, stats.stall_s, dcp_s, ts_s)):
@@ -117,18 +84,15 @@ def stalls(model, opt, work: Path, repeats: int) -> dict[str, list[float]]:
     return res
 
 
-def state_dicts(model, opt):
-    return {"model": model.state_dict(), "optimizer": opt.state_dict()}
-
-
-def notice_to_durable(model, opt, work: Path, repeats: int) -> tuple[list[float], list[float], int]:
+def notice_to_durable(m: Model, work: Path, repeats: int) -> tuple[list[float], list[float], int]:
     n2d, raw, nbytes = [], [], 0
+    step_fn = m.step_fn(8)
     for r in range(repeats):
         root = work / f"run{r}"
         try:
-            with spotsafe.Run(root, {"model": model, "optimizer": opt}, notices=[Signals(["SIGUSR1"])]) as run:
+            with spotsafe.Run(root, m.state, notices=[Signals(["SIGUSR1"])]) as run:
                 for step in run.steps(10**6):
-                    model(torch.randn(8, 4096, device="cuda")).sum().backward()
+                    step_fn()
                     if step == 2:
                         os.kill(os.getpid(), signal.SIGUSR1)
         except spotsafe.Preempted:
@@ -139,46 +103,43 @@ def notice_to_durable(model, opt, work: Path, repeats: int) -> tuple[list[float]
         shutil.rmtree(root)
         buf = torch.empty(nbytes, dtype=torch.uint8)
         buf.fill_(1)
-        raw.append(raw_write(work / "raw.bin", buf))
+        raw.append(write_fsync(work / "raw.bin", [memoryview(buf.numpy())]))
         os.unlink(work / "raw.bin")
     return n2d, raw, nbytes
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1G,4G")
+    p.add_argument("--sizes", type=parse_sizes, default="1G,4G", help="CUDA state sizes (default 1G,4G)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    dir_arg(p, "cuda")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("No CUDA device: nothing to measure.")
         return 0
-    for name in ("SPOTSAFE_AWS_METADATA_URL", "SPOTSAFE_GCP_METADATA_URL", "SPOTSAFE_AZURE_METADATA_URL"):
-        os.environ[name] = "off"
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs")
-    med = statistics.median
-    for size in args.sizes.split(","):
-        work = Path(tempfile.mkdtemp(prefix="spotsafe-cuda-", dir=args.dir))
-        model, opt = build(parse_size(size))
-        total = sum(t.numel() * t.element_size() for t in tensors(model, opt))
-        res = stalls(model, opt, work, args.repeats)
-        gb = total / 1e9
-        print(f"\n== {size}: {total / 2**30:.2f} GiB of CUDA state (params + Adam), median of {args.repeats} ==")
-        print(f"{'GPU -> host':32s} {'median s':>9s} {'GB/s':>7s} {'vs pinned floor':>16s}")
-        floor = med(res["pinned"])
-        for key, label in (("cpu", ".cpu() (pageable)"), ("pinned", "pinned copy (floor)"),
-                           ("spotsafe", "spotsafe save() stall"), ("dcp", "dcp.async_save stall"),
-                           ("torch.save", "torch.save (no fsync)")):
-            m = med(res[key])
-            print(f"{label:32s} {m:9.3f} {gb / m:7.1f} {m / floor:15.2f}x")
-        n2d, raw, nbytes = notice_to_durable(model, opt, work, args.repeats)
-        goal = 1.2 * med(raw) + 0.1
-        print(f"notice-to-durable {med(n2d):.3f} s (min {min(n2d):.3f}) vs raw write+fsync of {nbytes / 2**30:.2f} "
-              f"GiB {med(raw):.3f} s: {med(n2d) / med(raw):.2f}x  "
-              f"[{'    MET' if med(n2d) <= goal else 'NOT MET'}] <= 1.2 x raw + 100 ms = {goal:.3f} s")
-        del model, opt
-        torch.cuda.empty_cache()
-        shutil.rmtree(work, ignore_errors=True)
+    goals = []
+    with scratch_dir("cuda", args.dir) as scratch:
+        for label, size in args.sizes:
+            work = scratch / label
+            work.mkdir()
+            m = build_model(size, width=4096, bias=False, device="cuda", lr=1e-4)
+            total = m.nbytes
+            res = stalls(m, work, args.repeats)
+            print_table(f"== {label}: {total / 2**30:.2f} GiB of CUDA state ({m.describe()}), GPU -> host, median of "
+                        f"{args.repeats} ==", {LABELS[k]: xs for k, xs in res.items()}, peers=[LABELS["pinned"]],
+                        nbytes=total)
+            n2d, raw, nbytes = notice_to_durable(m, work, args.repeats)
+            print_table(f"Notice to durable ({nbytes / 2**30:.2f} GiB checkpoint; SIGUSR1 to the Run)",
+                        {"raw write+fsync": raw, "spotsafe notice->durable": n2d}, peers=["raw write+fsync"],
+                        nbytes=nbytes)
+            limit = 1.2 * med(raw) + 0.1
+            goals.append({"goal": f"{label}: notice-to-durable <= 1.2 x raw + 100 ms", "met": med(n2d) <= limit,
+                          "detail": f"{med(n2d):.3f} s vs {limit:.3f} s"})
+            del m
+            torch.cuda.empty_cache()
+            shutil.rmtree(work, ignore_errors=True)
+    print_goals(goals)
     return 0
 
 

@@ -52,10 +52,11 @@ medians and the median of per-repeat (paired) ratios.
    loop's check) and a whole ``run.steps()`` iteration with an empty body, both with all five
    sources running.
 
-Scratch files go under ``bench/results/tmp-notice-*`` (the repository's file system) and are
-removed at the end; the results are also written to ``bench/results/notice.json``.
+Scratch files go under ``bench/results/tmp-notice-<pid>`` (the repository's file system) and
+are removed at the end; the results are also written to ``bench/results/notice.json``.
 
     .venv/bin/python bench/bench_notice.py [--sizes 100M,1G] [--repeats 3] [--no-s3]
+    .venv/bin/python bench/bench_notice.py --sizes 64M --repeats 1 --rounds 2 --steps 30 --default-rate-s 3  # quick
 
 This is a benchmark, not a test; the default run takes about 5 minutes on a 2-core VM.
 """
@@ -66,28 +67,38 @@ import argparse
 import json
 import logging
 import os
-import platform
 import select
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fsync_dir, med, mem_available, prefault, try_drop_caches  # noqa: E402
+from _common import (
+    REPO,
+    RESULTS,
+    build_model,
+    med,
+    mem_available,
+    paired,
+    parse_sizes,
+    prefault,
+    prefault_budget,
+    print_goals,
+    print_table,
+    scratch_dir,
+    settle_s,
+    setup_torch,
+    span,
+    try_drop_caches,
+    write_fsync,
+    write_json,
+)
 
 TRAIN = REPO / "examples" / "train.py"
-RESULTS = REPO / "bench" / "results"
-CHUNK = 64 << 20
 BUCKET = "bench"
-METADATA_OFF = {"SPOTSAFE_AWS_METADATA_URL": "off", "SPOTSAFE_GCP_METADATA_URL": "off",
-                "SPOTSAFE_AZURE_METADATA_URL": "off"}
 STEPS_BEFORE_NOTICE = 3
 START_TIMEOUT_S = 120.0
 EXIT_TIMEOUT_S = {"local": 60.0, "remote": 240.0}
@@ -104,7 +115,7 @@ _children: list[subprocess.Popen] = []  # live children, killed on the way out
 
 # -- processes --------------------------------------------------------------------------------
 def child_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, **METADATA_OFF, **extra}
+    return {**os.environ, **extra}  # the metadata endpoints are off in os.environ (_common)
 
 
 def spawn(cmd: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
@@ -149,10 +160,9 @@ class Setup:
     def prepare(self, nbytes: int) -> None:
         """Untimed, right before a measurement: flush (and drop caches), settle, pre-fault."""
         try_drop_caches()
-        time.sleep(min(5.0, nbytes / 0.4e9))
+        time.sleep(settle_s(nbytes))
         if self.use_prefault:
-            pf = int(min(2.5 * nbytes + (256 << 20), mem_available() - nbytes - (2 << 30)))
-            self.prefault_s.append(prefault(max(0, pf)))
+            self.prefault_s.append(prefault(prefault_budget(nbytes)))
 
 
 # -- 1 and 3: spotsafe's notice to durable ---------------------------------------------------
@@ -213,14 +223,7 @@ def raw_child(path: Path, nbytes: int) -> None:
     buf = memoryview(bytearray(b"\x01") * nbytes)  # touched: every page is backed before the clock
     print("ready", flush=True)
     sys.stdin.readline()
-    t0 = time.perf_counter()
-    with open(path, "wb") as f:
-        for start in range(0, nbytes, CHUNK):
-            f.write(buf[start:start + CHUNK])
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(path.parent)
-    print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+    print(json.dumps({"seconds": write_fsync(path, [buf])}), flush=True)
 
 
 def raw_run(setup: Setup, nbytes: int) -> float:
@@ -252,11 +255,11 @@ def boto3_run(setup: Setup, client, ckpt_dir: Path, prefix: str, nbytes: int) ->
     return time.perf_counter() - t0
 
 
-def measure_size(setup: Setup, label: str, repeats: int, s3) -> dict:
+def measure_size(setup: Setup, label: str, size: int, repeats: int, s3) -> dict:
     """Every measurement of one size, ``repeats`` times, in an order rotated every repeat."""
     from spotsafe._format import step_dir
 
-    mib = parse_mib(label)
+    mib = size / 2**20
     nbytes = int(mib * 2**20)  # until the first local run gives the checkpoint's bytes
     res: dict = {"raw": [], "local": [], "remote": [], "boto3": []}
     units = ["local", "raw"] + (["remote"] if s3 else [])  # local first: its bytes size the raw write
@@ -286,20 +289,9 @@ def measure_size(setup: Setup, label: str, repeats: int, s3) -> dict:
 
 # -- 4: watchers' overhead per step ---------------------------------------------------------------
 def make_trainer():
-    import torch
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(384, 768), torch.nn.ReLU(), torch.nn.Linear(768, 768),
-                                torch.nn.ReLU(), torch.nn.Linear(768, 384))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(64, 384)
-
-    def step() -> None:
-        loss = model(x).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return {"model": model, "optimizer": opt}, step
+    """A 3-layer MLP (384-768-768-384) with Adam, and one training step of it on a batch of 64."""
+    m = build_model(dims=[384, 768, 768, 384], relu=True, lr=1e-4)
+    return m.state, m.step_fn(64)
 
 
 def watcher_sources(url: str | None, trigger: Path) -> list:
@@ -365,10 +357,7 @@ def default_rate_cpu(url: str, trigger: Path, seconds: float = 20.0) -> dict:
             "polls": sum(getattr(s, "polls", 0) for s in sources)}
 
 
-def measure_watchers(work: Path, rounds: int, steps: int) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
+def measure_watchers(work: Path, rounds: int, steps: int, default_rate_s: float) -> dict:
     state, step = make_trainer()
     trigger = work / "notice-trigger-never-created"
     server = spawn([sys.executable, "-c", METADATA_CHILD, str(REPO / "tests")], child_env(),
@@ -386,7 +375,7 @@ def measure_watchers(work: Path, rounds: int, steps: int) -> dict:
             print(f"  watchers round {r + 1}/{rounds}: mean step off {res['off'][-1]['mean_s'] * 1e3:.2f} ms, "
                   f"on {res['on'][-1]['mean_s'] * 1e3:.2f} ms ({res['on'][-1]['polls']} polls)", flush=True)
         res["check"] = check_cost(work / "watch-check", state, url, trigger)
-        res["default_rate"] = default_rate_cpu(url, trigger)
+        res["default_rate"] = default_rate_cpu(url, trigger, default_rate_s)
     finally:
         server.stdin.close()
         reap(server, 5)
@@ -395,72 +384,52 @@ def measure_watchers(work: Path, rounds: int, steps: int) -> dict:
 
 
 # -- report -------------------------------------------------------------------------------------
-def parse_mib(text: str) -> float:
-    units = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text) / 2**20
-
-
-def span(xs: list[float], unit: float = 1.0, digits: int = 3) -> str:
-    if not xs:
-        return "-"
-    return f"{med(xs) * unit:.{digits}f} ({min(xs) * unit:.{digits}f}..{max(xs) * unit:.{digits}f})"
-
-
-def paired(xs: list[float], refs: list[float]) -> float:
-    return med([x / y for x, y in zip(xs, refs)])
-
-
 def report_local(sizes: dict[str, dict]) -> list[dict]:
-    print("\n== Local notice-to-durable (SIGTERM -> checkpoint durable on local disk), seconds, median (min..max) ==")
-    print("| size | checkpoint | raw write+fsync | **spotsafe notice->durable** | step end->durable | stage | "
-          "persist | vs raw (medians) | vs raw (paired) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     goals = []
     for label, res in sizes.items():
         raw, loc = res["raw"], [x["notice_to_durable_s"] for x in res["local"]]
-        col = {k: [x[k] for x in res["local"]] for k in ("step_end_to_durable_s", "stage_s", "persist_s")}
-        print(f"| {label} | {res['bytes'] / 2**20:.0f} MiB | {span(raw)} | {span(loc)} | "
-              f"{span(col['step_end_to_durable_s'])} | {span(col['stage_s'])} | {span(col['persist_s'])} | "
-              f"{med(loc) / med(raw):.2f}x | {paired(loc, raw):.2f}x |")
+        col = {k: span([x[k] for x in res["local"]]) for k in ("step_end_to_durable_s", "stage_s", "persist_s")}
+        print_table(f"== Local notice-to-durable, {label} ({res['bytes'] / 2**20:.0f} MiB checkpoint; SIGTERM -> "
+                    "checkpoint durable on local disk) ==",
+                    {"raw write+fsync": raw, "spotsafe notice->durable": loc}, peers=["raw write+fsync"],
+                    extra={"spotsafe notice->durable": {"step end->durable": col["step_end_to_durable_s"],
+                                                        "stage": col["stage_s"], "persist": col["persist_s"]}})
         limit = LOCAL_FACTOR * med(raw) + LOCAL_SLACK
         pair = med([x / (LOCAL_FACTOR * y + LOCAL_SLACK) for x, y in zip(loc, raw)])
         goals.append({"goal": f"local notice-to-durable <= {LOCAL_FACTOR}x raw write+fsync + "
                               f"{LOCAL_SLACK * 1e3:.0f} ms ({label})",
-                      "met": med(loc) <= limit, "other_met": pair <= 1.0,
+                      "met": med(loc) <= limit, "estimates_agree": (med(loc) <= limit) == (pair <= 1.0),
                       "detail": f"{med(loc):.3f} s vs limit {limit:.3f} s on medians ({med(loc) / limit:.2f} of the "
-                                f"limit; paired {pair:.2f}); tiers {sorted({x['tier'] for x in res['local']})}"})
+                                f"limit; paired {pair:.2f}); tiers {sorted({str(x['tier']) for x in res['local']})}"})
     return goals
 
 
 def report_remote(sizes: dict[str, dict]) -> None:
-    print("\n== Remote notice-to-durable (SIGTERM -> checkpoint durable in SeaweedFS S3 on 127.0.0.1), seconds ==")
-    print("| size | tier | **spotsafe notice->durable** | vs local | spotsafe upload_s | boto3 upload_file | "
-          "upload vs boto3 (paired) | raw+boto3 | notice->durable vs raw+boto3 (paired) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, res in sizes.items():
-        rem = [x["notice_to_durable_s"] for x in res["remote"]]
-        loc = [x["notice_to_durable_s"] for x in res["local"]]
-        up = [x["upload_s"] for x in res["remote"] if x["upload_s"] is not None]
         tiers = "/".join(sorted({str(x["tier"]) for x in res["remote"]}))
-        base = [a + b for a, b in zip(res["raw"], res["boto3"])]
-        up_pair = f"{paired(up, res['boto3']):.2f}x" if len(up) == len(res["boto3"]) else "-"
-        print(f"| {label} | {tiers} | {span(rem)} | {med(rem) / med(loc):.2f}x | {span(up)} | {span(res['boto3'])} | "
-              f"{up_pair} | {span(base)} | {paired(rem, base):.2f}x |")
+        rows = {"spotsafe notice->durable, remote": [x["notice_to_durable_s"] for x in res["remote"]],
+                "spotsafe notice->durable, local": [x["notice_to_durable_s"] for x in res["local"]],
+                "spotsafe upload_s": [x["upload_s"] for x in res["remote"] if x["upload_s"] is not None],
+                "boto3 upload_file": res["boto3"],
+                "raw write+fsync + boto3": [a + b for a, b in zip(res["raw"], res["boto3"])]}
+        print_table(f"== Remote notice-to-durable, {label} (SIGTERM -> checkpoint durable in SeaweedFS S3 on "
+                    f"127.0.0.1; tier {tiers}) ==", rows,
+                    peers=["spotsafe notice->durable, local", "boto3 upload_file", "raw write+fsync + boto3"])
 
 
 def report_watchers(w: dict) -> dict:
     off, on = w["off"], w["on"]
-    print(f"\n== Watchers' overhead per step ({len(off)} rounds x {w['steps']} steps each, ABBA; "
-          f"MLP 384-768-768-384, batch 64, 1 thread), ms, median (min..max) over rounds ==")
-    print("| notices | median step | mean step (wall / steps) | CPU of other threads per step | sources active | "
-          "polls/s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, rounds in (("None", off), (f"signals+aws+gcp+azure+file @ {POLL_S:g}s", on)):
-        polls = sum(x["polls"] for x in rounds) / sum(x["wall_s"] for x in rounds)
-        print(f"| {name} | {span([x['median_s'] for x in rounds], 1e3)} | {span([x['mean_s'] for x in rounds], 1e3)} "
-              f"| {span([x['others_cpu_per_step_s'] for x in rounds], 1e3)} | {len(rounds[0]['active'])} "
-              f"| {polls:.0f} |")
+    configs = {"None": off, f"signals+aws+gcp+azure+file @ {POLL_S:g}s": on}
+    print_table(f"== Watchers' overhead per step ({len(off)} rounds x {w['steps']} steps each, ABBA; MLP "
+                "384-768-768-384, batch 64, 1 thread): mean step (a round's wall / steps) ==",
+                {name: [x["mean_s"] for x in rounds] for name, rounds in configs.items()}, first="notices",
+                peers=["None"], unit=("ms", 1e3, 3),
+                extra={name: {"median step ms": span([x["median_s"] for x in rounds], 1e3),
+                              "CPU of other threads per step ms": span([x["others_cpu_per_step_s"] for x in rounds],
+                                                                       1e3),
+                              "sources active": str(len(rounds[0]["active"])),
+                              "polls/s": f"{sum(x['polls'] for x in rounds) / sum(x['wall_s'] for x in rounds):.0f}"}
+                       for name, rounds in configs.items()})
     ratios = [a["mean_s"] / b["mean_s"] - 1 for a, b in zip(on, off)]
     mean_pair = med(ratios)
     med_pair = paired([x["median_s"] for x in on], [x["median_s"] for x in off]) - 1
@@ -479,7 +448,7 @@ def report_watchers(w: dict) -> dict:
           f"{c['notice_read_us_median']:.3f}); a whole run.steps() iteration with an empty body "
           f"{c['empty_step_us']:.2f} us ({c['empty_step_us'] / (step_s * 1e6) * 100:.3f}% of a step)")
     return {"goal": f"watchers' overhead < {OVERHEAD_GOAL * 100:.0f}% of a step (default {d['interval_s']:g} s "
-                    "polling, CPU)", "met": d["cpu_fraction"] < OVERHEAD_GOAL, "other_met": True,
+                    "polling, CPU)", "met": d["cpu_fraction"] < OVERHEAD_GOAL,
             "detail": f"{d['cpu_fraction'] * 100:.3f}% of a core at the default interval; stressed at "
                       f"{POLL_S:g} s polling ({1 / scale:.0f}x the default rate): CPU {cpu * 100:.2f}% of a step, "
                       f"wall {mean_pair * 100:+.2f}% of a {step_s * 1e3:.1f} ms step (paired, noisy)"}
@@ -497,24 +466,19 @@ def filesystem(path: Path) -> str:
 
 
 def print_env(setup: Setup, args: argparse.Namespace) -> dict:
-    import torch
-
-    import spotsafe
-
-    env = {"spotsafe": spotsafe.__version__, "torch": torch.__version__, "python": platform.python_version(),
-           "cpus": os.cpu_count(), "mem_available_gib": round(mem_available() / 2**30, 1),
-           "scratch": str(setup.work), "filesystem": filesystem(setup.work), "drop_caches": setup.can_drop,
-           "prefault": setup.use_prefault}
-    print(f"spotsafe {env['spotsafe']}, torch {env['torch']}, python {env['python']}, {env['cpus']} cpus, "
-          f"{env['mem_available_gib']} GiB available, CPU only")
+    line = setup_torch(1)  # the watchers' trainer runs on one thread; train.py children set their own
+    env = {"line": line, "mem_available_gib": round(mem_available() / 2**30, 1), "scratch": str(setup.work),
+           "filesystem": filesystem(setup.work), "drop_caches": setup.can_drop, "prefault": setup.use_prefault}
+    print(f"{line}, {env['mem_available_gib']} GiB available, CPU only")
     print(f"scratch dir {setup.work}: {env['filesystem']}; drop_caches permitted: {setup.can_drop}; "
-          f"prefault: {setup.use_prefault}; sizes {args.sizes}, {args.repeats} repeats, S3: {not args.no_s3}")
+          f"prefault: {setup.use_prefault}; sizes {','.join(label for label, _ in args.sizes)}, {args.repeats} "
+          f"repeats, S3: {not args.no_s3}")
     return env
 
 
 def run_parts(setup: Setup, args: argparse.Namespace) -> tuple[dict, dict]:
     print("part 4: watchers' overhead per step", flush=True)
-    watchers = measure_watchers(setup.work, args.rounds, args.steps)
+    watchers = measure_watchers(setup.work, args.rounds, args.steps, args.default_rate_s)
     s3 = None
     if not args.no_s3:
         from s3server import SeaweedS3
@@ -525,7 +489,7 @@ def run_parts(setup: Setup, args: argparse.Namespace) -> tuple[dict, dict]:
         if s3:
             s3.make_bucket(BUCKET)
         print("parts 1-3: notice to durable", flush=True)
-        sizes = {label: measure_size(setup, label, args.repeats, s3) for label in args.sizes.split(",")}
+        sizes = {label: measure_size(setup, label, size, args.repeats, s3) for label, size in args.sizes}
     finally:
         if s3:
             s3.close()
@@ -535,11 +499,14 @@ def run_parts(setup: Setup, args: argparse.Namespace) -> tuple[dict, dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="100M,1G", help="checkpoint sizes (train.py's ballast), default 100M,1G")
+    ap.add_argument("--sizes", type=parse_sizes, default="100M,1G",
+                    help="checkpoint sizes (train.py's ballast), default 100M,1G")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of parts 1-3 (default 3)")
     ap.add_argument("--no-s3", action="store_true", help="skip the remote (SeaweedFS S3) measurements")
     ap.add_argument("--rounds", type=int, default=10, help="rounds of each watcher configuration (default 10)")
     ap.add_argument("--steps", type=int, default=100, help="training steps per watcher round (default 100)")
+    ap.add_argument("--default-rate-s", type=float, default=20.0,
+                    help="seconds to measure the watchers' CPU at the default poll interval (default 20)")
     ap.add_argument("--no-prefault", dest="prefault", action="store_false", help="no pre-fault before measurements")
     ap.add_argument("--json", type=Path, default=RESULTS / "notice.json", help="default bench/results/notice.json")
     ap.add_argument("--_raw", nargs=2, help=argparse.SUPPRESS)
@@ -548,31 +515,24 @@ def main(argv: list[str] | None = None) -> int:
         raw_child(Path(args._raw[0]), int(args._raw[1]))
         return 0
 
-    os.environ.update(METADATA_OFF)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the cleanup below runs
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    setup = Setup(Path(tempfile.mkdtemp(prefix="tmp-notice-", dir=RESULTS)), args.prefault, try_drop_caches())
-    try:
-        env = print_env(setup, args)
-        sizes, watchers = run_parts(setup, args)
-    finally:
-        kill_children()
-        shutil.rmtree(setup.work, ignore_errors=True)
+    with scratch_dir("notice") as work:
+        setup = Setup(work, args.prefault, try_drop_caches())
+        try:
+            env = print_env(setup, args)
+            sizes, watchers = run_parts(setup, args)
+        finally:
+            kill_children()
     goals = report_local(sizes)
     if not args.no_s3:
         report_remote(sizes)
     goals.append(report_watchers(watchers))
-    print("\nGoals ('?' where the other estimate in the detail disagrees: too noisy to call):")
-    for g in goals:
-        print(f"  [{'MET' if g['met'] else 'NOT MET':>7}{'' if g['met'] == g['other_met'] else '?'}] "
-              f"{g['goal']}: {g['detail']}")
+    print_goals(goals)
     elapsed = time.perf_counter() - t0
     print(f"\nprefault median {med(setup.prefault_s):.2f}s (untimed); total benchmark time {elapsed:.0f}s")
-    args.json.write_text(json.dumps({"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "sizes": sizes,
-                                     "watchers": watchers, "goals": goals, "elapsed_s": elapsed}, indent=1))
-    print(f"results written to {args.json}")
+    write_json(args.json, {"env": env, "args": vars(args), "sizes": sizes, "watchers": watchers, "goals": goals,
+                           "elapsed_s": elapsed})
     return 0
 
 

@@ -12,8 +12,8 @@ Durable save (every method returns only once its bytes are on disk):
 * ``spotsafe save`` - ``CheckpointManager(root, async_save=False).save(step, {"model": model, "optimizer": opt})``
   (synchronous: it returns durable; ``bench_async.py`` measures the asynchronous save)
   with the RNG capture left on (the default). The manager is built before the clock starts.
-  By default every repeat saves into an empty root, so ``keep_last`` never deletes anything
-  inside ``save``; ``--steady`` keeps one root for all repeats (``keep_last=1``), so that from
+  By default every repeat saves into an empty root, so retention never deletes anything
+  inside ``save``; ``--steady`` keeps one root for all repeats (``keep=KeepLast(1)``), so that from
   the second repeat on each save also prunes the previous checkpoint, as in a training loop.
 * ``torch.save+fsync`` - ``torch.save({"model": model.state_dict(), "optimizer":
   opt.state_dict()}, f)``, then ``f.flush()``, ``os.fsync(f.fileno())`` and an fsync of the
@@ -71,12 +71,14 @@ a repeat equally often); within a repeat the methods run one after the other in 
 rotated every repeat, so slow spells of the disk hit all of them alike. The tables report
 the median, the spread, the ratio of medians and the median of the per-repeat ratios (the
 steadier estimate when the disk drifts over the run; the goals are judged on it).
-Files go under ``--dir`` (default ``bench/results/tmp-<pid>`` in this repository, on the same
-file system as the checkout, not ``/tmp``) and are deleted after every repeat.
+Files go under ``--dir`` (default ``bench/results/tmp-save-restore-<pid>`` in this repository,
+on the same file system as the checkout, not ``/tmp``) and are deleted after every repeat.
 
 Tables: median seconds, GB/s (10^9 bytes of state per second), the time ratio against the raw
 baseline and against torch.save / torch.load (method time / reference time: above 1 is slower),
-and the bytes each method left on disk. At the end, whether spotsafe met its two goals:
+and the bytes each method left on disk. Below them, spotsafe's own phases: ``SaveStats``
+(stage, persist, after the commit) and ``manager.last_restore`` (``RestoreStats``: select,
+read+verify, load). At the end, whether spotsafe met its two goals:
 "durable save within 1.1x of the raw write+fsync of the same bytes" and "restore no slower
 than torch.load".
 
@@ -92,43 +94,51 @@ default run took about 9 minutes on a 2-core VM (most of it settling, pre-faulti
 starting the restore processes, none of which is timed).
 """
 
+
 from __future__ import annotations
 
 import argparse
 import gc
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
-import xxhash
-
-REPO = Path(__file__).resolve().parent.parent
-try:
-    import spotsafe
-except ImportError:  # not installed in this interpreter: use the checkout
-    sys.path.insert(0, str(REPO / "src"))
-    import spotsafe
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (byte_view, fsync_dir, med, mem_available, nbytes, peak_rss,  # noqa: E402
-                     plan_layers, prefault, try_drop_caches)
-
-import spotsafe._engine._manager as _mgr_mod  # only to time the phases of save and restore
 import torch.distributed.checkpoint as dcp
+import xxhash
+from _common import (
+    CHUNK,
+    Model,
+    build_model,
+    byte_view,
+    dir_arg,
+    disk_bytes,
+    fsync_dir,
+    med,
+    paired,
+    parse_sizes,
+    peak_rss,
+    prefault,
+    prefault_budget,
+    print_goals,
+    print_table,
+    scratch_dir,
+    settle_s,
+    setup_torch,
+    try_drop_caches,
+    write_fsync,
+    write_json,
+)
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-warnings.filterwarnings("ignore", message=r".*torch\.distributed is disabled.*")
-warnings.filterwarnings("ignore", category=FutureWarning)
+import spotsafe
+from spotsafe.policy import KeepLast
 
 THREADS = 2
-CHUNK = 64 << 20
 SAVE_METHODS = ["raw", "spotsafe", "torch", "dcp"]
 RESTORE_METHODS = ["raw", "spotsafe", "torch", "torch_mmap", "dcp"]
 LABELS = {
@@ -145,62 +155,12 @@ LABELS = {
 SAVE_GOAL = 1.10
 
 
-# -- sizes and models ------------------------------------------------------------------
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}; use e.g. 100M or 1G")
-    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
-
-
-def make_model(width: int, layers: int, *, fresh: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    if fresh:  # what a restarting job has: initialized (touched) params, no optimizer state
-        with torch.device("meta"):
-            model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
-        model = model.to_empty(device="cpu")
-        with torch.no_grad():
-            for p in model.parameters():
-                p.zero_()
-    else:
-        model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return model, opt
-
-
-def train_one_step(model: torch.nn.Module, opt: torch.optim.Optimizer, width: int) -> None:
-    loss = model(torch.randn(8, width)).square().mean()
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Every model and optimizer tensor in a fixed order (module order, then params x sorted keys)."""
-    ts = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
-    for p in model.parameters():
-        st = opt.state.get(p, {})
-        ts += [st[k] for k in sorted(st) if isinstance(st[k], torch.Tensor)]
-    return ts
-
-
-def digest_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str:
-    """xxh3 of the bytes of state_tensors(), i.e. also of the raw baseline's file."""
+def digest_state(m: Model) -> str:
+    """xxh3 of the bytes of every state tensor, in order: also the digest of the raw baseline's file."""
     h = xxhash.xxh3_64()
-    for t in state_tensors(model, opt):
+    for t in m.tensors():
         h.update(byte_view(t))
     return h.hexdigest()
-
-
-# -- file-system and memory helpers ----------------------------------------------------
-def disk_bytes(path: Path) -> int:
-    """Bytes allocated on disk under path (like du)."""
-    if path.is_file():
-        return os.stat(path).st_blocks * 512
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
-    return total
 
 
 def source_fingerprint() -> str:
@@ -213,53 +173,19 @@ def source_fingerprint() -> str:
     return h.hexdigest()
 
 
-# -- phase timing of spotsafe (wraps the names the manager module calls; no source change) ---
-PHASES: dict[str, float] = {}
-PERSIST = "save.persist (write+hash+fsync files)"
-
-
-def _timed(name: str, fn, materialize: bool = False):
-    def wrapper(*a, **k):
-        t0 = time.perf_counter()
-        out = fn(*a, **k)
-        if materialize:
-            out = list(out)
-        PHASES[name] = PHASES.get(name, 0.0) + time.perf_counter() - t0
-        return iter(out) if materialize else out
-    return wrapper
-
-
-_mgr_mod.persist = _timed(PERSIST, _mgr_mod.persist)
-_mgr_mod.read_manifest = _timed("restore.read_manifest", _mgr_mod.read_manifest)
-_mgr_mod.read_verified = _timed("restore.read_verified (read+xxh3)", _mgr_mod.read_verified)
-_mgr_mod.decode_components = _timed("restore.decode_components", _mgr_mod.decode_components, materialize=True)
-_mgr_mod.apply_checkpoint = _timed("restore.apply_checkpoint (load_state_dict)", _mgr_mod.apply_checkpoint)
-
-
 # -- save methods: each returns the path it wrote -----------------------------------------
-def save_raw(base: Path, model, opt) -> Path:
+def save_raw(base: Path, m: Model) -> Path:
     path = base / "raw.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        for t in state_tensors(model, opt):
-            view = byte_view(t)
-            for start in range(0, len(view), CHUNK):
-                chunk = view[start:start + CHUNK]
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(base)
+    write_fsync(path, (byte_view(t) for t in m.tensors()))
     return path
 
 
-def save_spotsafe(base: Path, model, opt, extra: dict, root: Path | None = None, step: int = 1) -> Path:
+def save_spotsafe(base: Path, m: Model, extra: dict, root: Path | None = None, step: int = 1) -> Path:
     root = root or base / "spotsafe"
-    mgr = spotsafe.CheckpointManager(root, keep_last=1, async_save=False)
+    mgr = spotsafe.CheckpointManager(root, keep=KeepLast(1), async_save=False)
     try:
         t0 = time.perf_counter()
-        stats = mgr.save(step, {"model": model, "optimizer": opt})
+        stats = mgr.save(step, m.state)
         extra["time"] = time.perf_counter() - t0
         extra["stats"] = {"stage_s": stats.stage_s, "persist_s": stats.persist_s, "total_s": stats.total_s,
                           "bytes": stats.bytes}
@@ -268,26 +194,26 @@ def save_spotsafe(base: Path, model, opt, extra: dict, root: Path | None = None,
     return root
 
 
-def save_torch(base: Path, model, opt) -> Path:
+def save_torch(base: Path, m: Model) -> Path:
     path = base / "torch.pt"
     with open(path, "wb") as f:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, f)
+        torch.save(m.state_dicts(), f)
         f.flush()
         os.fsync(f.fileno())
     fsync_dir(base)
     return path
 
 
-def save_dcp(base: Path, model, opt) -> Path:
+def save_dcp(base: Path, m: Model) -> Path:
     path = base / "dcp"
-    msd, osd = get_state_dict(model, opt)
+    msd, osd = get_state_dict(m.module, m.opt)
     dcp.save({"model": msd, "optimizer": osd}, storage_writer=dcp.FileSystemWriter(str(path)), no_dist=True)
     fsync_dir(path)
     fsync_dir(base)
     return path
 
 
-# -- restore methods: each restores into a fresh (model, opt) ---------------------------
+# -- restore methods: each restores into a fresh model ------------------------------------
 def restore_raw(path: Path, buf: torch.Tensor) -> None:
     mv = memoryview(buf.numpy())
     total = 0
@@ -301,35 +227,38 @@ def restore_raw(path: Path, buf: torch.Tensor) -> None:
         raise RuntimeError(f"raw file ended after {total} bytes, expected {len(mv)}")
 
 
-def restore_spotsafe(root: Path, model, opt) -> None:
-    mgr = spotsafe.CheckpointManager(root, keep_last=1)
+def restore_spotsafe(root: Path, m: Model) -> dict:
+    """The restore, and its phases as the manager reports them (``last_restore``)."""
+    mgr = spotsafe.CheckpointManager(root, keep=KeepLast(1))
     try:
-        if mgr.restore({"model": model, "optimizer": opt}) is None:
+        if mgr.restore(m.state) is None:
             raise RuntimeError("spotsafe restored no checkpoint")
+        st = mgr.last_restore
     finally:
         mgr.close()
+    return {"select": st.select_s, "read+verify": st.read_s, "load": st.load_s, "restore_total": st.total_s}
 
 
-def restore_torch(path: Path, model, opt, *, mmap: bool) -> None:
+def restore_torch(path: Path, m: Model, *, mmap: bool) -> None:
     sd = torch.load(path, weights_only=True, mmap=mmap)
-    model.load_state_dict(sd["model"])
-    opt.load_state_dict(sd["optimizer"])
+    m.module.load_state_dict(sd["model"])
+    m.opt.load_state_dict(sd["optimizer"])
 
 
-def restore_dcp(path: Path, model, opt) -> None:
-    msd, osd = get_state_dict(model, opt)
+def restore_dcp(path: Path, m: Model) -> None:
+    msd, osd = get_state_dict(m.module, m.opt)
     sd = {"model": msd, "optimizer": osd}
     dcp.load(sd, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
-    set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
+    set_state_dict(m.module, m.opt, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"])
 
 
 def measure_restore(spec: dict) -> dict:
-    """One restore as described by ``spec``; returns its time, spotsafe phases and a digest."""
+    """One restore as described by ``spec``; returns its time, spotsafe's phases and a digest."""
     method, path = spec["method"], Path(spec["path"])
     if method == "raw":
         buf = torch.empty(spec["total"], dtype=torch.uint8)
-    else:
-        model, opt = make_model(spec["width"], spec["layers"], fresh=True)
+    else:  # what a restarting job has: initialized (touched) params, no optimizer state
+        m = build_model(width=spec["width"], layers=spec["layers"], fresh=True)
     gc.collect()
     if spec["cold"]:
         if not try_drop_caches():
@@ -337,21 +266,21 @@ def measure_restore(spec: dict) -> dict:
     else:
         os.sync()
     pf_s = prefault(spec["prefault"])
-    PHASES.clear()
+    phases: dict = {}
     t0 = time.perf_counter()
     if method == "raw":
         restore_raw(path, buf)
     elif method == "spotsafe":
-        restore_spotsafe(path, model, opt)
+        phases = restore_spotsafe(path, m)
     elif method in ("torch", "torch_mmap"):
-        restore_torch(path, model, opt, mmap=method == "torch_mmap")
+        restore_torch(path, m, mmap=method == "torch_mmap")
     elif method == "dcp":
-        restore_dcp(path, model, opt)
+        restore_dcp(path, m)
     else:
         raise ValueError(method)
     dt = time.perf_counter() - t0
-    digest = xxhash.xxh3_64(memoryview(buf.numpy())).hexdigest() if method == "raw" else digest_state(model, opt)
-    return {"time": dt, "phases": dict(PHASES), "digest": digest, "prefault_s": pf_s, "peak_rss": peak_rss()}
+    digest = xxhash.xxh3_64(memoryview(buf.numpy())).hexdigest() if method == "raw" else digest_state(m)
+    return {"time": dt, "phases": phases, "digest": digest, "prefault_s": pf_s, "peak_rss": peak_rss()}
 
 
 def run_restore(spec: dict, in_process: bool) -> dict:
@@ -369,31 +298,23 @@ def run_restore(spec: dict, in_process: bool) -> dict:
 # -- one size ------------------------------------------------------------------------
 def run_size(label: str, target: int, repeats: int, workdir: Path, cold: bool, warm: bool,
              use_prefault: bool, in_process: bool, settle: float, steady: bool = False) -> dict:
-    width, layers = plan_layers(target)
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-    model, opt = make_model(width, layers, fresh=False)
-    train_one_step(model, opt, width)
-    tensors = state_tensors(model, opt)
-    total = nbytes(tensors)
-    model_bytes = nbytes(list(model.state_dict().values()))
-    n_tensors = len(tensors)
+    m = build_model(target)
+    tensors = m.tensors()
+    total, n_tensors = m.nbytes, len(tensors)
+    model_bytes = sum(t.numel() * t.element_size() for t in m.module.state_dict().values())
     del tensors
-    expected = digest_state(model, opt)
-    pf_bytes = 0
-    if use_prefault:  # the page cache of one file set plus the read buffers, within what is free
-        pf_bytes = max(0, int(min(2.5 * total + (256 << 20), mem_available() - total - (2 << 30))))
-    print(f"\n[{label}] {layers} x Linear({width},{width}) + Adam: {total / 1e9:.3f} GB "
-          f"({total / 2**30:.3f} GiB; model {model_bytes / 1e6:.0f} MB, {n_tensors} tensors), "
-          f"built in {time.perf_counter() - t0:.1f}s; {repeats} repeats; prefault {pf_bytes / 2**30:.2f} GiB; "
-          f"settle {settle:.1f}s before each save",
-          flush=True)
+    expected = digest_state(m)
+    pf_bytes = prefault_budget(total) if use_prefault else 0
+    print(f"\n[{label}] {m.describe()}: {total / 1e9:.3f} GB ({total / 2**30:.3f} GiB; model {model_bytes / 1e6:.0f} MB, "
+          f"{n_tensors} tensors), built in {time.perf_counter() - t0:.1f}s; {repeats} repeats; prefault "
+          f"{pf_bytes / 2**30:.2f} GiB; settle {settle:.1f}s before each save", flush=True)
 
-    res = {"label": label, "target_bytes": target, "bytes": total, "model_bytes": model_bytes, "width": width,
-           "layers": layers, "tensors": n_tensors, "repeats": repeats,
-           "save": {m: [] for m in SAVE_METHODS},
-           "restore_cold": {m: [] for m in RESTORE_METHODS} if cold else {},
-           "restore_warm": {m: [] for m in RESTORE_METHODS} if warm else {},
+    res = {"label": label, "target_bytes": target, "bytes": total, "model_bytes": model_bytes, "width": m.width,
+           "layers": m.layers, "tensors": n_tensors, "repeats": repeats,
+           "save": {k: [] for k in SAVE_METHODS},
+           "restore_cold": {k: [] for k in RESTORE_METHODS} if cold else {},
+           "restore_warm": {k: [] for k in RESTORE_METHODS} if warm else {},
            "disk_bytes": {}, "spotsafe_save_stats": [], "spotsafe_phases": [], "peak_disk_bytes": 0,
            "prefault_bytes": pf_bytes, "prefault_s": [], "child_peak_rss": 0, "settle_s": settle, "steady": steady}
 
@@ -402,77 +323,53 @@ def run_size(label: str, target: int, repeats: int, workdir: Path, cold: bool, w
         base.mkdir(parents=True)
         rot = r % len(SAVE_METHODS)
         paths = {}
-        for m in SAVE_METHODS[rot:] + SAVE_METHODS[:rot]:
+        for k in SAVE_METHODS[rot:] + SAVE_METHODS[:rot]:
             os.sync()
             gc.collect()
             time.sleep(settle)
             res["prefault_s"].append(prefault(pf_bytes))
-            PHASES.clear()
             extra: dict = {}
             t0 = time.perf_counter()
-            if m == "raw":
-                paths[m] = save_raw(base, model, opt)
-            elif m == "spotsafe":
-                paths[m] = save_spotsafe(base, model, opt, extra, workdir / f"{label}-spotsafe-steady" if steady
-                                         else None, r + 1)
-            elif m == "torch":
-                paths[m] = save_torch(base, model, opt)
+            if k == "raw":
+                paths[k] = save_raw(base, m)
+            elif k == "spotsafe":
+                paths[k] = save_spotsafe(base, m, extra, workdir / f"{label}-spotsafe-steady" if steady else None, r + 1)
+            elif k == "torch":
+                paths[k] = save_torch(base, m)
             else:
-                paths[m] = save_dcp(base, model, opt)
-            res["save"][m].append(extra.get("time", time.perf_counter() - t0))
-            if m == "spotsafe":
-                extra["stats"]["persist_files_s"] = PHASES.get(PERSIST, 0.0)
+                paths[k] = save_dcp(base, m)
+            res["save"][k].append(extra.get("time", time.perf_counter() - t0))
+            if k == "spotsafe":
                 res["spotsafe_save_stats"].append(extra["stats"])
-            res["disk_bytes"][m] = disk_bytes(paths[m])
+            res["disk_bytes"][k] = disk_bytes(paths[k])
         res["peak_disk_bytes"] = max(res["peak_disk_bytes"], disk_bytes(workdir))
 
         rot = r % len(RESTORE_METHODS)
-        for m in RESTORE_METHODS[rot:] + RESTORE_METHODS[:rot]:
+        for k in RESTORE_METHODS[rot:] + RESTORE_METHODS[:rot]:
             for kind in (["cold"] if cold else []) + (["warm"] if warm else []):
-                spec = {"method": m, "path": str(paths["torch" if m == "torch_mmap" else m]), "width": width,
-                        "layers": layers, "total": total, "prefault": pf_bytes, "cold": kind == "cold"}
+                spec = {"method": k, "path": str(paths["torch" if k == "torch_mmap" else k]), "width": m.width,
+                        "layers": m.layers, "total": total, "prefault": pf_bytes, "cold": kind == "cold"}
                 out = run_restore(spec, in_process)
                 if out["digest"] != expected:
-                    raise RuntimeError(f"{m} restored bytes that differ from the saved state")
-                res[f"restore_{kind}"][m].append(out["time"])
+                    raise RuntimeError(f"{k} restored bytes that differ from the saved state")
+                res[f"restore_{kind}"][k].append(out["time"])
                 res["prefault_s"].append(out["prefault_s"])
                 res["child_peak_rss"] = max(res["child_peak_rss"], out["peak_rss"])
-                if m == "spotsafe":
+                if k == "spotsafe":
                     res["spotsafe_phases"].append({"cache": kind, "total_s": out["time"], **out["phases"]})
         shutil.rmtree(base)
         os.sync()
         print(f"  repeat {r + 1}/{repeats} done", flush=True)
-    del model, opt
+    del m
     gc.collect()
     return res
 
 
 # -- reporting -------------------------------------------------------------------------
-def paired(xs: list[float], refs: list[float]) -> float:
-    """Median over repeats of xs[r] / refs[r]: the runs of one repeat are interleaved, so this
-    cancels slow drifts of the disk that move whole repeats (which a ratio of medians does not)."""
-    return med([x / y for x, y in zip(xs, refs)])
-
-
-def print_table(title: str, rows: dict[str, list[float]], side: str, nbytes_: int, ref_name: str,
-                disk: dict[str, int] | None) -> None:
-    print(f"\n{title}")
-    hdr = (f"  {'method':<38} {'median s':>9} {'min..max s':>15} {'GB/s':>6} {'vs raw':>13} "
-           f"{'vs ' + ref_name:>15}")
-    if disk is not None:
-        hdr += f" {'disk MB':>8}"
-    print(hdr)
-    print("  " + "-" * (len(hdr) - 2))
-    base, ref = rows["raw"], rows["torch"]
-    for m, xs in rows.items():
-        t = med(xs)
-        line = (f"  {LABELS[(side, m)]:<38} {t:>9.3f} {min(xs):>7.3f}..{max(xs):<7.3f} {nbytes_ / t / 1e9:>6.2f} "
-                f"{t / med(base):>5.2f}x/{paired(xs, base):>5.2f}x {t / med(ref):>7.2f}x/{paired(xs, ref):>5.2f}x")
-        if disk is not None:
-            line += f" {disk.get(m, 0) / 1e6:>8.1f}"
-        print(line)
-    print("  (ratios: time / reference time, above 1 is slower; "
-          "first the ratio of medians, then the median of per-repeat ratios)")
+def table(title: str, rows: dict[str, list[float]], side: str, nbytes_: int, ref: str, disk: dict | None) -> None:
+    print_table(title, {LABELS[(side, k)]: xs for k, xs in rows.items()}, nbytes=nbytes_,
+                peers=[LABELS[(side, "raw")], LABELS[(side, ref)]],
+                extra={LABELS[(side, k)]: {"disk MB": f"{b / 1e6:.1f}"} for k, b in disk.items()} if disk else None)
 
 
 def report(results: list[dict], in_process: bool) -> list[dict]:
@@ -482,14 +379,14 @@ def report(results: list[dict], in_process: bool) -> list[dict]:
         n = res["bytes"]
         print(f"\n=== {res['label']}: {n / 1e9:.3f} GB state ({n / 2**30:.3f} GiB), {res['layers']} x "
               f"Linear({res['width']},{res['width']}) + Adam, {res['tensors']} tensors, median of {res['repeats']} ===")
-        print_table(f"Durable save ({res['label']}" + ("; spotsafe also prunes the previous checkpoint, --steady"
-                                                       if res.get("steady") else "") + ")", res["save"], "save", n, "torch.save", res["disk_bytes"])
+        steady = "; spotsafe also prunes the previous checkpoint, --steady" if res.get("steady") else ""
+        table(f"Durable save ({res['label']}{steady})", res["save"], "save", n, "torch", res["disk_bytes"])
         if res["restore_cold"]:
-            print_table(f"Restore ({res['label']}, cold page cache: sync + drop_caches before each; {where})",
-                        res["restore_cold"], "restore", n, "torch.load", None)
+            table(f"Restore ({res['label']}, cold page cache: sync + drop_caches before each; {where})",
+                  res["restore_cold"], "restore", n, "torch", None)
         if res["restore_warm"]:
-            print_table(f"Restore ({res['label']}, warm page cache; {where})", res["restore_warm"], "restore", n,
-                        "torch.load", None)
+            table(f"Restore ({res['label']}, warm page cache; {where})", res["restore_warm"], "restore", n, "torch",
+                  None)
         if res["prefault_bytes"]:
             print(f"  prefaulted {res['prefault_bytes'] / 2**30:.2f} GiB before each measurement "
                   f"(median {med(res['prefault_s']):.2f}s, not timed)")
@@ -499,18 +396,18 @@ def report(results: list[dict], in_process: bool) -> list[dict]:
               f"peak RSS of a restore child: {res['child_peak_rss'] / 2**30:.2f} GiB")
         st = res["spotsafe_save_stats"]
         if st:
-            print("  spotsafe save phases (median s): "
-                  f"stage {med([s['stage_s'] for s in st]):.3f}, "
-                  f"persist files {med([s['persist_files_s'] for s in st]):.3f}, "
-                  f"commit {med([s['persist_s'] - s['persist_files_s'] for s in st]):.3f}, "
-                  f"after commit (prune) {med([s['total_s'] - s['stage_s'] - s['persist_s'] for s in st]):.3f}, "
-                  f"total {med([s['total_s'] for s in st]):.3f}")
+            print("  spotsafe save phases (SaveStats, median s): "
+                  f"stage {med(s['stage_s'] for s in st):.3f}, "
+                  f"persist (write+hash+fsync+commit) {med(s['persist_s'] for s in st):.3f}, "
+                  f"after commit (prune) {med(s['total_s'] - s['stage_s'] - s['persist_s'] for s in st):.3f}, "
+                  f"total {med(s['total_s'] for s in st):.3f}")
         for kind in ("cold", "warm"):
             ph = [p for p in res["spotsafe_phases"] if p["cache"] == kind]
             if ph:
-                keys = [k for k in ph[0] if k.startswith("restore.")]
-                parts = ", ".join(f"{k.removeprefix('restore.')} {med([p.get(k, 0.0) for p in ph]):.3f}" for k in keys)
-                print(f"  spotsafe restore phases, {kind} (median s): {parts}, total {med([p['total_s'] for p in ph]):.3f}")
+                parts = ", ".join(f"{k} {med(p[k] for p in ph):.3f}" for k in ("select", "read+verify", "load"))
+                print(f"  spotsafe restore phases, {kind} (manager.last_restore, median s): {parts}; restore() "
+                      f"{med(p['restore_total'] for p in ph):.3f} of {med(p['total_s'] for p in ph):.3f} with the "
+                      "manager's open and close")
 
         restore_rows = res["restore_cold"] or res["restore_warm"]
         for goal, xs, refs, limit in (
@@ -519,25 +416,20 @@ def report(results: list[dict], in_process: bool) -> list[dict]:
                 ("restore no slower than torch.load" + ("" if res["restore_cold"] else " (warm page cache)"),
                  restore_rows["spotsafe"], restore_rows["torch"], 1.0)):
             pr, mr = paired(xs, refs), med(xs) / med(refs)
-            goals.append({"size": res["label"], "goal": goal, "limit": limit, "paired_ratio": pr,
-                          "ratio_of_medians": mr, "met": pr <= limit, "estimates_agree": (pr <= limit) == (mr <= limit)})
-    print("\n=== Goals (spotsafe time / reference time; verdict on the median of per-repeat ratios) ===")
-    for g in goals:
-        note = "" if g["estimates_agree"] else "  <- the two estimates disagree: too noisy to call, rerun with more --repeats"
-        print(f"  [{'MET' if g['met'] else 'NOT MET':>7}] {g['size']:>5}: {g['goal']}: {g['paired_ratio']:.2f}x paired "
-              f"({g['ratio_of_medians']:.2f}x of medians){note}")
+            goals.append({"size": res["label"], "goal": f"{res['label']}: {goal}", "limit": limit, "paired_ratio": pr,
+                          "ratio_of_medians": mr, "met": pr <= limit, "estimates_agree": (pr <= limit) == (mr <= limit),
+                          "detail": f"{pr:.2f}x paired ({mr:.2f}x of medians)"})
+    print_goals(goals)
     return goals
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="100M,1G", help="comma-separated state sizes (default 100M,1G)")
+    ap.add_argument("--sizes", type=parse_sizes, default="100M,1G", help="comma-separated state sizes (default 100M,1G)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="repeats per size (default 4 for sizes >= 512M, else 8)")
-    ap.add_argument("--dir", type=Path, default=REPO / "bench" / "results" / f"tmp-{os.getpid()}",
-                    help="scratch directory for the checkpoints, on the disk to measure "
-                         "(default bench/results/tmp-<pid>; removed at the end)")
+    dir_arg(ap, "save-restore")
     ap.add_argument("--cache", choices=["auto", "cold", "warm", "both"], default="auto",
                     help="restore from a cold page cache (needs drop_caches), a warm one, or both; "
                          "auto: cold when drop_caches is permitted, else warm")
@@ -553,47 +445,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(THREADS)
+    env = setup_torch(THREADS)
     if args._child:
         print(json.dumps(measure_restore(json.loads(args._child))))
         return 0
 
-    sizes = [(s.strip(), parse_size(s)) for s in args.sizes.split(",") if s.strip()]
     can_drop = try_drop_caches()
     if args.cache in ("cold", "both") and not can_drop:
         ap.error("cannot write /proc/sys/vm/drop_caches here; use --cache warm or auto")
     cold = args.cache in ("cold", "both") or (args.cache == "auto" and can_drop)
     warm = args.cache in ("warm", "both") or (args.cache == "auto" and not can_drop)
-    workdir = args.dir.resolve()
-    if workdir.exists() and any(workdir.iterdir()):
-        ap.error(f"{workdir} exists and is not empty; pass an empty or new --dir")
-    workdir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(workdir).free
-    need = 4.2 * max(t for _, t in sizes)
-    print(f"spotsafe {spotsafe.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
-          f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}")
-    print(f"scratch dir {workdir} ({free / 1e9:.1f} GB free, a repeat needs about {need / 1e9:.1f} GB)")
-    print(f"drop_caches permitted: {can_drop}; restores from a "
-          + " and a ".join((["cold"] if cold else []) + (["warm"] if warm else [])) + " page cache, "
-          + ("in the benchmark process" if args.in_process else "each in a fresh process")
-          + ("; prefault on" if args.prefault else "; prefault off")
-          + ("; spotsafe saves prune the previous checkpoint (--steady)" if args.steady else ""))
-    if free < need:
-        print("not enough free disk space", file=sys.stderr)
-        return 1
-
+    print(env)
     fingerprint = source_fingerprint()
-    print(f"spotsafe sources {Path(spotsafe.__file__).resolve().parent} fingerprint xxh3 {fingerprint}")
+    print(f"spotsafe sources fingerprint xxh3 {fingerprint}")
     t_start = time.perf_counter()
     results = []
-    try:
-        for label, target in sizes:
+    with scratch_dir("save-restore", args.dir) as workdir:
+        free = shutil.disk_usage(workdir).free
+        need = 4.2 * max(t for _, t in args.sizes)
+        print(f"scratch dir {workdir} ({free / 1e9:.1f} GB free, a repeat needs about {need / 1e9:.1f} GB)")
+        print(f"drop_caches permitted: {can_drop}; restores from a "
+              + " and a ".join((["cold"] if cold else []) + (["warm"] if warm else [])) + " page cache, "
+              + ("in the benchmark process" if args.in_process else "each in a fresh process")
+              + ("; prefault on" if args.prefault else "; prefault off")
+              + ("; spotsafe saves prune the previous checkpoint (--steady)" if args.steady else ""))
+        if free < need:
+            print("not enough free disk space", file=sys.stderr)
+            return 1
+        for label, target in args.sizes:
             repeats = args.repeats or (4 if target >= 512 << 20 else 8)
-            settle = args.settle if args.settle is not None else min(5.0, target / 0.4e9)
+            settle = args.settle if args.settle is not None else settle_s(target)
             results.append(run_size(label, target, repeats, workdir, cold, warm, args.prefault, args.in_process,
                                     settle, args.steady))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     goals = report(results, args.in_process)
     changed = source_fingerprint() != fingerprint
     if changed:
@@ -601,16 +484,11 @@ def main(argv: list[str] | None = None) -> int:
               "measured different code than saves. Run again.")
     elapsed = time.perf_counter() - t_start
     print(f"\npeak RSS of the benchmark process {peak_rss() / 2**30:.2f} GiB; total benchmark time {elapsed:.0f}s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {"env": {"spotsafe": spotsafe.__version__, "torch": torch.__version__,
-                       "python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": THREADS,
-                       "dir": str(workdir), "drop_caches": can_drop, "cache": args.cache, "cold": cold,
-                       "warm": warm, "prefault": args.prefault, "in_process": args.in_process,
-                       "steady": args.steady, "source_fingerprint": fingerprint, "sources_changed_during_run": changed},
-               "results": results, "goals": goals, "peak_rss_bytes": peak_rss(), "elapsed_s": elapsed}
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"results written to {args.json}")
+    write_json(args.json, {"env": {"line": env, "torch_threads": THREADS, "drop_caches": can_drop, "cache": args.cache,
+                                   "cold": cold, "warm": warm, "prefault": args.prefault, "in_process": args.in_process,
+                                   "steady": args.steady, "source_fingerprint": fingerprint,
+                                   "sources_changed_during_run": changed},
+                           "results": results, "goals": goals, "peak_rss_bytes": peak_rss(), "elapsed_s": elapsed})
     return 0
 
 
