@@ -6,6 +6,7 @@ exception that matches it, so ``except FileNotFoundError`` keeps working::
     SpotsafeError(Exception)
     ├── CheckpointNotFoundError(SpotsafeError, FileNotFoundError)
     ├── CorruptCheckpointError(SpotsafeError, ValueError)
+    ├── DeletionFailedError(SpotsafeError)
     ├── LeaseLostError(SpotsafeError, RuntimeError)
     ├── ReadOnlyRootError(SpotsafeError, PermissionError)
     ├── UnsupportedURLError(SpotsafeError, ValueError)
@@ -14,6 +15,7 @@ exception that matches it, so ``except FileNotFoundError`` keeps working::
     │   ├── RemoteUnavailableError(RemoteError, ConnectionError)
     │   └── RemoteAccessError(RemoteError, PermissionError)
     ├── RootLockedError(SpotsafeError, RuntimeError)
+    ├── SaveFailedError(SpotsafeError)
     ├── StateMismatchError(SpotsafeError, ValueError)
     ├── UnsafeFileError(SpotsafeError, OSError)
     └── UnsupportedStateError(SpotsafeError, TypeError)
@@ -38,6 +40,22 @@ class CheckpointNotFoundError(SpotsafeError, FileNotFoundError):
 
 class CorruptCheckpointError(SpotsafeError, ValueError):
     """A checkpoint failed verification: a file is missing, short, or has the wrong checksum."""
+
+
+class DeletionFailedError(SpotsafeError):
+    """Retention could not delete an old checkpoint (locally or on the remote), in the background.
+
+    Raised once, by the next ``save()``, ``wait()`` or ``close()``; ``__cause__`` is what the
+    deletion raised. The checkpoint just saved is durable all the same.
+    """
+
+
+class SaveFailedError(SpotsafeError):
+    """An asynchronous save failed in the background: that step is not durable.
+
+    Raised once, by the next ``save()``, ``wait()`` or ``close()``, naming the step and the
+    newest checkpoint still in the root; ``__cause__`` is what the write raised.
+    """
 
 
 class LeaseLostError(SpotsafeError, RuntimeError):

@@ -50,10 +50,11 @@ from ..errors import (
     CheckpointNotFoundError,
     CheckpointSkippedWarning,
     CorruptCheckpointError,
+    DeletionFailedError,
     LeaseLostError,
     RemoteUnavailableError,
     RemoteUnavailableWarning,
-    SpotsafeError,
+    SaveFailedError,
     StateMismatchError,
     UnsafeFileError,
 )
@@ -63,7 +64,7 @@ from ._replicate import Replicator, UploadStats, is_transient
 from ._restore_stats import RestoreStats
 from ._retention import StoreRetention, Verdict
 from ._staging import StagingBuffers
-from ._threads import lower_thread_priority
+from ._threads import BackgroundErrors, lower_thread_priority
 from ._writer import RootHold
 
 logger = logging.getLogger(__name__)
@@ -80,13 +81,6 @@ def _remedy(e: BaseException) -> str:
             return "the storage is read-only: use a writable run root"
         return "fix that storage error, then save again"
     return "fix that cause, then save again"
-
-
-def _failed(e: BaseException) -> Future:
-    """A finished future holding ``e``, to be raised with the background deletions."""
-    fut: Future = Future()
-    fut.set_exception(e)
-    return fut
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,6 +140,11 @@ class CheckpointManager:
     the kernel releases when the holder dies; a remote one holds a lease with a heartbeat).
     Readers need no lock: pass ``read_only=True``.
 
+    Call it from one thread (the training loop), never from a signal handler; the threads it
+    runs, how their failures are raised (once, by the next ``save``, ``wait`` or ``close``:
+    :class:`SaveFailedError`, :class:`DeletionFailedError`, :class:`RemoteError`) and what
+    other threads may read are listed in :mod:`spotsafe._engine`'s docstring.
+
     ``state`` arguments are dicts of name -> object with ``state_dict()`` /
     ``load_state_dict()`` (model, optimizer, scheduler, scaler, data loader, ...) or a plain
     value (numbers, strings, tensors, nested dicts and lists of them).
@@ -194,8 +193,8 @@ class CheckpointManager:
         self._gc_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-gc")
         self._persist_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotsafe-persist",
                                                     initializer=lower_thread_priority)
-        self._deletions: list[tuple[str, Future]] = []
-        self._inflight: tuple[int, Future] | None = None
+        self._errors = BackgroundErrors()  # the persist and gc threads' failures, raised by the next call
+        self._inflight: tuple[int, Future] | None = None  # its future never raises: failures go to _errors
         self._closed = False
         self.read_only = read_only = opts.read_only
         self._retention = StoreRetention(self.storage, self.keep)
@@ -298,8 +297,9 @@ class CheckpointManager:
         one (``skipped=True``). Synchronous: returns once the checkpoint is durable.
 
         Saving a step that already has a valid checkpoint keeps that one and returns
-        ``skipped=True``; an invalid one at that step is moved aside and replaced. A failure
-        of an earlier background save is raised here.
+        ``skipped=True``; an invalid one at that step is moved aside and replaced. The oldest
+        background failure not raised yet is raised here, once (:class:`SaveFailedError`,
+        :class:`DeletionFailedError`, :class:`RemoteError`); call again to go on.
         """
         self._check_open()
         self._hold.check_writer()
@@ -333,7 +333,7 @@ class CheckpointManager:
         if not self.async_save:
             return self._persist(staged, t0, waited)
         stall = time.perf_counter() - t0
-        fut = self._persist_executor.submit(self._persist, staged, t0, waited, stall)
+        fut = self._persist_executor.submit(self._persist_in_background, staged, t0, waited, stall)
         self._inflight = (step, fut)
         return SaveStats(step=step, bytes=staged.nbytes, stage_s=staged.stage_s, persist_s=None, total_s=None,
                          stall_s=stall, waited_s=waited)
@@ -363,8 +363,24 @@ class CheckpointManager:
         logger.debug("Saved %s (%d bytes) in %.3fs", name, manifest.total_bytes, total)
         return stats
 
+    def _persist_in_background(self, staged, t0: float, waited: float, stall: float) -> SaveStats | None:
+        """:meth:`_persist` on the persist thread: a failure is stored for the caller's next call, never raised here."""
+        try:
+            return self._persist(staged, t0, waited, stall)
+        except LeaseLostError as e:
+            self._errors.put(e)  # already one sentence with the way out; "save again" would be wrong
+        except BaseException as e:
+            try:
+                newest = committed_steps(self.storage)
+                there = f"the newest checkpoint there is {step_dir(newest[-1]) if newest else 'none'}"
+            except Exception as listing:
+                there = f"the root cannot be listed either ({type(listing).__name__})"
+            self._errors.put(SaveFailedError(f"Background save of {step_dir(staged.step)} to {self.root} failed "
+                                             f"({type(e).__name__}: {e}); {there}; {_remedy(e)}."), e)
+        return None
+
     def _finish_inflight(self, timeout: float | None = None) -> SaveStats | None:
-        """Wait for the background save; raise its failure (once)."""
+        """Wait for the background save (its failure, if any, is in ``_errors``); its stats, or None."""
         if self._inflight is None:
             return None
         step, fut = self._inflight
@@ -372,18 +388,6 @@ class CheckpointManager:
             stats = fut.result(timeout)
         except (FutureTimeout, TimeoutError):
             raise TimeoutError(f"The save of {step_dir(step)} to {self.root} is not durable after {timeout}s.") from None
-        except LeaseLostError:
-            self._inflight = None
-            raise  # already one sentence with the way out; "save again" would be wrong
-        except BaseException as e:
-            self._inflight = None
-            try:
-                newest = committed_steps(self.storage)
-                there = f"the newest checkpoint there is {step_dir(newest[-1]) if newest else 'none'}"
-            except Exception as listing:
-                there = f"the root cannot be listed either ({type(listing).__name__})"
-            raise SpotsafeError(f"Background save of {step_dir(step)} to {self.root} failed ({type(e).__name__}: "
-                                f"{e}); {there}; {_remedy(e)}.") from e
         self._inflight = None
         return stats
 
@@ -391,8 +395,8 @@ class CheckpointManager:
         """Block until the last save is durable locally (and on the remote with ``remote=True``).
 
         Returns the last durable save's stats (None when nothing was saved). Raises
-        TimeoutError after ``timeout`` seconds, and any failure of a background save,
-        deletion or upload.
+        TimeoutError after ``timeout`` seconds, and (once) the oldest failure of a background
+        save, deletion or upload not raised yet.
         """
         self._check_open()
         self._hold.check_leases()
@@ -422,7 +426,7 @@ class CheckpointManager:
         try:
             doomed = self._retention.deletions(committed)
         except Exception as e:
-            self._deletions.append((f"old checkpoints before {step_dir(committed)}", _failed(e)))
+            self._deletion_failed(f"old checkpoints before {step_dir(committed)}", e)
             return
         for s in doomed:
             if s in pinned:
@@ -430,25 +434,25 @@ class CheckpointManager:
             try:
                 gone = self.storage.retire(step_dir(s), trash_dir(s))
             except Exception as e:
-                self._deletions.append((f"old checkpoint {step_dir(s)}", _failed(e)))
+                self._deletion_failed(f"old checkpoint {step_dir(s)}", e)
                 continue
             self._retention.forget(s)
-            self._deletions.append((f"old checkpoint {gone}", self._gc_executor.submit(self.storage.remove, gone,
-                                                                                       strict=True)))
+            self._gc_executor.submit(self._delete, gone)
 
-    def _raise_background_errors(self, wait: bool = False) -> None:
-        """Re-raise the first failure of a background deletion or upload."""
-        pending = []
-        for i, (what, fut) in enumerate(self._deletions):
-            if not wait and not fut.done():
-                pending.append((what, fut))
-                continue
-            err = fut.exception()
-            if err is not None:
-                self._deletions = pending + self._deletions[i + 1:]  # the others are raised by the next calls
-                raise SpotsafeError(f"Deleting {what} in {self.root} failed ({err}); check "
-                                    "the permissions and free space of the run root.") from err
-        self._deletions = pending
+    def _delete(self, gone: str) -> None:
+        """Remove a retired checkpoint (on the gc thread); a failure is stored for the caller's next call."""
+        try:
+            self.storage.remove(gone, strict=True)
+        except BaseException as e:
+            self._deletion_failed(f"old checkpoint {gone}", e)
+
+    def _deletion_failed(self, what: str, e: BaseException) -> None:
+        self._errors.put(DeletionFailedError(f"Deleting {what} in {self.root} failed ({e}); check the permissions "
+                                             "and free space of the run root."), e)
+
+    def _raise_background_errors(self) -> None:
+        """Raise (once) the oldest stored failure of a background save or deletion, then of an upload."""
+        self._errors.raise_next()
         if self._replicator is not None:
             self._replicator.check()
 
@@ -657,9 +661,11 @@ class CheckpointManager:
     def close(self, *, wait_remote: bool = True, timeout: float | None = None) -> None:
         """Finish the background save, deletions and (``wait_remote``) uploads; idempotent.
 
-        Raises the failure of any background work, and TimeoutError naming the steps that did
-        not reach the remote within ``timeout`` seconds. The save in flight is always finished
-        first (the root stays locked while it writes), and its time counts against ``timeout``.
+        Raises the failure of any background work not raised yet (the first; the others are
+        added to it as notes), and TimeoutError naming the steps that did not reach the remote
+        within ``timeout`` seconds. The save in flight is always finished first (the root stays
+        locked while it writes), and its time counts against ``timeout``. After a failed save
+        the uploads are not waited for.
         """
         if self._closed:
             return
@@ -672,20 +678,20 @@ class CheckpointManager:
             except BaseException as e:
                 errors.append(e)
             self._persist_executor.shutdown(wait=True)
+            errors.extend(self._errors.drain())
+            save_failed = any(isinstance(e, (SaveFailedError, LeaseLostError)) for e in errors)
             if self._replicator is not None:
                 try:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    self._replicator.close(wait=wait_remote and not errors, timeout=left)
+                    self._replicator.close(wait=wait_remote and not save_failed, timeout=left)
                 except BaseException as e:
                     errors.append(e)
+                errors.extend(self._replicator.errors.drain())
             self._gc_executor.shutdown(wait=True)
             self._hash_executor.shutdown(wait=True)
             self._io_executor.shutdown(wait=True)
             self._buffers.release()
-            try:
-                self._raise_background_errors(wait=True)
-            except BaseException as e:
-                errors.append(e)
+            errors.extend(self._errors.drain())  # deletions that finished meanwhile
             try:
                 self._hold.check_leases()
             except LeaseLostError as e:
@@ -693,6 +699,9 @@ class CheckpointManager:
         finally:
             self._hold.release(hurry=not wait_remote)  # last: nothing of ours writes there any more
         if errors:
+            for other in errors[1:]:
+                if (type(other), str(other)) != (type(errors[0]), str(errors[0])):  # a lost lease, seen twice
+                    errors[0].add_note(f"Also failed in the background: {type(other).__name__}: {other}")
             raise errors[0]
 
     def _check_open(self) -> None:

@@ -22,8 +22,12 @@ valid, the local one is read and verified first, so a good remote copy is never 
 a bad local one.
 
 Transient errors (connection refused, timeouts, throttling) are retried with exponential
-backoff and jitter; when the retries run out the error is kept and raised by the manager's
-next ``save()``, ``wait()`` or ``close()``.
+backoff and jitter; when the retries run out the error is stored in :attr:`Replicator.errors`
+(:class:`~._threads.BackgroundErrors`) and raised, once, by the manager's next ``save()``,
+``wait()`` or ``close()`` as a :class:`RemoteError`. The remote's retention runs after each
+confirmed upload and is not retried in place: a deletion that fails is tried again after the
+next upload, and one that fails for good (access denied) is stored as a
+:class:`DeletionFailedError`.
 
 The queue is bounded: when saves come faster than uploads, the oldest step still waiting
 is dropped (a newer one supersedes it) and counted in :attr:`Replicator.dropped`. Steps
@@ -63,10 +67,10 @@ from .._format import (
 from .._format._schema import MAX_MANIFEST_BYTES
 from .._storage import LocalFiles, Uploadable
 from .._storage._local import UnsafeFileError
-from ..errors import CorruptCheckpointError, RemoteError
+from ..errors import CorruptCheckpointError, DeletionFailedError, RemoteError
 from ..policy._retention import RetentionPolicy
 from ._retention import StoreRetention, Verdict
-from ._threads import lower_thread_priority
+from ._threads import BackgroundErrors, lower_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +129,7 @@ class Replicator:
         self._cond = threading.Condition()
         self._pending: list[int] = []
         self._inflight: int | None = None
-        self._error: BaseException | None = None
+        self.errors = BackgroundErrors()  # the upload thread's failures, raised by the caller's next call
         self._ready = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="spotsafe-upload", daemon=True)
@@ -206,7 +210,7 @@ class Replicator:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                if self._error is not None:
+                if self.errors.pending:  # (a leaf lock: taking it under _cond cannot deadlock)
                     break
                 if step is None and self._ready and not self._pending and self._inflight is None:
                     break
@@ -222,11 +226,8 @@ class Replicator:
         return step is None or self.confirmed(step)
 
     def check(self) -> None:
-        """Raise (once) the error that stopped an upload."""
-        with self._cond:
-            err, self._error = self._error, None
-        if err is not None:
-            raise err
+        """Raise (once) the oldest stored failure of an upload or a remote deletion."""
+        self.errors.raise_next()
 
     def close(self, *, wait: bool = True, timeout: float | None = None) -> None:
         """Stop the thread; ``wait`` first for everything queued. Without ``wait``, an upload in
@@ -305,11 +306,8 @@ class Replicator:
                     self._cond.notify_all()
 
     def _fail(self, err: RemoteError, cause: BaseException) -> None:
-        err.__cause__ = cause
-        logger.error("%s", err)
+        self.errors.put(err, cause)
         with self._cond:
-            if self._error is None:
-                self._error = err
             self._cond.notify_all()
 
     def _watermark_name(self) -> str:
@@ -514,16 +512,25 @@ class Replicator:
     def _confirm(self, step: int, manifest: Manifest, raw: bytes) -> None:
         """Prune the remote, then publish ``step`` as confirmed (and unpin it), in one go."""
         self._retention.vouch(step, manifest, raw)
+        what = f"old checkpoints before {step_dir(step)}"
         try:
             for s in self._retention.deletions(step):
+                what = f"old checkpoint {step_dir(s)}"
                 gone = self.remote.retire(step_dir(s), trash_dir(s))
                 self._retention.forget(s)
                 with self._cond:
                     self._confirmed.discard(s)
                 self.remote.remove(gone, strict=True)
         except Exception as e:
-            logger.warning("Pruning old checkpoints in %s failed (%s); will retry after the next upload",
-                           self.remote.url, e)
+            # Tried again after the next upload (retention looks at the whole remote each time), so a
+            # transient error is only a retry, not waited out here: the step is confirmed without delay.
+            if is_transient(e):
+                logger.warning("Deleting %s in %s failed (%s: %s); it is tried again after the next upload",
+                               what, self.remote.url, type(e).__name__, e)
+            else:
+                self.errors.put(DeletionFailedError(f"Deleting {what} in {self.remote.url} failed ({type(e).__name__}: "
+                                                    f"{e}); check the permissions on the remote (it is tried again "
+                                                    "after the next upload)."), e)
         with self._cond:
             if step not in self._again:  # else a newer local copy replaced this one while it went up
                 self._confirmed.add(step)
