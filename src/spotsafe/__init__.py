@@ -2,12 +2,16 @@
 
 Importing ``spotsafe`` has no side effects and does not import torch: the names below
 load their modules on first use, so the command-line tool starts fast.
+
+The public API is ``__all__``: the names below and the modules :mod:`spotsafe.data`,
+:mod:`spotsafe.errors`, :mod:`spotsafe.notices`, :mod:`spotsafe.policy` and
+:mod:`spotsafe.run` (each with its own ``__all__``). Packages and modules whose names start
+with an underscore are internal; ``spotsafe.cli`` is the ``spotsafe`` command. Every name
+this module binds without an underscore is in ``__all__`` (a test derives the list).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from ._backoff import Backoff
 from ._exitcodes import EXIT_OK, EXIT_PREEMPTED
@@ -35,8 +39,8 @@ from .errors import (
     UnsupportedURLError,
 )
 
-if TYPE_CHECKING:
-    from . import data, notices, policy
+if _typing.TYPE_CHECKING:
+    from . import data, notices, policy, run
     from ._engine import CheckpointManager, CheckpointOptions, RestoreStats, SaveStats, UploadStats
     from ._format import CheckpointInfo
     from ._state import Stateful
@@ -48,9 +52,9 @@ if TYPE_CHECKING:
 _LAZY = {
     "CheckpointInfo": "spotsafe._format",
     "CheckpointManager": "spotsafe._engine",
+    "CheckpointOptions": "spotsafe._engine",
     "EveryDuration": "spotsafe.policy",
     "EverySteps": "spotsafe.policy",
-    "CheckpointOptions": "spotsafe._engine",
     "LeaseOptions": "spotsafe._storage",
     "Notice": "spotsafe.notices",
     "Preempted": "spotsafe.run",
@@ -62,16 +66,17 @@ _LAZY = {
     "data": "spotsafe.data",
     "notices": "spotsafe.notices",
     "policy": "spotsafe.policy",
+    "run": "spotsafe.run",
 }
-_MODULES = {"data", "notices", "policy"}
+_MODULES = {"data", "notices", "policy", "run"}
 
 __all__ = [
     "Backoff",
     "CheckpointInfo",
     "CheckpointManager",
     "CheckpointNotFoundError",
-    "CheckpointSkippedWarning",
     "CheckpointOptions",
+    "CheckpointSkippedWarning",
     "CorruptCheckpointError",
     "DeletionFailedError",
     "EXIT_OK",
@@ -103,17 +108,19 @@ __all__ = [
     "UploadStats",
     "__version__",
     "data",
+    "errors",
     "notices",
     "parse_duration",
     "policy",
+    "run",
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'spotsafe' has no attribute {name!r}")
-    mod = importlib.import_module(module)
+    mod = _importlib.import_module(module)
     value = mod if name in _MODULES else getattr(mod, name)
     globals()[name] = value
     return value

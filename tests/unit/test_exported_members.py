@@ -1,53 +1,108 @@
+"""The public boundary: what ``spotsafe`` and its public modules export, derived, never copied.
+
+As httpx's ``tests/test_exported_members.py`` does, the expected ``__all__`` is computed from
+what the module really binds (in a fresh interpreter, plus the lazily loaded names), so a
+new public name cannot be forgotten in ``__all__`` and a stale one cannot linger there.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import inspect
+import json
 import subprocess
 import sys
+from types import ModuleType
+
+import pytest
 
 import spotsafe
+import spotsafe.errors
 
-EXPECTED = [
-    "Backoff",
-    "CheckpointInfo",
-    "CheckpointManager",
-    "CheckpointNotFoundError",
-    "CheckpointSkippedWarning",
-    "CorruptCheckpointError",
-    "EXIT_OK",
-    "EXIT_PREEMPTED",
-    "EveryDuration",
-    "EverySteps",
-    "LeaseLostError",
-    "LeaseOptions",
-    "MissingDependencyError",
-    "Notice",
-    "Preempted",
-    "ReadOnlyRootError",
-    "RemoteAccessError",
-    "RemoteError",
-    "RemoteUnavailableError",
-    "RemoteUnavailableWarning",
-    "RestoreStats",
-    "RootLockedError",
-    "Run",
-    "SaveStats",
-    "SpotsafeError",
-    "SpotsafeWarning",
-    "StateMismatchError",
-    "Stateful",
-    "UnsafeFileError",
-    "UnsupportedStateError",
-    "UnsupportedURLError",
-    "UploadStats",
-    "__version__",
-    "data",
-    "notices",
-    "parse_duration",
-    "policy",
-]
+INCLUDED_PRIVATE = {"__version__"}  # a dunder that is public by convention
 
 
-def test_all_is_sorted_and_complete():
-    assert spotsafe.__all__ == EXPECTED
-    for name in EXPECTED:
-        assert getattr(spotsafe, name) is not None
+def bound_at_import() -> list[str]:
+    """The names ``import spotsafe`` binds in the module, in a fresh interpreter (nothing else imported yet)."""
+    code = "import json, spotsafe; print(json.dumps(sorted(vars(spotsafe))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+def public_modules() -> list[ModuleType]:
+    """The modules ``spotsafe.__all__`` lists (``spotsafe.data``, ``spotsafe.policy``, ...)."""
+    return [getattr(spotsafe, n) for n in spotsafe.__all__ if inspect.ismodule(getattr(spotsafe, n))]
+
+
+def test_all_is_every_public_name_the_module_binds_sorted():
+    bound = {n for n in bound_at_import() if not n.startswith("_") or n in INCLUDED_PRIVATE}
+    expected = sorted(bound | set(spotsafe._LAZY))
+    assert spotsafe.__all__ == expected
+    assert len(set(spotsafe.__all__)) == len(spotsafe.__all__)
+    for name in spotsafe.__all__:
+        assert getattr(spotsafe, name) is not None  # every lazy name resolves
+    assert set(spotsafe.__all__) <= set(dir(spotsafe))
+
+
+def test_the_public_modules_export_exactly_what_they_bind():
+    names = {m.__name__ for m in public_modules()}
+    assert names == {"spotsafe.data", "spotsafe.errors", "spotsafe.notices", "spotsafe.policy", "spotsafe.run"}
+    for module in public_modules():
+        if module is spotsafe.errors:
+            continue  # no __all__: every class it defines is exported at the top (next test)
+        bound = {n for n in vars(module) if not n.startswith("_")}
+        assert sorted(module.__all__) == sorted(bound), module.__name__
+        assert len(set(module.__all__)) == len(module.__all__), module.__name__
+
+
+def test_every_error_and_warning_class_is_exported_at_the_top():
+    defined = {n for n, v in vars(spotsafe.errors).items()
+               if inspect.isclass(v) and v.__module__ == "spotsafe.errors"}
+    assert defined <= set(spotsafe.__all__)
+    for name in defined:
+        assert getattr(spotsafe, name) is getattr(spotsafe.errors, name)
+
+
+def constant_doc(module: ModuleType, name: str) -> str | None:
+    """The string literal right after ``name = ...`` where ``module`` binds it (following its imports)."""
+    tree = ast.parse(inspect.getsource(module))
+    for i, node in enumerate(tree.body):
+        targets = (node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign)
+                   else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            after = tree.body[i + 1] if i + 1 < len(tree.body) else None
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                return after.value.value if isinstance(after.value.value, str) else None
+            return None
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    package = module.__name__ if hasattr(module, "__path__") else module.__package__
+                    source = importlib.import_module(importlib.util.resolve_name("." * node.level + (node.module or ""),
+                                                                                 package))
+                    return constant_doc(source, alias.name)
+    return None
+
+
+def own_doc(module: ModuleType, name: str) -> str | None:
+    """The documentation written for ``name``: not inherited, not generated by ``@dataclass``."""
+    obj = getattr(module, name)
+    if inspect.isclass(obj):
+        doc = obj.__dict__.get("__doc__")
+        return None if doc and doc.startswith(f"{obj.__name__}(") else doc  # a dataclass's generated signature
+    if inspect.ismodule(obj) or inspect.isroutine(obj):
+        return obj.__doc__
+    return constant_doc(module, name)
+
+
+@pytest.mark.parametrize("module", [spotsafe, *public_modules()], ids=lambda m: m.__name__)
+def test_every_exported_name_has_its_own_docstring(module):
+    names = module.__all__ if hasattr(module, "__all__") else [
+        n for n, v in vars(module).items() if inspect.isclass(v) and v.__module__ == module.__name__]
+    undocumented = [n for n in names if not (own_doc(module, n) or "").strip()]
+    assert undocumented == []
 
 
 def test_import_has_no_side_effects_and_no_torch():

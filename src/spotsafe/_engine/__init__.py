@@ -66,8 +66,8 @@ Thread-safety of ``CheckpointManager``
 """
 
 from ._manager import CheckpointManager, SaveStats
+from ._options import CheckpointOptions
 from ._replicate import UploadStats
 from ._restore_stats import RestoreStats
 
 __all__ = ["CheckpointManager", "CheckpointOptions", "RestoreStats", "SaveStats", "UploadStats"]
-from ._options import CheckpointOptions
