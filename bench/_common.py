@@ -94,14 +94,6 @@ def parse_sizes(text: str) -> list[tuple[str, int]]:
     return sizes
 
 
-def size_arg(ap: argparse.ArgumentParser, default: str, *, many: bool = False, flag: str | None = None,
-             help_: str = "state size") -> None:
-    """``--size`` (or ``--sizes`` with ``many``) parsed by the one grammar; the default shown as written."""
-    flag = flag or ("--sizes" if many else "--size")
-    ap.add_argument(flag, type=parse_sizes if many else parse_size, default=default,
-                    help=f"{help_}{' (comma-separated)' if many else ''}, e.g. 100M or 1G (default {default})")
-
-
 # -- the model -------------------------------------------------------------------------------
 @dataclass
 class Model:

@@ -47,7 +47,7 @@ cancels drifts that move whole repeats); where the ratio of medians disagrees, t
 marked with ``?``: too noisy to call, rerun with more ``--repeats``.
 
 Checkpoints go under ``--dir`` (default ``bench/results/tmp-async-<pid>``, on the repository's file
-system, removed at the end). The manager is built with a large ``KeepLast`` and the benchmark
+system, removed at the end). The manager is built with a large ``keep`` and the benchmark
 deletes every checkpoint itself, untimed, so no pruning or background deletion overlaps a
 measurement.
 
@@ -106,7 +106,6 @@ from _common import (
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 import spotsafe
-from spotsafe.policy import KeepLast
 
 STALL_METHODS = ["memcpy", "memcpy_flat", "spotsafe", "dcp", "dcp_warm", "torch"]
 LABELS = {
@@ -138,8 +137,8 @@ class Bench:
         self.pf_bytes = prefault_budget(self.bytes) if args.prefault else 0
         self.settle = args.settle if args.settle is not None else settle_s(self.bytes)
         self.root = workdir / "spotsafe"
-        # KeepLast large: the benchmark deletes checkpoints itself, outside every timing
-        self.mgr = spotsafe.CheckpointManager(self.root, keep=KeepLast(1_000_000), async_save=True)
+        # keep large: the benchmark deletes checkpoints itself, outside every timing
+        self.mgr = spotsafe.CheckpointManager(self.root, keep=1_000_000, async_save=True)
         self.step = 0
         self.prefault_s: list[float] = []
 

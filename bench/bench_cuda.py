@@ -40,7 +40,6 @@ from _common import Model, build_model, dir_arg, med, parse_sizes, print_goals, 
 import spotsafe
 from spotsafe._telemetry import read_events
 from spotsafe.notices import Signals
-from spotsafe.policy import KeepLast
 
 LABELS = {"cpu": ".cpu() (pageable)", "pinned": "pinned copy (floor)", "spotsafe": "spotsafe save() stall",
           "dcp": "dcp.async_save stall", "torch.save": "torch.save (no fsync)"}
@@ -65,7 +64,7 @@ def stalls(m: Model, work: Path, repeats: int) -> dict[str, list[float]]:
             d.copy_(t, non_blocking=True)
         torch.cuda.synchronize()
 
-    with spotsafe.CheckpointManager(work / "spotsafe", keep=KeepLast(1)) as mgr:
+    with spotsafe.CheckpointManager(work / "spotsafe", keep=1) as mgr:
         for r in range(repeats + 1):
             cpu = timed(lambda: [t.cpu() for t in ts])
             pin = timed(pinned_copy)

@@ -13,7 +13,7 @@ Durable save (every method returns only once its bytes are on disk):
   (synchronous: it returns durable; ``bench_async.py`` measures the asynchronous save)
   with the RNG capture left on (the default). The manager is built before the clock starts.
   By default every repeat saves into an empty root, so retention never deletes anything
-  inside ``save``; ``--steady`` keeps one root for all repeats (``keep=KeepLast(1)``), so that from
+  inside ``save``; ``--steady`` keeps one root for all repeats (``keep=1``), so that from
   the second repeat on each save also prunes the previous checkpoint, as in a training loop.
 * ``torch.save+fsync`` - ``torch.save({"model": model.state_dict(), "optimizer":
   opt.state_dict()}, f)``, then ``f.flush()``, ``os.fsync(f.fileno())`` and an fsync of the
@@ -136,7 +136,6 @@ from _common import (
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import spotsafe
-from spotsafe.policy import KeepLast
 
 THREADS = 2
 SAVE_METHODS = ["raw", "spotsafe", "torch", "dcp"]
@@ -182,7 +181,7 @@ def save_raw(base: Path, m: Model) -> Path:
 
 def save_spotsafe(base: Path, m: Model, extra: dict, root: Path | None = None, step: int = 1) -> Path:
     root = root or base / "spotsafe"
-    mgr = spotsafe.CheckpointManager(root, keep=KeepLast(1), async_save=False)
+    mgr = spotsafe.CheckpointManager(root, keep=1, async_save=False)
     try:
         t0 = time.perf_counter()
         stats = mgr.save(step, m.state)
@@ -229,7 +228,7 @@ def restore_raw(path: Path, buf: torch.Tensor) -> None:
 
 def restore_spotsafe(root: Path, m: Model) -> dict:
     """The restore, and its phases as the manager reports them (``last_restore``)."""
-    mgr = spotsafe.CheckpointManager(root, keep=KeepLast(1))
+    mgr = spotsafe.CheckpointManager(root, keep=1)
     try:
         if mgr.restore(m.state) is None:
             raise RuntimeError("spotsafe restored no checkpoint")

@@ -9,5 +9,5 @@ if ! command -v chromium >/dev/null 2>&1; then
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 # The linter first (rules in pyproject.toml): a second or two, and it fails before 9 minutes of tests.
-.venv/bin/ruff check src tests examples
+.venv/bin/ruff check src tests examples bench
 exec .venv/bin/python -m pytest -q "$@"

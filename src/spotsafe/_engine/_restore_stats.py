@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._names import Tier
+
 
 @dataclass(frozen=True, kw_only=True)
 class RestoreStats:
@@ -20,7 +22,8 @@ class RestoreStats:
 
     Attributes:
         step: The step restored; None when no checkpoint was restored (a fresh start).
-        tier: Where it was read from, as ``manager.restored_tier`` says; None with no step.
+        tier: Where it was read from (``Tier.ROOT`` or ``Tier.REMOTE``, as ``manager.restored_tier``);
+            None with no step.
         bytes: Bytes of the checkpoint's files read and verified (every file its manifest
             lists; the manifest itself not counted); 0 with no step.
         fallbacks: Checkpoints (or copies on one tier) skipped as invalid before this one.
@@ -33,7 +36,7 @@ class RestoreStats:
     """
 
     step: int | None
-    tier: str | None
+    tier: Tier | None
     bytes: int
     fallbacks: int
     select_s: float
