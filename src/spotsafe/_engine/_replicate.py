@@ -485,8 +485,8 @@ class Replicator:
                 raise _LocalInvalid(problem)
 
     def _discard(self, name: str) -> None:
-        """Remove what was uploaded of ``name`` (never committed); the next writer cleans what this misses."""
-        self.remote.remove(name)
+        """Abort the save of ``name`` (never committed); the next writer cleans what this misses."""
+        self.remote.abort(name)
         try:
             self.remote.abort_incomplete_uploads(name)
         except Exception as e:

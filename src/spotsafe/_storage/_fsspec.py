@@ -212,8 +212,9 @@ class ManifestLastCommit:
 
     Needs a store whose ``begin`` returned ``final_name`` itself (files written in place)
     and whose ``listdir_committed`` lists only names holding the manifest. The atomic step
-    is the one PUT: a crash before it leaves ``final_name/`` without a manifest (never
-    listed, removed by the next writer); after it, the step committed and complete.
+    is the one PUT. A crash before it leaves ``final_name/`` without a manifest, perhaps
+    with an incomplete multipart upload (never listed; the next writer removes both);
+    after it, the step committed and complete.
     """
 
     def commit(self, storage: Storage, handle: Handle, final_name: str, manifest_name: str,

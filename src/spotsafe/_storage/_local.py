@@ -140,9 +140,12 @@ class AtomicRenameCommit:
     """Commit strategy for POSIX directories: manifest into the temp dir, fsync, then rename.
 
     Needs a store with paths (:class:`~spotsafe._storage._protocol.LocalFiles`) whose
-    ``begin`` returned a temp directory. The atomic step is ``rename(2)``: a crash before
-    it leaves only ``<handle>/`` (a leftover, never listed); after it, ``final_name/``
-    complete and durable once the root is fsynced.
+    ``begin`` returned a temp directory. The atomic step is ``rename(2)``. What a crash
+    leaves, by where it strikes: before the rename, ``<handle>/`` with or without a
+    manifest (not a step name: never listed, removed by the next writer); between the
+    rename and the fsync of the root, a complete ``final_name/`` (after a power loss, the
+    rename may be undone: the old set, never half a step); after that fsync, the step,
+    complete and durable.
     """
 
     def commit(self, storage: Storage, handle: Handle, final_name: str, manifest_name: str,

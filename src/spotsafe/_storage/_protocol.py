@@ -46,10 +46,11 @@ these threads, so each method must be safe to call while another runs on a diffe
 
 * The caller's thread (``CheckpointManager(...)``, ``save``, ``restore``, ``checkpoints``,
   the CLI): ``make_root`` and the cleaning of leftovers (``listdir``, ``listdir_committed``,
-  ``remove``) when a writer opens the root; reads (``size``, ``read_bytes``, ``digest``) to
-  check a step before ``save``; restore's ``read_files``, whose pieces run on the manager's
-  I/O executor (``spotsafe-io``, 4 threads) while the caller hashes them; and the repair of
-  a local copy after a restore from the remote (``begin`` ... ``commit``, ``retire``).
+  ``remove``) when a writer opens the root; in ``save``, reads (``size``, ``read_bytes``,
+  ``digest``) of a step saved again, and its ``retire`` + ``remove`` when it is invalid;
+  restore's ``read_files``, whose pieces run on the manager's I/O executor (``spotsafe-io``,
+  4 threads) while the caller hashes them; and the repair of a local copy after a restore
+  from the remote (``begin`` ... ``commit``, ``retire``).
 * The persist thread (``spotsafe-persist``; the caller's thread when ``async_save=False``):
   ``begin``, ``write_file`` (hashing on ``spotsafe-hash``, one worker, in order),
   ``commit`` or ``abort``; then retention's reads and ``retire`` of old steps.
