@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # The linter first (rules in pyproject.toml): a second or two, and it fails before 9 minutes of tests.
 .venv/bin/ruff check src tests examples bench
+# The public API's types (files and options in pyproject.toml's [tool.mypy]): a few seconds with its cache.
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -63,17 +63,17 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         """Jump to the start of ``epoch``."""
         self.epoch, self.position = epoch, 0
 
-    def batches(self) -> list[list[int]]:
-        """This rank's remaining batches of the current epoch, as index lists."""
+    def batches(self) -> list[tuple[list[int], int]]:
+        """This rank's remaining batches of the current epoch: (its indices, samples all ranks consume) pairs."""
         order = epoch_order(self.n, self.seed, self.epoch, self.shuffle)[self.position:].tolist()
-        out = []
+        out: list[tuple[list[int], int]] = []
         for start in range(0, len(order), self.global_batch):
             glob = order[start:start + self.global_batch]
             if self.drop_last and len(glob) < self.global_batch:
                 break
             mine = glob[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
             out.append((mine, len(glob)))
-        return out  # type: ignore[return-value]
+        return out
 
     def __iter__(self):
         for mine, consumed in self.batches():

@@ -81,15 +81,17 @@ class AWS(Poller):
         return self._token
 
     def _get(self, path: str):
-        if self._token is None or time.monotonic() - self._token_at > self.TOKEN_TTL - 60:
-            if self._fetch_token() is None:
+        token = self._token
+        if token is None or time.monotonic() - self._token_at > self.TOKEN_TTL - 60:
+            token = self._fetch_token()
+            if token is None:
                 raise Unreachable(f"{self.url} gave no IMDSv2 token")
-        r = http("GET", f"{self.url}{path}", timeout=self.timeout, headers={"X-aws-ec2-metadata-token": self._token})
+        r = http("GET", f"{self.url}{path}", timeout=self.timeout, headers={"X-aws-ec2-metadata-token": token})
         if r.status == 401:  # expired or revoked token: once more with a new one
-            if self._fetch_token() is None:
+            token = self._fetch_token()
+            if token is None:
                 raise Unreachable(f"{self.url} gave no IMDSv2 token")
-            r = http("GET", f"{self.url}{path}", timeout=self.timeout,
-                     headers={"X-aws-ec2-metadata-token": self._token})
+            r = http("GET", f"{self.url}{path}", timeout=self.timeout, headers={"X-aws-ec2-metadata-token": token})
         return r
 
     def probe(self) -> bool:

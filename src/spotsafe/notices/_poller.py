@@ -25,10 +25,14 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._env import DMI_DIR_ENV, NOTICE_POLL_ENV
 from .._units import parse_duration
-from ._notice import NoticeSource
+from ._notice import Notice, NoticeSource
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._watcher import NoticeWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +145,12 @@ class Poller(NoticeSource):
         self.probe_backoff = probe_backoff
         self.polls = 0
         self.probes = 0
-        self._watcher = None
+        self._watcher: NoticeWatcher | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._active = False
 
-    def start(self, watcher) -> None:
+    def start(self, watcher: NoticeWatcher) -> None:
         if self.url is None:
             logger.debug("%s notices are off (%s=off)", self.name, self.env)
             return
@@ -165,7 +169,10 @@ class Poller(NoticeSource):
             self._thread.join(timeout=self.timeout + 1.0)
         self._active = False
 
-    def post(self, notice) -> None:
+    def post(self, notice: Notice) -> None:
+        """Hand ``notice`` to the watcher (from the polling thread, which only runs after :meth:`start`)."""
+        if self._watcher is None:
+            raise RuntimeError(f"{type(self).__name__}.post() before start(): start the source with a NoticeWatcher.")
         self._watcher.post(notice)
 
     def probe(self) -> bool:  # pragma: no cover - abstract

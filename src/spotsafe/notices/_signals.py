@@ -17,14 +17,22 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from .._env import SIGNAL_GRACE_ENV, SLURM_GRACE_ENV, TERMINATION_GRACE_ENV
 from .._units import parse_duration
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ._watcher import NoticeWatcher
+
 logger = logging.getLogger(__name__)
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+"""What ``signal.signal`` takes and returns: a function, ``SIG_DFL`` / ``SIG_IGN``, or None (not set from Python)."""
 
 GIVE_UP_AFTER = 3
 """The first signal is a notice, the second says hurry (skip the remote), the third is obeyed at once."""
@@ -65,11 +73,11 @@ class Signals(NoticeSource):
         if not self.signals:
             raise ValueError(f"{type(self).__name__} needs at least one signal.")
         self.grace = _grace(grace, self.env)
-        self._previous: dict[signal.Signals, object] = {}
-        self._watcher = None
+        self._previous: dict[signal.Signals, _Handler] = {}
+        self._watcher: NoticeWatcher | None = None
         self._installed = False
 
-    def start(self, watcher) -> None:
+    def start(self, watcher: NoticeWatcher) -> None:
         if threading.current_thread() is not threading.main_thread():
             logger.warning("Not installing handlers for %s: signal handlers can only be set from the main thread; "
                            "use the other notice sources or enter spotsafe.Run in the main thread.",
@@ -80,15 +88,18 @@ class Signals(NoticeSource):
             self._previous[sig] = signal.signal(sig, self._handle)
         self._installed = True
 
-    def _handle(self, signum: int, frame: object) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread between two bytecodes: record and return, nothing else.
+        watcher = self._watcher
+        if watcher is None:  # installed only by start(), which sets it first; never None here
+            return
         now = time.time()
-        self._watcher.post(Notice(source=self.name, deadline=now + self.grace,
+        watcher.post(Notice(source=self.name, deadline=now + self.grace,
                                   reason=f"{signal.Signals(signum).name} received", received=now), signal=True)
-        if self._watcher.signals >= GIVE_UP_AFTER:
+        if watcher.signals >= GIVE_UP_AFTER:
             self._give_up(signum, frame)
 
-    def _give_up(self, signum: int, frame: object) -> None:
+    def _give_up(self, signum: int, frame: FrameType | None) -> None:
         """A third signal: behave as if spotsafe were not there (Ctrl-C three times always stops)."""
         sig = signal.Signals(signum)
         previous = self._previous.get(sig)

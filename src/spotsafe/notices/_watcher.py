@@ -57,7 +57,9 @@ class NoticeWatcher:
         with self._lock:
             if self._said or not self._started:
                 return
-            on, probing, off = [], [], []
+            on: list[str] = []
+            probing: list[str] = []
+            off: list[str] = []
             for s in self.sources:
                 if isinstance(s, Poller) and s.url is not None:
                     if id(s) not in self._probes:

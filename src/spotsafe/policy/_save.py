@@ -317,4 +317,7 @@ def as_policy(value: SavePolicy | int | float | str | timedelta | None) -> SaveP
     if isinstance(value, SavePolicy):
         return value
     interval = parse_interval(value)
-    return EverySteps(interval.steps) if interval.steps is not None else EveryDuration(interval.seconds)
+    if interval.steps is not None:
+        return EverySteps(interval.steps)
+    assert interval.seconds is not None  # an Interval holds exactly one of the two
+    return EveryDuration(interval.seconds)

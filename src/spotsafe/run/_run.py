@@ -23,7 +23,7 @@ import statistics
 import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import timedelta
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 from .._engine import CheckpointManager, CheckpointOptions, SaveStats
 from .._engine._options import ManagerSettings, options_from
@@ -42,6 +42,8 @@ from ..notices._watcher import NoticesSpec
 from ..policy import SavePolicy, as_policy
 
 MIRROR_EVERY_S = 30.0
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("spotsafe.run")
 
@@ -77,6 +79,13 @@ def _check_manager(manager: CheckpointManager, root: str | os.PathLike | None, *
         raise ValueError(f"Run got root={os.fspath(root)!r} and a manager of {manager.root}; pass root=None with "
                          "a manager, or the manager of that root.")
     return manager.root
+
+
+def _entered(part: _T | None) -> _T:
+    """A part that ``Run.__enter__`` makes (the manager, the watcher, the event log), once it is made."""
+    if part is None:
+        raise RuntimeError("This Run is not entered; use it as `with spotsafe.Run(root, state) as run:`.")
+    return part
 
 
 def _same_root(a: str, b: str) -> bool:
@@ -178,7 +187,7 @@ class Run:
         self.completed = False
         self._current: int | None = None
         self._handled: Notice | None = None
-        self._submitted: int | None = None       # newest step handed to the manager
+        self._submitted = 0                      # newest step handed to the manager (or restored)
         self._reasons: dict[int, SaveReason | str] = {}
         self._reported = 0                       # newest step whose checkpoint event is written
         self._uploads_reported = 0
@@ -188,33 +197,34 @@ class Run:
     def __enter__(self) -> Run:
         self.events = open_event_log(self._events_dir, root=self.root)  # announced to a supervisor that asks
         remote = self._options.remote
-        if remote and self.events.path is not None and not os.environ.get(SUPERVISED_ENV):
+        if remote and self._log.path is not None and not os.environ.get(SUPERVISED_ENV):
             # under ``spotsafe run`` the supervisor copies the events (one writer per remote file)
             self._mirror = EventMirror(remote, self._options.storage_options)
         self.watcher = NoticeWatcher(self._sources)
         try:
-            self.watcher.start()  # before the restore: a notice during it is kept
+            self._watch.start()  # before the restore: a notice during it is kept
             self.manager = self._given_manager or CheckpointManager(
-                self.root, options=self._options, run_id=self.events.run_id,
-                attempt=self.events.attempt)  # one writer: refused here when taken
-            self.events.emit(Event.RUN_START, root=self.manager.root, remote=remote,
-                             sources=self.watcher.active, policy=repr(self.policy),
-                             **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
+                self.root, options=self._options, run_id=self._log.run_id,
+                attempt=self._log.attempt)  # one writer: refused here when taken
+            self._log.emit(Event.RUN_START, root=self._mgr.root, remote=remote,
+                           sources=self._watch.active, policy=repr(self.policy),
+                           **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
                                 else {}))
             w0 = time.time()
-            restored = self.manager.restore(self.state, partial=self.partial)
+            restored = self._mgr.restore(self.state, partial=self.partial)
             self._restore_window = (w0, time.time())
             self.start_step = self.step = restored or 0
             self._submitted = self._reported = self.step
-            info, stats = self.manager.restored, self.manager.last_restore
-            self.events.emit(Event.RESTORE, step=restored, tier=self._tier_name(self.manager.restored_tier) if restored
-                             else None, seconds=stats.total_s, bytes=stats.bytes,
-                             skipped=list(self.manager.restore_skipped))
+            info, stats = self._mgr.restored, self._mgr.last_restore
+            assert stats is not None  # restore() records its stats whatever it found
+            self._log.emit(Event.RESTORE, step=restored, tier=self._tier_name(self._mgr.restored_tier) if restored
+                           else None, seconds=stats.total_s, bytes=stats.bytes,
+                           skipped=list(self._mgr.restore_skipped))
             if restored:
                 logger.info("Resuming at step %d from %s", restored, info.location if info else self.root)
-            if self.policy.wants_history and self.events.path is not None:
-                mine = (self.events.host, self.events.pid)
-                past = [e for e in read_events(self.events.path.parent) if (e.get("host"), e.get("pid")) != mine]
+            if self.policy.wants_history and self._log.path is not None:
+                mine = (self._log.host, self._log.pid)
+                past = [e for e in read_events(self._log.path.parent) if (e.get("host"), e.get("pid")) != mine]
                 self.policy.history(measure(past))
             self.policy.start(self.step, self._clock())
         except BaseException as e:
@@ -235,12 +245,12 @@ class Run:
             self.exit_code = code if isinstance(code, int) else (0 if code is None else 1)
             try:
                 try:
-                    self.manager.wait()  # the save in flight is a consistent snapshot: keep it
+                    self._mgr.wait()  # the save in flight is a consistent snapshot: keep it
                 except Exception as e:
                     logger.warning("The checkpoint in flight failed too: %s", e)
                 self._report_durable()
-                self.events.emit(Event.STOP, reason=StopReason.EXIT if isinstance(exc, SystemExit) else StopReason.ERROR,
-                                 exit_code=self.exit_code, step=self.step, error=f"{exc_type.__name__}: {exc}")
+                self._log.emit(Event.STOP, reason=StopReason.EXIT if isinstance(exc, SystemExit) else StopReason.ERROR,
+                               exit_code=self.exit_code, step=self.step, error=f"{exc_type.__name__}: {exc}")
             finally:
                 self._teardown(wait_remote=False)
             return
@@ -255,7 +265,7 @@ class Run:
         """Leaving normally: a final checkpoint of the last step, durable (on the remote too)."""
         if self.exit_code == EXIT_PREEMPTED:  # exit_on_notice=False: the emergency path already ran
             return
-        notice = self.watcher.notice
+        notice = self._watch.notice
         if notice is not None and not self.completed:
             self._notice_now()  # the loop ended early with a notice pending: the emergency path
             return
@@ -265,12 +275,12 @@ class Run:
             deadline = self._deadline(notice) if notice is not None else None
             self.tier = self._make_durable(self._submitted, deadline, notice)
             if notice is not None and self.tier is not None:
-                self.watcher.acknowledge()
+                self._watch.acknowledge()
         self.exit_code = EXIT_OK
         self._report_durable()
-        self.events.emit(Event.STOP, reason=StopReason.COMPLETED if self.completed else StopReason.EXIT,
-                         exit_code=EXIT_OK,
-                         step=self.step, tier=self.tier, notice=notice.source if notice else None)
+        self._log.emit(Event.STOP, reason=StopReason.COMPLETED if self.completed else StopReason.EXIT,
+                       exit_code=EXIT_OK,
+                       step=self.step, tier=self.tier, notice=notice.source if notice else None)
 
     def _teardown(self, *, wait_remote: bool) -> None:
         errors = []
@@ -289,12 +299,26 @@ class Run:
         if self.events is not None:
             self.events.close()
             if self._mirror is not None:
-                self._mirror.push(self.events.path)
+                if self.events.path is not None:  # always: a mirror is made only for an event file
+                    self._mirror.push(self.events.path)
                 self._mirror.close(timeout=2.0)
         if errors and self.exit_code != EXIT_PREEMPTED:
             raise errors[0]
-        for e in errors:
-            logger.warning("After the notice: %s", e)
+        for error in errors:
+            logger.warning("After the notice: %s", error)
+
+    # -- the parts __enter__ makes ---------------------------------------------------------
+    @property
+    def _mgr(self) -> CheckpointManager:
+        return _entered(self.manager)
+
+    @property
+    def _watch(self) -> NoticeWatcher:
+        return _entered(self.watcher)
+
+    @property
+    def _log(self) -> EventLog:
+        return _entered(self.events)
 
     # -- the loop ----------------------------------------------------------------------
     def steps(self, total: int) -> Iterator[int]:
@@ -321,10 +345,10 @@ class Run:
         now = self._clock()
         if not self.completed and self._notice_now():
             return
-        advisories = self.watcher.new_advisories()
+        advisories = self._watch.new_advisories()
         for adv in advisories:
-            self.events.emit(Event.NOTICE, source=adv.source, reason=adv.reason, seconds_left=None, advisory=True,
-                             step=step)
+            self._log.emit(Event.NOTICE, source=adv.source, reason=adv.reason, seconds_left=None, advisory=True,
+                           step=step)
             logger.warning("Early warning from %s (%s): checkpointing step %d now", adv.source, adv.reason, step)
         due = self.policy.due(step, now) or bool(advisories)
         reason = SaveReason.NOTICE if advisories else SaveReason.POLICY
@@ -346,7 +370,7 @@ class Run:
         step = values.pop("step", None)
         if step is None:
             step = self._current if self._current is not None else self.step
-        self.events.emit(Event.METRICS, step=step, values=values)
+        self._log.emit(Event.METRICS, step=step, values=values)
 
     def save(self, reason: str = SaveReason.MANUAL) -> SaveStats:
         """Checkpoint the last finished step now (asynchronously, as policy saves are)."""
@@ -355,12 +379,12 @@ class Run:
     # -- internals -------------------------------------------------------------------------
     def _save(self, step: int, reason: SaveReason | str) -> SaveStats:
         epoch = next((v.epoch for v in self.state.values() if isinstance(getattr(v, "epoch", None), int)), None)
-        stats = self.manager.save(step, self.state, epoch=epoch)
-        if stats.skipped and stats.total_s is None and reason in ("final", "notice"):
+        stats = self._mgr.save(step, self.state, epoch=epoch)
+        if stats.skipped and stats.total_s is None and reason in (SaveReason.FINAL, SaveReason.NOTICE):
             # skipped because the previous save still persists (when_busy="skip"): the last checkpoint of a run
             # is never one of those, so wait for that save and take this one
-            self.manager.wait()
-            stats = self.manager.save(step, self.state, epoch=epoch)
+            self._mgr.wait()
+            stats = self._mgr.save(step, self.state, epoch=epoch)
         self._reasons[step] = reason
         self._submitted = step
         self.policy.saved(step, self._clock(), stats.stall_s)
@@ -376,20 +400,20 @@ class Run:
                 if last.step <= self._reported:
                     continue
                 self._reported = last.step
-                self.events.emit(Event.CHECKPOINT, step=last.step, reason=self._reasons.get(last.step, SaveReason.POLICY),
-                                 bytes=last.bytes, stall_s=last.stall_s, waited_s=last.waited_s,
-                                 stage_s=last.stage_s, persist_s=last.persist_s, total_s=last.total_s)
+                self._log.emit(Event.CHECKPOINT, step=last.step, reason=self._reasons.get(last.step, SaveReason.POLICY),
+                               bytes=last.bytes, stall_s=last.stall_s, waited_s=last.waited_s,
+                               stage_s=last.stage_s, persist_s=last.persist_s, total_s=last.total_s)
         watermark = mgr.remote_watermark
         if watermark is not None and watermark > self._uploads_reported:
             for up in mgr.uploads:
                 if up.step > self._uploads_reported:
-                    self.events.emit(Event.UPLOAD, step=up.step, bytes=up.bytes, upload_s=up.upload_s,
-                                     retries=up.retries)
+                    self._log.emit(Event.UPLOAD, step=up.step, bytes=up.bytes, upload_s=up.upload_s,
+                                   retries=up.retries)
             self._uploads_reported = max(watermark, *(u.step for u in mgr.uploads), self._uploads_reported)
             now = time.monotonic()
-            if self._mirror is not None and now - self._mirrored_at >= MIRROR_EVERY_S:
+            if self._mirror is not None and self._log.path is not None and now - self._mirrored_at >= MIRROR_EVERY_S:
                 self._mirrored_at = now
-                self._mirror.push(self.events.path)
+                self._mirror.push(self._log.path)
 
     def _deadline(self, notice: Notice) -> float:
         """The notice's deadline, less the margin, on the monotonic clock."""
@@ -400,7 +424,7 @@ class Run:
 
     def _notice_now(self) -> bool:
         """Handle a pending notice; True when the loop must stop (exit_on_notice=False)."""
-        notice = self.watcher.notice
+        notice = self._watch.notice
         if notice is None or self._handled is not None:
             return notice is not None
         self._handled = notice
@@ -412,8 +436,8 @@ class Run:
         deadline = self._deadline(notice)
         w0, w1 = self._restore_window
         during = "restore" if w0 <= notice.received <= w1 else ("step" if step > self.start_step else "start")
-        self.events.emit(Event.NOTICE, source=notice.source, reason=notice.reason, seconds_left=notice.seconds_left(),
-                         advisory=False, step=step, during=during)
+        self._log.emit(Event.NOTICE, source=notice.source, reason=notice.reason, seconds_left=notice.seconds_left(),
+                       advisory=False, step=step, during=during)
         logger.warning("Interruption notice from %s (%s, %s left): checkpointing step %d and stopping",
                        notice.source, notice.reason, format_duration(max(0.0, deadline - time.monotonic()
                                                                          + self.margin)), step)
@@ -422,7 +446,7 @@ class Run:
         if self._submitted != self.start_step:
             tier = self._make_durable(self._submitted, deadline, notice)
         elif self.start_step:
-            tier = self._tier_name(self.manager.restored_tier)
+            tier = self._tier_name(self._mgr.restored_tier)
             logger.warning("No step has run since the restore: %s (%s) is the checkpoint to resume from.",
                            step_dir(self.start_step), tier)
         else:
@@ -431,19 +455,19 @@ class Run:
         self.tier = tier
         self._report_durable()
         if tier is not None:
-            self.watcher.acknowledge()
+            self._watch.acknowledge()
         self.exit_code = EXIT_PREEMPTED
-        self.events.emit(Event.STOP, reason=StopReason.NOTICE, exit_code=EXIT_PREEMPTED, step=step, tier=tier,
-                         checkpoint_step=self._submitted, source=notice.source,
-                         notice_to_durable_s=time.time() - notice.received if tier in (Tier.LOCAL, Tier.REMOTE) else None,
-                         seconds_left=notice.seconds_left())
+        self._log.emit(Event.STOP, reason=StopReason.NOTICE, exit_code=EXIT_PREEMPTED, step=step, tier=tier,
+                       checkpoint_step=self._submitted, source=notice.source,
+                       notice_to_durable_s=time.time() - notice.received if tier in (Tier.LOCAL, Tier.REMOTE) else None,
+                       seconds_left=notice.seconds_left())
         if self.exit_on_notice:
             raise Preempted(notice, step, tier)
 
     def _make_durable(self, step: int, deadline: float | None, notice: Notice | None) -> Tier | None:
         """Wait until ``step`` is durable on the best tier that fits; return ``Tier.REMOTE``, ``Tier.LOCAL``
         or None."""
-        mgr = self.manager
+        mgr = self._mgr
         name = step_dir(step)
         while True:
             left = None if deadline is None else deadline - time.monotonic()
@@ -464,7 +488,7 @@ class Run:
         mgr.prioritize_upload(step)
         estimate, why = self._upload_estimate(step)
         left = None if deadline is None else deadline - time.monotonic()
-        if notice is not None and self.watcher.urgent:
+        if notice is not None and self._watch.urgent:
             logger.warning("%s is durable on local disk at %s; not waiting for the upload to %s: a second signal "
                            "came.", name, mgr.root, mgr.remote.url)
             return Tier.LOCAL
@@ -481,7 +505,7 @@ class Run:
                                "deadline. The newest step confirmed there is %s.", name, mgr.root, mgr.remote.url,
                                self._confirmed_on_remote())
                 return Tier.LOCAL
-            if notice is not None and self.watcher.urgent:
+            if notice is not None and self._watch.urgent:
                 logger.warning("%s is durable on local disk at %s; stopped waiting for the upload to %s: a second "
                                "signal came.", name, mgr.root, mgr.remote.url)
                 return Tier.LOCAL
@@ -509,7 +533,7 @@ class Run:
 
     def _confirmed_on_remote(self) -> str:
         """The newest step this run's manager confirmed on the remote, for a log line."""
-        mark = self.manager.remote_watermark
+        mark = self._mgr.remote_watermark
         return step_dir(mark) if mark is not None else "none yet"
 
     def _tier_name(self, tier: Tier | None) -> Tier | None:
@@ -520,10 +544,10 @@ class Run:
 
     def _upload_estimate(self, step: int) -> tuple[float | None, str]:
         """Seconds to upload ``step`` and the older steps ahead of it, from measured bandwidth."""
-        ups = [u for u in self.manager.uploads if u.upload_s > 0 and u.bytes > 0][-5:]
+        ups = [u for u in self._mgr.uploads if u.upload_s > 0 and u.bytes > 0][-5:]
         if not ups:
             return None, "no upload measured yet"
         bw = statistics.median(u.bytes / u.upload_s for u in ups)
-        size = self.manager.last_save.bytes if self.manager.last_save else ups[-1].bytes
-        ahead = len(self.manager.upload_backlog(step))
+        size = self._mgr.last_save.bytes if self._mgr.last_save else ups[-1].bytes
+        ahead = len(self._mgr.upload_backlog(step))
         return (1 + ahead) * size / bw, f"{(1 + ahead) * size / 2**20:.0f} MiB at {bw / 1e6:.0f} MB/s"
