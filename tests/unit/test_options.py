@@ -122,3 +122,13 @@ def test_when_busy_skip_never_skips_the_final_checkpoint_of_a_run(root):
     with spotsafe.CheckpointManager(root, read_only=True) as reader:
         loaded = {"w": torch.zeros_like(state["w"])}
         assert reader.restore(loaded) == 3 and loaded["w"][0].item() == 3
+
+
+def test_a_run_used_outside_its_with_block_says_so(root):
+    run = spotsafe.Run(root, {"v": 0}, notices=None)
+    with pytest.raises(RuntimeError, match=r"^This Run is not entered; use it as `with spotsafe.Run\(root, state\) as run:`"):
+        run.log(loss=1.0)
+    with pytest.raises(RuntimeError, match="not entered"):
+        run.save()
+    assert run.stop_requested is False and run.notice is None  # reading state stays safe
+    assert not os.path.exists(os.path.join(root, "events"))  # nothing was written
