@@ -10,13 +10,16 @@ file after the other (as spotsafe's replicator does) and downloaded into memory,
 * ``boto3``: ``upload_file`` / ``download_fileobj`` with ``TransferConfig(max_concurrency=8)``:
   the reference peer;
 * ``s3fs``: ``put_file(chunksize=16 MiB, max_concurrency=8)`` / ranged ``cat_file`` on 4
-  threads, the library under spotsafe's fsspec store;
+  threads, the library under spotsafe's S3 store before the switch to obstore;
 * ``obstore``: ``put(Path, chunk_size=16 MiB, max_concurrency=8)`` / ``get_range`` of 16 MiB
   pieces on 4 threads (``get_ranges`` coalesces adjacent ranges into one request: 40% slower);
-* ``spotsafe``: whatever ``open_storage("s3://...")`` returns, through the store's own
+* ``spotsafe``: whatever ``open_storage("s3://...")`` returns (``ObstoreStorage`` since the
+  switch; ``FsspecStorage`` over s3fs at the commit before it), through the store's own
   ``upload_file(fd, rel, size=, checksum=)`` (every byte hashed as it is read) and
   ``read_files`` (every byte hashed as it arrives): what a checkpoint's upload and restore
-  cost. ``--store fsspec`` forces the s3fs store where both exist.
+  cost.
+
+A client whose package is not installed (s3fs is no longer a dependency) is left out.
 
 Medians of ``--repeats`` runs, interleaved (each repeat rotates the order); MB/s and the
 ratio against boto3's median.
@@ -77,36 +80,33 @@ def _obstore(server, bucket: str):
                                    "timeout": timedelta(seconds=120)})
 
 
-def _open_spotsafe(url: str, store: str):
-    try:
-        from spotsafe import _storage as storage
-    except ImportError:  # before the internal packages were renamed
-        from spotsafe import storage  # type: ignore[no-redef]
-    if store == "fsspec":
-        return storage.FsspecStorage(url)
-    return storage.open_storage(url)
-
-
 class Clients:
     """One upload and one download function per client, all against ``bucket`` on ``server``."""
 
-    def __init__(self, server, bucket: str, store: str) -> None:
+    def __init__(self, server, bucket: str) -> None:
         import boto3
-        import s3fs
         from boto3.s3.transfer import TransferConfig
+
+        from spotsafe._storage import open_storage
 
         self.bucket = bucket
         self.boto = boto3.client("s3")
         self.transfer = TransferConfig(max_concurrency=8)
-        self.fs = s3fs.S3FileSystem(skip_instance_cache=True)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="bench-io")  # the manager's io_executor
-        self.names = ["boto3", "s3fs"]
+        self.names = ["boto3"]
+        try:
+            import s3fs
+
+            self.fs = s3fs.S3FileSystem(skip_instance_cache=True)
+            self.names.append("s3fs")
+        except ImportError:
+            self.fs = None
         try:
             self.obs = _obstore(server, bucket)
             self.names.append("obstore")
         except ImportError:
             self.obs = None
-        self.spotsafe = _open_spotsafe(f"s3://{bucket}", store)
+        self.spotsafe = open_storage(f"s3://{bucket}")
         self.names.append("spotsafe")
 
     def upload(self, name: str, path: Path, key: str, checksum: str) -> None:
@@ -181,7 +181,7 @@ def throughput(args: argparse.Namespace) -> dict:
             p.write_bytes(os.urandom(small))
         sums = {p: xxhash.xxh3_64(p.read_bytes()).hexdigest() for ps in sets.values() for p in ps}
         sizes = {name: sum(p.stat().st_size for p in ps) for name, ps in sets.items()}
-        c = Clients(server, bucket, args.store)
+        c = Clients(server, bucket)
         print(f"spotsafe store: {c.spotsafe!r}; files: 1 x {big >> 20} MiB, {count} x {small >> 20} MiB; "
               f"{args.repeats} repeats")
         # seconds[(set, op, client)] = [..]
@@ -420,8 +420,6 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=64)
     ap.add_argument("--small", default="1M")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--store", default="auto", choices=["auto", "fsspec"],
-                    help="spotsafe's store for s3:// (auto: what open_storage picks)")
     ap.add_argument("--python", help="interpreter for the footprint venvs (default: this one)")
     ap.add_argument("--json")
     args = ap.parse_args()

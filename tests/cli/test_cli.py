@@ -8,6 +8,7 @@ import subprocess
 import pytest
 import torch
 from conftest import child_env, spotsafe_cli
+from helpers import write_remote
 
 import spotsafe
 
@@ -100,9 +101,6 @@ def test_ls_and_verify_read_a_remote_root_from_the_usual_environment(s3_url, tmp
     rows = [json.loads(x) for x in cli("ls", s3_url, "--json").stdout.splitlines()]
     assert [(r["step"], r["valid"]) for r in rows] == [(1, True), (2, True)]
     assert cli("verify", s3_url).returncode == 0
-    from spotsafe._storage import open_storage
-
-    st = open_storage(s3_url)
-    st.fs.pipe_file(st._p("step-000000000002/w.bin"), b"\0" * 256)  # same size, wrong bytes
+    write_remote(s3_url, "step-000000000002/w.bin", b"\0" * 256)  # same size, wrong bytes
     bad = cli("verify", s3_url)
     assert bad.returncode == 1 and "w.bin fails its checksum" in bad.stdout + bad.stderr

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
+from helpers import read_remote, remote_sizes, write_remote
 
 import spotsafe
 from spotsafe._format import committed_steps, step_dir
@@ -70,17 +71,15 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def read_lease(url: str) -> dict:
-    st = open_storage(url)
-    return json.loads(st.fs.cat_file(f"{st.root}/{LEASE}"))
+    return json.loads(read_remote(url, LEASE))
 
 
 def write_lease(url: str, **fields) -> None:
-    st = open_storage(url)
     now = time.time()
     doc = {"host": "other-node", "pid": 4242, "run_id": "other-run", "attempt": 1, "since": "2030-01-01T00:00:00+00:00",
            "token": "f" * 32, "heartbeat": _iso(now), "expires": _iso(now + 60), "ttl_s": 60}
     doc.update(fields)
-    st.fs.pipe_file(f"{st.root}/{LEASE}", json.dumps(doc).encode())
+    write_remote(url, LEASE, json.dumps(doc).encode())
 
 
 def _iso(ts: float) -> str:
@@ -317,9 +316,8 @@ def test_a_renewal_whose_answer_was_lost_keeps_the_lease(s3_url, tmp_path):
     this writer's token, so the writer keeps it instead of stopping as if another job took it."""
     with spotsafe.CheckpointManager(tmp_path / "a", remote=s3_url, lease=FAST) as mgr:
         ours = read_lease(s3_url)
-        st = open_storage(s3_url)
         landed = {**ours, "heartbeat": _iso(time.time())}  # the renewal whose answer never came
-        st.fs.pipe_file(f"{st.root}/{LEASE}", json.dumps(landed).encode())
+        write_remote(s3_url, LEASE, json.dumps(landed).encode())
         time.sleep(1.5)  # three heartbeats
         mgr.save(1, {"w": torch.ones(3)})
         mgr.wait(remote=True, timeout=30)
@@ -328,12 +326,11 @@ def test_a_renewal_whose_answer_was_lost_keeps_the_lease(s3_url, tmp_path):
 
 
 def test_close_releases_the_lease_after_a_renewal_whose_answer_was_lost(s3_url, tmp_path):
-    """The same lost answer just before close: the conditional delete is refused, the lease still
-    holds our token, and it is deleted anyway, so the next writer need not wait for it to expire."""
+    """The same lost answer just before close: the lease's ETag moved, it still holds our token, and
+    it is deleted, so the next writer need not wait for it to expire."""
     with spotsafe.CheckpointManager(tmp_path / "a", remote=s3_url, lease=LeaseOptions(ttl=60, renew_every=20)):
         ours = read_lease(s3_url)
-        st = open_storage(s3_url)
-        st.fs.pipe_file(f"{st.root}/{LEASE}", json.dumps({**ours, "heartbeat": _iso(time.time())}).encode())
+        write_remote(s3_url, LEASE, json.dumps({**ours, "heartbeat": _iso(time.time())}).encode())
     with pytest.raises(FileNotFoundError):
         read_lease(s3_url)
 
@@ -378,14 +375,12 @@ def test_read_only_restore_from_the_remote_takes_no_lease_and_writes_nothing(s3_
         mgr.save(5, {"w": torch.arange(4.0)})
         mgr.wait(remote=True, timeout=30)
     write_lease(s3_url)  # a live writer elsewhere
-    st = open_storage(s3_url)
-    before = sorted((p, st.fs.info(p)["size"]) for p in st.fs.find(st.root))
+    before = remote_sizes(s3_url)
     state = {"w": None}
     with spotsafe.CheckpointManager(tmp_path / "reader", remote=s3_url, read_only=True) as reader:
         assert reader.restore(state) == 5 and reader.restored_tier == "remote"
     assert torch.equal(state["w"], torch.arange(4.0))
-    st.fs.invalidate_cache()
-    assert sorted((p, st.fs.info(p)["size"]) for p in st.fs.find(st.root)) == before
+    assert remote_sizes(s3_url) == before
     assert not (tmp_path / "reader").exists()
 
 
@@ -420,8 +415,7 @@ def test_a_remote_unreachable_at_start_is_leased_once_it_is_back_then_uploaded_t
         mgr.wait()
         server.start()  # from this thread: the server dies with the thread that started it
         mgr.wait(remote=True, timeout=90)
-        st = open_storage(url, opts)
-        assert json.loads(st.fs.cat_file(f"{st.root}/{LEASE}"))["pid"] == os.getpid()
+        assert json.loads(read_remote(url, LEASE, server.client()))["pid"] == os.getpid()
     assert committed_steps(open_storage(url, opts)) == [1]
 
 

@@ -18,12 +18,20 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
-from helpers import assert_same_tensors, fresh_training, make_training, remote_objects, snapshot
+from helpers import (
+    assert_same_tensors,
+    fresh_training,
+    incomplete_uploads,
+    make_training,
+    remote_objects,
+    snapshot,
+    write_remote,
+)
 
 import spotsafe
 from spotsafe import Backoff
 from spotsafe._format import committed_steps, step_dir
-from spotsafe._storage import open_storage
+from spotsafe._storage import _obstore, open_storage
 from spotsafe.errors import RemoteError, RemoteUnavailableError, RemoteUnavailableWarning
 
 pytestmark = pytest.mark.slow
@@ -35,11 +43,6 @@ def train(model, opt, n: int) -> None:
         opt.zero_grad()
         model(torch.randn(6, 4)).pow(2).sum().backward()
         opt.step()
-
-
-def incomplete_uploads(st) -> list[str]:
-    bucket, _, key = st._p("").partition("/")
-    return [u["Key"] for u in st.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads") or []]
 
 
 def test_round_trip_and_a_new_machine_restores_from_the_remote_bit_exact(s3_url, tmp_path, caplog):
@@ -93,7 +96,7 @@ def test_a_file_corrupted_on_the_remote_is_detected_and_an_older_step_used(s3_ur
     rel = f"{step_dir(2)}/w.bin"
     data = bytearray(st.read_bytes(rel))
     data[17] ^= 0x40
-    st.fs.pipe_file(st._p(rel), bytes(data))
+    write_remote(s3_url, rel, bytes(data))
     state = {"w": None}
     with spotsafe.CheckpointManager(tmp_path / "b", remote=s3_url) as mgr:
         with pytest.warns(spotsafe.CheckpointSkippedWarning, match=rf"{step_dir(2)} in {s3_url} .* fails its checksum"):
@@ -117,21 +120,18 @@ def test_server_down_mid_upload_then_back_completes_the_upload(s3_private, tmp_p
     server = s3_private
     server.make_bucket("bkt")
     url = "s3://bkt/run"
-    import s3fs
-
-    real_call = s3fs.S3FileSystem._call_s3
-    parts: list[int] = []
+    real_parts = _obstore._verified_parts
     stopped = threading.Event()
 
-    async def stop_after_two_parts(self, method, *a, **kw):
-        if method == "upload_part" and step_dir(2) in kw.get("Key", "") and not stopped.is_set():
-            parts.append(kw["PartNumber"])
-            if len(parts) == 3:  # two parts of step 2's model.bin are stored, the rest is not
+    def stop_after_two_parts(fd, size, checksum, rel):
+        for i, part in enumerate(real_parts(fd, size, checksum, rel)):
+            if i == 2 and step_dir(2) in rel and not stopped.is_set():
+                time.sleep(1.0)  # two parts of step 2's model.bin are stored, the rest is not
                 server.stop()
                 stopped.set()
-        return await real_call(self, method, *a, **kw)
+            yield part
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", stop_after_two_parts)
+    monkeypatch.setattr(_obstore, "_verified_parts", stop_after_two_parts)
     state1 = {"model": {"w": torch.randn(3 << 20)}, "optimizer": {"m": torch.randn(1 << 20)}}
     state2 = {"model": {"w": torch.randn(20 << 20)}, "optimizer": {"m": torch.randn(1 << 20)}}  # 80 MiB: multipart
     with spotsafe.CheckpointManager(tmp_path / "run", remote=url, storage_options=server.storage_options(),
@@ -148,7 +148,7 @@ def test_server_down_mid_upload_then_back_completes_the_upload(s3_private, tmp_p
         assert mgr.remote_watermark == 2
         assert mgr.uploads[-1].step == 2 and mgr.uploads[-1].upload_s >= 1.0  # it rode out the outage
         assert [(c.step, c.valid) for c in mgr.checkpoints(remote=True)] == [(1, True), (2, True)]
-        assert incomplete_uploads(mgr.remote) == []  # parts sent before the outage were not left behind
+        assert incomplete_uploads(url, server.client()) == []  # parts sent before the outage were not left behind
     restored = {"model": None, "optimizer": None}
     with spotsafe.CheckpointManager(tmp_path / "new", remote=url, storage_options=server.storage_options()) as mgr:
         assert mgr.restore(restored) == 2
@@ -190,7 +190,7 @@ def test_sigkill_during_an_upload_the_next_process_resumes_and_cleans_up(s3_url,
     leftover = [o for o in remote_objects(s3_url) if o.startswith(step_dir(2))]
     assert leftover and f"{step_dir(2)}/manifest.json" not in leftover  # partial, uncommitted
     assert committed_steps(st) == [1]  # and invisible to readers
-    assert incomplete_uploads(st) == [f"run/{step_dir(2)}/optimizer.bin"]
+    assert incomplete_uploads(s3_url) == [f"run/{step_dir(2)}/optimizer.bin"]
 
     # A new machine (no local disk) sees step 1 only, with no warning about the partial step 2.
     state = {"model": None, "optimizer": None, "step": None}
@@ -204,7 +204,7 @@ def test_sigkill_during_an_upload_the_next_process_resumes_and_cleans_up(s3_url,
         mgr._replicator.wait(timeout=120)
         assert mgr.remote_watermark == 2
         assert [(c.step, c.valid) for c in mgr.checkpoints(remote=True)] == [(1, True), (2, True)]
-    assert incomplete_uploads(st) == []
+    assert incomplete_uploads(s3_url) == []
     objs = remote_objects(s3_url)
     assert all(o.split("/")[0] in (step_dir(1), step_dir(2)) for o in objs)
     assert f"{step_dir(2)}/manifest.json" in objs
@@ -216,23 +216,22 @@ def test_a_hung_server_fails_the_upload_instead_of_hanging_it_and_later_saves_la
     import os
     import signal
 
-    import s3fs
-
     server = s3_private
     server.make_bucket("bkt")
-    opts = dict(server.storage_options(), config_kwargs={"read_timeout": 2, "connect_timeout": 2,
-                                                         "retries": {"max_attempts": 1, "mode": "standard"}})
-    real_call = s3fs.S3FileSystem._call_s3
+    # 3 s for a whole request (the body of a part the frozen server stops reading), one try
+    opts = dict(server.storage_options(), client_options={"timeout": "3s", "read_timeout": "2s",
+                                                          "connect_timeout": "2s"}, retry_config={"max_retries": 0})
+    real_parts = _obstore._verified_parts
     frozen = threading.Event()
 
-    async def freeze_at_first_put(self, method, *a, **kw):
-        if method in ("put_object", "upload_part") and step_dir(2) in kw.get("Key", "") and not frozen.is_set():
-            os.killpg(server.proc.pid, signal.SIGSTOP)
-            frozen.set()
-        return await real_call(self, method, *a, **kw)
+    def freeze_during_the_first_part(fd, size, checksum, rel):
+        for i, part in enumerate(real_parts(fd, size, checksum, rel)):
+            if i == 1 and step_dir(2) in rel and not frozen.is_set():  # the first part's body is going out
+                os.killpg(server.proc.pid, signal.SIGSTOP)
+                frozen.set()
+            yield part
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", freeze_at_first_put)
-    monkeypatch.setattr("spotsafe._storage._fsspec.REQUEST_TIMEOUT", 3.0)
+    monkeypatch.setattr(_obstore, "_verified_parts", freeze_during_the_first_part)
     try:
         with spotsafe.CheckpointManager(tmp_path / "run", remote="s3://bkt/run", storage_options=opts,
                                         upload_backoff=Backoff(base=0.2, cap=0.5, attempts=2, max_elapsed=20)) as mgr:

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
-from helpers import remote_objects
+from helpers import incomplete_uploads, remote_objects, write_remote
 from unuploaded_child import state
 
 import spotsafe
 from spotsafe._format import MANIFEST, check_checkpoint, committed_steps, step_dir
-from spotsafe._storage import FsspecStorage, open_storage
+from spotsafe._storage import ObstoreStorage, _obstore, open_storage
 from spotsafe._telemetry import read_events
 from spotsafe.errors import CheckpointSkippedWarning
 from spotsafe.notices import FileTrigger
@@ -104,7 +104,7 @@ def test_saving_a_step_again_repairs_its_invalid_remote_copy(s3_url, tmp_path):
     # what the old bug left: a local copy that rotted, and the remote holding those same bad bytes
     flip(local / step_dir(5) / "model.bin", 7)
     remote = open_storage(s3_url)
-    remote.fs.pipe_file(remote._p(f"{step_dir(5)}/model.bin"), (local / step_dir(5) / "model.bin").read_bytes())
+    write_remote(s3_url, f"{step_dir(5)}/model.bin", (local / step_dir(5) / "model.bin").read_bytes())
     assert not check_checkpoint(remote, 5, deep=True).valid
 
     with spotsafe.CheckpointManager(local, remote=s3_url) as mgr:
@@ -126,7 +126,7 @@ def test_a_truncated_remote_copy_is_replaced_from_the_valid_local_one_at_start(s
         mgr.save(5, state(5))
         mgr.wait(remote=True, timeout=60)
     remote = open_storage(s3_url)
-    remote.fs.pipe_file(remote._p(f"{step_dir(5)}/optimizer.bin"), b"short")  # same manifest, wrong size
+    write_remote(s3_url, f"{step_dir(5)}/optimizer.bin", b"short")  # same manifest, wrong size
     caplog.set_level(logging.INFO)
     with spotsafe.CheckpointManager(local, remote=s3_url) as mgr:
         assert mgr.wait_uploaded(5, timeout=60)  # the newest local step is checked and re-uploaded at start
@@ -153,8 +153,7 @@ def test_restoring_from_the_remote_repairs_a_corrupt_local_copy(s3_url, tmp_path
 
 def garbage_at_900(url: str) -> None:
     """An invalid higher step on the remote: a manifest that is not one, under step-000000000900/."""
-    remote = open_storage(url)
-    remote.fs.pipe_file(remote._p(f"{step_dir(900)}/{MANIFEST}"), b"not a manifest")
+    write_remote(url, f"{step_dir(900)}/{MANIFEST}", b"not a manifest")
 
 
 class Gate:
@@ -163,7 +162,7 @@ class Gate:
     def __init__(self, monkeypatch) -> None:
         self.opened = threading.Event()
         self.failing = False
-        real = FsspecStorage.upload_file
+        real = ObstoreStorage.upload_file
 
         def gated(st, fd, rel, **kw):
             self.opened.wait(60)
@@ -171,7 +170,7 @@ class Gate:
                 raise PermissionError(13, "the test is over")
             return real(st, fd, rel, **kw)
 
-        monkeypatch.setattr(FsspecStorage, "upload_file", gated)
+        monkeypatch.setattr(ObstoreStorage, "upload_file", gated)
 
     def fail(self) -> None:
         self.failing = True
@@ -271,25 +270,24 @@ def test_upload_file_checks_the_bytes_as_it_reads_them_and_leaves_nothing_on_a_m
     finally:
         os.close(fd)
     assert remote.size("bad/blob") is None
-    bucket, _, key = remote._p("").partition("/")
-    assert not remote.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads")
+    assert incomplete_uploads(s3_url) == []
 
 
 def test_a_failed_part_stops_the_multipart_upload_before_it_returns(s3_url, tmp_path, monkeypatch):
-    """A local read error on one part (EIO) fails the upload; the other parts stop, and nothing reads
-    the caller's descriptor after the call returned (the caller closes it, and its number is reused)."""
+    """A local read error on one part (EIO) fails the upload; the parts stop, nothing reads the
+    caller's descriptor after the call returned (the caller closes it, and its number is reused),
+    and the multipart upload is aborted: no object, no stored parts."""
     import errno
 
-    from fsspec.asyn import sync
-
     from spotsafe._format import digest_bytes
-    from spotsafe._storage import _fsspec
 
-    part, data = 256 << 10, os.urandom(24 << 20)  # 96 parts, 2 at a time
+    part, data = 1 << 20, os.urandom(24 << 20)  # 24 parts
+    monkeypatch.setattr(_obstore, "_PIECE", part)
+    monkeypatch.setattr(_obstore, "_SMALL", 2 * part)
     path = tmp_path / "blob"
     path.write_bytes(data)
     reads, returned = [], threading.Event()
-    real = _fsspec._pread_exact
+    real = _obstore._pread_exact
 
     def disk(fd, n, offset):
         reads.append((offset, returned.is_set()))
@@ -297,22 +295,20 @@ def test_a_failed_part_stops_the_multipart_upload_before_it_returns(s3_url, tmp_
             raise OSError(errno.EIO, "Input/output error")
         return real(fd, n, offset)
 
-    monkeypatch.setattr(_fsspec, "_pread_exact", disk)
+    monkeypatch.setattr(_obstore, "_pread_exact", disk)
     remote = open_storage(s3_url)
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(OSError, match="Input/output error"):
-            sync(remote.fs.loop, _fsspec._s3_multipart_upload, remote.fs, fd, remote._p("a/blob"), len(data),
-                 digest_bytes(data), part=part, concurrency=2)
+            remote.upload_file(fd, "a/blob", size=len(data), checksum=digest_bytes(data))
         returned.set()
     finally:
         os.close(fd)
     time.sleep(1.0)  # parts left running would read (and send) meanwhile
     assert not [offset for offset, after in reads if after]
-    assert len(reads) < 20  # it stopped at the failed part, not after reading the whole file
+    assert len(reads) == 5  # it stopped at the failed part, not after reading the whole file
     assert remote.size("a/blob") is None
-    bucket, _, key = remote._p("").partition("/")
-    assert not remote.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key).get("Uploads")
+    assert incomplete_uploads(s3_url) == []
 
 
 def test_a_prune_that_fails_leaves_the_new_step_durable_and_uploaded(tmp_path):

@@ -18,7 +18,7 @@ import torch
 
 import spotsafe
 from spotsafe._format import step_dir
-from spotsafe._storage import FsspecStorage
+from spotsafe._storage import ObstoreStorage
 
 torch.set_num_threads(1)
 
@@ -31,14 +31,14 @@ def state(step: int) -> dict:
 
 def main() -> None:
     local, remote, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    real = FsspecStorage.upload_file
+    real = ObstoreStorage.upload_file
 
     def die_at_m(st, fd, rel, **kw):
         if rel.startswith(step_dir(m)):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(st, fd, rel, **kw)
 
-    FsspecStorage.upload_file = die_at_m
+    ObstoreStorage.upload_file = die_at_m
     mgr = spotsafe.CheckpointManager(local, remote=remote, keep=1, async_save=False)
     mgr.save(n, state(n))
     mgr.wait(remote=True, timeout=120)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
-import s3fs
 import torch
 
 import spotsafe
 from spotsafe._format import step_dir
+from spotsafe._storage import _obstore
 
 torch.set_num_threads(1)
 
@@ -32,18 +33,16 @@ def state(step: int) -> dict:
 
 def main() -> None:
     local, remote = sys.argv[1], sys.argv[2]
-    real = s3fs.S3FileSystem._call_s3
-    parts = []
+    real = _obstore._verified_parts
 
-    async def die_mid_upload(self, method, *a, **kw):
-        out = await real(self, method, *a, **kw)
-        if method == "upload_part" and kw["Key"].endswith(f"{step_dir(2)}/optimizer.bin"):
-            parts.append(kw["PartNumber"])
-            if len(parts) == 2:
+    def die_mid_upload(fd, size, checksum, rel):
+        for i, part in enumerate(real(fd, size, checksum, rel)):
+            if i == 2 and rel.endswith(f"{step_dir(2)}/optimizer.bin"):
+                time.sleep(2.0)  # the two parts in flight land
                 os.kill(os.getpid(), signal.SIGKILL)
-        return out
+            yield part
 
-    s3fs.S3FileSystem._call_s3 = die_mid_upload
+    _obstore._verified_parts = die_mid_upload
     with spotsafe.CheckpointManager(local, remote=remote, keep=3) as mgr:
         mgr.save(1, state(1))
         mgr.wait(remote=True, timeout=120)

@@ -76,8 +76,7 @@ logger = logging.getLogger(__name__)
 
 _PERMANENT = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError, NotImplementedError,
               ValueError, TypeError, KeyError, AttributeError)
-_TRANSIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "azure", "gcsfs", "adlfs",
-                      "s3fs")
+_TRANSIENT_MODULES = ("obstore", "aiohttp", "urllib3", "requests", "google", "azure", "gcsfs", "adlfs")
 
 
 def is_transient(e: BaseException) -> bool:

@@ -14,7 +14,7 @@ import os
 
 from .._env import ATTEMPT_ENV, RUN_ID_ENV
 from .._format._layout import WRITER_LEASE, WRITER_LOCK
-from .._storage import FsspecStorage, LeaseOptions, LocalStorage, Owner, RemoteLease, Storage, WriterLock
+from .._storage import LeaseOptions, LocalStorage, Owner, RemoteLease, Storage, Uploadable, WriterLock
 from ..errors import ReadOnlyRootError, RemoteError, RootLockedError
 from ._replicate import is_transient
 
@@ -51,7 +51,7 @@ class RootHold:
                     st.make_root()
                     hold.lock = WriterLock(st.root, WRITER_LOCK, hold.owner)
                     hold.lock.acquire()
-                elif isinstance(st, FsspecStorage):
+                elif isinstance(st, Uploadable):  # an object store
                     hold._lease(st, options)
         except BaseException:
             hold.release(hurry=True)
@@ -63,11 +63,11 @@ class RootHold:
         """No lock, no lease: every write to an object store in ``stores`` raises ReadOnlyRootError."""
         hold = cls(what, read_only=True)
         for st in stores:
-            if isinstance(st, FsspecStorage):
+            if isinstance(st, Uploadable):
                 st.write_guard = hold.refuse
         return hold
 
-    def _lease(self, st: FsspecStorage, options: LeaseOptions) -> None:
+    def _lease(self, st: Uploadable, options: LeaseOptions) -> None:
         lease = RemoteLease(st, WRITER_LEASE, self.owner, options, is_transient=is_transient)
         try:
             lease.acquire()

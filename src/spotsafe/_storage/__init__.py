@@ -15,8 +15,20 @@ from ._fsspec import FsspecStorage, ManifestLastCommit, check_url, is_url
 from ._lease import LeaseNotHeldError, LeaseOptions, RemoteLease
 from ._local import AtomicRenameCommit, LocalStorage
 from ._lock import WriterLock
+from ._obstore import SCHEMES as _OBSTORE_SCHEMES
+from ._obstore import ObstoreStorage
+from ._obstore import check_url as _check_obstore_url
 from ._owner import Owner
-from ._protocol import CommitStrategy, Handle, LocalFiles, SaveNotBegunError, Storage, Uploadable
+from ._protocol import (
+    CommitStrategy,
+    ConditionalObjects,
+    Handle,
+    LocalFiles,
+    PreconditionFailedError,
+    SaveNotBegunError,
+    Storage,
+    Uploadable,
+)
 
 _ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 _URL_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "http", "https", "hdfs"}
@@ -30,7 +42,10 @@ def check_root(root: str | os.PathLike) -> None:
     """
     s = os.fspath(root)
     if is_url(s):
-        check_url(s)
+        if s.split("://", 1)[0] in _OBSTORE_SCHEMES:
+            _check_obstore_url(s)
+        else:
+            check_url(s)
         return
     typo = _ONE_SLASH.match(s)
     if typo and typo.group(1).lower() in _URL_SCHEMES:
@@ -40,7 +55,7 @@ def check_root(root: str | os.PathLike) -> None:
 
 def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None = None, *,
                  commit: CommitStrategy | None = None) -> Storage:
-    """LocalStorage for a path (or ``file://``), FsspecStorage for any other URL.
+    """LocalStorage for a path (or ``file://``), ObstoreStorage for ``s3://``, FsspecStorage for any other URL.
 
     ``commit``: how the store publishes a save (a :class:`CommitStrategy`); by default
     :class:`AtomicRenameCommit` on a local path, :class:`ManifestLastCommit` at a URL.
@@ -51,11 +66,14 @@ def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None
     """
     check_root(root)
     if is_url(root):
+        if os.fspath(root).split("://", 1)[0] in _OBSTORE_SCHEMES:
+            return ObstoreStorage(os.fspath(root), storage_options, commit=commit)
         return FsspecStorage(os.fspath(root), storage_options, commit=commit)
     s = os.fspath(root)
     return LocalStorage(s[len("file://"):] if s.startswith("file://") else s, commit=commit)
 
 
-__all__ = ["AtomicRenameCommit", "CommitStrategy", "FsspecStorage", "Handle", "LeaseNotHeldError", "LeaseOptions",
-           "LocalFiles", "LocalStorage", "ManifestLastCommit", "Owner", "RemoteLease", "SaveNotBegunError", "Storage",
-           "Uploadable", "WriterLock", "check_root", "is_url", "open_storage"]
+__all__ = ["AtomicRenameCommit", "CommitStrategy", "ConditionalObjects", "FsspecStorage", "Handle",
+           "LeaseNotHeldError", "LeaseOptions", "LocalFiles", "LocalStorage", "ManifestLastCommit", "ObstoreStorage",
+           "Owner", "PreconditionFailedError", "RemoteLease", "SaveNotBegunError", "Storage", "Uploadable", "WriterLock",
+           "check_root", "is_url", "open_storage"]

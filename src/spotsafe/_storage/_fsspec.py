@@ -1,26 +1,20 @@
-"""Object stores and other remote file systems, through fsspec (s3://, gs://, az://, memory://).
+"""Object stores and other remote file systems, through fsspec (gs://, az://, memory://, ...).
 
-Why fsspec: one maintained interface to every object store (s3fs, gcsfs, adlfs), with the
-stores' own credential chains, endpoints and multipart uploads, instead of three SDKs.
+Why fsspec: one maintained interface to every file system (gcsfs, adlfs, the in-memory
+one, HDFS, HTTP), with each one's own credential chain and endpoints. S3 goes through
+obstore instead (:mod:`._obstore`), which has no private API to call and nothing to work
+around; this module serves the URLs only fsspec serves.
 
-Commit strategy (:class:`ManifestLastCommit`): object stores have no rename, so a save
-writes its files straight to their final keys under ``step-N/`` and publishes them by
-writing ``manifest.json`` last. A single PUT is atomic, so a reader sees the whole
-manifest or none; a ``step-N/`` without a manifest is an upload in flight or abandoned,
-invisible to readers (:meth:`FsspecStorage.listdir_committed`), and removed later by the
-next writer. Retiring a checkpoint deletes its manifest first, for the same reason.
+Commit strategy (:class:`ManifestLastCommit`, shared by every object store): object
+stores have no rename, so a save writes its files straight to their final keys under
+``step-N/`` and publishes them by writing ``manifest.json`` last. A single PUT is atomic,
+so a reader sees the whole manifest or none; a ``step-N/`` without a manifest is an upload
+in flight or abandoned, invisible to readers (:meth:`FsspecStorage.listdir_committed`),
+and removed later by the next writer. Retiring a checkpoint deletes its manifest first,
+for the same reason.
 
-Settings come from where the store's own library reads them: for S3, ``AWS_ENDPOINT_URL``
-/ ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, AWS config
-files, or explicit ``storage_options``. Options are never shown in ``repr`` or logs.
-
-Every network wait is bounded (S3): a connection gets :data:`CONNECT_TIMEOUT`, an answer
-:data:`READ_TIMEOUT` of silence, and a request :data:`REQUEST_ATTEMPTS` tries in all
-(botocore's; s3fs's own retry loop is turned off), so an endpoint that accepts
-connections but never answers costs a request about 2 x 5 s, not minutes; spotsafe's own
-retries, with backoff, wrap whole files in the background. ``storage_options``
-``config_kwargs`` given by the caller win. Opening an S3 root checks, without a request,
-that credentials were found, and says how to give them when none were.
+Settings come from where the file system's own library reads them, or from explicit
+``storage_options``. Options are never shown in ``repr`` or logs.
 """
 
 from __future__ import annotations
@@ -29,12 +23,11 @@ import functools
 import logging
 import os
 import posixpath
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any
 
-from .._format._hash import digest_bytes, new_hasher
+from .._format._hash import new_hasher
 from ..errors import (
     CorruptCheckpointError,
     MissingDependencyError,
@@ -47,20 +40,9 @@ from ._reads import hash_in_order
 
 logger = logging.getLogger(__name__)
 
-_READ_PIECE = 16 << 20  # ranged GETs in flight at once during a restore
-_PART = 16 << 20  # multipart upload part size
-_SMALL = 32 << 20  # files below this go up in a single PUT
-UPLOAD_CONCURRENCY = 8
-# Longest one request with a body may take. aiohttp has no timeout on writing a body: a
-# server that stops reading (a frozen VM) would hang the upload forever once the socket
-# buffer is full. 120 s lets a 16 MiB part go at 140 KB/s.
-REQUEST_TIMEOUT = 120.0
-CONNECT_TIMEOUT = 5.0  # seconds to open a connection (S3)
-# Seconds of silence allowed while waiting for an answer (S3). aiohttp starts this clock
-# once a request's body is sent, so it bounds the server's silence, not a slow upload or
-# download that is still moving bytes.
-READ_TIMEOUT = 5.0
-REQUEST_ATTEMPTS = 2  # tries of one request, the first included (botocore's total_max_attempts)
+_READ_PIECE = 16 << 20  # ranged reads in flight at once during a restore
+_PART = 16 << 20  # block size of a streamed write
+_SMALL = 32 << 20  # files below this are written in one call
 # Which extra installs the file system of a scheme.
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
            "adl": "azure"}
@@ -72,62 +54,11 @@ def is_url(root: str | os.PathLike) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
-def _drop_expect_header(request: Any, **_: Any) -> None:
-    request.headers.pop("Expect", None)
-
-
-def _s3_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with spotsafe's timeouts and retries in ``config_kwargs``, where the caller set none."""
-    config = dict(options.get("config_kwargs") or {})
-    config.setdefault("connect_timeout", CONNECT_TIMEOUT)
-    config.setdefault("read_timeout", READ_TIMEOUT)
-    config.setdefault("retries", {"total_max_attempts": REQUEST_ATTEMPTS, "mode": "standard"})
-    return {**options, "config_kwargs": config}
-
-
-_CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials, or "
-                     "run on a machine with an instance role), or pass storage_options={'key': ..., 'secret': ...}, "
-                     "or {'anon': True} for a public bucket")
-
-
-def _tune_s3(fs: Any, url: str) -> None:
-    """Check that credentials were found, and make a hung S3 endpoint fail instead of hanging forever.
-
-    The client is made here (no request is sent), so missing credentials are one
-    sentence now instead of a botocore traceback at the first read.
-
-    botocore sends uploads with ``Expect: 100-continue``, and aiohttp waits for the
-    ``100 Continue`` with no timeout: a server that accepts connections but never
-    answers (a stopped VM, a wedged gateway) then hangs the upload thread for good.
-    Without the header the body is sent at once and the read timeout applies. The
-    header only saves bandwidth on requests the server would reject, which ours are not.
-    """
-    from fsspec.asyn import sync
-
-    fs.retries = 1  # s3fs's retry loop (5 tries by default) around botocore's: see REQUEST_ATTEMPTS
-    try:
-        client = sync(fs.loop, fs.set_session)
-    except Exception as e:
-        if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore"):
-            raise RemoteAccessError(f"Cannot set up the S3 client for {url} ({type(e).__name__}: {e}); check the "
-                                    f"AWS settings: {_CREDENTIALS_HINT}.") from None
-        logger.debug("Could not set up the S3 client at open", exc_info=True)
-        return
-    signer = getattr(client, "_request_signer", None)
-    if not getattr(fs, "anon", False) and signer is not None and getattr(signer, "_credentials", True) is None:
-        raise RemoteAccessError(f"No AWS credentials found for {url}; {_CREDENTIALS_HINT}.")
-    try:
-        client.meta.events.register("before-send.s3", _drop_expect_header, unique_id="spotsafe-no-expect")
-    except Exception:
-        logger.debug("Could not tune the S3 client", exc_info=True)
-
-
 def _access_errors(method: Callable) -> Callable:
     """A reading method whose refused access or missing credentials raise :class:`RemoteAccessError`.
 
-    s3fs turns AccessDenied and a wrong key into a bare PermissionError that names
-    neither the store nor the way out; botocore raises NoCredentialsError when credentials
-    vanish after the open. Both are permanent: never retried, never "unreachable".
+    File systems turn a refused request into a bare PermissionError that names neither the
+    store nor the way out. It is permanent: never retried, never "unreachable".
     """
 
     @functools.wraps(method)
@@ -137,15 +68,12 @@ def _access_errors(method: Callable) -> Callable:
         except RemoteAccessError:
             raise
         except PermissionError as e:
-            hint = _CREDENTIALS_HINT if self.protocol in ("s3", "s3a") else "see the file system's documentation"
             raise RemoteAccessError(f"{self.url} refused access ({e}); check that the credentials are right and may "
-                                    f"read this bucket: {hint}.") from e
+                                    "read this bucket (see the file system's documentation).") from e
         except Exception as e:
-            if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
-                raise RemoteAccessError(f"No usable credentials for {self.url} ({e}); {_CREDENTIALS_HINT}.") from e
             if _no_answer(e):  # still a ConnectionError, so still transient for the callers that retry
                 raise RemoteUnavailableError(f"{self.url} did not answer ({type(e).__name__}: {e}); check the "
-                                             "endpoint (AWS_ENDPOINT_URL for S3) and the network, then retry.") from e
+                                             "endpoint and the network, then retry.") from e
             raise
 
     return wrapper
@@ -158,7 +86,7 @@ def _no_answer(e: BaseException) -> bool:
     if isinstance(e, (TimeoutError, ConnectionError)):
         return True
     name = type(e).__name__
-    return type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp", "urllib3") and (
+    return type(e).__module__.split(".")[0] in ("aiohttp", "urllib3", "requests") and (
         "Timeout" in name or "Connect" in name)
 
 
@@ -199,8 +127,6 @@ def _open_fs(url: str, options: dict[str, Any]) -> tuple[Any, str]:
 
     check_url(url)
     scheme = url.split("://", 1)[0]
-    if scheme in ("s3", "s3a"):
-        options = _s3_options(options)
     try:
         return fsspec.core.url_to_fs(url, **options)
     except ImportError as e:
@@ -252,8 +178,6 @@ class FsspecStorage:
         self.write_guard: Callable[[bool], None] | None = None
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
-        if self.protocol in ("s3", "s3a"):
-            _tune_s3(self.fs, self._url)
 
     @property
     def url(self) -> str:
@@ -388,11 +312,10 @@ class FsspecStorage:
         """Upload the first ``size`` bytes of the open local file ``fd`` to ``rel``, verifying them on the way.
 
         The bytes are hashed (xxh3) as they are read for the upload, never read twice, and
-        must be ``size`` bytes hashing to ``checksum`` (the manifest's entry). On S3 the
-        check comes before the object exists: before the single PUT is sent, or before the
-        multipart upload is completed (it is aborted instead). Elsewhere the object is
-        written as a stream and removed again on a mismatch. Large files go in parallel
-        multipart parts on S3. The caller keeps ``fd`` open until this returns.
+        must be ``size`` bytes hashing to ``checksum`` (the manifest's entry). The object is
+        written as a stream and removed again on a mismatch (fsspec has no upload to abort;
+        S3, where the check comes before the object exists, goes through obstore). The
+        caller keeps ``fd`` open until this returns.
 
         Raises:
             CorruptCheckpointError: The bytes read do not match ``size`` and ``checksum``;
@@ -400,29 +323,23 @@ class FsspecStorage:
         """
         self._guard()
         path = self._p(rel)
+        hasher, sent = new_hasher(), 0
         try:
-            if self.protocol in ("s3", "s3a"):
-                from fsspec.asyn import sync
-
-                sync(self.fs.loop, _s3_multipart_upload, self.fs, fd, path, size, checksum)
-            else:
-                hasher, sent = new_hasher(), 0
-                try:
-                    with self.fs.open(path, "wb", block_size=_PART) as f:
-                        while sent < size:
-                            data = _pread_exact(fd, min(_PART, size - sent), sent)
-                            if not data:
-                                break
-                            hasher.update(data)
-                            f.write(data)
-                            sent += len(data)
-                    _check_upload(sent, hasher.hexdigest(), size, checksum, path)
-                except CorruptCheckpointError:
-                    try:
-                        self.fs.rm_file(path)
-                    except FileNotFoundError:
-                        pass
-                    raise
+            with self.fs.open(path, "wb", block_size=_PART) as f:
+                while sent < size:
+                    data = _pread_exact(fd, min(_PART, size - sent), sent)
+                    if not data:
+                        break
+                    hasher.update(data)
+                    f.write(data)
+                    sent += len(data)
+            _check_upload(sent, hasher.hexdigest(), size, checksum, path)
+        except CorruptCheckpointError:
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+            raise
         finally:
             self.fs.invalidate_cache(posixpath.dirname(path))
 
@@ -450,12 +367,6 @@ class FsspecStorage:
         try:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
-            if self.protocol in ("s3", "s3a"):
-                # Some S3-compatible stores (SeaweedFS) keep an emptied prefix as a directory
-                # entry until its "key/" marker is deleted; on AWS this is a no-op.
-                bucket, _, key = path.partition("/")
-                if key:
-                    self.fs.call_s3("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
         except FileNotFoundError:
             pass
         except Exception:
@@ -466,18 +377,8 @@ class FsspecStorage:
             self.fs.invalidate_cache(self.root)
 
     def abort_incomplete_uploads(self, rel: str = "") -> int:
-        """Abort multipart uploads left under ``root/rel`` by killed writers (S3 only); how many."""
-        if self.protocol not in ("s3", "s3a"):
-            return 0
-        self._guard()
-        bucket, _, key = self._p(rel).partition("/")
-        prefix = key + "/" if key and not key.endswith("/") else key
-        resp = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
-        n = 0
-        for up in resp.get("Uploads", []) or []:
-            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
-            n += 1
-        return n
+        """Nothing to list here (gcsfs's resumable uploads and Azure's uncommitted blocks expire by themselves); 0."""
+        return 0
 
 
 def _pread_exact(fd: int, n: int, offset: int) -> bytes:
@@ -503,88 +404,3 @@ def _check_upload(sent: int, digest: str, size: int, checksum: str, path: str) -
         raise CorruptCheckpointError(f"{name} ended after {sent} bytes while uploading, manifest says {size}")
     if digest != checksum:
         raise CorruptCheckpointError(f"{name} fails its checksum while uploading ({digest}, manifest says {checksum})")
-
-
-class _InOrderHash:
-    """Hashes pieces that arrive in any order (parts read concurrently) as one stream, in order.
-
-    A piece that arrives before its predecessors waits here, so at most the pieces of the
-    upload window are held; xxh3 releases the GIL, so hashing overlaps the other reads.
-    """
-
-    def __init__(self) -> None:
-        self.hasher = new_hasher()
-        self.nbytes = 0
-        self._next = 0
-        self._waiting: dict[int, bytes] = {}
-        self._lock = threading.Lock()
-
-    def add(self, index: int, data: bytes) -> None:
-        with self._lock:
-            self._waiting[index] = data
-            while self._next in self._waiting:
-                piece = self._waiting.pop(self._next)
-                self.hasher.update(piece)
-                self.nbytes += len(piece)
-                self._next += 1
-
-
-async def _s3_multipart_upload(fs: Any, fd: int, rpath: str, size: int, checksum: str, part: int = _PART,
-                               concurrency: int = UPLOAD_CONCURRENCY) -> None:
-    """Upload ``size`` bytes of ``fd`` with a sliding window of ``concurrency`` parts in flight.
-
-    s3fs's ``put_file`` sends parts in batches and waits for the slowest of each batch;
-    keeping the window full is what lets it match boto3's transfer manager. Each part is
-    read (``pread``) just before it is sent and hashed in file order as it is read, so at
-    most about ``concurrency`` parts are in memory and no byte is read twice. The upload
-    is completed only when every byte read matches ``size`` and ``checksum``; on a
-    mismatch or any error the multipart upload is aborted, so no parts are left stored.
-    """
-    import asyncio
-
-    bucket, key, _ = fs.split_path(rpath)
-    loop = asyncio.get_running_loop()
-    if size < 2 * part:
-        data = await loop.run_in_executor(None, _pread_exact, fd, size, 0)
-        _check_upload(len(data), digest_bytes(data), size, checksum, rpath)
-        await asyncio.wait_for(fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data), REQUEST_TIMEOUT)
-        return
-    mpu = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
-    upload_id = mpu["UploadId"]
-    window = asyncio.Semaphore(concurrency)
-    stream = _InOrderHash()
-
-    def read(index: int, offset: int) -> bytes:
-        data = _pread_exact(fd, min(part, size - offset), offset)
-        stream.add(index, data)
-        return data
-
-    reads: set[asyncio.Future] = set()
-
-    async def send(index: int, offset: int) -> dict:
-        async with window:
-            fut = loop.run_in_executor(None, read, index, offset)
-            reads.add(fut)
-            data = await asyncio.shield(fut)  # a cancelled send still lets its read finish: see below
-            out = await asyncio.wait_for(fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                                                     PartNumber=index + 1, Body=data), REQUEST_TIMEOUT)
-            return {"PartNumber": index + 1, "ETag": out["ETag"]}
-
-    sends = [asyncio.ensure_future(send(i, off)) for i, off in enumerate(range(0, size, part))]
-    try:
-        parts = await asyncio.gather(*sends)
-        _check_upload(stream.nbytes, stream.hasher.hexdigest(), size, checksum, rpath)
-        await asyncio.wait_for(fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
-                                            MultipartUpload={"Parts": list(parts)}), REQUEST_TIMEOUT)
-    except BaseException:
-        # One part failed: stop the others, and wait for the reads already in a thread, so that
-        # nothing reads ``fd`` after this returns (the caller closes it) and no part goes on uploading.
-        for t in sends:
-            t.cancel()
-        await asyncio.gather(*sends, return_exceptions=True)
-        await asyncio.gather(*reads, return_exceptions=True)
-        try:
-            await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
-        except BaseException:
-            logger.debug("Could not abort multipart upload of %s", rpath, exc_info=True)
-        raise

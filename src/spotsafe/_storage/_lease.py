@@ -7,12 +7,13 @@ lease by default). Another writer takes the lease over only when it is expired, 
 when its holder ran on this same machine and its process is gone (:mod:`._owner`).
 
 Why conditional writes first: S3 (and SeaweedFS, MinIO, R2) honour ``If-None-Match: *``
-and ``If-Match: <etag>`` on PUT, which is a compare-and-swap: of two writers creating or
+and ``If-Match: <etag>`` on PUT (a store with :class:`~._protocol.ConditionalObjects`
+makes them), which is a compare-and-swap: of two writers creating or
 taking over the lease at once exactly one succeeds, and a renewal fails when anyone else
 wrote the lease since (a refused renewal that finds our own token there is an earlier one
 whose answer was lost, and renews over it). Whether a store honours them is checked once per acquisition by
-repeating the conditional PUT, which such a store must refuse. Where it does not (other
-fsspec stores, older S3-compatible servers), the writer puts the lease, waits ``settle``
+repeating the conditional PUT, which such a store must refuse. Where it does not (fsspec
+stores, older S3-compatible servers), the writer puts the lease, waits ``settle``
 seconds, reads it back and holds it only when its own token is there. The residual race
 of that fallback (two writers whose read-modify-write cycles are more than ``settle``
 apart yet overlap) is closed at the next renewal, which finds the other token: the loser
@@ -44,14 +45,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._units import parse_duration
 from ..errors import LeaseLostError, RootLockedError
 from ._owner import Owner
-
-if TYPE_CHECKING:
-    from ._fsspec import FsspecStorage
+from ._protocol import ConditionalObjects, PreconditionFailedError, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -108,48 +107,15 @@ def _parse_iso(value: Any) -> float | None:
     return dt.timestamp()
 
 
-def _precondition_failed(e: BaseException) -> bool:
-    """Whether a store error is a failed ``If-Match`` / ``If-None-Match`` (412, or 409 on a race)."""
-    seen = 0
-    while e is not None and seen < 5:
-        resp = getattr(e, "response", None)
-        if isinstance(resp, dict):
-            code = str((resp.get("Error") or {}).get("Code", ""))
-            status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
-
-
-def _unsupported(e: BaseException) -> bool:
-    """Whether the client or server refused a conditional request as unknown (not as failed)."""
-    names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
-    if names & {"ParamValidationError", "UnknownParameterError"}:
-        return True
-    resp = getattr(e.__cause__, "response", None) or getattr(e, "response", None)
-    if isinstance(resp, dict):
-        code = str((resp.get("Error") or {}).get("Code", ""))
-        return code in ("NotImplemented", "InvalidArgument", "InvalidRequest")
-    return False
-
-
-async def _s3_get(fs: Any, bucket: str, key: str) -> tuple[bytes | None, str | None]:
-    r = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-    body = r["Body"]
-    try:
-        if int(r.get("ContentLength") or 0) > _MAX_LEASE_BYTES:
-            return None, r.get("ETag")
-        data = await body.read()
-    finally:
-        body.close()
-    return data, r.get("ETag")
-
-
 class RemoteLease:
-    """The lease ``name`` under a remote root (an :class:`FsspecStorage`), held for ``owner``."""
+    """The lease ``name`` under a remote root, held for ``owner``.
 
-    def __init__(self, storage: FsspecStorage, name: str, owner: Owner, options: LeaseOptions = LeaseOptions(), *,
+    ``storage`` is an object store: one with :class:`~._protocol.ConditionalObjects` (S3
+    through obstore), or an :class:`~._fsspec.FsspecStorage`, whose ``fs`` the lease reads and
+    writes directly (past the write guard, which is the lease's own).
+    """
+
+    def __init__(self, storage: Storage, name: str, owner: Owner, options: LeaseOptions = LeaseOptions(), *,
                  is_transient: Callable[[BaseException], bool] = lambda e: True,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -158,14 +124,14 @@ class RemoteLease:
         self.owner = owner
         self.options = options
         self.url = f"{storage.url}/{name}"
-        self._path = f"{storage.root}/{name}"
-        self._s3 = getattr(storage, "protocol", "") in ("s3", "s3a")
+        self._path = f"{getattr(storage, 'root', '')}/{name}"
+        self._cond = isinstance(storage, ConditionalObjects)
         self._transient = is_transient
         self._clock, self._wall, self._sleep = clock, wall, sleep
         self._io = threading.RLock()
         self._state = "new"
         self._lost: str | None = None
-        self._etag: str | None = None
+        self._etag: dict | None = None  # the version of the lease we wrote last (ETag, generation)
         self._cas: bool | None = None  # does the store honour conditional PUTs? (None: not known yet)
         self._valid_until = -math.inf  # monotonic
         self.expires: float | None = None  # wall-clock expiry written in the lease
@@ -359,39 +325,32 @@ class RemoteLease:
         doc.update(heartbeat=_iso(now), expires=_iso(now + self.options.ttl), ttl_s=self.options.ttl)
         return json.dumps(doc).encode()
 
-    def _claim(self, etag: str | None) -> bool:
-        """Write our lease over ``etag`` (None: over nothing); True when we hold it now."""
+    def _claim(self, etag: dict | None) -> bool:
+        """Write our lease over version ``etag`` (None: over nothing); True when we hold it now."""
         t0 = self._clock()
         body = self._document()
         written = False
-        if self._s3 and self._cas is not False:
-            cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        if self._cond and self._cas is not False:
+            cond: dict[str, Any] = {"create_only": True} if etag is None else {"expect": etag}
             try:
-                self._etag = self._s3_put(body, **cond)
+                self._etag = self._put(body, **cond)
                 written = True
-            except Exception as e:
-                if _precondition_failed(e) or isinstance(e, FileExistsError):
-                    return False  # another writer got there first
-                if not _unsupported(e):
-                    raise
+            except PreconditionFailedError:
+                return False  # another writer got there first
+            except NotImplementedError:
                 self._cas = False
             if written and self._cas is None:
                 # a store that honours the condition must refuse the very same PUT now
                 try:
-                    self._s3_put(body, **cond)
+                    self._put(body, **cond)
                     self._cas = False
-                except Exception as e:
-                    if not (_precondition_failed(e) or isinstance(e, FileExistsError)):
-                        raise
+                except PreconditionFailedError:
                     self._cas = True
             if written and self._cas:
                 self._held_since(t0)
                 return True
         if not written:
-            if self._s3:
-                self._etag = self._s3_put(body)
-            else:
-                self.storage.fs.pipe_file(self._path, body)
+            self._etag = self._put(body)
         if getattr(self.storage, "protocol", "") != "memory":  # in-process, atomic: nothing to wait for
             self._sleep(self.options.settle)  # let a racing writer's PUT land, then see who won
         raw, etag_now, _ = self._read()
@@ -410,21 +369,19 @@ class RemoteLease:
     def _renew(self) -> None:
         t0 = self._clock()
         body = self._document()
-        if self._s3 and self._cas and self._etag:
+        if self._cond and self._cas and self._etag:
             for _ in range(2):
                 try:
-                    self._etag = self._s3_put(body, IfMatch=self._etag)
+                    self._etag = self._put(body, expect=self._etag)
                     break
-                except Exception as e:
-                    if not (_precondition_failed(e) or isinstance(e, FileNotFoundError)):
-                        raise
+                except (PreconditionFailedError, FileNotFoundError):
                     raw, etag, present = self._read()
                     doc = self._parse(raw)
                     if not (isinstance(doc, dict) and doc.get("token") == self.owner.token and etag):
                         self._lose(doc, present)
                         return
-                    # Still our token: an earlier renewal landed but its answer was lost (a timeout, or
-                    # botocore resending it), which moved the ETag. Renew over the copy that is there.
+                    # Still our token: an earlier renewal landed but its answer was lost (a timeout,
+                    # then the client resent it), which moved the ETag. Renew over the copy there.
                     self._etag = etag
             else:
                 raise LeaseNotHeldError(f"The writer lease {self.url} changed twice during one renewal; retrying.")
@@ -434,10 +391,7 @@ class RemoteLease:
             if not (isinstance(doc, dict) and doc.get("token") == self.owner.token):
                 self._lose(doc, present)
                 return
-            if self._s3:
-                self._etag = self._s3_put(body)
-            else:
-                self.storage.fs.pipe_file(self._path, body)
+            self._etag = self._put(body)
         self._held_since(t0)
 
     def _lose(self, doc: dict | None, present: bool) -> None:
@@ -494,51 +448,38 @@ class RemoteLease:
                     log("Renewing the writer lease %s failed (%s: %s); retrying", self.url, type(e).__name__, e)
 
     def _delete_if_ours(self) -> None:
-        if self._s3 and self._cas and self._etag:
-            bucket, key, _ = self.storage.fs.split_path(self._path)
-            etag = self._etag
-            for _ in range(2):
-                try:
-                    self.storage.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-                    return
-                except Exception as e:
-                    if not _precondition_failed(e):
-                        if not _unsupported(e):
-                            raise
-                        break
-                raw, etag, present = self._read()
-                doc = self._parse(raw)
-                if not (isinstance(doc, dict) and doc.get("token") == self.owner.token and etag):
-                    if present:
-                        logger.warning("Not releasing the writer lease %s: another writer holds it now", self.url)
-                    return
-                # still ours: a renewal landed whose answer was lost, which moved the ETag
-            else:
-                return  # it keeps changing under our token: left to expire
+        """Delete the lease when it holds our token (read, then delete: obstore has no conditional
+        delete; a takeover in between needs our lease expired, and finds its own renewal refused)."""
         raw, _, _ = self._read()
         doc = self._parse(raw)
         if isinstance(doc, dict) and doc.get("token") == self.owner.token:
-            self.storage.fs.rm_file(self._path)
+            if self._cond:
+                self.storage.delete_object(self.name)
+            else:
+                self.storage.fs.rm_file(self._path)
+        elif raw is not None:
+            logger.warning("Not releasing the writer lease %s: another writer holds it now", self.url)
 
     # -- requests ------------------------------------------------------------------------
-    def _read(self) -> tuple[bytes | None, str | None, bool]:
-        """(content or None when too large, etag, present)."""
-        if self._s3:
-            from fsspec.asyn import sync
-
-            bucket, key, _ = self.storage.fs.split_path(self._path)
-            try:
-                data, etag = sync(self.storage.fs.loop, _s3_get, self.storage.fs, bucket, key)
-            except FileNotFoundError:
-                return None, None, False
-            return data, etag, True
+    def _read(self) -> tuple[bytes | None, dict | None, bool]:
+        """(content or None when too large, version or None, present)."""
         try:
+            if self._cond:
+                data, version = self.storage.read_object(self.name, _MAX_LEASE_BYTES)
+                return data, version, True
             size = self.storage.fs.size(self._path)
             if size is not None and size > _MAX_LEASE_BYTES:
                 return None, None, True
             return self.storage.fs.cat_file(self._path), None, True
         except FileNotFoundError:
             return None, None, False
+
+    def _put(self, body: bytes, **cond: Any) -> dict | None:
+        """Write the lease (conditionally with ``cond``: see ConditionalObjects.put_object); its new version."""
+        if self._cond:
+            return self.storage.put_object(self.name, body, **cond)
+        self.storage.fs.pipe_file(self._path, body)
+        return None
 
     @staticmethod
     def _parse(raw: bytes | None) -> dict | None:
@@ -549,9 +490,3 @@ class RemoteLease:
         except ValueError:
             return None
         return doc if isinstance(doc, dict) else None
-
-    def _s3_put(self, body: bytes, **cond: str) -> str | None:
-        bucket, key, _ = self.storage.fs.split_path(self._path)
-        out = self.storage.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body,
-                                      ContentType="application/json", **cond)
-        return out.get("ETag")

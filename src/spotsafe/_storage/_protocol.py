@@ -2,7 +2,8 @@
 
 Modelled on torch.distributed.checkpoint's ``StorageWriter`` (a store should expect a fixed
 sequence of calls) and Orbax's ``atomicity_types.py`` (the commit is a strategy object).
-Every store (:class:`~spotsafe._storage.LocalStorage`, :class:`~spotsafe._storage.FsspecStorage`)
+Every store (:class:`~spotsafe._storage.LocalStorage`, :class:`~spotsafe._storage.ObstoreStorage`,
+:class:`~spotsafe._storage.FsspecStorage`)
 implements :class:`Storage`; what only some stores can do is a separate, smaller protocol
 (:class:`LocalFiles`, :class:`Uploadable`) that a caller checks with ``isinstance``.
 
@@ -188,6 +189,37 @@ class Uploadable(Storage, Protocol):
 
     def abort_incomplete_uploads(self, rel: str = "") -> int:
         """Abort the unfinished multipart uploads under ``rel`` left by killed writers; how many."""
+        ...
+
+
+class PreconditionFailedError(Exception):
+    """A conditional write was refused: the object exists (create-only) or changed since (If-Match)."""
+
+
+@runtime_checkable
+class ConditionalObjects(Protocol):
+    """A store whose single-object writes can be conditional: a compare-and-swap on one object.
+
+    The writer lease (:mod:`._lease`) keeps its document with these, and a global commit
+    can. They bypass the store's write guard (they are the guard's own requests). A
+    *version* is an opaque dict (ETag and/or generation) returned by a read or a write.
+    """
+
+    def read_object(self, rel: str, limit: int) -> tuple[bytes | None, dict]:
+        """(content, or None when larger than ``limit`` bytes; its version); FileNotFoundError when missing."""
+        ...
+
+    def put_object(self, rel: str, data: bytes, *, create_only: bool = False,
+                   expect: dict | None = None) -> dict:
+        """Write ``rel`` whole; only if it is missing (``create_only``) or still at version ``expect``.
+
+        Returns the new version. Raises :class:`PreconditionFailedError` when the store refuses the
+        condition, NotImplementedError when it cannot make conditional writes.
+        """
+        ...
+
+    def delete_object(self, rel: str) -> None:
+        """Delete the one object ``rel``; missing is fine."""
         ...
 
 

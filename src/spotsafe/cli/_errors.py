@@ -58,8 +58,9 @@ def as_command_error(e: BaseException) -> CommandError:
             where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
             return CommandError(f"Cannot use {where}: {e.strerror}; check the path and its permissions.")
         return CommandError(str(e) or f"{type(e).__name__}; check the path or the store, and retry")
-    if type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp"):
-        return CommandError(f"The object store failed ({type(e).__name__}: {e}); check its URL, endpoint and "
+    if type(e).__module__.split(".")[0] in ("obstore", "gcsfs", "adlfs", "aiohttp"):
+        first = str(e).split("\n", 1)[0]  # obstore appends a multi-line debug dump
+        return CommandError(f"The object store failed ({type(e).__name__}: {first}); check its URL, endpoint and "
                             "credentials.")
     if isinstance(e, (ValueError, UnicodeError)):
         return CommandError(str(e) or type(e).__name__)
