@@ -55,16 +55,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from _common import parse_size, scratch_dir, write_json
 
 _PART = 16 << 20
 _MB = 1e6
-
-
-def parse_size(s: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(float(s[:-1]) * units[s[-1].upper()]) if s[-1].upper() in units else int(s)
 
 
 # -- throughput -------------------------------------------------------------------------
@@ -162,16 +156,20 @@ class Clients:
 
 
 def throughput(args: argparse.Namespace) -> dict:
+    with scratch_dir("client") as work:
+        return _throughput(args, work)
+
+
+def _throughput(args: argparse.Namespace, work: Path) -> dict:
     import xxhash
     from s3server import SeaweedS3
 
-    work = Path(tempfile.mkdtemp(prefix="spotsafe-bench-client-"))
     server = SeaweedS3(work / "weed", volume_size_mb=1024)
     server.start()
     try:
         os.environ.update(server.env())
         bucket = server.make_bucket("bench")
-        big, count, small = parse_size(args.big), args.count, parse_size(args.small)
+        big, count, small = args.big, args.count, args.small
         data = work / "data"
         (data / "small").mkdir(parents=True)
         sets = {"big": [data / "big.bin"], "small": [data / "small" / f"{i:03d}.bin" for i in range(count)]}
@@ -218,7 +216,6 @@ def throughput(args: argparse.Namespace) -> dict:
         return {"seconds": seconds, "mbs": table, "sizes": sizes, "store": repr(c.spotsafe)}
     finally:
         server.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- install footprint ------------------------------------------------------------------
@@ -416,16 +413,15 @@ def features(args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", nargs="?", default="throughput", choices=["throughput", "footprint", "features"])
-    ap.add_argument("--big", default="256M")
+    ap.add_argument("--big", type=parse_size, default="256M")
     ap.add_argument("--count", type=int, default=64)
-    ap.add_argument("--small", default="1M")
+    ap.add_argument("--small", type=parse_size, default="1M")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--python", help="interpreter for the footprint venvs (default: this one)")
-    ap.add_argument("--json")
+    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     out = {"throughput": throughput, "footprint": footprint, "features": features}[args.what](args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":
