@@ -105,16 +105,6 @@ def run_cli(*args, env: dict[str, str] | None = None, timeout: float = 60,
 # ---------------------------------------------------------------------------------------
 
 
-def _clear_s3fs_cache() -> None:
-    """s3fs caches instances by their arguments, not by the environment: with the endpoint
-    coming from AWS_ENDPOINT_URL, a cached instance would keep talking to an old server."""
-    try:
-        import s3fs
-    except ImportError:  # pragma: no cover
-        return
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One SeaweedFS S3 server for the whole session. Don't stop it in a test: use s3_private."""
@@ -131,7 +121,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3_url(s3_server, monkeypatch) -> str:
     """``s3://<fresh bucket>/run`` on the session server, with AWS_ENDPOINT_URL and keys in
-    the environment (so s3fs/botocore and child processes find the server by themselves)."""
+    the environment (so spotsafe, boto3 and child processes find the server by themselves)."""
     import uuid
 
     for name, value in s3_server.env().items():
@@ -140,9 +130,7 @@ def s3_url(s3_server, monkeypatch) -> str:
                  "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     bucket = s3_server.make_bucket(f"t-{uuid.uuid4().hex[:16]}")
-    _clear_s3fs_cache()
     yield f"s3://{bucket}/run"
-    _clear_s3fs_cache()
 
 
 @pytest.fixture
@@ -152,10 +140,8 @@ def s3_private(tmp_path):
     from s3server import SeaweedS3
 
     server = SeaweedS3(tmp_path / "s3-private")
-    _clear_s3fs_cache()
     try:
         server.start()
         yield server
     finally:
         server.close()
-        _clear_s3fs_cache()

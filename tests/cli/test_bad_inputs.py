@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import _clear_s3fs_cache, child_env, run_cli
+from conftest import child_env, run_cli
 
 import spotsafe
 from spotsafe._storage import open_storage
@@ -153,7 +153,7 @@ def test_the_library_names_an_unknown_scheme(tmp_path):
 
 @pytest.fixture
 def no_credentials(s3_server, monkeypatch, tmp_path):
-    """The real server's endpoint, but no credentials anywhere botocore looks (and no IMDS probe)."""
+    """The real server's endpoint, but no credentials anywhere the AWS tools look (and no IMDS probe)."""
     import uuid
 
     bucket = s3_server.make_bucket(f"c-{uuid.uuid4().hex[:16]}")
@@ -167,9 +167,7 @@ def no_credentials(s3_server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    _clear_s3fs_cache()
     yield f"s3://{bucket}/run"
-    _clear_s3fs_cache()
 
 
 def test_no_credentials_is_one_sentence_in_the_library_and_the_cli(no_credentials, tmp_path):
@@ -190,7 +188,6 @@ def test_wrong_credentials_are_one_sentence(s3_url, monkeypatch, tmp_path):
         mgr.save(3, {"w": torch.ones(2)})
         mgr.wait(remote=True)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    _clear_s3fs_cache()
     with pytest.raises(RemoteAccessError) as e:
         open_storage(s3_url).listdir()
     assert f"{s3_url} refused access" in str(e.value) and "\n" not in str(e.value)
@@ -249,7 +246,6 @@ def test_a_silent_remote_costs_seconds_before_restore_falls_back_to_local(tmp_pa
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
         monkeypatch.setenv("AWS_REGION", "us-east-1")
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        _clear_s3fs_cache()
         state = {"w": torch.zeros(3)}
         t0 = time.monotonic()
         with pytest.warns(spotsafe.RemoteUnavailableWarning):
@@ -271,7 +267,6 @@ def test_a_silent_remote_costs_seconds_before_restore_falls_back_to_local(tmp_pa
         assert (local / "step-000000000005").is_dir() and not [p for p in local.iterdir() if ".tmp-" in p.name]
     finally:
         server.close()
-        _clear_s3fs_cache()
 
 
 @pytest.mark.slow  # about 11 s: the bounded waits themselves
