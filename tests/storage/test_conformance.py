@@ -199,6 +199,28 @@ def test_a_commit_strategy_passed_in_is_the_one_used_and_its_checkpoint_restores
     assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
 
 
+def test_a_manager_and_a_run_handed_an_open_store_commit_through_its_strategy(url, tmp_path):
+    """The caller chooses the strategy: ``open_storage(root, commit=...)`` handed to a manager
+    (and that manager to a Run) commits every save through it, and the steps restore exactly."""
+    rec = Recording(open_storage(url).commit_strategy)
+    model = torch.nn.Linear(8, 4)
+    with spotsafe.CheckpointManager(open_storage(url, commit=rec), keep=5, async_save=False) as mgr:
+        mgr.save(1, {"model": model})
+    with spotsafe.Run(None, {"model": model}, save_every=1, notices=None,
+                      manager=spotsafe.CheckpointManager(open_storage(url, commit=rec), keep=5)) as run:
+        for _ in run.steps(3):
+            with torch.no_grad():
+                model.weight.add_(1.0)
+    assert [c[1] for c in rec.calls] == [step_dir(1), step_dir(2), step_dir(3)]
+    assert committed_steps(open_storage(url)) == [1, 2, 3]
+    fresh = torch.nn.Linear(8, 4)
+    with spotsafe.CheckpointManager(url, read_only=True) as mgr:
+        assert mgr.restore({"model": fresh}) == 3
+    assert torch.equal(fresh.weight, model.weight)
+    with pytest.raises(ValueError, match="open store"):
+        open_storage(open_storage(url), commit=rec)
+
+
 def test_a_commit_without_its_begin_is_refused_and_changes_nothing(storage, executor):
     with pytest.raises(SaveNotBegunError, match=r"begin\(\)"):
         storage.commit(step_dir(1), step_dir(1), MANIFEST, b"{}")

@@ -112,9 +112,11 @@ class CheckpointManager:
 
     Args:
         root: A local directory (created when missing) holding one ``step-N/`` per
-            checkpoint, or an fsspec URL (``s3://bucket/run``) to write to directly.
-        remote: An fsspec URL (``s3://``, ``gs://``, ``az://``, ...) to replicate every
-            committed checkpoint to, in the background. Restore looks at both tiers.
+            checkpoint, or a URL (``s3://bucket/run``) to write to directly; or a store
+            already open, e.g. ``open_storage(path, commit=strategy)`` to choose how saves
+            are committed (the storage protocol, ``spotsafe._storage._protocol``).
+        remote: A URL (``s3://``, ``gs://``, ``az://``, ...), or an open object store, to
+            replicate every committed checkpoint to, in the background. Restore looks at both tiers.
         storage_options: Options for the fsspec file system(s) (endpoint, credentials);
             by default each store reads its usual environment variables and config files.
         keep: What to keep, on both tiers: a number ``n`` (the ``n`` newest, default 3) or a
@@ -161,18 +163,18 @@ class CheckpointManager:
         mgr.close()                     # waits until everything is durable
     """
 
-    def __init__(self, root: str | os.PathLike, *, options: CheckpointOptions | None = None,
+    def __init__(self, root: str | os.PathLike | Storage, *, options: CheckpointOptions | None = None,
                  run_id: str | None = None, attempt: int | None = None, **settings: Unpack[ManagerSettings]) -> None:
         self.options = opts = options_from(options, settings, caller="CheckpointManager")
         self.keep = opts.retention
         remote, storage_options = opts.remote, opts.storage_options
-        self.storage: Storage = open_storage(root, storage_options)
+        self.storage: Storage = open_storage(root, None if isinstance(root, Storage) else storage_options)
         self.remote: Uploadable | None = None
         if remote is not None:
             if not isinstance(self.storage, LocalFiles):  # the replicator reads a local root's files
                 raise ValueError(f"root {self.storage.url} is already remote; pass a local directory as root "
                                  "and the URL as remote, or drop remote.")
-            rs = open_storage(remote, storage_options)
+            rs = open_storage(remote, None if isinstance(remote, Storage) else storage_options)
             if not isinstance(rs, Uploadable):
                 raise ValueError(f"remote={remote!r} is a local path; pass a URL such as s3://bucket/run.")
             self.remote = rs

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
 from .._backoff import Backoff
-from .._storage import LeaseOptions
+from .._storage import LeaseOptions, Storage
 from ..policy._retention import KeepEvery, KeepLast, RetentionPolicy, as_retention
 
 WHEN_BUSY = ("wait", "skip")
@@ -28,8 +28,8 @@ class CheckpointOptions:
     """The settings of a :class:`~spotsafe.CheckpointManager`, taken by it and by :class:`~spotsafe.Run`.
 
     Args:
-        remote: An fsspec URL (``s3://``, ``gs://``, ``az://``, ...) to replicate every
-            committed checkpoint to, in the background. Restore looks at both tiers.
+        remote: A URL (``s3://``, ``gs://``, ``az://``, ...), or an open object store, to
+            replicate every committed checkpoint to, in the background. Restore looks at both tiers.
         storage_options: Options for the fsspec file system(s) (endpoint, credentials);
             by default each store reads its usual environment variables and config files.
         keep: What to keep, on both tiers: a number ``n`` (the ``n`` newest, default 3) or a
@@ -56,7 +56,7 @@ class CheckpointOptions:
             ...
     """
 
-    remote: str | None = None
+    remote: str | Storage | None = None
     storage_options: dict[str, Any] | None = None
     keep: int | RetentionPolicy = 3
     rng: bool = True
@@ -84,7 +84,7 @@ class CheckpointOptions:
 class ManagerSettings(TypedDict, total=False):
     """The keyword arguments that fill a :class:`CheckpointOptions` (its fields, and two deprecated names)."""
 
-    remote: str | None
+    remote: str | Storage | None
     storage_options: dict[str, Any] | None
     keep: int | RetentionPolicy
     keep_last: int  # deprecated: keep=n

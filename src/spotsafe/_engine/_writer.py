@@ -14,7 +14,7 @@ import os
 
 from .._env import ATTEMPT_ENV, RUN_ID_ENV
 from .._format._layout import WRITER_LEASE, WRITER_LOCK
-from .._storage import LeaseOptions, LocalStorage, Owner, RemoteLease, Storage, Uploadable, WriterLock
+from .._storage import LeaseOptions, LocalFiles, Owner, RemoteLease, Storage, Uploadable, WriterLock
 from ..errors import ReadOnlyRootError, RemoteError, RootLockedError
 from ._replicate import is_transient
 
@@ -47,9 +47,9 @@ class RootHold:
         hold = cls(what, Owner.this_process(run_id, attempt))
         try:
             for st in stores:
-                if isinstance(st, LocalStorage):
+                if isinstance(st, LocalFiles):  # a directory of this machine: flock
                     st.make_root()
-                    hold.lock = WriterLock(st.root, WRITER_LOCK, hold.owner)
+                    hold.lock = WriterLock(st.path(), WRITER_LOCK, hold.owner)
                     hold.lock.acquire()
                 elif isinstance(st, Uploadable):  # an object store
                     hold._lease(st, options)

@@ -53,17 +53,24 @@ def check_root(root: str | os.PathLike) -> None:
                                   f"{typo.group(1)}://{s[typo.end():]} (or ./{s} for a local directory).")
 
 
-def open_storage(root: str | os.PathLike, storage_options: dict[str, Any] | None = None, *,
+def open_storage(root: str | os.PathLike | Storage, storage_options: dict[str, Any] | None = None, *,
                  commit: CommitStrategy | None = None) -> Storage:
     """LocalStorage for a path (or ``file://``), ObstoreStorage for ``s3://``, FsspecStorage for any other URL.
 
     ``commit``: how the store publishes a save (a :class:`CommitStrategy`); by default
     :class:`AtomicRenameCommit` on a local path, :class:`ManifestLastCommit` at a URL.
+    A store that is already open (any :class:`Storage`, e.g. one opened here with a chosen
+    ``commit``) is returned as it is, so that a manager can be handed one.
 
     Raises :class:`~spotsafe.errors.UnsupportedURLError` for an unknown scheme, or a URL with
     one slash (``s3:/bucket``) that would otherwise become a local directory named ``s3:``;
     :class:`~spotsafe.errors.MissingDependencyError` when the scheme's package is missing.
     """
+    if isinstance(root, Storage):
+        if storage_options or commit is not None:
+            raise ValueError(f"{root!r} is an open store; give storage_options and commit when opening it, "
+                             "not again here.")
+        return root
     check_root(root)
     if is_url(root):
         if os.fspath(root).split("://", 1)[0] in _OBSTORE_SCHEMES:

@@ -27,7 +27,7 @@ REMOTE_EVENTS = "events"
 class EventMirror:
     """Background copier of local ``*.jsonl`` event files to ``<remote>/events/``."""
 
-    def __init__(self, remote: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, remote: str | Storage, storage_options: dict[str, Any] | None = None) -> None:
         self.remote = remote
         self._options = storage_options
         self._storage: Storage | None = None  # opened on the mirror thread, at the first copy
@@ -84,9 +84,9 @@ class EventMirror:
             return
         try:
             if self._storage is None:
-                from .._storage import open_storage
+                from .._storage import Storage, open_storage
 
-                self._storage = open_storage(self.remote, self._options)
+                self._storage = open_storage(self.remote, None if isinstance(self.remote, Storage) else self._options)
             self._storage.put_bytes(f"{REMOTE_EVENTS}/{path.name}", data)
             self._pushed[path.name] = len(data)
         except Exception as e:

@@ -31,7 +31,7 @@ from .._env import EVENTS_DIR_ENV, REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVI
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._format import step_dir
 from .._names import Event, SaveReason, StopReason, Tier
-from .._storage import is_url
+from .._storage import Storage, is_url
 from .._telemetry import EventLog, events_dir_of, measure, read_events
 from .._telemetry._identity import open_event_log
 from .._telemetry._mirror import EventMirror
@@ -197,6 +197,7 @@ class Run:
     def __enter__(self) -> Run:
         self.events = open_event_log(self._events_dir, root=self.root)  # announced to a supervisor that asks
         remote = self._options.remote
+        remote_url = remote.url if isinstance(remote, Storage) else remote
         if remote and self._log.path is not None and not os.environ.get(SUPERVISED_ENV):
             # under ``spotsafe run`` the supervisor copies the events (one writer per remote file)
             self._mirror = EventMirror(remote, self._options.storage_options)
@@ -206,7 +207,7 @@ class Run:
             self.manager = self._given_manager or CheckpointManager(
                 self.root, options=self._options, run_id=self._log.run_id,
                 attempt=self._log.attempt)  # one writer: refused here when taken
-            self._log.emit(Event.RUN_START, root=self._mgr.root, remote=remote,
+            self._log.emit(Event.RUN_START, root=self._mgr.root, remote=remote_url,
                            sources=self._watch.active, policy=repr(self.policy),
                            **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
                                 else {}))
