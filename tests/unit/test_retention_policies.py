@@ -260,7 +260,7 @@ def test_an_invalid_checkpoint_takes_no_slot_and_goes_an_unreadable_one_stays(ro
         write_checkpoint(root, s, HOUR)
     (root / step_dir(4) / MANIFEST).write_bytes(b"{not json")  # garbage: invalid
     (root / step_dir(3) / "model.bin").write_bytes(b"x")  # a file its manifest does not list is harmless...
-    manifest = Manifest(step=2, files={"model.bin": FileEntry(8, "0" * 16)}, components={}, created=HOUR)
+    manifest = Manifest(step=2, files={"model.bin": FileEntry(size=8, checksum="0" * 16)}, components={}, created=HOUR)
     (root / step_dir(2) / MANIFEST).write_bytes(manifest.to_json_bytes())  # ...a listed one missing is invalid
     (root / step_dir(1) / MANIFEST).unlink()
     (root / step_dir(1) / MANIFEST).mkdir()  # cannot be read at all: no verdict

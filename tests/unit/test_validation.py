@@ -269,7 +269,8 @@ def test_a_manifest_too_large_to_read_is_never_committed(root):
         assert mgr.restore(state) == 1 and state["v"] == "small"
     assert sorted(p.name for p in root.glob("step-*")) == [OLD]
     # too many values, in fewer bytes: refused the same way
-    m = Manifest(step=3, files={}, components={"v": ComponentEntry("value", "builtins.list", [0] * MAX_JSON_NODES)})
+    m = Manifest(step=3, files={},
+                 components={"v": ComponentEntry(kind="value", type="builtins.list", tree=[0] * MAX_JSON_NODES)})
     with pytest.raises(spotsafe.UnsupportedStateError, match=rf"holds more than {MAX_JSON_NODES} values"):
         m.to_json_bytes()
 

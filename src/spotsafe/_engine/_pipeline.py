@@ -43,7 +43,7 @@ from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, sync
 _ZEROS = memoryview(bytes(ALIGN))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StagedComponent:
     """One component after staging: its encoded tree, tensor table and file bytes in pieces."""
 
@@ -61,7 +61,7 @@ class StagedComponent:
         return sum(len(p) for p in self.pieces)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Staged:
     """A whole checkpoint held in host memory, ready to persist."""
 
@@ -98,9 +98,11 @@ def _entries(arrays: list, devices: list[str], offsets: list[int], file: str) ->
     for a, dev, off in zip(arrays, devices, offsets, strict=True):
         n = array_nbytes(a)
         if isinstance(a, torch.Tensor):
-            entries.append(TensorEntry(dtype_name(a.dtype), tuple(a.shape), off, n, file, "tensor", dev))
+            entries.append(TensorEntry(dtype=dtype_name(a.dtype), shape=tuple(a.shape), offset=off, nbytes=n,
+                                       file=file, kind="tensor", device=dev))
         else:
-            entries.append(TensorEntry(a.dtype.str, tuple(a.shape), off, n, file, "ndarray"))
+            entries.append(TensorEntry(dtype=a.dtype.str, shape=tuple(a.shape), offset=off, nbytes=n, file=file,
+                                       kind="ndarray"))
     return entries
 
 
@@ -164,11 +166,11 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
             pieces = _zero_copy_pieces(arrays, offsets)
             keep = arrays
         entries = _entries(arrays, devices, offsets, fname)
-        comps.append(StagedComponent(name, "stateful" if stateful else "value", _type_name(obj), tree, entries,
-                                     pieces, keep, direct=buffers is not None))
+        comps.append(StagedComponent(name=name, kind="stateful" if stateful else "value", type=_type_name(obj),
+                                     tree=tree, entries=entries, pieces=pieces, keep=keep, direct=buffers is not None))
     if buffers is not None:
         synchronize(cuda_devices)
-    return Staged(step, comps, epoch, meta, time.perf_counter() - t0)
+    return Staged(step=step, components=comps, epoch=epoch, metadata=meta, stage_s=time.perf_counter() - t0)
 
 
 def persist(staged: Staged, storage: Storage, tmp: Handle, hash_executor: Executor) -> Manifest:
@@ -179,8 +181,8 @@ def persist(staged: Staged, storage: Storage, tmp: Handle, hash_executor: Execut
         if comp.entries:
             fname = component_file(comp.name)
             size, digest = storage.write_file(tmp, fname, comp.pieces, hash_executor, direct=comp.direct)
-            files[fname] = FileEntry(size, digest)
-        components[comp.name] = ComponentEntry(comp.kind, comp.type, comp.tree, tuple(comp.entries))
+            files[fname] = FileEntry(size=size, checksum=digest)
+        components[comp.name] = ComponentEntry(kind=comp.kind, type=comp.type, tree=comp.tree, tensors=tuple(comp.entries))
     return Manifest(step=staged.step, files=files, components=components, epoch=staged.epoch,
                     versions=default_versions(torch=torch.__version__), metadata=staged.metadata)
 

@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 _SELF_SUM = "manifest_checksum"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FileEntry:
     """One file of a checkpoint: its size and content checksum."""
 
@@ -38,7 +38,7 @@ class FileEntry:
     rank: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TensorEntry:
     """Where one tensor (or numpy array) lives inside a component file."""
 
@@ -60,7 +60,7 @@ class TensorEntry:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ComponentEntry:
     """One named entry of the user's state: its encoded tree and its tensor table."""
 
@@ -74,7 +74,7 @@ class ComponentEntry:
         return sum(t.nbytes for t in self.tensors)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """The parsed, self-checked manifest of one checkpoint."""
 
@@ -230,11 +230,11 @@ def parse_manifest(data: bytes) -> Manifest:
     check_tables(body["files"], body["components"])
     for name, c in body["components"].items():
         check_tree(name, c["kind"], c["tree"], c["tensors"])
-    files = {n: FileEntry(f["size"], f["checksum"], f.get("rank", 0)) for n, f in body["files"].items()}
+    files = {n: FileEntry(size=f["size"], checksum=f["checksum"], rank=f.get("rank", 0)) for n, f in body["files"].items()}
     components = {
-        name: ComponentEntry(c["kind"], c["type"], c["tree"], tuple(
-            TensorEntry(t["dtype"], tuple(t["shape"]), t["offset"], t["nbytes"], t["file"], t.get("kind", "tensor"),
-                        t.get("device", "cpu"))
+        name: ComponentEntry(kind=c["kind"], type=c["type"], tree=c["tree"], tensors=tuple(
+            TensorEntry(dtype=t["dtype"], shape=tuple(t["shape"]), offset=t["offset"], nbytes=t["nbytes"],
+                        file=t["file"], kind=t.get("kind", "tensor"), device=t.get("device", "cpu"))
             for t in c["tensors"]))
         for name, c in body["components"].items()}
     return Manifest(step=body["step"], files=files, components=components, created=float(body["created"]),

@@ -164,7 +164,7 @@ def _check_optimizer(ckpt: str, name: str, opt: torch.optim.Optimizer, sd: Any) 
                     f"{tuple(val.shape)}, the parameter has {tuple(p.shape)}; {_WAY_OUT}.")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RestorePlan:
     """A checkpoint checked against the objects, ready for :func:`apply_checkpoint`."""
 
@@ -198,7 +198,7 @@ def plan_restore(ckpt: str, saved: dict[str, str], state: dict[str, Any], loaded
             check_rng(rng)
         except ValueError as e:
             raise CorruptCheckpointError(str(e)) from None
-    return RestorePlan(ckpt, state, loaded, rng, added, removed, partial)
+    return RestorePlan(ckpt=ckpt, state=state, loaded=loaded, rng=rng, added=added, removed=removed, partial=partial)
 
 
 def apply_checkpoint(plan: RestorePlan) -> None:

@@ -303,7 +303,7 @@ class RemoteLease:
         holder = Owner.from_dict(doc)
         expires = _parse_iso(doc.get("expires")) if isinstance(doc, dict) else None
         if holder is None or expires is None:
-            return Owner("?", 0), "unreadable lease"
+            return Owner(host="?", pid=0), "unreadable lease"
         if holder.token == self.owner.token:
             return holder, "ours"
         if self._wall() >= expires:

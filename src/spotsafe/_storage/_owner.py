@@ -70,7 +70,7 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Owner:
     """A writer of a run root, as recorded in its lock file or lease."""
 
@@ -87,8 +87,8 @@ class Owner:
     @classmethod
     def this_process(cls, run_id: str | None = None, attempt: int | None = None) -> Owner:
         pid = os.getpid()
-        return cls(socket.gethostname(), pid, run_id, attempt, boot=boot_id(), pidns=pid_namespace(),
-                   start=process_start(pid))
+        return cls(host=socket.gethostname(), pid=pid, run_id=run_id, attempt=attempt, boot=boot_id(),
+                   pidns=pid_namespace(), start=process_start(pid))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,8 +103,9 @@ class Owner:
             v = d.get(key)
             return v if isinstance(v, kind) and not isinstance(v, bool) else None
 
-        return cls(d["host"], d["pid"], opt("run_id", str), opt("attempt", int), opt("since", str) or "unknown",
-                   opt("token", str) or "", opt("boot", str), opt("pidns", str), opt("start", int))
+        return cls(host=d["host"], pid=d["pid"], run_id=opt("run_id", str), attempt=opt("attempt", int),
+                   since=opt("since", str) or "unknown", token=opt("token", str) or "", boot=opt("boot", str),
+                   pidns=opt("pidns", str), start=opt("start", int))
 
     def same_machine(self, other: Owner) -> bool:
         """Whether ``other``'s pid can be looked up here: same host, kernel boot and pid namespace."""

@@ -59,7 +59,7 @@ def _summary(values: list[float]) -> dict[str, float | None]:
     return {"mean": sum(values) / len(values), "worst": max(values), "total": sum(values)}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Interval:
     """One metrics event: the steps (lo, hi] it covers, run from t0 to t1 by attempt ``span``."""
 
@@ -87,7 +87,7 @@ def _intervals(spans: list[Attempt]) -> list[_Interval]:
         prev_step, prev_ts = (s.restore_step or 0), (s.restore_ts if s.restore_ts is not None else s.start)
         for m in s.metrics:
             if m["step"] > prev_step:
-                out.append(_Interval(prev_step, m["step"], prev_ts, m["ts"], i))
+                out.append(_Interval(lo=prev_step, hi=m["step"], t0=prev_ts, t1=m["ts"], span=i))
             prev_step, prev_ts = m["step"], m["ts"]
     # an execution is final unless a later attempt ran any of its steps again
     covered: list[tuple[int, int]] = []

@@ -77,7 +77,7 @@ class Unreachable(Exception):
     """The metadata server did not answer (refused, timed out, reset)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Response:
     status: int
     headers: dict[str, str]
@@ -93,13 +93,13 @@ def http(method: str, url: str, *, headers: dict[str, str] | None = None, body: 
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with _OPENER.open(req, timeout=timeout) as r:
-            return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read(1 << 20))
+            return Response(status=r.status, headers={k.lower(): v for k, v in r.headers.items()}, body=r.read(1 << 20))
     except urllib.error.HTTPError as e:
         try:
             data = e.read(1 << 20)
         except Exception:
             data = b""
-        return Response(e.code, {k.lower(): v for k, v in (e.headers or {}).items()}, data)
+        return Response(status=e.code, headers={k.lower(): v for k, v in (e.headers or {}).items()}, body=data)
     except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: http.client's bad status line
         raise Unreachable(f"{method} {url}: {getattr(e, 'reason', e)}") from e
 
