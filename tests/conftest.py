@@ -26,6 +26,11 @@ _GUARD_LOG = Path(os.environ.setdefault(
 _GUARD_LOG.touch()
 for _name in ("SPOTSAFE_AWS_METADATA_URL", "SPOTSAFE_GCP_METADATA_URL", "SPOTSAFE_AZURE_METADATA_URL"):
     os.environ[_name] = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
+# The S3 clients' own instance-role lookups too: botocore's (also off) and obstore's, whose Rust
+# client the socket guard below cannot see. Tests that clear AWS_* put these back (AWS_LOOPBACK).
+AWS_LOOPBACK = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9",
+                "AWS_METADATA_ENDPOINT": "http://127.0.0.1:9"}
+os.environ.update(AWS_LOOPBACK)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD), os.environ.get("PYTHONPATH", "")) if p)
 # The supervisor's per-user state (records kept until it learns the run's root) and the DMI
 # facts the notice sources read ("on which cloud am I") point into a temp dir: the suite

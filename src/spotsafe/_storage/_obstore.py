@@ -11,16 +11,16 @@ aiohttp needed ``Expect: 100-continue`` removed and a timeout wrapped around eac
 Commit strategy: :class:`~spotsafe._storage._fsspec.ManifestLastCommit`, the same as every
 object store (files under ``step-N/`` first, the manifest PUT last; see ``_fsspec``).
 
-Settings (``storage_options``, the environment, the AWS files) and the timeouts are
-:mod:`._s3`'s. Every network wait is bounded (connect, silence, a whole request, two
-tries); spotsafe's retries, with backoff, wrap whole files in the background. An endpoint
+Settings (``storage_options``, the environment, and with boto3 installed botocore's whole
+credential chain) and the timeouts are :mod:`._s3`'s. Every network wait is bounded
+(connect, silence, a whole request, two tries); spotsafe's retries, with backoff, wrap whole files in the background. An endpoint
 that does not answer is :class:`~spotsafe.errors.RemoteUnavailableError` naming the URL;
 a refused signature or access, or no credentials anywhere, is
 :class:`~spotsafe.errors.RemoteAccessError` (:func:`_mapped`). Options are never shown in
 ``repr`` or logs.
 
-What obstore does not do: list the multipart uploads a killed writer left behind; those
-two requests are :class:`~._s3.S3Admin`'s.
+What obstore does not do: list the multipart uploads a killed writer left behind; that is
+:class:`~._s3.S3Admin`'s, through boto3 when it is installed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ..errors import (
 from ._fsspec import ManifestLastCommit, _check_upload, _pread_exact
 from ._protocol import CommitStrategy, Handle, OpenSaves, PreconditionFailedError
 from ._reads import hash_in_order
-from ._s3 import CREDENTIALS_HINT, S3Admin, settings
+from ._s3 import CREDENTIALS_HINT, LIFECYCLE_HINT, S3Admin, settings
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +176,11 @@ class ObstoreStorage:
         self._saves = OpenSaves(self._url)
         bucket, _, prefix = self._url.split("://", 1)[1].partition("/")
         self.root = prefix.strip("/")  # the key prefix of the root in its bucket ("" for the bucket itself)
-        self._settings, config, client, retry = settings(self._url, bucket, dict(storage_options or {}))
+        self._settings, config, client, retry, provider = settings(self._url, bucket, dict(storage_options or {}))
+        self._skip_said = False  # the "cleanup skipped" line is said once per store
         try:
             self.store = S3Store(bucket, prefix=self.root or None, config=config, client_options=client,
-                                 retry_config=retry)
+                                 retry_config=retry, credential_provider=provider)
         except Exception as e:
             mapped = _mapped(e, self._url)
             if mapped is None:
@@ -402,13 +403,15 @@ class ObstoreStorage:
         """Abort multipart uploads left under ``root/rel`` by killed writers; how many.
 
         obstore aborts its own failed uploads, but cannot list what a killed process left;
-        :class:`~._s3.S3Admin` does, with the static credentials found at open. Without them (a
-        role's credentials, anonymous access) nothing is listed: 0.
+        :class:`~._s3.S3Admin` does, through boto3 with the store's credentials. Without boto3
+        (or with anonymous access) nothing is listed: 0, and a lifecycle rule is named once.
         """
         self._guard()
-        if self._settings.credentials is None:
-            logger.debug("Not listing incomplete uploads of %s: no static credentials (a lifecycle rule removes "
-                         "them)", self._url)
+        if self._settings.session is None:
+            why = "anonymous access" if self._settings.anonymous else "boto3 is not installed"
+            (logger.debug if self._skip_said else logger.info)(
+                "Not aborting incomplete multipart uploads in %s (%s): %s.", self._url, why, LIFECYCLE_HINT)
+            self._skip_said = True
             return 0
         prefix = "/".join(p for p in (self.root, rel.strip("/")) if p)
         admin = S3Admin(self._settings, self._url)

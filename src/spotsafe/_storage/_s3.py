@@ -1,33 +1,37 @@
-"""S3 settings from where users keep them, and the two S3 requests obstore does not make.
+"""S3 settings from where users keep them, and the clean-up obstore has no call for.
 
 :func:`settings` turns ``storage_options`` (obstore's names or s3fs's, so that existing
-options keep working) and the environment (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, the shared
-credentials and config files with ``AWS_PROFILE``) into obstore's configuration, with
-spotsafe's timeouts. Where none of these hold credentials, obstore's own chain asks the
-web identity, the container's and the instance's role.
+options keep working) and the environment into obstore's configuration, with spotsafe's
+timeouts. Credentials, in this order:
 
-:class:`S3Admin` lists and aborts the multipart uploads a killed writer left behind, which
-obstore (it aborts its own failed uploads) has no call for: two bodiless requests signed
-here (AWS Signature Version 4) with the static credentials found by :func:`settings`.
+1. keys in ``storage_options``, or ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+   ``AWS_SESSION_TOKEN``: given to obstore as they are;
+2. with boto3 installed, a boto3 session (``AWS_PROFILE``, or ``storage_options['profile']``)
+   through obstore's ``Boto3CredentialProvider``: botocore's whole chain (profiles, SSO,
+   assume-role, ``credential_process``, web identity, the container's and the instance's
+   role), refreshed as they expire;
+3. without boto3, obstore's own chain (web identity, the container's and the instance's role).
+
+The region is ``storage_options``', else the boto3 session's (``AWS_DEFAULT_REGION``, the
+profile's), else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else obstore's default.
+
+:class:`S3Admin` lists and aborts the multipart uploads a killed writer left behind (obstore
+aborts its own failed uploads, but cannot list what a dead process left): a boto3 client on
+the same session, endpoint, region and timeouts. Without boto3 that clean-up is skipped
+and a bucket lifecycle rule (``AbortIncompleteMultipartUpload``) does it instead.
 """
 
 from __future__ import annotations
 
-import configparser
-import hashlib
-import hmac
+import contextlib
 import logging
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
-import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from ..errors import RemoteAccessError, RemoteUnavailableError
+from ..errors import MissingDependencyError, RemoteAccessError, RemoteUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +42,11 @@ READ_TIMEOUT = 5.0  # seconds of silence allowed while an answer is read
 REQUEST_TIMEOUT = 120.0
 REQUEST_ATTEMPTS = 2  # tries of one request, the first included
 
-CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials, or "
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with boto3 installed, or "
                     "run on a machine with an instance role), or pass storage_options={'key': ..., 'secret': ...}, "
                     "or {'anon': True} for a public bucket")
+LIFECYCLE_HINT = ("a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes them, or `pip install boto3` "
+                  "lets spotsafe abort them")
 # s3fs's spellings of the same settings, accepted so that existing storage_options keep working.
 _S3FS_NAMES = {"endpoint_url": "endpoint", "key": "access_key_id", "secret": "secret_access_key",
                "token": "session_token", "anon": "skip_signature"}
@@ -49,39 +55,39 @@ _ROLE_ENV = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_
 
 
 @dataclass(frozen=True)
-class Credentials:
-    key: str
-    secret: str = ""
-    token: str | None = None
-
-    def __repr__(self) -> str:  # never the secret
-        return "Credentials(...)"
-
-
-@dataclass(frozen=True)
 class Settings:
     bucket: str
     endpoint: str | None  # None: AWS itself
-    region: str
+    region: str | None  # None: obstore's default
     virtual_hosted: bool
-    credentials: Credentials | None  # static ones we found; None: obstore's chain, or anonymous
     anonymous: bool
+    session: Any  # the boto3 Session the credentials come from; None without boto3 or when anonymous
+    connect_timeout: float
+    read_timeout: float
+    attempts: int
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the session's credentials
         return f"_Settings({self.bucket!r}, {self.endpoint!r}, {self.region!r})"
 
 
-def _profile_file(path_env: str, default: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None)
+def _boto3() -> Any:
+    """The boto3 module, or None when it is not installed."""
     try:
-        parser.read(os.path.expanduser(os.environ.get(path_env) or default))
-    except (configparser.Error, OSError, UnicodeDecodeError):
-        logger.debug("Could not read %s", os.environ.get(path_env) or default, exc_info=True)
-    return parser
+        import boto3
+    except ImportError:
+        return None
+    return boto3
 
 
-def settings(url: str, bucket: str, options: dict[str, Any]) -> tuple[Settings, dict, dict, dict]:
-    """(settings, obstore config, client options, retry config) from ``options`` and the environment."""
+def _seconds(value: Any, default: float) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def settings(url: str, bucket: str, options: dict[str, Any]) -> tuple[Settings, dict, dict, dict, Any]:
+    """(settings, obstore config, client options, retry config, credential provider or None)
+    from ``options`` and the environment."""
     options = dict(options)
     config: dict[str, Any] = {}
     client: dict[str, Any] = {"connect_timeout": timedelta(seconds=CONNECT_TIMEOUT),
@@ -111,119 +117,119 @@ def settings(url: str, bucket: str, options: dict[str, Any]) -> tuple[Settings, 
             options.pop(old, None)
     endpoint = (options.pop("endpoint", None) or options.pop("aws_endpoint_url_s3", None)
                 or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None)
-    profile = os.environ.get("AWS_PROFILE") or "default"
-    region = (options.pop("region", None) or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-              or _profile_file("AWS_CONFIG_FILE", "~/.aws/config").get(
-                  "default" if profile == "default" else f"profile {profile}", "region", fallback=None)
-              or "us-east-1")
+    profile = options.pop("profile", None)
     anonymous = bool(options.get("skip_signature"))
-    key = options.pop("access_key_id", None)
-    secret = options.pop("secret_access_key", None)
-    token = options.pop("session_token", None)
-    credentials = None
-    if key and secret:
-        credentials = Credentials(key, secret, token)
-    elif not anonymous and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        credentials = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
-                                   os.environ.get("AWS_SESSION_TOKEN") or None)
-    elif not anonymous:
-        shared = _profile_file("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")
-        if shared.get(profile, "aws_access_key_id", fallback=None):
-            credentials = Credentials(shared.get(profile, "aws_access_key_id"),
-                                       shared.get(profile, "aws_secret_access_key", fallback=""),
-                                       shared.get(profile, "aws_session_token", fallback=None))
-        elif (os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
-              and not any(os.environ.get(v) for v in _ROLE_ENV)):
-            raise RemoteAccessError(f"No AWS credentials found for {url}; {CREDENTIALS_HINT}.")
-    if credentials is not None:
-        config.update(access_key_id=credentials.key, secret_access_key=credentials.secret)
-        if credentials.token:
-            config["token"] = credentials.token
+    static = (options.pop("access_key_id", None), options.pop("secret_access_key", None),
+              options.pop("session_token", None))
+    if not (static[0] and static[1]) and not anonymous and os.environ.get("AWS_ACCESS_KEY_ID") and \
+            os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        static = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
+                  os.environ.get("AWS_SESSION_TOKEN") or None)
+    has_static = bool(static[0] and static[1])
+    boto3 = None if anonymous else _boto3()
+    session, provider, session_region = None, None, None
+    if boto3 is not None:
+        session, provider, session_region = _session(boto3, url, profile, static if has_static else None)
+    elif not anonymous and not has_static and (profile or os.environ.get("AWS_PROFILE")):
+        raise MissingDependencyError(f"The AWS profile {profile or os.environ['AWS_PROFILE']!r} for {url} is read "
+                                     "through boto3, which is not installed; run `pip install boto3`, or export "
+                                     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+    elif (not anonymous and not has_static and os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+          and not any(os.environ.get(v) for v in _ROLE_ENV)):
+        raise RemoteAccessError(f"No AWS credentials found for {url}; {CREDENTIALS_HINT}.")
+    if has_static:
+        config.update(access_key_id=static[0], secret_access_key=static[1])
+        if static[2]:
+            config["token"] = static[2]
     if endpoint:
         config["endpoint"] = endpoint
         config.setdefault("virtual_hosted_style_request", False)
         if endpoint.startswith("http://"):
             client.setdefault("allow_http", True)
-    config["region"] = region
+    region = (options.pop("region", None) or session_region
+              or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None)
+    if region:
+        config["region"] = region
     config.update(options)  # any other obstore S3 setting, checked by obstore itself
     virtual = bool(config.get("virtual_hosted_style_request", endpoint is None))
-    return (Settings(bucket, endpoint, region, virtual, credentials, anonymous), config, client, retry)
+    s = Settings(bucket, endpoint, region, virtual, anonymous, session,
+                 _seconds(client.get("connect_timeout"), CONNECT_TIMEOUT),
+                 _seconds(client.get("read_timeout"), READ_TIMEOUT), int(retry.get("max_retries", 1)) + 1)
+    return s, config, client, retry, provider
+
+
+def _session(boto3: Any, url: str, profile: str | None,
+             static: tuple[str, str, str | None] | None) -> tuple[Any, Any, str | None]:
+    """(boto3 session, obstore credential provider or None where the static keys go to obstore's
+    config, the session's region)."""
+    import botocore.exceptions
+
+    try:
+        if static is not None:
+            session = boto3.Session(aws_access_key_id=static[0], aws_secret_access_key=static[1],
+                                    aws_session_token=static[2], profile_name=profile)
+            return session, None, session.region_name
+        session = boto3.Session(profile_name=profile)
+        if session.get_credentials() is None:
+            raise RemoteAccessError(f"No AWS credentials found for {url}; {CREDENTIALS_HINT}.")
+        from obstore.auth.boto3 import Boto3CredentialProvider
+
+        return session, Boto3CredentialProvider(session), session.region_name
+    except botocore.exceptions.ProfileNotFound as e:
+        raise RemoteAccessError(f"{url}: {e}; set AWS_PROFILE to a profile in ~/.aws/config, or export "
+                                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.") from None
+    except botocore.exceptions.BotoCoreError as e:  # an SSO login that expired, a failing credential_process
+        raise RemoteAccessError(f"No usable AWS credentials for {url} ({e}); {CREDENTIALS_HINT}.") from None
 
 
 class S3Admin:
-    """ListMultipartUploads and AbortMultipartUpload, signed here (AWS Signature Version 4)."""
+    """ListMultipartUploads and AbortMultipartUpload through boto3 (obstore has no call for them).
 
-    _PAGES = 20  # at most 20 x 1000 uploads listed per call
+    Built only where :attr:`Settings.session` is a boto3 session: the client uses its
+    credentials, the store's endpoint, region and addressing style, and spotsafe's timeouts.
+    """
+
+    _MAX_UPLOADS = 20_000  # at most this many listed per call
 
     def __init__(self, settings: Settings, url: str) -> None:
-        self.s = settings
+        from botocore.config import Config
+
         self.url = url
-        if settings.endpoint is None:
-            self._base = f"https://{settings.bucket}.s3.{settings.region}.amazonaws.com"
-        elif settings.virtual_hosted:
-            scheme, _, host = settings.endpoint.partition("://")
-            self._base = f"{scheme}://{settings.bucket}.{host.rstrip('/')}"
-        else:
-            self._base = f"{settings.endpoint.rstrip('/')}/{settings.bucket}"
+        self.bucket = settings.bucket
+        self._client = settings.session.client(
+            "s3", endpoint_url=settings.endpoint, region_name=settings.region,
+            config=Config(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+                          retries={"total_max_attempts": settings.attempts, "mode": "standard"},
+                          s3={"addressing_style": "virtual" if settings.virtual_hosted else "path"}))
 
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
         """(key, upload id) of every incomplete multipart upload under ``prefix``."""
-        out: list[tuple[str, str]] = []
-        markers: dict[str, str] = {}
-        for _ in range(self._PAGES):
-            root = ET.fromstring(self._request("GET", "", {"uploads": "", "prefix": prefix, **markers}))
-            for up in root.iter():
-                if up.tag.rsplit("}", 1)[-1] == "Upload":
-                    fields = {c.tag.rsplit("}", 1)[-1]: (c.text or "") for c in up}
-                    out.append((fields.get("Key", ""), fields.get("UploadId", "")))
-            fields = {c.tag.rsplit("}", 1)[-1]: (c.text or "") for c in root}
-            if fields.get("IsTruncated", "false").lower() != "true":
-                break
-            markers = {"key-marker": fields.get("NextKeyMarker", ""),
-                       "upload-id-marker": fields.get("NextUploadIdMarker", "")}
-        return out
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"MaxItems": self._MAX_UPLOADS})
+        with self._errors("listing incomplete uploads"):
+            return [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads") or []]
 
     def abort(self, key: str, upload_id: str) -> None:
-        self._request("DELETE", key, {"uploadId": upload_id})
+        with self._errors("aborting an incomplete upload"):
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
-    def _request(self, method: str, key: str, query: dict[str, str]) -> bytes:
-        base = urllib.parse.urlsplit(self._base)
-        path = urllib.parse.quote(f"{base.path}/{key}" if key else base.path or "/", safe="/-_.~")
-        qs = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
-                      for k, v in sorted(query.items()))
-        headers = _sigv4(method, base.netloc, path, qs, self.s.region, self.s.credentials)
-        request = urllib.request.Request(f"{base.scheme}://{base.netloc}{path}?{qs}", method=method, headers=headers)
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """botocore's errors as spotsafe's, in one sentence naming the URL."""
+        import botocore.exceptions as e
+
         try:
-            with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT + READ_TIMEOUT) as response:
-                return response.read()
-        except urllib.error.HTTPError as e:
-            if e.code in (401, 403):
-                raise RemoteAccessError(f"{self.url} refused access (HTTP {e.code} listing incomplete uploads); "
-                                        f"check the credentials: {CREDENTIALS_HINT}.") from None
+            yield
+        except e.ClientError as err:
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (401, 403):
+                code = err.response.get("Error", {}).get("Code", "")
+                raise RemoteAccessError(f"{self.url} refused access (HTTP {status} {code} {doing}); check the "
+                                        f"credentials: {CREDENTIALS_HINT}.".replace("  ", " ")) from None
             raise
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            raise RemoteUnavailableError(f"{self.url} did not answer ({getattr(e, 'reason', e)}); check the endpoint "
-                                         "(AWS_ENDPOINT_URL for S3) and the network, then retry.") from None
-
-
-def _sigv4(method: str, host: str, path: str, query: str, region: str, creds: Credentials | None,
-           now: datetime | None = None) -> dict[str, str]:
-    """The headers that sign a bodiless S3 request (AWS Signature Version 4)."""
-    assert creds is not None
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    payload = hashlib.sha256(b"").hexdigest()
-    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": stamp}
-    if creds.token:
-        headers["x-amz-security-token"] = creds.token
-    names = ";".join(sorted(headers))
-    canonical = "\n".join([method, path, query, "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), names,
-                           payload])
-    scope = f"{stamp[:8]}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = ("AWS4" + creds.secret).encode()
-    for part in (stamp[:8], region, "s3", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.key}/{scope}, SignedHeaders={names}, "
-                                f"Signature={signature}")
-    return headers
+        except (e.ConnectionError, e.HTTPClientError) as err:
+            raise RemoteUnavailableError(f"{self.url} did not answer ({err}); check the endpoint (AWS_ENDPOINT_URL "
+                                         "for S3) and the network, then retry.") from None
+        except e.BotoCoreError as err:  # credentials that expired and could not be refreshed, ...
+            raise RemoteAccessError(f"No usable AWS credentials for {self.url} ({err}); {CREDENTIALS_HINT}.") \
+                from None
