@@ -11,10 +11,11 @@ import re
 from typing import Any
 
 from ..errors import UnsupportedURLError
-from ._fsspec import FsspecStorage, ManifestLastCommit, check_url, is_url
+from ._fsspec import FsspecStorage, check_url, is_url
 from ._lease import LeaseNotHeldError, LeaseOptions, RemoteLease
 from ._local import AtomicRenameCommit, LocalStorage
 from ._lock import WriterLock
+from ._objects import ManifestLastCommit, ObjectStore
 from ._obstore import SCHEMES as _OBSTORE_SCHEMES
 from ._obstore import ObstoreStorage
 from ._obstore import check_url as _check_obstore_url
@@ -81,6 +82,6 @@ def open_storage(root: str | os.PathLike | Storage, storage_options: dict[str, A
 
 
 __all__ = ["AtomicRenameCommit", "CommitStrategy", "ConditionalObjects", "FsspecStorage", "Handle",
-           "LeaseNotHeldError", "LeaseOptions", "LocalFiles", "LocalStorage", "ManifestLastCommit", "ObstoreStorage",
-           "Owner", "PreconditionFailedError", "RemoteLease", "SaveNotBegunError", "Storage", "Uploadable", "WriterLock",
-           "check_root", "is_url", "open_storage"]
+           "LeaseNotHeldError", "LeaseOptions", "LocalFiles", "LocalStorage", "ManifestLastCommit", "ObjectStore",
+           "ObstoreStorage", "Owner", "PreconditionFailedError", "RemoteLease", "SaveNotBegunError", "Storage",
+           "Uploadable", "WriterLock", "check_root", "is_url", "open_storage"]

@@ -5,13 +5,8 @@ one, HDFS, HTTP), with each one's own credential chain and endpoints. S3 goes th
 obstore instead (:mod:`._obstore`), which has no private API to call and nothing to work
 around; this module serves the URLs only fsspec serves.
 
-Commit strategy (:class:`ManifestLastCommit`, shared by every object store): object
-stores have no rename, so a save writes its files straight to their final keys under
-``step-N/`` and publishes them by writing ``manifest.json`` last. A single PUT is atomic,
-so a reader sees the whole manifest or none; a ``step-N/`` without a manifest is an upload
-in flight or abandoned, invisible to readers (:meth:`FsspecStorage.listdir_committed`),
-and removed later by the next writer. Retiring a checkpoint deletes its manifest first,
-for the same reason.
+The commit strategy (the manifest PUT last), the save's phases and a restore's parallel
+ranged reads are the shared :class:`~._objects.ObjectStore`'s; this module makes the requests.
 
 Settings come from where the file system's own library reads them, or from explicit
 ``storage_options``. Options are never shown in ``repr`` or logs.
@@ -35,12 +30,11 @@ from ..errors import (
     RemoteUnavailableError,
     UnsupportedURLError,
 )
-from ._protocol import CommitStrategy, Handle, OpenSaves, Storage
-from ._reads import hash_in_order
+from ._objects import READ_PIECE, ObjectStore, check_upload, pread_exact
+from ._protocol import CommitStrategy, Handle
 
 logger = logging.getLogger(__name__)
 
-_READ_PIECE = 16 << 20  # ranged reads in flight at once during a restore
 _PART = 16 << 20  # block size of a streamed write
 _SMALL = 32 << 20  # files below this are written in one call
 # Which extra installs the file system of a scheme.
@@ -133,26 +127,9 @@ def _open_fs(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         raise _missing(url, scheme, e) from None
 
 
-class ManifestLastCommit:
-    """Commit strategy for object stores: every file first, the manifest PUT last.
-
-    Needs a store whose ``begin`` returned ``final_name`` itself (files written in place)
-    and whose ``listdir_committed`` lists only names holding the manifest. The atomic step
-    is the one PUT. A crash before it leaves ``final_name/`` without a manifest, perhaps
-    with an incomplete multipart upload (never listed; the next writer removes both);
-    after it, the step committed and complete.
-    """
-
-    def commit(self, storage: Storage, handle: Handle, final_name: str, manifest_name: str,
-               manifest: bytes) -> None:
-        """PUT ``manifest`` as ``final_name/manifest_name``: the commit point."""
-        if handle != final_name:
-            raise ValueError(f"ManifestLastCommit publishes files written in place, but {storage.url} wrote this "
-                             f"save under {handle!r}, not {final_name!r}; use AtomicRenameCommit on that store.")
-        storage.put_bytes(f"{final_name}/{manifest_name}", manifest)
 
 
-class FsspecStorage:
+class FsspecStorage(ObjectStore):
     """A run root at an fsspec URL.
 
     Implements :class:`~spotsafe._storage._protocol.Storage` and
@@ -168,30 +145,14 @@ class FsspecStorage:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
                  commit: CommitStrategy | None = None) -> None:
-        self._url = url.rstrip("/")
-        self.commit_strategy: CommitStrategy = commit if commit is not None else ManifestLastCommit()
-        self._saves = OpenSaves(self._url)
+        super().__init__(url, commit)
         self.fs, path = _open_fs(self._url, dict(storage_options or {}))
         self.root = path.rstrip("/")
-        # Called before every write: the writer lease's check (one writer per root), or None;
-        # strict=True (before a commit or a deletion) asks the store itself, not the last heartbeat.
-        self.write_guard: Callable[[bool], None] | None = None
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
 
-    @property
-    def url(self) -> str:
-        return self._url
-
-    def __repr__(self) -> str:
-        return f"FsspecStorage({self._url!r})"
-
     def _p(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else self.root
-
-    def _guard(self, strict: bool = False) -> None:
-        if self.write_guard is not None:
-            self.write_guard(strict)
 
     # -- reading -------------------------------------------------------------------
     @_access_errors
@@ -243,48 +204,23 @@ class FsspecStorage:
     def digest(self, rel: str, size: int | None = None) -> tuple[int, str]:
         """(bytes read, xxh3 digest) of an object, streamed."""
         h, n = new_hasher(), 0
-        with self.fs.open(self._p(rel), "rb", block_size=_READ_PIECE, cache_type="none") as f:
+        with self.fs.open(self._p(rel), "rb", block_size=READ_PIECE, cache_type="none") as f:
             while True:
-                chunk = f.read(_READ_PIECE)
+                chunk = f.read(READ_PIECE)
                 if not chunk:
                     break
                 h.update(chunk)
                 n += len(chunk)
         return n, h.hexdigest()
 
+    def _get_range(self, rel: str, start: int, end: int) -> bytes:
+        return self.fs.cat_file(self._p(rel), start=start, end=end)
+
     @_access_errors
     def read_files(self, items: list[tuple[str, memoryview]], io_executor: Executor) -> list[tuple[int, str]]:
-        """Fill each ``(rel, buf)`` with ranged GETs in parallel; (bytes read, digest) per item."""
-
-        def fetch(path: str, view: memoryview, start: int) -> int:
-            data = self.fs.cat_file(path, start=start, end=start + len(view))
-            view[:len(data)] = data
-            return len(data)
-
-        jobs = [[(start, min(start + _READ_PIECE, len(buf)),
-                  io_executor.submit(fetch, self._p(rel), buf[start:min(start + _READ_PIECE, len(buf))], start))
-                 for start in range(0, len(buf), _READ_PIECE)] for rel, buf in items]
-        try:
-            return hash_in_order([buf for _, buf in items], jobs)
-        finally:
-            for pieces in jobs:
-                for _, _, fut in pieces:
-                    fut.cancel()
+        return super().read_files(items, io_executor)
 
     # -- writing -------------------------------------------------------------------
-    def make_root(self) -> None:
-        """Nothing to create: object stores make prefixes implicitly (the bucket must exist)."""
-
-    def begin(self, final_name: str, tmp_name: str) -> Handle:
-        """Uploads go straight to ``final_name``; a stale uncommitted one there is removed first."""
-        self.remove(final_name)
-        return self._saves.begun(final_name)
-
-    def abort(self, handle: Handle) -> None:
-        """Throw away an uncommitted save: everything under ``handle`` goes."""
-        self._saves.end(handle)
-        self.remove(handle)
-
     def put_bytes(self, rel: str, data: bytes) -> None:
         self._guard(strict=True)
         self.fs.pipe_file(self._p(rel), bytes(data))
@@ -327,13 +263,13 @@ class FsspecStorage:
         try:
             with self.fs.open(path, "wb", block_size=_PART) as f:
                 while sent < size:
-                    data = _pread_exact(fd, min(_PART, size - sent), sent)
+                    data = pread_exact(fd, min(_PART, size - sent), sent)
                     if not data:
                         break
                     hasher.update(data)
                     f.write(data)
                     sent += len(data)
-            _check_upload(sent, hasher.hexdigest(), size, checksum, path)
+            check_upload(sent, hasher.hexdigest(), size, checksum, path)
         except CorruptCheckpointError:
             try:
                 self.fs.rm_file(path)
@@ -342,12 +278,6 @@ class FsspecStorage:
             raise
         finally:
             self.fs.invalidate_cache(posixpath.dirname(path))
-
-    def commit(self, handle: Handle, final_name: str, manifest_name: str, manifest: bytes) -> None:
-        """Publish the save ``handle`` as ``final_name`` through :attr:`commit_strategy`."""
-        self._saves.check(handle)
-        self.commit_strategy.commit(self, handle, final_name, manifest_name, manifest)
-        self._saves.end(handle)
 
     def retire(self, name: str, trash_name: str) -> str:
         """Uncommit ``name`` at once by deleting its manifest; returns what to :meth:`remove` later."""
@@ -380,27 +310,3 @@ class FsspecStorage:
         """Nothing to list here (gcsfs's resumable uploads and Azure's uncommitted blocks expire by themselves); 0."""
         return 0
 
-
-def _pread_exact(fd: int, n: int, offset: int) -> bytes:
-    """``n`` bytes of ``fd`` from ``offset``, fewer only at the end of the file."""
-    data = os.pread(fd, n, offset)
-    if len(data) == n or not data:
-        return data
-    chunks = [data]
-    got = len(data)
-    while got < n:
-        more = os.pread(fd, n - got, offset + got)
-        if not more:
-            break
-        chunks.append(more)
-        got += len(more)
-    return b"".join(chunks)
-
-
-def _check_upload(sent: int, digest: str, size: int, checksum: str, path: str) -> None:
-    """Raise CorruptCheckpointError unless the bytes read for ``path`` are the manifest's."""
-    name = posixpath.basename(path)
-    if sent != size:
-        raise CorruptCheckpointError(f"{name} ended after {sent} bytes while uploading, manifest says {size}")
-    if digest != checksum:
-        raise CorruptCheckpointError(f"{name} fails its checksum while uploading ({digest}, manifest says {checksum})")

@@ -8,7 +8,7 @@ breaks a current boto3 installed beside it; conditional PUTs (``If-None-Match``,
 s3fs only had its private ``_call_s3``; and every wait bounded by its own settings, where
 aiohttp needed ``Expect: 100-continue`` removed and a timeout wrapped around each body.
 
-Commit strategy: :class:`~spotsafe._storage._fsspec.ManifestLastCommit`, the same as every
+Commit strategy: :class:`~spotsafe._storage._objects.ManifestLastCommit`, the same as every
 object store (files under ``step-N/`` first, the manifest PUT last; see ``_fsspec``).
 
 Settings (``storage_options``, the environment, and with boto3 installed botocore's whole
@@ -42,14 +42,14 @@ from ..errors import (
     RemoteUnavailableError,
     UnsupportedURLError,
 )
-from ._fsspec import ManifestLastCommit, _check_upload, _pread_exact
-from ._protocol import CommitStrategy, Handle, OpenSaves, PreconditionFailedError
-from ._reads import hash_in_order
+from ._objects import ObjectStore, check_upload
+from ._objects import pread_exact as _pread_exact  # a module global, so that tests can fail a read
+from ._protocol import CommitStrategy, Handle, PreconditionFailedError
 from ._s3 import CREDENTIALS_HINT, LIFECYCLE_HINT, S3Admin, settings
 
 logger = logging.getLogger(__name__)
 
-_PIECE = 16 << 20  # ranged GETs in flight at once during a restore; multipart part size
+_PIECE = 16 << 20  # multipart part size, and the ranged GETs of a digest
 _SMALL = 32 << 20  # files below this go up in a single PUT
 UPLOAD_CONCURRENCY = 8  # parts in flight per upload
 SCHEMES = ("s3", "s3a")
@@ -146,7 +146,7 @@ def _errors(method: Callable) -> Callable:
 # -- the store ------------------------------------------------------------------------------
 
 
-class ObstoreStorage:
+class ObstoreStorage(ObjectStore):
     """A run root at ``s3://bucket/prefix``, through obstore.
 
     Implements :class:`~spotsafe._storage._protocol.Storage` and
@@ -159,7 +159,7 @@ class ObstoreStorage:
         url: The root, ``s3://bucket/prefix``.
         storage_options: Endpoint, credentials and client settings (see the module docstring).
         commit: How a save is published (:class:`~spotsafe._storage._protocol.CommitStrategy`);
-            default :class:`~spotsafe._storage._fsspec.ManifestLastCommit`.
+            default :class:`~spotsafe._storage._objects.ManifestLastCommit`.
     """
 
     protocol = "s3"
@@ -171,9 +171,7 @@ class ObstoreStorage:
         except ImportError as e:
             raise MissingDependencyError(f"Storage URL {url} needs obstore, which is not installed ({e}); run "
                                          "`pip install spotsafe[s3]`.") from None
-        self._url = url.rstrip("/")
-        self.commit_strategy: CommitStrategy = commit if commit is not None else ManifestLastCommit()
-        self._saves = OpenSaves(self._url)
+        super().__init__(url, commit)
         bucket, _, prefix = self._url.split("://", 1)[1].partition("/")
         self.root = prefix.strip("/")  # the key prefix of the root in its bucket ("" for the bucket itself)
         self._settings, config, client, retry, provider = settings(self._url, bucket, dict(storage_options or {}))
@@ -187,20 +185,6 @@ class ObstoreStorage:
                 raise ValueError(f"Cannot set up the S3 client for {self._url} ({_reason(str(e))}); check "
                                  f"storage_options and the AWS settings: {CREDENTIALS_HINT}.") from None
             raise mapped from None
-        # Called before every write: the writer lease's check (one writer per root), or None;
-        # strict=True (before a commit or a deletion) asks the store itself, not the last heartbeat.
-        self.write_guard: Callable[[bool], None] | None = None
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    def __repr__(self) -> str:
-        return f"ObstoreStorage({self._url!r})"
-
-    def _guard(self, strict: bool = False) -> None:
-        if self.write_guard is not None:
-            self.write_guard(strict)
 
     # -- reading -------------------------------------------------------------------
     @_errors
@@ -247,7 +231,6 @@ class ObstoreStorage:
         return bytes(obstore.get(self.store, rel).bytes())
 
     def _get_range(self, rel: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of ``rel``; fewer, or none, where the object ends before ``end``."""
         import obstore
 
         try:
@@ -274,36 +257,9 @@ class ObstoreStorage:
 
     @_errors
     def read_files(self, items: list[tuple[str, memoryview]], io_executor: Executor) -> list[tuple[int, str]]:
-        """Fill each ``(rel, buf)`` with ranged GETs in parallel; (bytes read, digest) per item."""
-
-        def fetch(rel: str, view: memoryview, start: int) -> int:
-            data = self._get_range(rel, start, start + len(view))
-            view[:len(data)] = data
-            return len(data)
-
-        jobs = [[(start, min(start + _PIECE, len(buf)),
-                  io_executor.submit(fetch, rel, buf[start:min(start + _PIECE, len(buf))], start))
-                 for start in range(0, len(buf), _PIECE)] for rel, buf in items]
-        try:
-            return hash_in_order([buf for _, buf in items], jobs)
-        finally:
-            for pieces in jobs:
-                for _, _, fut in pieces:
-                    fut.cancel()
+        return super().read_files(items, io_executor)
 
     # -- writing -------------------------------------------------------------------
-    def make_root(self) -> None:
-        """Nothing to create: object stores make prefixes implicitly (the bucket must exist)."""
-
-    def begin(self, final_name: str, tmp_name: str) -> Handle:
-        """Uploads go straight to ``final_name``; a stale uncommitted one there is removed first."""
-        self.remove(final_name)
-        return self._saves.begun(final_name)
-
-    def abort(self, handle: Handle) -> None:
-        """Throw away an uncommitted save: everything under ``handle`` goes."""
-        self._saves.end(handle)
-        self.remove(handle)
 
     @_errors
     def put_bytes(self, rel: str, data: bytes) -> None:
@@ -354,17 +310,11 @@ class ObstoreStorage:
         self._guard()
         if size < _SMALL:
             data = _pread_exact(fd, size, 0)
-            _check_upload(len(data), digest_bytes(data), size, checksum, rel)
+            check_upload(len(data), digest_bytes(data), size, checksum, rel)
             obstore.put(self.store, rel, data, use_multipart=False)
             return
         obstore.put(self.store, rel, _verified_parts(fd, size, checksum, rel), chunk_size=_PIECE,
                     max_concurrency=UPLOAD_CONCURRENCY)
-
-    def commit(self, handle: Handle, final_name: str, manifest_name: str, manifest: bytes) -> None:
-        """Publish the save ``handle`` as ``final_name`` through :attr:`commit_strategy`."""
-        self._saves.check(handle)
-        self.commit_strategy.commit(self, handle, final_name, manifest_name, manifest)
-        self._saves.end(handle)
 
     @_errors
     def retire(self, name: str, trash_name: str) -> str:
@@ -480,6 +430,6 @@ def _verified_parts(fd: int, size: int, checksum: str, rel: str) -> Iterator[byt
         hasher.update(data)
         sent += len(data)
         yield data
-    _check_upload(sent, hasher.hexdigest(), size, checksum, rel)
+    check_upload(sent, hasher.hexdigest(), size, checksum, rel)
 
 
