@@ -159,7 +159,8 @@ def test_sigkill_then_a_corrupt_newest_checkpoint_is_skipped_recorded_and_still_
 def test_events_reach_the_remote_and_the_report_reads_them_there(tmp_path, s3_url):
     env = child_env()
     root = tmp_path / "run"
-    args = ["--steps", "20", "--save-every", "10", "--notices", "signals", "--workers", "0"]
+    # 0.1 s a step: step 10's upload starts before step 20 is saved (else 20 rightly supersedes it)
+    args = ["--steps", "20", "--save-every", "10", "--notices", "signals", "--workers", "0", "--step-delay", "0.1"]
     r = subprocess.run([*spotsafe_cli(), "run", "--root", str(root), "--remote", s3_url, "--", *TRAIN[:2], *args],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

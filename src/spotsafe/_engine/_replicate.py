@@ -130,6 +130,9 @@ class Replicator:
         self._inflight: int | None = None
         self.errors = BackgroundErrors()  # the upload thread's failures, raised by the caller's next call
         self._ready = False
+        # Abandoned multipart parts of dead writers are aborted once the queue is first idle, never
+        # ahead of an upload: they cost storage, not correctness (and boto3 takes a second to load).
+        self._sweep_due = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="spotsafe-upload", daemon=True)
         self._thread.start()
@@ -211,7 +214,8 @@ class Replicator:
             while True:
                 if self.errors.pending:  # (a leaf lock: taking it under _cond cannot deadlock)
                     break
-                if step is None and self._ready and not self._pending and self._inflight is None:
+                if step is None and self._ready and not self._pending and self._inflight is None \
+                        and not self._sweep_due:
                     break
                 if step is not None and step in self._confirmed:
                     break
@@ -282,12 +286,18 @@ class Replicator:
             self._cond.notify_all()
         while True:
             with self._cond:
-                while not self._pending and not self._stop.is_set():
+                while not self._pending and not self._sweep_due and not self._stop.is_set():
                     self._cond.wait()
-                if self._stop.is_set() or not self._pending:
+                if self._stop.is_set():
                     return
-                step = self._pending.pop(0)
-                self._inflight = step
+                if not self._pending:
+                    sweep = True
+                else:
+                    sweep, step = False, self._pending.pop(0)
+                    self._inflight = step
+            if sweep:
+                self._sweep()
+                continue
             try:
                 self._upload(step)
             except BaseException as e:
@@ -323,12 +333,25 @@ class Replicator:
                 continue
             logger.info("Removing abandoned upload %s from %s", name, self.remote.url)
             self._retry(lambda n=name: self.remote.remove(n, strict=True), f"Removing {name}")
-        n = self._retry(lambda: self.remote.abort_incomplete_uploads(), f"Listing uploads in {self.remote.url}")
-        if n:
-            logger.info("Aborted %d incomplete multipart upload(s) in %s", n, self.remote.url)
         local = committed_steps(self.local)
         if local:
             self.submit(local[-1])  # confirmed without an upload when the remote holds the same copy
+
+    def _sweep(self) -> None:
+        """Abort the multipart uploads dead writers left under the remote (the first time the queue
+        is idle). Housekeeping: a failure is logged, and uploads go on."""
+        try:
+            n = self._retry(lambda: self.remote.abort_incomplete_uploads(), f"Listing uploads in {self.remote.url}")
+            if n:
+                logger.info("Aborted %d incomplete multipart upload(s) in %s", n, self.remote.url)
+        except Exception as e:
+            logger.warning("Could not abort the incomplete multipart uploads in %s (%s: %s); their parts are billed "
+                           "until a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes them.",
+                           self.remote.url, type(e).__name__, e)
+        finally:
+            with self._cond:
+                self._sweep_due = False
+                self._cond.notify_all()
 
     def _upload(self, step: int) -> None:
         self._retries = 0
