@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 import torch
+from helpers import remote_sizes
 
 import spotsafe
 from spotsafe._format import step_dir
 from spotsafe._names import Tier
-from spotsafe._storage import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,8 @@ def test_a_restore_from_the_remote_reports_the_remote_tier_and_the_bytes_it_down
         mgr.save(5, saved)
         assert mgr.wait(remote=True, timeout=60).step == 5
     shutil.rmtree(tmp_path / "node-a")  # the node is gone: only the remote holds step 5
-    st = open_storage(s3_url)
-    st.fs.invalidate_cache()
-    objects = st.fs.find(f"{st.root}/{step_dir(5)}", detail=True)
-    remote_bytes = sum(info["size"] for path, info in objects.items() if not path.endswith("/manifest.json"))
+    remote_bytes = sum(size for rel, size in remote_sizes(s3_url).items()
+                       if rel.startswith(step_dir(5) + "/") and not rel.endswith("/manifest.json"))
 
     fresh = make_state(1)
     with spotsafe.CheckpointManager(tmp_path / "node-b", remote=s3_url) as mgr:
