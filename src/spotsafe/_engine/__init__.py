@@ -45,8 +45,9 @@ release``                 10 s (1 s with ``wait_remote=False``)
 
 Not failures, and so not raised: an upload dropped because newer steps queued behind it
 (``dropped_uploads`` and a log line) and a local copy that fails verification on its way up
-(a log line; ``wait(remote=True)`` on that step raises ``CorruptCheckpointError``). The
-notice pollers belong to :mod:`spotsafe.notices` and never call the engine.
+(a log line; ``wait(remote=True)`` on that step raises ``CorruptCheckpointError``), and a
+failed sweep of the multipart uploads dead writers left (housekeeping the upload thread does
+once its queue is first idle: a warning). The notice pollers belong to :mod:`spotsafe.notices` and never call the engine.
 
 Thread-safety of ``CheckpointManager``
 --------------------------------------
