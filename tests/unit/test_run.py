@@ -277,7 +277,7 @@ def test_with_a_remote_and_time_enough_the_emergency_checkpoint_is_on_the_remote
             for step in run.steps(100):
                 train_step(model, opt)
                 if step == 3:  # step 2 reached the remote first (else step 3 may rightly supersede it)
-                    assert run.manager.wait_uploaded(2, timeout=30)
+                    assert run.manager.wait(timeout=30, remote=True).step == 2
                     os.kill(os.getpid(), signal.SIGUSR1)
     assert stop.value.step == 3 and stop.value.tier == "remote"
     ev = read_events(root / "events")
