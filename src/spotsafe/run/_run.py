@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar, Unpack
 
+from .._dist import AgreementFailed, StopAgreement
 from .._engine import CheckpointManager, CheckpointOptions, SaveStats
 from .._engine._options import ManagerSettings, options_from
 from .._env import EVENTS_DIR_ENV, REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV, SUPERVISOR_ID_ENV
@@ -176,6 +177,7 @@ class Run:
         self._clock = clock
         self.manager: CheckpointManager | None = None
         self.watcher: NoticeWatcher | None = None
+        self._agree: StopAgreement | None = None  # one stop step for every rank (under torchrun)
         self.events: EventLog | None = None
         self._mirror: EventMirror | None = None
         self._mirrored_at = 0.0
@@ -202,6 +204,9 @@ class Run:
             # under ``spotsafe run`` the supervisor copies the events (one writer per remote file)
             self._mirror = EventMirror(remote, self._options.storage_options)
         self.watcher = NoticeWatcher(self._sources)
+        self._agree = StopAgreement.from_env()
+        if self._agree is not None:
+            self._agree.start()
         try:
             self._watch.start()  # before the restore: a notice during it is kept
             self.manager = self._given_manager or CheckpointManager(
@@ -295,6 +300,8 @@ class Run:
                     self._report_durable()
                 except Exception:
                     pass
+        if self._agree is not None:
+            self._agree.close()
         if self.watcher is not None:
             self.watcher.stop()
         if self.events is not None:
@@ -359,8 +366,16 @@ class Run:
 
     @property
     def stop_requested(self) -> bool:
-        """A notice arrived: finish the current step and stop (loops without :meth:`steps` check this)."""
-        return self.watcher is not None and self.watcher.notice is not None
+        """A notice arrived: finish the current step and stop (loops without :meth:`steps` check this).
+
+        Under ``torchrun`` it turns True on every rank at the end of the same step, the one the
+        ranks agreed on (see :mod:`spotsafe._dist`).
+        """
+        if self.watcher is None:
+            return False
+        if self._agree is None or self._handled is not None:
+            return self.watcher.notice is not None or self._handled is not None
+        return self._stop_notice() is not None
 
     @property
     def notice(self) -> Notice | None:
@@ -425,12 +440,39 @@ class Run:
 
     def _notice_now(self) -> bool:
         """Handle a pending notice; True when the loop must stop (exit_on_notice=False)."""
-        notice = self._watch.notice
-        if notice is None or self._handled is not None:
-            return notice is not None
+        if self._handled is not None:
+            return True
+        notice = self._stop_notice()
+        if notice is None:
+            return False
         self._handled = notice
         self._emergency(notice)
         return True
+
+    def _stop_notice(self) -> Notice | None:
+        """The notice to stop on after the last finished step, or None to go on.
+
+        One process: this process's notice. Under ``torchrun`` (several ranks): a notice seen
+        here asks every rank to stop, and every rank stops after the step they agree on; a rank
+        that saw none stops on the notice of the rank that did.
+        """
+        local = self._watch.notice
+        ag = self._agree
+        if ag is None:
+            return local
+        if local is not None and not local.advisory:
+            ag.request(local.source, local.reason, local.deadline)
+        try:
+            if not ag.should_stop(self.step):
+                return None
+        except AgreementFailed as e:
+            logger.error("%s", e)
+            raise
+        if local is not None:
+            return local
+        asked = ag.notice or {}
+        return Notice(source=f"{asked.get('source', 'notice')} on rank {asked.get('rank', '?')}",
+                      deadline=asked.get("deadline"), reason=str(asked.get("reason", "another rank was warned")))
 
     def _emergency(self, notice: Notice) -> None:
         step = self.step
