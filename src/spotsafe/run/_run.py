@@ -214,6 +214,7 @@ class Run:
                 attempt=self._log.attempt)  # one writer: refused here when taken
             self._log.emit(Event.RUN_START, root=self._mgr.root, remote=remote_url,
                            sources=self._watch.active, policy=repr(self.policy),
+                           world_size=int(os.environ.get("WORLD_SIZE") or 1),  # the report's ranks per attempt
                            **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
                                 else {}))
             w0 = time.time()
