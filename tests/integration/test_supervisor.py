@@ -320,6 +320,7 @@ def test_torchrun_under_the_supervisor_stop_then_resume(tmp_path):
     assert last["cause"] == "preempted" and last["exit_code"] not in (0, 75), last
     stops = {e["rank"]: e for e in read_events(root / "events") if e["event"] == "stop"}
     assert set(stops) == {0, 1}
+    assert stops[0]["step"] == stops[1]["step"]  # one stop step, agreed (spotsafe._dist)
     for rank, stop in stops.items():
         assert stop["exit_code"] == 75 and stop["reason"] == "notice"
         assert committed_steps(open_storage(str(root / f"rank{rank}")))[-1] == stop["step"] > 0
