@@ -434,6 +434,9 @@ def _summary(r: dict) -> str:
         detail += f" ({_fmt_n(drills)} injected by --chaos)"
     cards.append(_card("Interruptions", total, detail))
     cards.append(_card("Crashes", _fmt_n(r.get("crashes"))))
+    if (_num(r.get("world_size")) or 1) > 1:
+        sizes = [_fmt_n(_get(a, "world_size")) for a in _list(r.get("per_attempt")) if isinstance(a, dict)]
+        cards.append(_card("World size", _fmt_n(r.get("world_size")), "ranks per attempt: " + ", ".join(sizes)))
 
     restarts, resumed = _get(r, "resume", "restarts"), _get(r, "resume", "resumed")
     fallbacks = _get(r, "resume", "fallbacks")
@@ -482,7 +485,19 @@ def _checkpoints(r: dict) -> str:
                  'aria-label="stall per checkpoint over time"></svg>')
     else:
         chart = '<p class="empty">no checkpoint timings recorded</p>'
-    return f'<div class="cols"><div>{table}{count}</div><div>{chart}</div></div>'
+    return f'<div class="cols"><div>{table}{count}</div><div>{chart}</div></div>' + _per_rank(r)
+
+
+def _per_rank(r: dict) -> str:
+    """Stall and persist per rank, when more than one rank reported checkpoints."""
+    ranks = [x for x in _list(r.get("checkpoints_by_rank")) if isinstance(x, dict)]
+    if len(ranks) < 2:
+        return ""
+    rows = [[_fmt_n(x.get("rank")), _fmt_n(x.get("count")), _fmt_s(_get(x, "stall_s", "median")),
+             _fmt_s(_get(x, "stall_s", "p95")), _fmt_s(_get(x, "persist_s", "median")),
+             _fmt_s(_get(x, "persist_s", "p95"))] for x in ranks]
+    return ('<h3>Per rank</h3>' + _table(["rank", "checkpoints", "stall median", "stall p95", "persist median",
+                                          "persist p95"], rows, left=()))
 
 
 def _lost_work(r: dict) -> str:

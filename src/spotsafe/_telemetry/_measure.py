@@ -15,6 +15,8 @@ This is the one place that turns events into attempts; ``spotsafe report``,
   recorded a crash. It *finished* when it stopped with reason ``completed`` (or the
   supervisor recorded ``done``): a later attempt is a rerun, not a restart, and the idle
   time before it is neither a restart's cost nor part of the run's wall time.
+- An attempt's *world size* is the number of ranks of its job (``torchrun``'s
+  ``WORLD_SIZE``, recorded in rank 0's ``run_start``; 1 in files written before it was).
 - The *restart cost* is the wall time from the end of an interrupted or crashed attempt to
   the first finished step of the next (emergency save, downtime, backoff, start-up,
   restore).
@@ -72,6 +74,7 @@ class Attempt:
     checkpoints: list[dict] = field(default_factory=list)
     outcome: Outcome | None = None   # None: still running, or left by ``exit`` without a notice
     source: str | None = None        # of an interruption: the notice's source, or KILLED
+    world_size: int = 1              # ranks of the job (see :func:`attempts`)
 
     @property
     def start(self) -> float:
@@ -119,12 +122,26 @@ def attempts(events: list[dict]) -> list[Attempt]:
             elif kind == Event.CHECKPOINT:
                 s.checkpoints.append(e)
         spans.append(s)
+    _world_sizes(spans, events)
     spans.sort(key=lambda s: s.start)
     exits = {(e.get("run_id"), e.get("attempt")): e for e in events
              if e.get("role") == SUPERVISOR and e["event"] == Event.EXIT}
     for i, s in enumerate(spans):
         _classify(s, spans[i + 1] if i + 1 < len(spans) else None, exits.get(s.key[2:]))
     return spans
+
+
+def _world_sizes(spans: list[Attempt], events: list[dict]) -> None:
+    """Each attempt's world size: the ``world_size`` its ``run_start`` recorded, else (an event file
+    written before it was recorded) the distinct ranks whose ``run_start`` has the attempt's run id
+    and number (ranks that ran without a supervisor have run ids of their own: 1)."""
+    started: dict[tuple, set] = defaultdict(set)
+    for e in events:
+        if e["event"] == Event.RUN_START and e.get("role") != SUPERVISOR:
+            started[(e.get("run_id"), e.get("attempt"))].add(e.get("rank") or 0)
+    for s in spans:
+        recorded = next((e.get("world_size") for e in s.events if e["event"] == Event.RUN_START), None)
+        s.world_size = recorded if isinstance(recorded, int) and recorded >= 1 else max(1, len(started[s.key[2:]]))
 
 
 def attempt_count(events: list[dict], spans: list[Attempt]) -> int:

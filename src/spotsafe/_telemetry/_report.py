@@ -22,6 +22,9 @@ come from :mod:`._measure`, the one place that reads them, shared with ``spotsaf
 - *Useful time* is the time of final step executions less the checkpoint stalls inside
   them; *goodput* is useful time / wall time (first event to last, less the idle time
   before reruns).
+- An attempt's *world size* is the number of ranks of its job (``torchrun``); the
+  checkpoint figures per rank come from every rank's own ``checkpoint`` events, the
+  "checkpoints" figures from rank 0's.
 - *Cost*: spot = wall hours x spot price; on-demand = the hours the run would have taken
   without interruptions (wall less replayed and restart time) x on-demand price.
 """
@@ -38,7 +41,7 @@ from .._names import Cause, Event, StopReason
 from ._measure import SUPERVISOR, Attempt, Outcome, attempt_count, attempts, idle_after_finish, restart_gaps
 
 
-def _quantiles(values: list[float]) -> dict[str, float | None]:
+def _quantiles(values: list[Any]) -> dict[str, float | None]:
     vals = sorted(v for v in values if isinstance(v, (int, float)))
     if not vals:
         return {"median": None, "p95": None, "count": 0, "sum": 0.0}
@@ -135,6 +138,18 @@ def _replayed_metrics(spans: list[Attempt], keep: int = 10) -> dict[str, Any]:
                 elif len(differing) < keep:
                     differing.append({"step": step, "name": k, "attempts": [a0, a1], "values": [before[k], after[k]]})
     return {"steps": steps, "compared": compared, "identical": identical, "differing": differing}
+
+
+def _per_rank(events: list[dict]) -> list[dict[str, Any]]:
+    """Every rank that reported a checkpoint (any attempt), lowest first: how many, and the
+    median and p95 of its stall and persist times."""
+    by_rank: dict[int, list[dict]] = defaultdict(list)
+    for e in events:
+        if e["event"] == Event.CHECKPOINT and e.get("role") != SUPERVISOR:
+            rank = e.get("rank") or 0
+            by_rank[rank if isinstance(rank, int) else 0].append(e)
+    return [{"rank": rank, "count": len(cs), "stall_s": _quantiles([c.get("stall_s") for c in cs]),
+             "persist_s": _quantiles([c.get("persist_s") for c in cs])} for rank, cs in sorted(by_rank.items())]
 
 
 def thin_points(points: list[list], limit: int) -> list[list]:
@@ -243,6 +258,9 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
         "root": root,
         "run_ids": sorted({str(e.get("run_id")) for e in events if e.get("run_id")}),
         "attempts": attempt_count(events, spans),
+        "world_size": max((s.world_size for s in spans), default=1),
+        "per_attempt": [{"attempt": s.key[3], "run_id": s.key[2], "start": s.start, "end": s.end,
+                         "outcome": s.outcome, "world_size": s.world_size} for s in spans],
         "wall_s": wall,
         "final_step": max((s.last_step for s in spans), default=0),
         "completed": bool(last and last.stop and last.stop.get("reason") == StopReason.COMPLETED),
@@ -259,6 +277,7 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
                         "persist_s": _quantiles([c.get("persist_s") for c in ckpts]),
                         "upload_s": _quantiles([u.get("upload_s") for u in uploads]),
                         "by_reason": _count(c.get("reason") for c in ckpts)},
+        "checkpoints_by_rank": _per_rank(events),
         "checkpoint_list": [{"ts": c["ts"], "step": c.get("step"), "reason": c.get("reason"),
                              "stall_s": c.get("stall_s"), "persist_s": c.get("persist_s"), "attempt": c.get("attempt")}
                             for c in ckpts],

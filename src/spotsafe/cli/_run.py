@@ -220,6 +220,8 @@ def _print_report(r: dict, html_path: str | None) -> None:
     rate = "-" if res["rate"] is None else f"{res['rate']:.0%}"
     _out.print(f"[bold]{markup(r['root'])}[/bold]: {markup(r['attempts'])} attempts, final step "
                f"{markup(r['final_step'])}{' (completed)' if r['completed'] else ''}, wall time {_s(r['wall_s'])}")
+    if r["world_size"] > 1:
+        _out.print(" world size per attempt: " + ", ".join(markup(a["world_size"]) for a in r["per_attempt"]))
     _out.print(f" interruptions {markup(inter['total'])} ({sources}); crashes {markup(r['crashes'])}; drills injected "
                f"{markup(r['drills'])}")
     _out.print(f" resumed {res['resumed']} of {res['restarts']} restarts from the newest checkpoint ({rate}); "
@@ -246,6 +248,14 @@ def _print_report(r: dict, html_path: str | None) -> None:
         q = ck[key]
         t.add_row(name, _s(q["median"]), _s(q["p95"]), str(q["count"]))
     _out.print(t)
+    if len(r["checkpoints_by_rank"]) > 1:
+        t = Table(title="checkpoints per rank", title_justify="left")
+        for col in ("rank", "count", "stall median", "stall p95", "persist median", "persist p95"):
+            t.add_column(col, justify="right")
+        for p in r["checkpoints_by_rank"]:
+            t.add_row(markup(p["rank"]), markup(p["count"]), _s(p["stall_s"]["median"]), _s(p["stall_s"]["p95"]),
+                      _s(p["persist_s"]["median"]), _s(p["persist_s"]["p95"]))
+        _out.print(t)
     if r["per_interruption"]:
         t = Table(title="lost work per interruption", title_justify="left")
         for col in ("attempt", "source", "step reached", "resumed at", "replayed steps", "replayed", "restart"):
