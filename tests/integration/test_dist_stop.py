@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
+from test_notices_run import _env as metadata_env
 
 from spotsafe._format import committed_steps
 from spotsafe._storage import open_storage
@@ -40,7 +41,7 @@ opt = torch.optim.Adam(model.parameters(), lr=0.01)
 state = {"model": model, "optimizer": opt}
 total, out = int(sys.argv[1]), sys.argv[2]
 with spotsafe.Run(os.path.join(os.environ["TEST_ROOT"], f"rank{rank}"), state, save_every=10,
-                  notices="signals") as run:
+                  notices=os.environ.get("TEST_NOTICES", "signals")) as run:
     print(f"rank {rank} pid {os.getpid()} resumed {run.step}", flush=True)
     for step in run.steps(total):
         x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step * 10 + rank))  # data of (step, rank)
@@ -128,3 +129,67 @@ def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes
     for pid, st in reference["optimizer"]["state"].items():
         for k, v in st.items():
             assert torch.equal(resumed["optimizer"]["state"][pid][k], v), (pid, k)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_nodes(worker: Path, root: Path, out: Path, port: int, envs: list[dict]) -> list[subprocess.Popen]:
+    """Two torchrun agents, one worker each, meeting at a c10d rendezvous on 127.0.0.1: two "nodes"."""
+    procs = []
+    for extra in envs:
+        env = dict(extra, TEST_ROOT=str(root))
+        procs.append(subprocess.Popen(
+            [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"job-{port}", "--max-restarts", "0",
+             "--monitor-interval", "0.1", str(worker), str(STEPS), str(out)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True))
+    return procs
+
+
+def test_a_cloud_notice_on_one_of_two_nodes_stops_both_after_the_same_step(tmp_path, reference, metadata):
+    """Only node 1 polls a metadata server that announces an AWS spot interruption; node 0 hears nothing."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    root = tmp_path / "run"
+    quiet = metadata_env(metadata, TEST_NOTICES="signals")
+    warned = metadata_env(metadata, TEST_NOTICES="signals,aws")
+    procs = two_nodes(worker, root, tmp_path / "int.pt", free_port(), [quiet, warned])
+    try:
+        seen = 0
+        for line in procs[0].stdout:  # bounded: the job ends by itself after STEPS steps
+            if " resumed " in line:
+                seen += 1
+                break
+        for line in procs[1].stdout:
+            if " resumed " in line:
+                seen += 1
+                break
+        assert seen == 2
+        metadata.aws_interrupt(seconds=120)
+        errs = [finish(p)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    stops = {r: [e for e in read_events(root / f"rank{r}" / "events") if e["event"] == "stop"][-1] for r in (0, 1)}
+    assert {s["exit_code"] for s in stops.values()} == {75}, (stops, errs[0][-2000:], errs[1][-2000:])
+    assert stops[0]["step"] == stops[1]["step"] and 0 < stops[0]["step"] < STEPS, stops
+    by_source = {s["source"] for s in stops.values()}
+    assert by_source == {"aws", "aws on rank 1"} or by_source == {"aws", "aws on rank 0"}, by_source
+    for r in (0, 1):
+        assert committed_steps(open_storage(str(root / f"rank{r}")))[-1] == stops[r]["step"]
+
+    metadata.reset()  # the job restarts on new machines: no notice
+    procs = two_nodes(worker, root, tmp_path / "int.pt", free_port(), [quiet, quiet])
+    outs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert all(f"resumed {stops[0]['step']}" in out for out, _ in outs)
+    resumed = torch.load(tmp_path / "int.pt", weights_only=True)
+    for k, v in reference["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
