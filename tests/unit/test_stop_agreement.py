@@ -32,6 +32,17 @@ def ranks(port: int, world: int, **kw) -> list[StopAgreement]:
             for r in range(world)]
 
 
+def run_all(ags: list[StopAgreement], loop) -> None:
+    """``loop(ag)`` for every rank at once, each in a thread of its own (bounded), then close them."""
+    threads = [threading.Thread(target=loop, args=(ag,)) for ag in ags]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for ag in ags:
+        ag.close()
+
+
 def run_loop(ag: StopAgreement, step_s: float, notice_at: int | None, out: dict, limit: int = 400) -> None:
     """A training loop of one rank: ``step_s`` a step; a notice at ``notice_at``; where it stopped."""
     try:
@@ -52,14 +63,7 @@ def test_ranks_at_different_speeds_stop_after_the_same_step(store, noticed):
     ags = ranks(store, 3, poll=0.01)
     out: dict = {}
     speeds = [0.002, 0.005, 0.011]  # independent loops, far apart after a few steps
-    threads = [threading.Thread(target=run_loop, args=(ag, speeds[ag.rank], 20 if ag.rank == noticed else None, out))
-               for ag in ags]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    for ag in ags:
-        ag.close()
+    run_all(ags, lambda ag: run_loop(ag, speeds[ag.rank], 20 if ag.rank == noticed else None, out))
     stops = [out[r] for r in range(3)]
     assert len(set(stops)) == 1 and isinstance(stops[0], int), stops
     assert stops[0] == ags[0].stop_at >= 20  # never before the step the notice came in
@@ -82,13 +86,7 @@ def test_two_ranks_in_lockstep_never_deadlock(store):
                 out[ag.rank] = step
                 return
 
-    threads = [threading.Thread(target=loop, args=(ag,)) for ag in ags]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    for ag in ags:
-        ag.close()
+    run_all(ags, loop)
     assert out[0] == out[1] == ags[0].stop_at in (7, 8, 9)
 
 
