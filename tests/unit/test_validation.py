@@ -86,6 +86,8 @@ CASES = {
     "created far in the future": (lambda b: b.update(created=1e300), None, r"created = 1e\+300"),
     "step as a string": (lambda b: b.update(step="2"), None, r"step = '2'"),
     "unsafe file name": (lambda b: b["files"].update({"../x": b["files"]["model.bin"]}), None, r"unsafe file name"),
+    "hidden file name (only DCP's .metadata is listed)": (
+        lambda b: b["files"].update({".metadata.tmp": b["files"]["model.bin"]}), None, r"unsafe file name"),
     "components not a table": (lambda b: b.update(components=[1]), None, r"no components table"),
     "stateful tree not a dict": (lambda b: comp(b, "model").update(tree=[1]), None, r"is not a state dict"),
     # tensor tables

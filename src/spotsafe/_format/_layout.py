@@ -13,6 +13,8 @@ import re
 import uuid
 
 MANIFEST = "manifest.json"
+DCP_METADATA = ".metadata"
+"""In a checkpoint of a multi-rank job: torch.distributed.checkpoint's own index, listed and checksummed."""
 WRITER_LOCK = ".spotsafe-writer.lock"
 """In a local root: the file the writing process holds locked (``flock``), naming it."""
 WRITER_LEASE = ".spotsafe-lease.json"

@@ -27,7 +27,7 @@ import re
 from itertools import pairwise
 from typing import Any
 
-from ._layout import ALIGN, MANIFEST, MAX_STEP
+from ._layout import ALIGN, DCP_METADATA, MANIFEST, MAX_STEP
 from ._schema import (
     FLOAT_MAX,
     INT64,
@@ -158,7 +158,8 @@ def check_body(body: dict[str, Any]) -> None:
     _need(len(files) <= MAX_FILES, f"manifest.json lists {len(files)} files; at most {MAX_FILES} are allowed")
     total = 0
     for name, f in files.items():
-        _need(bool(_FILE_NAME.match(name)) and name != MANIFEST, f"manifest.json lists an unsafe file name {name!r}")
+        _need((bool(_FILE_NAME.match(name)) or name == DCP_METADATA) and name != MANIFEST,
+              f"manifest.json lists an unsafe file name {name!r}")
         _need(isinstance(f, dict), f"manifest.json has a malformed entry for file {name!r}")
         size = f.get("size")
         _need(_is_int(size) and 0 <= size <= MAX_FILE_BYTES,
