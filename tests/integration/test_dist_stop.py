@@ -53,6 +53,7 @@ with spotsafe.Run(os.path.join(os.environ["TEST_ROOT"], f"rank{rank}"), state, s
 print(f"rank {rank} done {run.step}", flush=True)
 if rank == 0:
     torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict()}, out)
+dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
 dist.destroy_process_group()
 '''
 
