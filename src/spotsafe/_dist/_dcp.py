@@ -332,6 +332,49 @@ def save_global(state_dict: dict[str, Any], root_dir: str | os.PathLike, step: i
 
 
 # -- reading -------------------------------------------------------------------------
+def _metadata_globals() -> frozenset[tuple[str, str]]:
+    """What DCP's ``.metadata`` pickle may name (torch 2.13): its own records, torch's dtypes,
+    ``torch.Size``, the layout helper and ``PosixPath``; nothing that runs code."""
+    from torch.distributed.checkpoint import metadata as md
+
+    names = {(c.__module__, c.__qualname__) for c in (
+        md.Metadata, md.MetadataIndex, md.BytesStorageMetadata, md.ChunkStorageMetadata, md.StorageMeta,
+        md.TensorProperties, md.TensorStorageMetadata, md._MEM_FORMAT_ENCODING, _StorageInfo)}
+    names |= {("torch", n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
+    names |= {("torch", "Size"), ("torch._utils", "_get_layout"), ("torch.serialization", "_get_layout"),
+              ("pathlib", "PosixPath"),
+              ("collections", "OrderedDict")}
+    return frozenset(names)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``.metadata`` naming only :func:`_metadata_globals` (stock DCP calls
+    ``pickle.load``, which would run whatever a crafted file names)."""
+
+    allowed = _metadata_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f".metadata names {module}.{name}, which a DCP index never holds; "
+                                         "refusing to load it")
+        return super().find_class(module, name)
+
+
+class _SafeReader(FileSystemReader):
+    """The stock reader, but ``.metadata`` is read by :class:`_MetadataUnpickler`: loading a
+    checkpoint never executes code from it (its checksum is checked first as well)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        with open(Path(self.path) / DCP_METADATA, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
 class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
     """DCP's planner, but plain values are read with ``torch.load(weights_only=True)``: no arbitrary unpickling."""
 
@@ -400,7 +443,7 @@ def load_global(state_dict: dict[str, Any], root_dir: str | os.PathLike, step: i
         dist.all_gather_object(verdicts, _verify_share(storage, s, rank, world), group=process_group)
         problem = next((v for v in verdicts if v), None)
         if problem is None:
-            dcp.load(state_dict, storage_reader=FileSystemReader(root / step_dir(s)),
+            dcp.load(state_dict, storage_reader=_SafeReader(root / step_dir(s)),
                      planner=_WeightsOnlyLoadPlanner(), process_group=process_group)
             return s
         if step is not None:
