@@ -55,6 +55,8 @@ if rank == 0:
     torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict()}, out)
 dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # skip C++ static destructors: gloo's at interpreter exit abort now and then ("terminate called")
 '''
 
 
