@@ -66,6 +66,15 @@ def snapshot(model, opt):
 
 def restore(sd, model, opt):
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+
+def leave(result):
+    """Write this rank's result, then leave together and at once."""
+    with open(f"{out}/result-{mode}-{rank}.json", "w") as f:
+        json.dump(result, f)
+    dist.barrier()  # no rank tears gloo down while the other still talks to it
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # skip C++ static destructors: gloo's at interpreter exit abort now and then ("terminate called")
 '''
 
 DDP = COMMON + r'''
@@ -147,12 +156,7 @@ elif mode == "corrupt":
     except CorruptCheckpointError as e:
         result["only"] = str(e)
 
-with open(f"{out}/result-{mode}-{rank}.json", "w") as f:
-    json.dump(result, f)
-dist.barrier()  # no rank tears gloo down while the other still talks to it
-dist.destroy_process_group()
-sys.stdout.flush()
-os._exit(0)  # skip C++ static destructors: gloo's at interpreter exit abort now and then ("terminate called")
+leave(result)
 '''
 
 FSDP2 = COMMON + r'''
@@ -185,12 +189,7 @@ result["loaded"] = load_global(sd, root)
 restore(sd, model2, opt2)
 result["equal"] = same(snapshot(model2, opt2), ref)
 result["sharded"] = type(next(iter(msd.values()))).__name__
-with open(f"{out}/result-{mode}-{rank}.json", "w") as f:
-    json.dump(result, f)
-dist.barrier()  # no rank tears gloo down while the other still talks to it
-dist.destroy_process_group()
-sys.stdout.flush()
-os._exit(0)  # skip C++ static destructors: gloo's at interpreter exit abort now and then ("terminate called")
+leave(result)
 '''
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from spotsafe._telemetry import read_events
 
 pytestmark = pytest.mark.slow
 
+RESUMED = re.compile(r"rank (\d) pid (\d+) resumed")
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 STEPS = 60
 
@@ -32,6 +34,9 @@ import os, sys, time
 from datetime import timedelta
 import torch, torch.distributed as dist
 import spotsafe
+
+def say(line):
+    os.write(1, (line + "\n").encode())  # one write a line: the ranks share torchrun's stdout
 
 dist.init_process_group("gloo", timeout=timedelta(seconds=60))
 rank = dist.get_rank()
@@ -42,7 +47,7 @@ state = {"model": model, "optimizer": opt}
 total, out = int(sys.argv[1]), sys.argv[2]
 with spotsafe.Run(os.path.join(os.environ["TEST_ROOT"], f"rank{rank}"), state, save_every=10,
                   notices=os.environ.get("TEST_NOTICES", "signals")) as run:
-    print(f"rank {rank} pid {os.getpid()} resumed {run.step}", flush=True)
+    say(f"rank {rank} pid {os.getpid()} resumed {run.step}")
     for step in run.steps(total):
         x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step * 10 + rank))  # data of (step, rank)
         loss = model(x).pow(2).mean()
@@ -50,7 +55,7 @@ with spotsafe.Run(os.path.join(os.environ["TEST_ROOT"], f"rank{rank}"), state, s
         loss.backward()
         opt.step()
         time.sleep(0.02 * (1 + rank))  # rank 1 is slower: the ranks are not in step between all-reduces
-print(f"rank {rank} done {run.step}", flush=True)
+say(f"rank {rank} done {run.step}")
 if rank == 0:
     torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict()}, out)
 dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
@@ -98,9 +103,7 @@ def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes
     try:
         pids = {}
         for line in p.stdout:  # bounded: the job ends by itself after STEPS steps
-            parts = line.split()
-            if line.startswith("rank ") and " resumed " in line:
-                pids[int(parts[1])] = int(parts[3])
+            pids.update({int(r): int(pid) for r, pid in RESUMED.findall(line)})
             if len(pids) == 2:
                 break
         assert len(pids) == 2
@@ -125,7 +128,8 @@ def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes
     p = torchrun(worker, root, tmp_path / "int.pt")
     out, err = finish(p)
     assert p.returncode == 0, err[-3000:]
-    assert "rank 0 pid" in out and f"resumed {stop}" in out and f"rank 1 done {STEPS}" in out
+    resumed_at = {int(r): int(at) for r, at in re.findall(r"rank (\d) pid \d+ resumed (\d+)", out)}
+    assert resumed_at == {0: stop, 1: stop} and f"rank 1 done {STEPS}" in out  # both ranks, from the stop step
     resumed = torch.load(tmp_path / "int.pt", weights_only=True)
     for k, v in reference["model"].items():
         assert torch.equal(resumed["model"][k], v), k
