@@ -54,6 +54,7 @@ class StagedComponent:
     entries: list[TensorEntry]
     pieces: list[memoryview]  # the component file's bytes, in order (empty: no file)
     keep: list = field(default_factory=list)  # owners of the memory the pieces view
+    file: str = ""  # the file holding its tensors (none when ``entries`` is empty)
     direct: bool = False  # the pieces are one page-aligned staging buffer: O_DIRECT may write it
 
     @property
@@ -118,13 +119,17 @@ def _zero_copy_pieces(arrays: list, offsets: list[int]) -> list[memoryview]:
 
 
 def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = None,
-          metadata: dict[str, Any] | None = None, buffers: StagingBuffers | None = None) -> Staged:
+          metadata: dict[str, Any] | None = None, buffers: StagingBuffers | None = None,
+          rank: int | None = None, world_size: int = 1) -> Staged:
     """Snapshot ``state`` (and the RNGs) into host memory.
 
     With ``buffers`` every tensor is copied into the reusable staging buffers, so the
     caller may change the state as soon as this returns (asynchronous saves). Without,
     CPU tensors are referenced in place (the caller waits until they are written) and
     only CUDA tensors are copied to the host.
+
+    ``rank`` (one rank of ``world_size``, a multi-rank checkpoint): the components are
+    this rank's own, named ``<name>@<rank>`` in files ``component_file(name, rank, world_size)``.
     """
     t0 = time.perf_counter()
     if not isinstance(state, dict):
@@ -149,7 +154,7 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
             tree = encode(sd, arrays, (name,))
         except UnsupportedStateError as e:
             raise UnsupportedStateError(f"state[{name!r}]: {e}") from None
-        fname = component_file(name)
+        fname = component_file(name) if rank is None else component_file(name, rank, world_size)
         if arrays and fname in files:
             raise ValueError(f"State keys map to the same file {fname!r}; rename one of them.")
         files.add(fname)
@@ -166,8 +171,10 @@ def stage(step: int, state: dict[str, Any], *, rng: bool, epoch: int | None = No
             pieces = _zero_copy_pieces(arrays, offsets)
             keep = arrays
         entries = _entries(arrays, devices, offsets, fname)
-        comps.append(StagedComponent(name=name, kind="stateful" if stateful else "value", type=_type_name(obj),
-                                     tree=tree, entries=entries, pieces=pieces, keep=keep, direct=buffers is not None))
+        comps.append(StagedComponent(name=name if rank is None else f"{name}@{rank}",
+                                     kind="stateful" if stateful else "value", type=_type_name(obj), tree=tree,
+                                     entries=entries, pieces=pieces, keep=keep, file=fname,
+                                     direct=buffers is not None))
     if buffers is not None:
         synchronize(cuda_devices)
     return Staged(step=step, components=comps, epoch=epoch, metadata=meta, stage_s=time.perf_counter() - t0)
@@ -179,9 +186,8 @@ def persist(staged: Staged, storage: Storage, tmp: Handle, hash_executor: Execut
     components: dict[str, ComponentEntry] = {}
     for comp in staged.components:
         if comp.entries:
-            fname = component_file(comp.name)
-            size, digest = storage.write_file(tmp, fname, comp.pieces, hash_executor, direct=comp.direct)
-            files[fname] = FileEntry(size=size, checksum=digest)
+            size, digest = storage.write_file(tmp, comp.file, comp.pieces, hash_executor, direct=comp.direct)
+            files[comp.file] = FileEntry(size=size, checksum=digest)
         components[comp.name] = ComponentEntry(kind=comp.kind, type=comp.type, tree=comp.tree, tensors=tuple(comp.entries))
     return Manifest(step=staged.step, files=files, components=components, epoch=staged.epoch,
                     versions=default_versions(torch=torch.__version__), metadata=staged.metadata)

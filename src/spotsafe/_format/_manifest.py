@@ -22,7 +22,7 @@ from .._version import __version__
 from ..errors import UnsupportedStateError
 from ._hash import ALGORITHM, digest_bytes
 from ._schema import INT64, MAX_JSON_NODES, MAX_MANIFEST_BYTES, SPECIAL_FLOATS
-from ._validate import ManifestError, check_body, check_document, check_tables, check_tree, load_json
+from ._validate import ManifestError, check_body, check_document, check_shards, check_tables, check_tree, load_json
 
 FORMAT_NAME = "spotsafe-checkpoint"
 FORMAT_VERSION = 1
@@ -86,6 +86,11 @@ class Manifest:
     world_size: int = 1
     versions: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    shards: dict[str, Any] | None = None
+    """A multi-rank checkpoint's index of what torch.distributed.checkpoint's planners wrote
+    (see :func:`._validate.check_shards`): the state names it holds and, for every flattened
+    key, its dtype, global size and chunks with the file, offset and length of each. None for
+    a single-process checkpoint."""
     format_version: int = FORMAT_VERSION
 
     @property
@@ -113,6 +118,8 @@ class Manifest:
             },
             "metadata": encode_metadata(self.metadata),
         }
+        if self.shards is not None:
+            body["shards"] = self.shards
         body[_SELF_SUM] = digest_bytes(_canonical(body))
         raw = json.dumps(body, allow_nan=False).encode()  # compact: indent would use the slow pure-Python encoder
         try:  # never commit a manifest the reader refuses (state trees are otherwise bounded by the encoder)
@@ -230,6 +237,8 @@ def parse_manifest(data: bytes) -> Manifest:
     check_tables(body["files"], body["components"])
     for name, c in body["components"].items():
         check_tree(name, c["kind"], c["tree"], c["tensors"])
+    if body.get("shards") is not None:
+        check_shards(body["shards"], body["files"], body.get("world_size", 1))
     files = {n: FileEntry(size=f["size"], checksum=f["checksum"], rank=f.get("rank", 0)) for n, f in body["files"].items()}
     components = {
         name: ComponentEntry(kind=c["kind"], type=c["type"], tree=c["tree"], tensors=tuple(
@@ -240,4 +249,4 @@ def parse_manifest(data: bytes) -> Manifest:
     return Manifest(step=body["step"], files=files, components=components, created=float(body["created"]),
                     epoch=body.get("epoch"), world_size=body.get("world_size", 1),
                     versions=dict(body.get("versions", {})), metadata=decode_metadata(body.get("metadata", {})),
-                    format_version=version)
+                    shards=body.get("shards"), format_version=version)

@@ -190,6 +190,58 @@ def check_body(body: dict[str, Any]) -> None:
             _check_tensor(cname, i, t)
 
 
+SHARD_KINDS = ("module", "optimizer")
+
+
+def check_shards(shards: Any, files: dict[str, Any], world: int) -> None:
+    """The ``shards`` index of a multi-rank checkpoint: every chunk inside a listed file.
+
+    ``{"components": {name: "module" | "optimizer"}, "entries": {key: entry}}``, where an
+    entry is ``{"bytes": loc}`` (a value torch pickled) or ``{"dtype": d, "size": [...],
+    "chunks": [{"offsets": [...], "sizes": [...], **loc}]}`` and ``loc`` is
+    ``{"file": f, "offset": o, "length": n}``; a chunk's bytes are its elements in C order.
+    """
+    _need(isinstance(shards, dict), "manifest.json has a shards index that is not an object")
+    comps, entries = shards.get("components"), shards.get("entries")
+    _need(isinstance(comps, dict) and len(comps) <= MAX_COMPONENTS
+          and all(isinstance(k, str) and k and v in SHARD_KINDS for k, v in comps.items()),
+          f"manifest.json's shards index names its components badly; expected names mapped to one of {SHARD_KINDS}")
+    _need(isinstance(entries, dict) and len(entries) <= MAX_TENSORS,
+          f"manifest.json's shards index has no entries table of at most {MAX_TENSORS} keys")
+    _need(world > 1, "manifest.json has a shards index but a world size of 1")
+
+    def loc(where: str, d: Any) -> int:
+        _need(isinstance(d, dict), f"manifest.json's shard {where} has no location")
+        f = files.get(d.get("file"))
+        _need(f is not None, f"manifest.json's shard {where} points into {_short(d.get('file'))}, which is not listed")
+        off, n = d.get("offset"), d.get("length")
+        _need(_is_int(off) and _is_int(n) and off >= 0 and n >= 0 and off + n <= f["size"],
+              f"manifest.json's shard {where} lies outside its file ({_short(off)}+{_short(n)} of {f['size']} bytes)")
+        return n
+
+    for key, e in entries.items():
+        where = repr(key)[:80]
+        _need(isinstance(key, str) and bool(key) and isinstance(e, dict), f"manifest.json has a malformed shard {where}")
+        if "bytes" in e:
+            loc(where, e["bytes"])
+            continue
+        dtype, size, chunks = e.get("dtype"), e.get("size"), e.get("chunks")
+        _need(isinstance(dtype, str) and dtype in TORCH_DTYPES, f"manifest.json's shard {where} has dtype {_short(dtype)}")
+        _need(isinstance(size, list) and len(size) <= MAX_NDIM and all(_is_int(d) and 0 <= d <= MAX_FILE_BYTES
+                                                                       for d in size),
+              f"manifest.json's shard {where} has size {_short(size)}")
+        _need(isinstance(chunks, list) and len(chunks) <= MAX_WORLD_SIZE, f"manifest.json's shard {where} has no chunks")
+        for c in chunks:
+            offs, sizes = c.get("offsets") if isinstance(c, dict) else None, c.get("sizes") if isinstance(c, dict) else None
+            _need(isinstance(offs, list) and isinstance(sizes, list) and len(offs) == len(sizes) == len(size)
+                  and all(_is_int(o) and _is_int(s) and o >= 0 and s >= 0 and o + s <= d
+                          for o, s, d in zip(offs, sizes, size, strict=True)),
+                  f"manifest.json's shard {where} has a chunk outside its size {_short(size)}")
+            numel = math.prod(sizes)
+            _need(loc(where, c) == numel * TORCH_DTYPES[dtype],
+                  f"manifest.json's shard {where} has a chunk whose length is not {numel} elements of {dtype}")
+
+
 def _check_tensor(cname: str, i: int, t: Any) -> None:
     """One tensor-table entry (called once per tensor: messages are built only on failure)."""
     def fail(what: str) -> ManifestError:

@@ -314,6 +314,19 @@ class LocalStorage:
         (self.root / tmp_name).mkdir()
         return self._saves.begun(tmp_name)
 
+    def join(self, tmp_name: str) -> Handle:
+        """Write into a save another process began in this root (the ranks of one job on a shared
+        file system): its temp directory must exist. The process that began it commits it; this
+        one only writes files, and ends its part with :meth:`leave`."""
+        if not (self.root / tmp_name).is_dir():
+            raise FileNotFoundError(f"{self.root / tmp_name} does not exist: the save it belongs to was not begun "
+                                    "there, or was already committed or aborted")
+        return self._saves.begun(tmp_name)
+
+    def leave(self, handle: Handle) -> None:
+        """End this process's part in a save it joined, leaving the directory to its owner."""
+        self._saves.end(handle)
+
     def abort(self, handle: Handle) -> None:
         """Throw away an uncommitted save: its temp directory goes."""
         self._saves.end(handle)

@@ -82,6 +82,22 @@ def _check_manager(manager: CheckpointManager, root: str | os.PathLike | None, *
     return manager.root
 
 
+def _make_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt: int) -> CheckpointManager:
+    """The manager of this process: one for the whole job when it is one rank of several."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from .._dist._global import GlobalCheckpointManager  # imports DCP: only for a multi-rank job
+
+            return GlobalCheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
+        logger.warning("WORLD_SIZE is %d but torch.distributed is not initialised: this process checkpoints on its "
+                       "own; call torch.distributed.init_process_group() before entering Run for one checkpoint "
+                       "of the whole job.", world)
+    return CheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
+
+
 def _entered(part: _T | None) -> _T:
     """A part that ``Run.__enter__`` makes (the manager, the watcher, the event log), once it is made."""
     if part is None:
@@ -209,7 +225,7 @@ class Run:
             self._agree.start()
         try:
             self._watch.start()  # before the restore: a notice during it is kept
-            self.manager = self._given_manager or CheckpointManager(
+            self.manager = self._given_manager or _make_manager(
                 self.root, options=self._options, run_id=self._log.run_id,
                 attempt=self._log.attempt)  # one writer: refused here when taken
             self._log.emit(Event.RUN_START, root=self._mgr.root, remote=remote_url,

@@ -1,0 +1,860 @@
+"""One verified checkpoint for a whole ``torchrun`` job: :class:`GlobalCheckpointManager`.
+
+Every rank runs the same code (``Run`` makes one of these on every rank when
+``torch.distributed`` is initialised with more than one rank) on the same root, a directory
+every rank sees (one node's disk for the ranks of one node, or a shared file system).
+
+What is saved, and by whom:
+
+* modules and optimizers go through DCP's planners (``get_model_state_dict`` /
+  ``get_optimizer_state_dict``, then ``DefaultSavePlanner``): a replicated tensor (DDP) is
+  written once in total, by rank 0 (``dedup_save_to_lowest_rank``: DDP broadcasts rank 0's
+  buffers, so rank 0's copy is the one the job goes on with), and a sharded one (FSDP2,
+  DTensor) by each rank for its shard; a later load reshards;
+* everything else in the state (schedulers, scalers, data position, plain values) and the
+  RNGs is per rank: component ``<name>@<rank>`` in the rank's own file, restored to that
+  rank only. No per-rank value ever goes through DCP, so DCP's silent collapse of per-rank
+  values under one key cannot happen.
+
+The save, in two phases:
+
+1. On the training thread of every rank (the only place spotsafe issues collectives): one
+   all-gather carries each rank's readiness and plan signature and rank 0's temp directory
+   (the global plan is computed again only when a signature changes: a second all-gather);
+   then the rank's shards and components are copied into reusable host buffers and
+   ``save()`` returns.
+2. On the persist thread: the rank writes its files into rank 0's ``step-N.tmp-<id>/``
+   (xxh3 while writing, fsync) and publishes its part (files, sizes, checksums, where each
+   shard lies) in the job's store (:mod:`._store`), never in a collective. Rank 0's thread
+   waits for every part, checks that every shard of the global plan is there, writes
+   ``manifest.json`` (every rank's files with their rank, size and checksum, the world
+   size, the shard index) and renames the directory: the global commit. It then announces
+   the outcome in the store; every rank's save is durable when that says committed.
+
+A rank that dies or fails in either phase leaves no manifest: the temp directory is never
+loaded and the previous checkpoint stands. Rank 0 replicates the committed step to the
+remote and applies retention, as a single process does; it alone holds the root's lock and
+the remote's lease, so a second job on the same root is refused on every rank.
+
+Restore: rank 0 lists the committed steps of both tiers and broadcasts them; for each step,
+newest first, every rank reads and verifies the files it needs (its own components, and the
+files holding the shards its load plan overlaps) and one all-gather agrees on the verdict;
+only then does DCP load (no collective: ``no_dist``) from the verified bytes. The shard
+index lives in the manifest as JSON: no pickle is read, and nothing outside the root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import time
+import uuid
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import LoadItemType, WriteItemType
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.checkpoint.storage import StorageReader
+from torch.futures import Future
+
+from .._engine import CheckpointManager, SaveStats
+from .._engine._options import ManagerSettings, options_from
+from .._engine._pipeline import decode_components, read_verified, skip_reason, stage
+from .._engine._restore_stats import RestoreStats
+from .._engine._retention import Verdict
+from .._engine._staging import ALIGN
+from .._format import (
+    MANIFEST,
+    CheckpointInfo,
+    ComponentEntry,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    TensorEntry,
+    committed_steps,
+    decode_metadata,
+    default_versions,
+    encode_metadata,
+    read_manifest,
+    step_dir,
+    tmp_dir,
+)
+from .._format._hash import digest_bytes
+from .._names import Tier
+from .._state import RNG_COMPONENT, apply_checkpoint, dtype_name, partial_names, plan_restore, torch_dtype
+from .._storage import LocalFiles
+from .._storage._local import LocalStorage
+from ..errors import (
+    CheckpointNotFoundError,
+    CheckpointSkippedWarning,
+    CorruptCheckpointError,
+    RemoteUnavailableError,
+    RemoteUnavailableWarning,
+    RootLockedError,
+    SaveFailedError,
+    StateMismatchError,
+    UnsafeFileError,
+    UnsupportedStateError,
+)
+from ._store import StoreAddress
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_TIMEOUT = 300.0
+"""Seconds rank 0 waits for every rank's files of one save (and each rank for the commit)."""
+SHARDS_FILE = "__shards.rank-{rank:05d}.bin"
+"""Each rank's file of DCP-planned shards (user components cannot start with ``__``)."""
+
+
+def shards_file(rank: int) -> str:
+    return SHARDS_FILE.format(rank=rank)
+
+
+# -- what goes through DCP --------------------------------------------------------------
+def _split(state: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The state names DCP saves: {name: "module" | "optimizer"}, and each optimizer's module."""
+    kinds: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    modules = {n: o for n, o in state.items() if isinstance(o, torch.nn.Module)}
+    for n in modules:
+        kinds[n] = "module"
+    for n, o in state.items():
+        if not isinstance(o, torch.optim.Optimizer):
+            continue
+        params = {id(p) for g in o.param_groups for p in g["params"]}
+        owner = next((m for m, mod in modules.items() if params <= {id(p) for p in mod.parameters()}), None)
+        if owner is None:
+            raise UnsupportedStateError(
+                f"state[{n!r}] optimizes parameters of no module in the state, and a multi-rank checkpoint saves an "
+                "optimizer by its module's parameter names; add the model to the state (e.g. state['model'] = model).")
+        kinds[n], owners[n] = "optimizer", owner
+    return kinds, owners
+
+
+def _dcp_state(state: dict[str, Any], kinds: dict[str, str], owners: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n, kind in kinds.items():
+        if kind == "module":
+            out[n] = get_model_state_dict(state[n])
+        else:
+            out[n] = get_optimizer_state_dict(state[owners[n]], state[n])
+    return out
+
+
+def _signature(items: list[Any]) -> str:
+    """A digest of a local save plan: which keys and chunks, their dtypes and sizes."""
+    parts = []
+    for it in items:
+        td = it.tensor_data
+        parts.append((it.index.fqn, None if it.index.offset is None else list(it.index.offset), it.type.value,
+                      None if td is None else (list(td.chunk.offsets), list(td.chunk.sizes), list(td.size),
+                                               str(td.properties.dtype))))
+    return digest_bytes(json.dumps(parts).encode())
+
+
+@dataclasses.dataclass
+class _Plan:
+    sigs: tuple[str, ...]
+    items: list[Any]  # this rank's write items (after dedup)
+    expected: dict[str, set[tuple[int, ...]] | None]  # every key of the global plan: its chunk offsets, None for bytes
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Snapshot:
+    """One rank's save, staged: handed from the training thread to the persist thread."""
+
+    step: int
+    tmp: str
+    staged: Any  # the per-rank components (a Staged)
+    shard_pieces: list[memoryview]
+    shard_entries: list[dict[str, Any]]  # [{"key", "offset", "length", and dtype/size/offsets/sizes or bytes}]
+    shard_keep: list[Any]
+    expected: dict[str, set[tuple[int, ...]] | None]
+    kinds: dict[str, str]
+    epoch: int | None
+    metadata: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return self.staged.nbytes + sum(len(p) for p in self.shard_pieces)
+
+
+class _VerifiedReader(StorageReader):
+    """DCP's reader over bytes spotsafe already read and verified: shards are raw C-order
+    elements (no pickle); plain values are read by the planner with ``weights_only``."""
+
+    def __init__(self, metadata: Metadata, where: dict[Any, tuple[str, int, int, list[int] | None]],
+                 bufs: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._metadata, self._where, self._bufs = metadata, where, bufs
+
+    def reset(self, checkpoint_id: Any = None) -> None:
+        pass
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        return self._metadata
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def prepare_local_plan(self, plan: Any) -> Any:
+        return plan
+
+    def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
+        return plans
+
+    def read_data(self, plan: Any, planner: Any) -> Future[None]:
+        for req in plan.items:
+            fname, offset, length, sizes = self._where[(req.storage_index.fqn, _offsets(req.storage_index.offset))]
+            raw = self._bufs[fname][offset:offset + length]
+            if req.type == LoadItemType.BYTE_IO:
+                planner.load_bytes(req, io.BytesIO(raw.numpy().tobytes()))
+                continue
+            md = self._metadata.state_dict_metadata[req.storage_index.fqn]
+            assert isinstance(md, TensorStorageMetadata) and sizes is not None
+            t = raw.view(md.properties.dtype).reshape(sizes)
+            for dim, (start, length) in enumerate(zip(req.storage_offsets, req.lengths, strict=True)):
+                t = t.narrow(dim, start, length)
+            target = planner.resolve_tensor(req).detach()
+            if target.size() != t.size():
+                raise CorruptCheckpointError(f"shard {req.storage_index.fqn!r} is {tuple(t.size())} where "
+                                             f"{tuple(target.size())} was planned")
+            target.copy_(t)
+            planner.commit_tensor(req, target)
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        return False
+
+
+def _offsets(o: Any) -> tuple[int, ...] | None:
+    return None if o is None else tuple(int(x) for x in o)
+
+
+class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner, but plain values are read with ``torch.load(weights_only=True)``."""
+
+    def load_bytes(self, read_item: Any, value: Any) -> None:
+        from torch.distributed.checkpoint._traverse import set_element  # private (torch 2.13)
+
+        obj = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def _index(shards: dict[str, Any]) -> tuple[Metadata, dict[Any, tuple[str, int, int, list[int] | None]]]:
+    """DCP's Metadata and the location of every chunk, from a manifest's (validated) shard index."""
+    sdm: dict[str, Any] = {}
+    where: dict[Any, tuple[str, int, int, list[int] | None]] = {}
+    storage: dict[MetadataIndex, Any] = {}
+    for key, e in shards["entries"].items():
+        if "bytes" in e:
+            b = e["bytes"]
+            sdm[key] = BytesStorageMetadata()
+            where[(key, None)] = (b["file"], b["offset"], b["length"], None)
+            storage[MetadataIndex(key)] = None
+            continue
+        chunks = [ChunkStorageMetadata(offsets=torch.Size(c["offsets"]), sizes=torch.Size(c["sizes"]))
+                  for c in e["chunks"]]
+        sdm[key] = TensorStorageMetadata(properties=TensorProperties(dtype=torch_dtype(e["dtype"])),
+                                         size=torch.Size(e["size"]), chunks=chunks)
+        for c in e["chunks"]:
+            where[(key, tuple(c["offsets"]))] = (c["file"], c["offset"], c["length"], list(c["sizes"]))
+    return Metadata(state_dict_metadata=sdm, planner_data=None, storage_data=None), where
+
+
+class GlobalCheckpointManager(CheckpointManager):
+    """The :class:`CheckpointManager` of one rank of a multi-rank job; see the module docstring.
+
+    Made on every rank, after ``torch.distributed.init_process_group()``, with the same
+    arguments; its constructor, :meth:`save` and :meth:`restore` are collectives (call them
+    on every rank, in the same order, from the training thread). Settings as for
+    :class:`CheckpointManager`; ``when_busy`` is always "wait" here (a save skipped on one
+    rank and taken on another could never commit).
+
+    Args:
+        process_group: The ranks that checkpoint together (default: the whole job).
+        commit_timeout: Seconds rank 0 waits for every rank's files of one save, and each rank
+            for the commit, before the save fails (the previous checkpoint stands).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, options: Any = None, run_id: str | None = None,
+                 attempt: int | None = None, process_group: Any = None,
+                 commit_timeout: float = DEFAULT_COMMIT_TIMEOUT, store: StoreAddress | None = None,
+                 **settings: ManagerSettings) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("GlobalCheckpointManager needs torch.distributed initialised on every rank; call "
+                               "torch.distributed.init_process_group() first (under torchrun).")
+        opts = options_from(options, settings, caller="GlobalCheckpointManager")  # type: ignore[arg-type]
+        self.group = process_group
+        self.rank, self.world_size = dist.get_rank(process_group), dist.get_world_size(process_group)
+        self.commit_timeout = commit_timeout
+        self._store_address = store or StoreAddress.from_env()
+        if self._store_address is None:
+            raise RuntimeError("A multi-rank checkpoint needs the job's store; run under torchrun, or set MASTER_ADDR "
+                               "and MASTER_PORT as for init_process_group('env://').")
+        self._stores: dict[str, Any] = {}  # one client per thread name
+        self._plan: _Plan | None = None
+        error: BaseException | None = None
+        token = None
+        try:
+            if self.rank == 0:
+                super().__init__(root, options=opts, run_id=run_id, attempt=attempt)
+                token = f".spotsafe-job-{uuid.uuid4().hex}"
+                if isinstance(self.storage, LocalFiles):
+                    self.storage.put_bytes(token, b"")
+            else:  # the writer is rank 0: it holds the lock and the lease, cleans and prunes
+                super().__init__(root, options=dataclasses.replace(opts, read_only=True), run_id=run_id,
+                                 attempt=attempt)
+        except BaseException as e:
+            error = e
+        answers: list[Any] = [None] * self.world_size
+        dist.all_gather_object(answers, (_describe(error), token), group=self.group)
+        try:
+            self._opened(error, answers)
+        except BaseException:
+            if error is None:
+                self._close_quietly()
+            raise
+        if self.rank != 0:
+            self.read_only = False  # every rank saves; only rank 0 commits, prunes and uploads
+        self.when_busy = "wait"
+
+    def _opened(self, error: BaseException | None, answers: list[Any]) -> None:
+        """Raise on every rank when any rank could not open the root, or they do not share it."""
+        if error is not None:
+            raise error
+        failed = next(((r, a[0]) for r, a in enumerate(answers) if a[0] is not None), None)
+        if failed is not None:
+            r, (kind, msg) = failed
+            if kind == "RootLockedError":
+                raise RootLockedError(msg)
+            raise RuntimeError(f"Rank {r} could not open the run root {self.root}: {msg}; fix that, then start the "
+                               "job again.")
+        token = answers[0][1]
+        seen = token is not None and isinstance(self.storage, LocalStorage) and (self.storage.root / token).exists()
+        views: list[Any] = [None] * self.world_size
+        dist.all_gather_object(views, seen, group=self.group)
+        if self.rank == 0 and token is not None and isinstance(self.storage, LocalFiles):
+            self.storage.remove(token)
+        blind = [r for r, v in enumerate(views) if not v]
+        if blind:
+            raise RuntimeError(
+                f"Rank(s) {', '.join(map(str, blind))} do not see rank 0's run root {self.root} (another node's disk, "
+                "or a URL): every rank of a job must write the same directory; put the root on a file system every "
+                "node mounts.")
+
+    def _close_quietly(self) -> None:
+        try:
+            CheckpointManager.close(self, wait_remote=False)
+        except BaseException:
+            pass
+
+    def __repr__(self) -> str:
+        return f"GlobalCheckpointManager({self.root!r}, rank={self.rank}, world_size={self.world_size})"
+
+    def _store(self) -> Any:
+        import threading
+
+        name = threading.current_thread().name
+        s = self._stores.get(name)
+        if s is None:
+            assert self._store_address is not None
+            s = self._stores[name] = self._store_address.connect(self.commit_timeout, "ckpt/")
+        return s
+
+    # -- save ----------------------------------------------------------------------------
+    def save(self, step: int, state: dict[str, Any], *, epoch: int | None = None,
+             metadata: dict[str, Any] | None = None) -> SaveStats:
+        """Checkpoint ``state`` at ``step`` for the whole job; call on every rank at the same step.
+
+        Returns once this rank's state is copied into host buffers (``async_save``, the
+        default) or once the job's checkpoint is committed. A failure on any rank before the
+        copy raises on every rank (:class:`SaveFailedError` naming the rank), and nothing is
+        written; a failure after it is raised by the next call, as for a single process.
+        """
+        self._check_open()
+        t0 = time.perf_counter()
+        problem: BaseException | None = None
+        r0: tuple[str, bool] | None = None
+        kinds: dict[str, str] = {}
+        planner = None
+        items: list[Any] = []
+        try:
+            if self.rank == 0:
+                self._hold.check_writer()
+            metadata = decode_metadata(encode_metadata(metadata or {}))
+            self._finish_inflight()
+            self._raise_background_errors()
+            kinds, owners = _split(state)
+            planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
+            planner.set_up_planner(_dcp_state(state, kinds, owners), is_coordinator=self.rank == 0)
+            items = planner.create_local_plan().items
+            if self.rank == 0:
+                name = step_dir(step)
+                if step in committed_steps(self.storage):
+                    r0 = ("", True)  # already committed: kept (a restore from it, saved again at once)
+                else:
+                    tmp = tmp_dir(step)
+                    self.storage.begin(name, tmp)
+                    r0 = (tmp, False)
+        except BaseException as e:
+            problem = e
+        waited = time.perf_counter() - t0
+        sig = _signature(items) if problem is None else ""
+        answers: list[Any] = [None] * self.world_size
+        dist.all_gather_object(answers, (_describe(problem), sig, r0), group=self.group)
+        tmp, exists = answers[0][2] or ("", False)
+        failed = next(((r, a[0]) for r, a in enumerate(answers) if a[0] is not None), None)
+        if failed is not None:
+            if self.rank == 0 and tmp:
+                self.storage.abort(tmp)
+            if problem is not None:
+                raise problem
+            raise SaveFailedError(f"Rank {failed[0]} could not save {step_dir(step)} ({failed[1][0]}: {failed[1][1]}), "
+                                  f"so no rank did; the previous checkpoint stands; fix that rank's cause, then save "
+                                  "again.")
+        if exists:
+            elapsed = time.perf_counter() - t0
+            logger.info("Checkpoint %s already committed in %s; keeping it", step_dir(step), self.root)
+            return SaveStats(step=step, bytes=0, stage_s=0.0, persist_s=0.0, total_s=elapsed, skipped=True,
+                             stall_s=elapsed, waited_s=waited)
+        assert planner is not None
+        plan = self._plan_for(tuple(a[1] for a in answers), planner)
+        if self.rank != 0:
+            self.storage.join(tmp)
+        try:
+            snap = self._stage(step, tmp, state, kinds, planner, plan, epoch, metadata)
+        except BaseException as e:
+            self._publish_part(step, {"error": f"{type(e).__name__}: {e}"})
+            if self.rank == 0:
+                self.storage.abort(tmp)
+            else:
+                self.storage.leave(tmp)
+            raise
+        stall = time.perf_counter() - t0
+        if not self.async_save:
+            return self._persist_global(snap, t0, waited, stall)
+        fut = self._persist_executor.submit(self._persist_global_in_background, snap, t0, waited, stall)
+        self._inflight = (step, fut)
+        return SaveStats(step=step, bytes=snap.nbytes, stage_s=snap.staged.stage_s, persist_s=None, total_s=None,
+                         stall_s=stall, waited_s=waited)
+
+    def _plan_for(self, sigs: tuple[str, ...], planner: DefaultSavePlanner) -> _Plan:
+        """This rank's write items of the global plan: the cached ones while no rank's local plan changed."""
+        if self._plan is not None and self._plan.sigs == sigs:
+            return self._plan
+        local = planner.create_local_plan()
+        plans: list[Any] = [None] * self.world_size
+        dist.all_gather_object(plans, local, group=self.group)
+        global_plans, _ = planner.create_global_plan(plans)  # deterministic: every rank computes the same
+        mine = planner.finish_plan(global_plans[self.rank])
+        expected: dict[str, set[tuple[int, ...]] | None] = {}
+        for p in global_plans:
+            for it in p.items:
+                if it.type == WriteItemType.BYTE_IO:
+                    expected[it.index.fqn] = None
+                else:
+                    got = expected.setdefault(it.index.fqn, set())
+                    assert got is not None
+                    got.add(tuple(it.tensor_data.chunk.offsets))
+        self._plan = _Plan(sigs=sigs, items=list(mine.items), expected=expected)
+        return self._plan
+
+    def _stage(self, step: int, tmp: str, state: dict[str, Any], kinds: dict[str, str], planner: DefaultSavePlanner,
+               plan: _Plan, epoch: int | None, metadata: dict[str, Any]) -> _Snapshot:
+        """Copy this rank's shards and components into host buffers (the training thread's only copy)."""
+        others = {n: o for n, o in state.items() if n not in kinds}
+        staged = stage(step, others, rng=self.rng, epoch=epoch, metadata=metadata,
+                       buffers=self._buffers if self.async_save else None, rank=self.rank,
+                       world_size=self.world_size)
+        tensors, tensor_items, blobs, blob_items = [], [], [], []
+        for it in plan.items:
+            data = planner.resolve_data(it)
+            if it.type == WriteItemType.BYTE_IO:
+                blobs.append(data.getvalue())
+                blob_items.append(it)
+            else:
+                t = data.detach()
+                if tuple(t.shape) != tuple(it.tensor_data.chunk.sizes):
+                    raise UnsupportedStateError(f"{it.index.fqn!r} is {tuple(t.shape)} on rank {self.rank}, where the "
+                                                f"job's plan has {tuple(it.tensor_data.chunk.sizes)}")
+                tensors.append(t)
+                tensor_items.append(it)
+        pieces: list[memoryview] = []
+        keep: list[Any] = []
+        entries: list[dict[str, Any]] = []
+        end = 0
+        if tensors:
+            if self.async_save:
+                flat, offsets = self._buffers.copy_in("__shards__", tensors)
+            else:
+                from .._engine._staging import aligned_offsets
+
+                hosts = [t.to("cpu").contiguous() for t in tensors]
+                offsets, total = aligned_offsets([t.numel() * t.element_size() for t in hosts])
+                flat = torch.zeros(total, dtype=torch.uint8)
+                for t, off in zip(hosts, offsets, strict=True):
+                    n = t.numel() * t.element_size()
+                    if n:
+                        flat[off:off + n].copy_(t.reshape(-1).view(torch.uint8))
+            if any(t.device.type == "cuda" for t in tensors):
+                torch.cuda.synchronize()
+            pieces.append(memoryview(flat.numpy()))
+            keep.append(flat)
+            end = len(pieces[0])
+            for t, it, off in zip(tensors, tensor_items, offsets, strict=True):
+                td = it.tensor_data
+                entries.append({"key": it.index.fqn, "dtype": dtype_name(td.properties.dtype),
+                                "size": list(td.size), "offsets": list(td.chunk.offsets),
+                                "sizes": list(td.chunk.sizes), "offset": off,
+                                "length": t.numel() * t.element_size()})
+        for blob, it in zip(blobs, blob_items, strict=True):
+            pad = -end % ALIGN
+            if pad:
+                pieces.append(memoryview(bytes(pad)))
+                end += pad
+            pieces.append(memoryview(blob))
+            entries.append({"key": it.index.fqn, "bytes": True, "offset": end, "length": len(blob)})
+            end += len(blob)
+        return _Snapshot(step=step, tmp=tmp, staged=staged, shard_pieces=pieces, shard_entries=entries,
+                         shard_keep=keep, expected=plan.expected, kinds=dict(kinds), epoch=epoch, metadata=metadata)
+
+    def _publish_part(self, step: int, part: dict[str, Any]) -> None:
+        if self.rank == 0:
+            return  # rank 0 keeps its own part
+        try:
+            self._store().set(f"{step}/part/{self.rank}", json.dumps(part))
+        except Exception as e:
+            logger.warning("Rank %d could not tell rank 0 about step %d (%s: %s)", self.rank, step, type(e).__name__, e)
+
+    def _write_part(self, snap: _Snapshot) -> dict[str, Any]:
+        """Phase 1 on this rank: write and fsync its files; its part of the manifest."""
+        files: dict[str, Any] = {}
+        if snap.shard_pieces:
+            fname = shards_file(self.rank)
+            size, digest = self.storage.write_file(snap.tmp, fname, snap.shard_pieces, self._hash_executor,
+                                                   direct=self.async_save)
+            files[fname] = [size, digest]
+        components: dict[str, Any] = {}
+        for comp in snap.staged.components:
+            if comp.entries:
+                size, digest = self.storage.write_file(snap.tmp, comp.file, comp.pieces, self._hash_executor,
+                                                       direct=comp.direct)
+                files[comp.file] = [size, digest]
+            components[comp.name] = {"kind": comp.kind, "type": comp.type, "tree": comp.tree,
+                                     "tensors": [t.to_json() for t in comp.entries]}
+        entries = [dict(e, file=shards_file(self.rank)) for e in snap.shard_entries]
+        return {"files": files, "components": components, "entries": entries}
+
+    def _persist_global(self, snap: _Snapshot, t0: float, waited: float, stall: float) -> SaveStats:
+        name = step_dir(snap.step)
+        t1 = time.perf_counter()
+        store_keys: list[str] = []
+        try:
+            try:
+                part = self._write_part(snap)
+            except BaseException as e:
+                self._publish_part(snap.step, {"error": f"{type(e).__name__}: {e}"})
+                raise
+            persist_s = time.perf_counter() - t1
+            if self.rank != 0:
+                self._publish_part(snap.step, part)
+                self.storage.leave(snap.tmp)
+                outcome = self._await(f"{snap.step}/done", f"rank 0 to commit {name}")
+                if outcome != "ok":
+                    raise SaveFailedError(f"Rank 0 did not commit {name}: {outcome}")
+                nbytes = sum(f[0] for f in part["files"].values())
+            else:
+                parts = {0: part}
+                for r in range(1, self.world_size):
+                    key = f"{snap.step}/part/{r}"
+                    parts[r] = json.loads(self._await(key, f"rank {r}'s files of {name}"))
+                    store_keys.append(key)
+                    if "error" in parts[r]:
+                        raise SaveFailedError(f"rank {r} failed to write its files ({parts[r]['error']})")
+                manifest = self._manifest(snap, parts)
+                raw = manifest.to_json_bytes()
+                self.storage.commit(snap.tmp, name, MANIFEST, raw)
+                self._announce(snap.step, "ok", store_keys)
+                nbytes = manifest.total_bytes
+                self._retention.vouch(snap.step, manifest, raw)
+                self._prune(snap.step)
+                if self._replicator is not None:
+                    self._replicator.submit(snap.step)
+                logger.info("Committed %s for %d ranks in %s (%d files, %d bytes)", name, self.world_size, self.root,
+                            len(manifest.files), nbytes)
+        except BaseException as e:
+            if self.rank == 0:
+                self._announce(snap.step, f"{type(e).__name__}: {e}", store_keys)
+                try:
+                    self.storage.abort(snap.tmp)
+                except Exception:
+                    pass
+            else:
+                self.storage.leave(snap.tmp)
+            raise
+        total = time.perf_counter() - t0
+        stats = SaveStats(step=snap.step, bytes=nbytes, stage_s=snap.staged.stage_s, persist_s=persist_s,
+                          total_s=total, stall_s=stall, waited_s=waited)
+        self.durable_saves.append(stats)
+        self.last_save = stats
+        return stats
+
+    def _persist_global_in_background(self, snap: _Snapshot, t0: float, waited: float, stall: float) -> SaveStats | None:
+        try:
+            return self._persist_global(snap, t0, waited, stall)
+        except BaseException as e:
+            self._errors.put(SaveFailedError(
+                f"Background save of {step_dir(snap.step)} to {self.root} failed on rank {self.rank} "
+                f"({type(e).__name__}: {e}); the previous checkpoint stands; fix that cause, then save again."), e)
+        return None
+
+    def _await(self, key: str, what: str) -> str:
+        from datetime import timedelta
+
+        store = self._store()
+        try:
+            store.wait([key], timedelta(seconds=self.commit_timeout))
+        except Exception as e:
+            raise TimeoutError(f"waited {self.commit_timeout:.0f}s for {what} ({type(e).__name__}); a rank died or "
+                               "hung") from None
+        return store.get(key).decode()
+
+    def _announce(self, step: int, outcome: str, keys: list[str]) -> None:
+        try:
+            store = self._store()
+            store.set(f"{step}/done", outcome)
+            for k in keys:
+                store.delete_key(k)
+        except Exception as e:
+            logger.warning("Rank 0 could not announce the outcome of step %d (%s: %s)", step, type(e).__name__, e)
+
+    def _manifest(self, snap: _Snapshot, parts: dict[int, dict[str, Any]]) -> Manifest:
+        """The global manifest from every rank's part; raises when a shard of the plan is missing."""
+        files: dict[str, FileEntry] = {}
+        components: dict[str, ComponentEntry] = {}
+        entries: dict[str, Any] = {}
+        for r in sorted(parts):
+            p = parts[r]
+            for fname, (size, digest) in p["files"].items():
+                files[fname] = FileEntry(size=size, checksum=digest, rank=r)
+            for cname, c in p["components"].items():
+                components[cname] = ComponentEntry(kind=c["kind"], type=c["type"], tree=c["tree"], tensors=tuple(
+                    TensorEntry(dtype=t["dtype"], shape=tuple(t["shape"]), offset=t["offset"], nbytes=t["nbytes"],
+                                file=t["file"], kind=t.get("kind", "tensor"), device=t.get("device", "cpu"))
+                    for t in c["tensors"]))
+            for e in p["entries"]:
+                loc = {"file": e["file"], "offset": e["offset"], "length": e["length"]}
+                if e.get("bytes"):
+                    entries[e["key"]] = {"bytes": loc}
+                    continue
+                entry = entries.setdefault(e["key"], {"dtype": e["dtype"], "size": e["size"], "chunks": []})
+                entry["chunks"].append({"offsets": e["offsets"], "sizes": e["sizes"], **loc})
+        for key, chunks in snap.expected.items():
+            have = entries.get(key)
+            got = None if have is None or "bytes" in have else {tuple(c["offsets"]) for c in have["chunks"]}
+            if have is None or (chunks is not None and got != chunks):
+                raise SaveFailedError(f"the job's plan has {key!r}, and no rank wrote {'it' if have is None else 'all of it'}")
+        return Manifest(step=snap.step, files=files, components=components, epoch=snap.epoch,
+                        world_size=self.world_size, metadata=snap.metadata,
+                        versions=default_versions(torch=torch.__version__),
+                        shards={"components": snap.kinds, "entries": entries})
+
+    # -- restore ---------------------------------------------------------------------------
+    def restore(self, state: dict[str, Any], step: int | None = None, *, fresh_if_invalid: bool = False,
+                fresh_if_unreachable: bool = False, partial: Any = False) -> int | None:
+        """Load the newest checkpoint every rank verifies (or ``step``) into ``state``; call on every rank.
+
+        As :meth:`CheckpointManager.restore`, for the whole job: every rank loads the same
+        step. Modules and optimizers are loaded through DCP from the shards; every other
+        component, and the RNGs, from this rank's own copy.
+        """
+        self._check_open()
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
+        partial_names(partial)
+        t0 = time.perf_counter()
+        self._finish_inflight()
+        kinds, owners = _split(state)
+        listing: list[Any] = [None]
+        if self.rank == 0:
+            listing[0] = self._list_tiers()
+        dist.broadcast_object_list(listing, group=self.group, group_src=0)
+        tiers_steps, unreachable = listing[0]
+        t_list = time.perf_counter()
+        if unreachable is not None and self.remote is not None:
+            warnings.warn(f"Cannot reach the remote {self.remote.url} ({unreachable}); restoring from the local "
+                          f"checkpoints in {self.root} only.", RemoteUnavailableWarning, stacklevel=2)
+        tiers = [(Tier.ROOT, self.storage, tiers_steps[0])]
+        if self.remote is not None and tiers_steps[1] is not None:
+            tiers.append((Tier.REMOTE, self.remote, tiers_steps[1]))
+        every = sorted({s for _, _, steps in tiers for s in steps}, reverse=True)
+        if step is not None:
+            if step not in every:
+                raise CheckpointNotFoundError(f"Checkpoint {step_dir(step)} does not exist in {self.root}; run "
+                                              f"`spotsafe ls {self.root}` to see the steps that do.")
+            every = [step]
+        skipped: list[str] = []
+        for s in every:
+            for tier, storage, steps in tiers:
+                if s not in steps:
+                    continue
+                t_read = time.perf_counter()
+                ready, verdict = self._read_share(storage, s, state, kinds, owners, partial)
+                verdicts: list[Any] = [None] * self.world_size
+                dist.all_gather_object(verdicts, verdict, group=self.group)
+                bad = next(((r, v) for r, v in enumerate(verdicts) if v is not None), None)
+                where = f"{step_dir(s)} in {storage.url}"
+                if bad is None:
+                    assert ready is not None
+                    t_load = time.perf_counter()
+                    manifest = ready["manifest"]
+                    self._apply(ready, state, kinds, owners)
+                    self.restored = CheckpointInfo(step=s, name=step_dir(s), location=f"{storage.url}/{step_dir(s)}",
+                                                   valid=True, manifest=manifest)
+                    self.restored_tier, self.restore_skipped = tier, skipped
+                    if self.rank == 0 and not self.read_only:
+                        if tier is Tier.ROOT:
+                            self._retention.record(s, Verdict(valid=True, created=manifest.created))
+                        elif self._replicator is not None:
+                            self._replicator.confirm_restored(s, manifest)
+                    now = time.perf_counter()
+                    self.last_restore = RestoreStats(step=s, tier=tier, bytes=ready["bytes"], fallbacks=len(skipped),
+                                                     select_s=t_read - t_list, read_s=t_load - t_read,
+                                                     load_s=now - t_load, total_s=now - t0)
+                    logger.info("Rank %d restored %s from %s", self.rank, step_dir(s), storage.url)
+                    return s
+                r, (kind, text) = bad
+                if kind == "StateMismatchError":
+                    raise StateMismatchError(text if r == self.rank else f"On rank {r}: {text}")
+                reason = text if r == self.rank else f"on rank {r}: {text}"
+                if step is not None:
+                    raise CorruptCheckpointError(f"Checkpoint {where} is invalid: {reason}; restore another step or "
+                                                 "none to take the newest valid one.")
+                skipped.append(f"{where} ({reason})")
+                warnings.warn(f"Checkpoint {where} is invalid: {reason}. Skipping it and falling back to another copy "
+                              "or an older one.", CheckpointSkippedWarning, stacklevel=2)
+        self.restore_skipped = skipped
+        self.last_restore = RestoreStats(step=None, tier=None, bytes=0, fallbacks=len(skipped),
+                                         select_s=time.perf_counter() - t_list, read_s=0.0, load_s=0.0,
+                                         total_s=time.perf_counter() - t0)
+        if unreachable is not None and not fresh_if_unreachable and self.remote is not None:
+            raise RemoteUnavailableError(
+                f"No valid checkpoint could be read: the remote {self.remote.url} is unreachable ({unreachable}) and "
+                f"{self.root} holds no valid checkpoint; retry when the store is back, or pass "
+                "fresh_if_unreachable=True to start from scratch.")
+        if skipped and not fresh_if_invalid:
+            raise CorruptCheckpointError(
+                f"No valid checkpoint in {self.root}: all {len(skipped)} failed verification ({'; '.join(skipped)}); "
+                "repair or remove them, or pass fresh_if_invalid=True to start over.")
+        return None
+
+    def _list_tiers(self) -> tuple[tuple[list[int], list[int] | None], str | None]:
+        local = committed_steps(self.storage)
+        if self.remote is None:
+            return (local, None), None
+        try:
+            down = self._hold.unreachable(self.remote)
+            if down is not None:
+                raise down
+            return (local, committed_steps(self.remote)), None
+        except Exception as e:
+            return (local, None), f"{type(e).__name__}: {e}"
+
+    def _read_share(self, storage: Any, step: int, state: dict[str, Any], kinds: dict[str, str],
+                    owners: dict[str, str], partial: Any) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """Read and verify what this rank needs of ``step``: (what to apply, None) or (None, (kind, reason))."""
+        name = step_dir(step)
+        try:
+            manifest = read_manifest(storage, name)
+            if manifest.shards is None or manifest.world_size == 1:
+                raise StateMismatchError(f"Checkpoint {name} was written by a single process, and this job has "
+                                         f"{self.world_size} ranks; resume it with one process, or start this job "
+                                         "in a new root.")
+            if manifest.world_size != self.world_size:
+                raise StateMismatchError(f"Checkpoint {name} was written by {manifest.world_size} ranks, and this "
+                                         f"job has {self.world_size}; restart with {manifest.world_size} ranks.")
+            saved_kinds = manifest.shards["components"]
+            if saved_kinds != kinds and not partial:
+                raise StateMismatchError(f"Checkpoint {name} holds modules and optimizers {sorted(saved_kinds)}, and "
+                                         f"the state has {sorted(kinds)}; make the state match.")
+            metadata, where = _index(manifest.shards)
+            dcp_sd = _dcp_state(state, kinds, owners)
+            planner = _WeightsOnlyLoadPlanner()
+            planner.set_up_planner(dcp_sd, metadata, True)
+            reads = planner.create_local_plan().items
+            suffix = f"@{self.rank}"
+            own = {n[:-len(suffix)]: c for n, c in manifest.components.items() if n.endswith(suffix)}
+            needed = {where[(r.storage_index.fqn, _offsets(r.storage_index.offset))][0] for r in reads}
+            needed |= {t.file for c in own.values() for t in c.tensors}
+            sub = dataclasses.replace(manifest, files={f: manifest.files[f] for f in sorted(needed)},
+                                      components=own)
+            bufs = read_verified(storage, name, sub, self._io_executor)
+            loaded = dict(decode_components(sub, bufs))
+            rng = loaded.pop(RNG_COMPONENT, None)
+            others = {n: o for n, o in state.items() if n not in kinds}
+            plan = plan_restore(name, {n: c.kind for n, c in sub.components.items() if n != RNG_COMPONENT}, others,
+                                loaded, rng if self.rng else None, partial=partial)
+            return {"manifest": manifest, "metadata": metadata, "where": where, "bufs": bufs, "plan": plan,
+                    "dcp_sd": dcp_sd, "bytes": sum(manifest.files[f].size for f in needed)}, None
+        except StateMismatchError as e:
+            return None, ("StateMismatchError", str(e))
+        except Exception as e:
+            if not isinstance(e, (ManifestError, CorruptCheckpointError, UnsafeFileError)):
+                logger.debug("Reading %s failed", name, exc_info=True)
+            return None, (type(e).__name__, skip_reason(e))
+
+    def _apply(self, ready: dict[str, Any], state: dict[str, Any], kinds: dict[str, str],
+               owners: dict[str, str]) -> None:
+        """Load verified bytes: the shards through DCP (no collective), then the rank's own components."""
+        dcp_sd = ready["dcp_sd"]
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is, per rank
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(dcp_sd, storage_reader=_VerifiedReader(ready["metadata"], ready["where"], ready["bufs"]),
+                     planner=_WeightsOnlyLoadPlanner(), no_dist=True)
+        for n, kind in kinds.items():
+            if kind == "module":
+                set_model_state_dict(state[n], dcp_sd[n])
+        for n, kind in kinds.items():
+            if kind == "optimizer":
+                set_optimizer_state_dict(state[owners[n]], state[n], dcp_sd[n])
+        apply_checkpoint(ready["plan"])
+
+    def close(self, *, wait_remote: bool = True, timeout: float | None = None) -> None:
+        try:
+            super().close(wait_remote=wait_remote, timeout=timeout)
+        finally:
+            self._stores.clear()
+
+
+def _describe(e: BaseException | None) -> tuple[str, str] | None:
+    return None if e is None else (type(e).__name__, str(e))
+
+
+__all__ = ["DEFAULT_COMMIT_TIMEOUT", "GlobalCheckpointManager", "shards_file"]
