@@ -19,7 +19,7 @@ import torch
 from conftest import child_env
 from test_notices_run import _env as metadata_env
 
-from spotsafe._format import committed_steps
+from spotsafe._format import committed_steps, read_manifest, step_dir
 from spotsafe._storage import open_storage
 from spotsafe._telemetry import read_events
 
@@ -45,7 +45,7 @@ model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 4))
 opt = torch.optim.Adam(model.parameters(), lr=0.01)
 state = {"model": model, "optimizer": opt}
 total, out = int(sys.argv[1]), sys.argv[2]
-with spotsafe.Run(os.path.join(os.environ["TEST_ROOT"], f"rank{rank}"), state, save_every=10,
+with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=10,
                   notices=os.environ.get("TEST_NOTICES", "signals")) as run:
     say(f"rank {rank} pid {os.getpid()} resumed {run.step}")
     for step in run.steps(total):
@@ -63,6 +63,25 @@ dist.destroy_process_group()
 sys.stdout.flush()
 os._exit(0)  # skip C++ static destructors: gloo's at interpreter exit abort now and then ("terminate called")
 '''
+
+
+def last_stops(root: Path) -> dict[int, dict]:
+    """The last stop event of each rank (the ranks share the root and its events directory)."""
+    stops: dict[int, dict] = {}
+    for e in read_events(root / "events"):
+        if e["event"] == "stop":
+            stops[e["rank"]] = e
+    return stops
+
+
+def assert_one_checkpoint(root: Path, step: int) -> None:
+    """The newest checkpoint is ``step``: one manifest for both ranks, listing both ranks' files."""
+    storage = open_storage(str(root))
+    assert committed_steps(storage)[-1] == step
+    manifest = read_manifest(storage, step_dir(step))
+    assert manifest.world_size == 2
+    assert {f.rank for f in manifest.files.values()} == {0, 1}
+    assert not [n for n in storage.listdir() if ".tmp-" in n]  # no rank left a half-written directory
 
 
 def torchrun(worker: Path, root: Path, out: Path) -> subprocess.Popen:
@@ -115,15 +134,14 @@ def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode != 0  # torchrun turns a worker's 75 into its own failure (research notes, section 2)
-    stops = {r: [e for e in read_events(root / f"rank{r}" / "events") if e["event"] == "stop"][-1] for r in (0, 1)}
+    stops = last_stops(root)
     assert {s["exit_code"] for s in stops.values()} == {75}, (stops, err[-3000:])
     assert stops[0]["step"] == stops[1]["step"], stops
     stop = stops[0]["step"]
     assert 0 < stop < STEPS
     assert stops[0]["reason"] == stops[1]["reason"] == "notice"
     assert stops[1]["source"] == "signal" and stops[0]["source"] == "signal on rank 1"
-    for r in (0, 1):
-        assert committed_steps(open_storage(str(root / f"rank{r}")))[-1] == stop  # one checkpoint of that step each
+    assert_one_checkpoint(root, stop)
 
     p = torchrun(worker, root, tmp_path / "int.pt")
     out, err = finish(p)
@@ -184,13 +202,12 @@ def test_a_cloud_notice_on_one_of_two_nodes_stops_both_after_the_same_step(tmp_p
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    stops = {r: [e for e in read_events(root / f"rank{r}" / "events") if e["event"] == "stop"][-1] for r in (0, 1)}
+    stops = last_stops(root)
     assert {s["exit_code"] for s in stops.values()} == {75}, (stops, errs[0][-2000:], errs[1][-2000:])
     assert stops[0]["step"] == stops[1]["step"] and 0 < stops[0]["step"] < STEPS, stops
     by_source = {s["source"] for s in stops.values()}
     assert by_source == {"aws", "aws on rank 1"} or by_source == {"aws", "aws on rank 0"}, by_source
-    for r in (0, 1):
-        assert committed_steps(open_storage(str(root / f"rank{r}")))[-1] == stops[r]["step"]
+    assert_one_checkpoint(root, stops[0]["step"])
 
     metadata.reset()  # the job restarts on new machines: no notice
     procs = two_nodes(worker, root, tmp_path / "int.pt", free_port(), [quiet, quiet])

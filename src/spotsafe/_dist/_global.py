@@ -844,7 +844,9 @@ class GlobalCheckpointManager(CheckpointManager):
         for n, kind in kinds.items():
             if kind == "optimizer":
                 set_optimizer_state_dict(state[owners[n]], state[n], dcp_sd[n])
-        apply_checkpoint(ready["plan"])
+        plan = ready["plan"]
+        apply_checkpoint(plan)
+        state.update(plan.state)  # plain values are replaced in the dict the plan was made for
 
     def close(self, *, wait_remote: bool = True, timeout: float | None = None) -> None:
         try:
