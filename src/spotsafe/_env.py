@@ -22,7 +22,9 @@ Set by the user:
   ``SPOTSAFE_NOTICE_FILE``, ``SPOTSAFE_NOTICE_POLL_S``, ``SPOTSAFE_DMI_DIR``, and the
   metadata base URLs ``SPOTSAFE_AWS_METADATA_URL``, ``SPOTSAFE_GCP_METADATA_URL``,
   ``SPOTSAFE_AZURE_METADATA_URL``;
-- ``SPOTSAFE_BACKGROUND_NICE``: the nice increment of the background I/O threads.
+- ``SPOTSAFE_BACKGROUND_NICE``: the nice increment of the background I/O threads;
+- ``SPOTSAFE_CHAOS_KILL``: fault injection for drills and tests, a SIGKILL of this process at
+  one point of a multi-rank save (``write:<rank>``, ``commit``).
 """
 
 # -- handed to the supervised command ------------------------------------------------------
@@ -72,3 +74,7 @@ AZURE_METADATA_URL_ENV = "SPOTSAFE_AZURE_METADATA_URL"
 """Base URL of Azure's Scheduled Events."""
 BACKGROUND_NICE_ENV = "SPOTSAFE_BACKGROUND_NICE"
 """Added to the nice value of the background I/O threads (default 10)."""
+CHAOS_KILL_ENV = "SPOTSAFE_CHAOS_KILL"
+"""A SIGKILL of this process at one point of a multi-rank save, for drills and tests:
+``write:<rank>`` (that rank, after its first file and before its last) or ``commit`` (rank 0,
+once every rank's files arrived and before the manifest is written)."""

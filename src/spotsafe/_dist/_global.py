@@ -83,6 +83,7 @@ from .._engine._pipeline import decode_components, read_verified, skip_reason, s
 from .._engine._restore_stats import RestoreStats
 from .._engine._retention import Verdict
 from .._engine._staging import ALIGN
+from .._env import CHAOS_KILL_ENV
 from .._format import (
     MANIFEST,
     CheckpointInfo,
@@ -562,6 +563,8 @@ class GlobalCheckpointManager(CheckpointManager):
                                                    direct=self.async_save)
             files[fname] = [size, digest]
         components: dict[str, Any] = {}
+        if os.environ.get(CHAOS_KILL_ENV) == f"write:{self.rank}":
+            _chaos_kill(f"rank {self.rank} mid-write of {step_dir(snap.step)}")
         for comp in snap.staged.components:
             if comp.entries:
                 size, digest = self.storage.write_file(snap.tmp, comp.file, comp.pieces, self._hash_executor,
@@ -600,6 +603,8 @@ class GlobalCheckpointManager(CheckpointManager):
                         raise SaveFailedError(f"rank {r} failed to write its files ({parts[r]['error']})")
                 manifest = self._manifest(snap, parts)
                 raw = manifest.to_json_bytes()
+                if os.environ.get(CHAOS_KILL_ENV) == "commit":
+                    _chaos_kill(f"rank 0 between every rank's files and the manifest of {name}")
                 self.storage.commit(snap.tmp, name, MANIFEST, raw)
                 self._announce(snap.step, "ok", store_keys)
                 nbytes = manifest.total_bytes
@@ -853,6 +858,16 @@ class GlobalCheckpointManager(CheckpointManager):
             super().close(wait_remote=wait_remote, timeout=timeout)
         finally:
             self._stores.clear()
+
+
+def _chaos_kill(where: str) -> None:
+    """SIGKILL this process now (``SPOTSAFE_CHAOS_KILL``): a node lost at that point, for drills and tests."""
+    import signal
+
+    logger.warning("SPOTSAFE_CHAOS_KILL: killing %s", where)
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _describe(e: BaseException | None) -> tuple[str, str] | None:
