@@ -45,7 +45,7 @@ model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 4))
 opt = torch.optim.Adam(model.parameters(), lr=0.01)
 state = {"model": model, "optimizer": opt}
 total, out = int(sys.argv[1]), sys.argv[2]
-with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=10,
+with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=os.environ.get("TEST_SAVE_EVERY") or 10,
                   notices=os.environ.get("TEST_NOTICES", "signals")) as run:
     say(f"rank {rank} pid {os.getpid()} resumed {run.step}")
     for step in run.steps(total):
@@ -84,9 +84,10 @@ def assert_one_checkpoint(root: Path, step: int) -> None:
     assert not [n for n in storage.listdir() if ".tmp-" in n]  # no rank left a half-written directory
 
 
-def torchrun(worker: Path, root: Path, out: Path) -> subprocess.Popen:
+def torchrun(worker: Path, root: Path, out: Path, **extra: str) -> subprocess.Popen:
     env = child_env()
     env["TEST_ROOT"] = str(root)
+    env.update(extra)
     return subprocess.Popen([TORCHRUN, "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.1",
                              str(worker), str(STEPS), str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -216,4 +217,23 @@ def test_a_cloud_notice_on_one_of_two_nodes_stops_both_after_the_same_step(tmp_p
     assert all(f"resumed {stops[0]['step']}" in out for out, _ in outs)
     resumed = torch.load(tmp_path / "int.pt", weights_only=True)
     for k, v in reference["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+
+
+def test_a_time_based_policy_saves_the_same_steps_on_every_rank(tmp_path, reference):
+    """save_every="0.4s" fires on rank 0 at its own step; both ranks checkpoint the same steps (a save point)."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    root = tmp_path / "run"
+    p = torchrun(worker, root, tmp_path / "int.pt", TEST_SAVE_EVERY="0.4s")
+    out, err = finish(p)
+    assert p.returncode == 0, err[-3000:]
+    saved: dict[int, list[int]] = {0: [], 1: []}
+    for e in read_events(root / "events"):
+        if e["event"] == "checkpoint":
+            saved[e["rank"]].append(e["step"])
+    assert saved[0] == saved[1] and len(saved[0]) >= 3, saved  # 60 steps of 40 ms or more: several saves
+    assert saved[0][-1] == STEPS and set(committed_steps(open_storage(str(root)))) <= set(saved[0])
+    resumed = torch.load(tmp_path / "int.pt", weights_only=True)
+    for k, v in reference["model"].items():  # saving at other steps changes nothing in the training
         assert torch.equal(resumed["model"][k], v), k

@@ -133,3 +133,48 @@ def test_outside_a_multi_rank_job_there_is_no_agreement(monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
     ag = StopAgreement.from_env()
     assert ag is not None and (ag.rank, ag.world_size, ag.port) == (1, 2, 1) and ag.prefix.endswith("/3/")
+
+
+def save_loop(ag: StopAgreement, step_s: float, ask_at: set[int], out: dict, limit: int = 120,
+              barrier: threading.Barrier | None = None) -> None:
+    """A loop of one rank that asks for save points at ``ask_at`` and records the steps it saved."""
+    saved: list[int] = []
+    try:
+        for step in range(1, limit + 1):
+            time.sleep(step_s)
+            if barrier is not None:
+                barrier.wait()
+            if ag.should_stop(step):
+                break
+            if step in ask_at:
+                ag.request_save()
+            if ag.should_save(step):
+                saved.append(step)
+        out[ag.rank] = saved
+    except (AgreementFailed, threading.BrokenBarrierError) as e:
+        out[ag.rank] = e
+
+
+@pytest.mark.parametrize("asker", [0, 2])
+def test_save_points_asked_by_one_rank_are_taken_at_the_same_steps_on_every_rank(store, asker):
+    """A time-based policy fires on one rank at its own step; every rank saves the same steps, once each."""
+    ags = ranks(store, 3, poll=0.01)
+    out: dict = {}
+    speeds = [0.002, 0.005, 0.009]
+    asks = {10, 11}  # asked again before the first is taken: one save
+    run_all(ags, lambda ag: save_loop(ag, speeds[ag.rank], asks if ag.rank == asker else set(), out))
+    saved = [out[r] for r in range(3)]
+    assert all(isinstance(s, list) for s in saved), saved
+    assert saved[0] == saved[1] == saved[2] and len(saved[0]) == 1, saved
+    assert saved[0][0] == ags[0].save_at >= 10  # never before it was asked, on the agreed step
+
+
+def test_save_points_in_lockstep_never_deadlock(store):
+    """Ranks meeting every step: the rank that waits for the save step releases the other in time."""
+    ags = ranks(store, 2, poll=0.01)
+    barrier = threading.Barrier(2, timeout=20)
+    out: dict = {}
+    run_all(ags, lambda ag: save_loop(ag, 0.001, {5, 30, 31} if ag.rank == 1 else set(), out, limit=60,
+                                      barrier=barrier))
+    assert isinstance(out[0], list) and out[0] == out[1], out
+    assert len(out[0]) == 2 and 5 <= out[0][0] < 30 <= out[0][1], out  # two rounds: 30 and 31 ask once

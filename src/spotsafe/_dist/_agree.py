@@ -20,6 +20,13 @@ per rank with a client of its own (a TCPStore client serialises its operations):
    stop step, and ranks behind it (or blocked in a collective with a waiting rank) get
    there, since each one waiting is released as soon as the step is known.
 
+Save points, the same way: a checkpoint of a multi-rank job must be taken at the same step
+on every rank, and a time-based policy (``save_every="15m"``) or an early warning fires on
+one rank at its own step. :meth:`StopAgreement.request_save` asks for one; round ``n`` uses
+the keys ``save/<n>/requests`` and ``save/<n>/at/<rank>``, and every rank saves after step
+``max(at) + 1`` (:meth:`StopAgreement.should_save`). Policies that depend on the step alone
+(``save_every=500``) need no round: every rank decides the same.
+
 A rank that never answers (dead, hung) fails the agreement after ``timeout`` seconds on
 every rank that waits: :class:`AgreementFailed`, and the caller stops without a new
 checkpoint (the previous one is intact). Where the store cannot be reached at all (a job
@@ -75,6 +82,10 @@ class StopAgreement:
         self.unavailable: str | None = None  # why the store could not be reached: each rank stops on its own
         self.notice: dict[str, Any] | None = None  # the notice that asked for it, as its rank published it
         self._local: dict[str, Any] | None = None  # this rank's notice, to publish
+        self.saving = False  # a save point was asked, here or anywhere: the loop waits at the end of its step
+        self.save_at: int | None = None  # the agreed save step of the current round, once known
+        self._save_wanted = False  # this rank asked for a save point not taken yet
+        self._save_decided = threading.Event()
         self._decided = threading.Event()
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -129,6 +140,40 @@ class StopAgreement:
         assert self.stop_at is not None
         return step >= self.stop_at
 
+    def request_save(self) -> None:
+        """This rank wants a checkpoint (its policy is due, or an early warning came): ask every rank
+        to save at one step (returns at once). Asking again before that save is taken changes nothing."""
+        if not self._save_wanted:
+            self._save_wanted = True
+            self.saving = True
+            self._wake.set()
+
+    def should_save(self, step: int) -> bool:
+        """Called by the loop at the end of ``step`` (after :meth:`should_stop`): True on the agreed
+        save step of a round, on every rank. One attribute access while no save point is asked;
+        otherwise waits here (bounded, like :meth:`should_stop`) until the step is agreed."""
+        if not self.saving:
+            return False
+        if self.unavailable is not None:  # no store: this rank's own wish (as a single process)
+            take, self._save_wanted, self.saving = self._save_wanted, False, False
+            return take
+        if not self._save_decided.wait(self.timeout + 5 * self.poll + 5.0):
+            self.failure = self.failure or f"no save step was agreed within {self.timeout:.0f}s"
+        if self.failure is not None:
+            raise AgreementFailed(f"Rank {self.rank} could not agree on a save step with the other "
+                                  f"{self.world_size - 1} rank(s): {self.failure}; stopping without a new checkpoint "
+                                  "(the previous one is intact).")
+        if self.save_at is None:  # a stop cut the round short: the emergency checkpoint replaces the save
+            self.saving = False
+            return False
+        if step < self.save_at:
+            return False
+        self._save_wanted = False
+        self._save_decided.clear()
+        self.saving = False  # last: the thread may start the next round once it sees the save taken
+        self._wake.set()
+        return True
+
     def close(self) -> None:
         self._closed.set()
         self._wake.set()
@@ -160,9 +205,11 @@ class StopAgreement:
                 logger.warning("Stop agreement failed on rank %d: %s", self.rank, self.failure)
         finally:
             self._decided.set()
+            self._save_decided.set()  # a loop waiting for a save point sees the failure (or the stop)
 
     def _agree(self, store: Any) -> None:
         published = False
+        save_round, asked = 0, False
         while not self._closed.is_set():
             if self._local is not None and not published:
                 store.compare_set("notice", "", json.dumps(self._local))
@@ -170,6 +217,15 @@ class StopAgreement:
                 published = True
             if store.check(["requests"]) and int(store.add("requests", 0)) > 0:
                 break
+            if self._save_decided.is_set():
+                pass  # the loop has not taken the agreed save yet: the next round waits for it
+            elif self._save_wanted and not asked:
+                store.add(f"save/{save_round}/requests", 1)
+                asked = True
+            elif int(store.add(f"save/{save_round}/requests", 0)) > 0:
+                self._agree_save(store, save_round)
+                save_round, asked = save_round + 1, False
+                continue
             self._wake.wait(self.poll)
             self._wake.clear()
         else:
@@ -186,6 +242,8 @@ class StopAgreement:
             raise AgreementFailed(f"rank(s) {', '.join(map(str, missing)) or '?'} did not answer within "
                                   f"{self.timeout:.0f}s ({type(e).__name__})") from None
         steps = [int(store.get(k)) for k in keys]
+        self.save_at = None  # a save round cut short by the stop: the emergency checkpoint replaces it
+        self._save_decided.set()
         try:
             self.notice = json.loads(store.get("notice"))
         except Exception:
@@ -193,3 +251,21 @@ class StopAgreement:
         self.stop_at = max(steps) + 1
         logger.info("Rank %d: every rank stops after step %d (steps finished when asked: %s; agreed in %.3fs)",
                     self.rank, self.stop_at, steps, time.monotonic() - t0)
+
+    def _agree_save(self, store: Any, n: int) -> None:
+        """Round ``n`` of save points: as the stop, under ``save/<n>/`` (see the module docstring)."""
+        self.saving = True  # first: see the module docstring
+        mine = self.finished
+        keys = [f"save/{n}/at/{r}" for r in range(self.world_size)]
+        store.set(keys[self.rank], str(mine))
+        try:
+            store.wait(keys, timedelta(seconds=self.timeout))
+        except Exception as e:
+            missing = [r for r in range(self.world_size) if not store.check([keys[r]])]
+            raise AgreementFailed(f"rank(s) {', '.join(map(str, missing)) or '?'} did not answer a save point within "
+                                  f"{self.timeout:.0f}s ({type(e).__name__})") from None
+        steps = [int(store.get(k)) for k in keys]
+        self.save_at = max(steps) + 1
+        self._save_decided.set()
+        logger.debug("Rank %d: every rank saves after step %d (round %d, steps finished when asked: %s)", self.rank,
+                     self.save_at, n, steps)

@@ -32,6 +32,10 @@ class SavePolicy:
     def start(self, step: int, now: float) -> None:
         """The run starts (or resumes) at ``step``; called once before the first step."""
 
+    by_step = False
+    """True when :meth:`due` depends on the step alone, so that every rank of a job decides the
+    same without asking the others (a time-based policy fires on each rank at its own step)."""
+
     def due(self, step: int, now: float) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -57,6 +61,7 @@ class AnyOf(SavePolicy):
     def __init__(self, *policies: SavePolicy) -> None:
         self.policies = policies
         self.wants_history = any(p.wants_history for p in policies)
+        self.by_step = all(p.by_step for p in policies)
 
     def start(self, step: int, now: float) -> None:
         for p in self.policies:
@@ -79,6 +84,8 @@ class AnyOf(SavePolicy):
 
 class EverySteps(SavePolicy):
     """Due on every step that is a multiple of ``n`` (so resumed runs save on the same steps)."""
+
+    by_step = True
 
     def __init__(self, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -118,6 +125,8 @@ class EveryDuration(SavePolicy):
 
 class Never(SavePolicy):
     """Never due: checkpoints only on notices, at the end, or when asked."""
+
+    by_step = True
 
     def due(self, step: int, now: float) -> bool:
         return False

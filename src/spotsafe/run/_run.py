@@ -375,11 +375,33 @@ class Run:
             self._log.emit(Event.NOTICE, source=adv.source, reason=adv.reason, seconds_left=None, advisory=True,
                            step=step)
             logger.warning("Early warning from %s (%s): checkpointing step %d now", adv.source, adv.reason, step)
-        due = self.policy.due(step, now) or bool(advisories)
+        due = self._save_due(step, now, bool(advisories))
         reason = SaveReason.NOTICE if advisories else SaveReason.POLICY
         if due and not self.completed:
             self._save(step, reason)
         self._report_durable()
+
+    def _save_due(self, step: int, now: float, warned: bool) -> bool:
+        """Whether the policy (or an early warning) saves after ``step``.
+
+        One process: its own policy. Under ``torchrun`` every rank must save the same step: a
+        policy of steps alone decides the same on every rank; a time-based one is asked on
+        rank 0 only, and it (or an early warning on any rank) asks every rank for a save point
+        (:meth:`StopAgreement.request_save <spotsafe._dist.StopAgreement.request_save>`).
+        """
+        ag = self._agree
+        if ag is None:
+            return self.policy.due(step, now) or warned
+        by_step = self.policy.by_step
+        local = self.policy.due(step, now) if by_step or ag.rank == 0 else False
+        if warned or (local and not by_step):
+            ag.request_save()
+        try:
+            agreed = ag.should_save(step)
+        except AgreementFailed as e:
+            logger.error("%s", e)
+            raise
+        return (local and by_step) or agreed
 
     @property
     def stop_requested(self) -> bool:
