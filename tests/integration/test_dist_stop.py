@@ -46,6 +46,7 @@ opt = torch.optim.Adam(model.parameters(), lr=0.01)
 state = {"model": model, "optimizer": opt}
 total, out = int(sys.argv[1]), sys.argv[2]
 with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=os.environ.get("TEST_SAVE_EVERY") or 10,
+                  remote=os.environ.get("TEST_REMOTE"),
                   notices=os.environ.get("TEST_NOTICES", "signals")) as run:
     say(f"rank {rank} pid {os.getpid()} resumed {run.step}")
     for step in run.steps(total):
@@ -165,10 +166,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def two_nodes(worker: Path, root: Path, out: Path, port: int, envs: list[dict]) -> list[subprocess.Popen]:
-    """Two torchrun agents, one worker each, meeting at a c10d rendezvous on 127.0.0.1: two "nodes"."""
+def two_nodes(worker: Path, roots: list[Path], out: Path, port: int, envs: list[dict]) -> list[subprocess.Popen]:
+    """Two torchrun agents, one worker each, meeting at a c10d rendezvous on 127.0.0.1: two "nodes",
+    each with its own disk (``roots[i]``, the same path on a real cluster)."""
     procs = []
-    for extra in envs:
+    for extra, root in zip(envs, roots, strict=True):
         env = dict(extra, TEST_ROOT=str(root))
         procs.append(subprocess.Popen(
             [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
@@ -178,14 +180,20 @@ def two_nodes(worker: Path, root: Path, out: Path, port: int, envs: list[dict]) 
     return procs
 
 
-def test_a_cloud_notice_on_one_of_two_nodes_stops_both_after_the_same_step(tmp_path, reference, metadata):
-    """Only node 1 polls a metadata server that announces an AWS spot interruption; node 0 hears nothing."""
+def test_a_cloud_notice_on_one_of_two_nodes_stops_both_then_a_lost_node_disk_restores_from_the_remote(
+        tmp_path, reference, metadata, s3_url):
+    """Only node 1 polls a metadata server that announces an AWS spot interruption; node 0 hears nothing.
+
+    Each node has its own disk and the job a remote (the real S3 server): the global commit is
+    the manifest on the remote; each node keeps its own files as a cache. Node 1's disk is then
+    lost with the node; the restart reads its files from the remote, bit-exact.
+    """
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    root = tmp_path / "run"
-    quiet = metadata_env(metadata, TEST_NOTICES="signals")
-    warned = metadata_env(metadata, TEST_NOTICES="signals,aws")
-    procs = two_nodes(worker, root, tmp_path / "int.pt", free_port(), [quiet, warned])
+    roots = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]
+    quiet = metadata_env(metadata, TEST_NOTICES="signals", TEST_REMOTE=s3_url)
+    warned = metadata_env(metadata, TEST_NOTICES="signals,aws", TEST_REMOTE=s3_url)
+    procs = two_nodes(worker, roots, tmp_path / "int.pt", free_port(), [quiet, warned])
     try:
         seen = 0
         for line in procs[0].stdout:  # bounded: the job ends by itself after STEPS steps
@@ -203,21 +211,39 @@ def test_a_cloud_notice_on_one_of_two_nodes_stops_both_after_the_same_step(tmp_p
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    stops = last_stops(root)
+    stops = {r: last_stops(root)[r] for r, root in enumerate(roots)}  # each node's own events
     assert {s["exit_code"] for s in stops.values()} == {75}, (stops, errs[0][-2000:], errs[1][-2000:])
     assert stops[0]["step"] == stops[1]["step"] and 0 < stops[0]["step"] < STEPS, stops
+    stop = stops[0]["step"]
     by_source = {s["source"] for s in stops.values()}
     assert by_source == {"aws", "aws on rank 1"} or by_source == {"aws", "aws on rank 0"}, by_source
-    assert_one_checkpoint(root, stops[0]["step"])
+    assert {s["tier"] for s in stops.values()} == {"remote"}  # durable only once committed on the remote
+    remote = open_storage(s3_url)
+    assert committed_steps(remote)[-1] == stop
+    manifest = read_manifest(remote, step_dir(stop))
+    assert manifest.world_size == 2 and {f.rank for f in manifest.files.values()} == {0, 1}
+    for r, root in enumerate(roots):  # each node's copy: the global manifest, and only that node's files
+        node = open_storage(str(root))
+        assert committed_steps(node)[-1] == stop
+        here = {n for n in node.listdir(step_dir(stop)) if n != "manifest.json"}
+        assert here == {n for n, f in manifest.files.items() if f.rank == r}, (r, here)
 
+    import shutil
+    shutil.rmtree(roots[1])  # node 1 is gone with its disk; its replacement starts empty
     metadata.reset()  # the job restarts on new machines: no notice
-    procs = two_nodes(worker, root, tmp_path / "int.pt", free_port(), [quiet, quiet])
+    procs = two_nodes(worker, roots, tmp_path / "int.pt", free_port(), [quiet, quiet])
     outs = [finish(p) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    assert all(f"resumed {stops[0]['step']}" in out for out, _ in outs)
+    assert all(f"resumed {stop}" in out for out, _ in outs), outs
+    restores = {e["rank"]: e for root in roots for e in read_events(root / "events")
+                if e["event"] == "restore" and e["step"] == stop}
+    assert restores[0]["tier"] == restores[1]["tier"] == "remote"
     resumed = torch.load(tmp_path / "int.pt", weights_only=True)
     for k, v in reference["model"].items():
         assert torch.equal(resumed["model"][k], v), k
+    for pid, st in reference["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(resumed["optimizer"]["state"][pid][k], v), (pid, k)
 
 
 def test_a_time_based_policy_saves_the_same_steps_on_every_rank(tmp_path, reference):

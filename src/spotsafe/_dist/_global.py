@@ -53,6 +53,7 @@ import os
 import time
 import uuid
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,11 +78,13 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
+from .._backoff import retry
 from .._engine import CheckpointManager, SaveStats
 from .._engine._options import ManagerSettings, options_from
 from .._engine._pipeline import decode_components, read_verified, skip_reason, stage
+from .._engine._replicate import is_transient
 from .._engine._restore_stats import RestoreStats
-from .._engine._retention import Verdict
+from .._engine._retention import StoreRetention, Verdict
 from .._engine._staging import ALIGN
 from .._env import CHAOS_KILL_ENV
 from .._format import (
@@ -96,15 +99,18 @@ from .._format import (
     decode_metadata,
     default_versions,
     encode_metadata,
-    read_manifest,
+    is_leftover,
+    parse_manifest,
+    parse_step_dir,
+    read_manifest_bytes,
     step_dir,
     tmp_dir,
+    trash_dir,
 )
 from .._format._hash import digest_bytes
 from .._names import Tier
 from .._state import RNG_COMPONENT, apply_checkpoint, dtype_name, partial_names, plan_restore, torch_dtype
-from .._storage import LocalFiles
-from .._storage._local import LocalStorage
+from .._storage import Storage, is_url, open_storage
 from ..errors import (
     CheckpointNotFoundError,
     CheckpointSkippedWarning,
@@ -321,54 +327,107 @@ class GlobalCheckpointManager(CheckpointManager):
                                "and MASTER_PORT as for init_process_group('env://').")
         self._stores: dict[str, Any] = {}  # one client per thread name
         self._plan: _Plan | None = None
+        self._committed: set[int] = set()  # steps this job knows are globally committed
+        self._remote_retention: StoreRetention | None = None
+        self._keys_of: int | None = None  # the step whose store keys rank 0 deletes at the next save
+        if isinstance(root, Storage) or is_url(os.fspath(root)):
+            raise ValueError(f"A multi-rank job writes its files to a local root first; pass a directory as root "
+                             f"(one node's disk, or a shared file system) and the URL as remote=, not root={root!r}.")
+        # Which ranks share a directory, before anything is locked or written there.
+        views = self._probe(Path(root).expanduser())
+        mine = views[self.rank]
+        self.node_ranks = sorted(mine)
+        self.leader = self.node_ranks[0]  # commits, cleans and prunes this node's copy of the root
+        self.shared = len(mine) == self.world_size
+        if not self.shared and opts.remote is None:
+            raise ValueError(
+                f"The ranks of this job see {len({frozenset(v) for v in views})} different directories at {root} "
+                "(node-local disks), so no one of them can hold the job's checkpoint; pass remote= (an object store "
+                "every node reaches: the commit point), or put the root on a file system every node mounts.")
+        self._replicates = self.shared  # node-local: every rank uploads its own files, rank 0 commits the remote
         error: BaseException | None = None
-        token = None
         try:
-            if self.rank == 0:
+            if self.rank == 0:  # the local lock of its node and the remote's lease: the job's one writer
                 super().__init__(root, options=opts, run_id=run_id, attempt=attempt)
-                token = f".spotsafe-job-{uuid.uuid4().hex}"
-                if isinstance(self.storage, LocalFiles):
-                    self.storage.put_bytes(token, b"")
-            else:  # the writer is rank 0: it holds the lock and the lease, cleans and prunes
+            elif self.rank == self.leader:  # another node's lock (a second job there is refused too)
+                super().__init__(root, options=dataclasses.replace(opts, remote=None), run_id=run_id,
+                                 attempt=attempt)
+                self.remote = open_storage(opts.remote, None if isinstance(opts.remote, Storage)
+                                           else opts.storage_options)  # type: ignore[assignment]
+            else:
                 super().__init__(root, options=dataclasses.replace(opts, read_only=True), run_id=run_id,
                                  attempt=attempt)
         except BaseException as e:
             error = e
         answers: list[Any] = [None] * self.world_size
-        dist.all_gather_object(answers, (_describe(error), token), group=self.group)
+        dist.all_gather_object(answers, _describe(error), group=self.group)
         try:
             self._opened(error, answers)
+            if self.rank == 0 and not self.shared:
+                self._clean_remote()
         except BaseException:
             if error is None:
                 self._close_quietly()
             raise
         if self.rank != 0:
-            self.read_only = False  # every rank saves; only rank 0 commits, prunes and uploads
+            self.read_only = False  # every rank saves; rank 0 commits
         self.when_busy = "wait"
+        logger.info("Rank %d of %d checkpoints to %s (%s; node of ranks %s)", self.rank, self.world_size, self.root,
+                    "shared by every rank" if self.shared else f"node-local, committed on {self._remote_url()}",
+                    self.node_ranks)
+
+    def _remote_url(self) -> str:
+        return self.remote.url if self.remote is not None else "none"
+
+    def _probe(self, root: Path) -> list[set[int]]:
+        """For each rank, the ranks that see the same directory at ``root`` (two all-gathers)."""
+        token, problem = f".spotsafe-probe-{uuid.uuid4().hex}", None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / token).write_bytes(b"")
+        except Exception as e:
+            problem = f"{type(e).__name__}: {e}"
+        tokens: list[Any] = [None] * self.world_size
+        dist.all_gather_object(tokens, (token, problem), group=self.group)
+        bad = next(((r, p) for r, (_, p) in enumerate(tokens) if p is not None), None)
+        if bad is not None:
+            raise RuntimeError(f"Rank {bad[0]} cannot write its run root {root} ({bad[1]}); fix the path or its "
+                               "permissions on that node, then start the job again.")
+        seen = {r for r, (t, _) in enumerate(tokens) if (root / t).exists()}
+        views: list[Any] = [None] * self.world_size
+        dist.all_gather_object(views, seen, group=self.group)
+        try:
+            (root / token).unlink()
+        except OSError:
+            pass
+        return views
 
     def _opened(self, error: BaseException | None, answers: list[Any]) -> None:
-        """Raise on every rank when any rank could not open the root, or they do not share it."""
+        """Raise on every rank when any rank could not open the root (the same error on every rank)."""
         if error is not None:
             raise error
-        failed = next(((r, a[0]) for r, a in enumerate(answers) if a[0] is not None), None)
+        failed = next(((r, a) for r, a in enumerate(answers) if a is not None), None)
         if failed is not None:
             r, (kind, msg) = failed
             if kind == "RootLockedError":
                 raise RootLockedError(msg)
             raise RuntimeError(f"Rank {r} could not open the run root {self.root}: {msg}; fix that, then start the "
                                "job again.")
-        token = answers[0][1]
-        seen = token is not None and isinstance(self.storage, LocalStorage) and (self.storage.root / token).exists()
-        views: list[Any] = [None] * self.world_size
-        dist.all_gather_object(views, seen, group=self.group)
-        if self.rank == 0 and token is not None and isinstance(self.storage, LocalFiles):
-            self.storage.remove(token)
-        blind = [r for r, v in enumerate(views) if not v]
-        if blind:
-            raise RuntimeError(
-                f"Rank(s) {', '.join(map(str, blind))} do not see rank 0's run root {self.root} (another node's disk, "
-                "or a URL): every rank of a job must write the same directory; put the root on a file system every "
-                "node mounts.")
+
+    def _clean_remote(self) -> None:
+        """Remove what killed jobs left on the remote: step directories with no manifest (rank 0, at start)."""
+        assert self.remote is not None
+        committed = set(self._retry(lambda: self.remote.listdir_committed(MANIFEST), f"Listing {self.remote.url}"))
+        for name in self._retry(lambda: self.remote.listdir(), f"Listing {self.remote.url}"):
+            if name not in committed and (is_leftover(name) or parse_step_dir(name) is not None):
+                logger.info("Removing abandoned upload %s from %s", name, self.remote.url)
+                self._retry(lambda n=name: self.remote.remove(n, strict=True), f"Removing {name}")
+
+    def _retry(self, fn: Any, what: str) -> Any:
+        def on_retry(attempt: int, e: BaseException, pause: float) -> None:
+            logger.warning("%s failed (%s: %s); retry %d in %.1fs", what, type(e).__name__, e, attempt + 1, pause)
+
+        return retry(fn, policy=self.options.upload_backoff, transient=is_transient, what=what, on_retry=on_retry)
 
     def _close_quietly(self) -> None:
         try:
@@ -418,11 +477,12 @@ class GlobalCheckpointManager(CheckpointManager):
             items = planner.create_local_plan().items
             if self.rank == 0:
                 name = step_dir(step)
-                if step in committed_steps(self.storage):
+                if step in self._committed or (self.shared and step in committed_steps(self.storage)):
                     r0 = ("", True)  # already committed: kept (a restore from it, saved again at once)
                 else:
                     tmp = tmp_dir(step)
-                    self.storage.begin(name, tmp)
+                    if self.shared:
+                        self.storage.begin(name, tmp)
                     r0 = (tmp, False)
         except BaseException as e:
             problem = e
@@ -433,7 +493,7 @@ class GlobalCheckpointManager(CheckpointManager):
         tmp, exists = answers[0][2] or ("", False)
         failed = next(((r, a[0]) for r, a in enumerate(answers) if a[0] is not None), None)
         if failed is not None:
-            if self.rank == 0 and tmp:
+            if self.rank == 0 and tmp and self.shared:
                 self.storage.abort(tmp)
             if problem is not None:
                 raise problem
@@ -447,13 +507,14 @@ class GlobalCheckpointManager(CheckpointManager):
                              stall_s=elapsed, waited_s=waited)
         assert planner is not None
         plan = self._plan_for(tuple(a[1] for a in answers), planner)
-        if self.rank != 0:
-            self.storage.join(tmp)
+        if self.rank != 0 or not self.shared:
+            self.storage.join(tmp, create=not self.shared)  # node-local: the first rank of a node makes it
+        self._forget_keys(step)
         try:
             snap = self._stage(step, tmp, state, kinds, planner, plan, epoch, metadata)
         except BaseException as e:
             self._publish_part(step, {"error": f"{type(e).__name__}: {e}"})
-            if self.rank == 0:
+            if self.rank == 0 and self.shared:
                 self.storage.abort(tmp)
             else:
                 self.storage.leave(tmp)
@@ -576,23 +637,32 @@ class GlobalCheckpointManager(CheckpointManager):
         return {"files": files, "components": components, "entries": entries}
 
     def _persist_global(self, snap: _Snapshot, t0: float, waited: float, stall: float) -> SaveStats:
+        """Phase 1 on every rank, phase 2 on rank 0; see the module docstring."""
         name = step_dir(snap.step)
         t1 = time.perf_counter()
         store_keys: list[str] = []
+        own_tmp = self.rank == self.leader  # this node's temp directory is committed or removed by its leader
         try:
             try:
                 part = self._write_part(snap)
+                if not self.shared:
+                    self._upload_part(snap, part)
             except BaseException as e:
                 self._publish_part(snap.step, {"error": f"{type(e).__name__}: {e}"})
                 raise
             persist_s = time.perf_counter() - t1
             if self.rank != 0:
                 self._publish_part(snap.step, part)
-                self.storage.leave(snap.tmp)
                 outcome = self._await(f"{snap.step}/done", f"rank 0 to commit {name}")
                 if outcome != "ok":
                     raise SaveFailedError(f"Rank 0 did not commit {name}: {outcome}")
+                self._committed.add(snap.step)
                 nbytes = sum(f[0] for f in part["files"].values())
+                if own_tmp and not self.shared:  # this node's copy: a cache of the global checkpoint
+                    raw = self._store().get(f"{snap.step}/manifest")
+                    self._commit_local(snap, raw)
+                else:
+                    self.storage.leave(snap.tmp)
             else:
                 parts = {0: part}
                 for r in range(1, self.world_size):
@@ -605,18 +675,34 @@ class GlobalCheckpointManager(CheckpointManager):
                 raw = manifest.to_json_bytes()
                 if os.environ.get(CHAOS_KILL_ENV) == "commit":
                     _chaos_kill(f"rank 0 between every rank's files and the manifest of {name}")
-                self.storage.commit(snap.tmp, name, MANIFEST, raw)
+                if self.shared:
+                    self.storage.commit(snap.tmp, name, MANIFEST, raw)  # the global commit: a rename
+                else:
+                    assert self.remote is not None
+                    self._retry(lambda: self.remote.commit(name, name, MANIFEST, raw), f"Committing {name}")
+                    self._store().set(f"{snap.step}/manifest", raw)
                 self._announce(snap.step, "ok", store_keys)
+                self._committed.add(snap.step)
                 nbytes = manifest.total_bytes
-                self._retention.vouch(snap.step, manifest, raw)
-                self._prune(snap.step)
-                if self._replicator is not None:
-                    self._replicator.submit(snap.step)
-                logger.info("Committed %s for %d ranks in %s (%d files, %d bytes)", name, self.world_size, self.root,
-                            len(manifest.files), nbytes)
+                if self.shared:
+                    self._retention.vouch(snap.step, manifest, raw)
+                    self._prune(snap.step)
+                    if self._replicator is not None:
+                        self._replicator.submit(snap.step)
+                else:
+                    self._commit_local(snap, raw)
+                    self._prune_remote(snap.step, manifest, raw)
+                logger.info("Committed %s for %d ranks in %s (%d files, %d bytes)", name, self.world_size,
+                            self.root if self.shared else self._remote_url(), len(manifest.files), nbytes)
         except BaseException as e:
             if self.rank == 0:
                 self._announce(snap.step, f"{type(e).__name__}: {e}", store_keys)
+                if not self.shared and self.remote is not None:
+                    try:
+                        self.remote.abort(name)
+                    except Exception:
+                        pass
+            if own_tmp:
                 try:
                     self.storage.abort(snap.tmp)
                 except Exception:
@@ -630,6 +716,60 @@ class GlobalCheckpointManager(CheckpointManager):
         self.durable_saves.append(stats)
         self.last_save = stats
         return stats
+
+    def _upload_part(self, snap: _Snapshot, part: dict[str, Any]) -> None:
+        """Node-local roots: upload this rank's files to the remote's ``step-N/`` (rank 0 prepares it first)."""
+        assert self.remote is not None
+        name = step_dir(snap.step)
+        if self.rank == 0:
+            self._retry(lambda: self.remote.begin(name, name), f"Preparing {name} on {self.remote.url}")
+            self._store().set(f"{snap.step}/begun", "1")
+        else:
+            self._await(f"{snap.step}/begun", f"rank 0 to prepare {name} on the remote")
+        for fname, (size, checksum) in sorted(part["files"].items(), key=lambda kv: -kv[1][0]):
+            rel = f"{name}/{fname}"
+
+            def put(rel: str = rel, fname: str = fname, size: int = size, checksum: str = checksum) -> None:
+                fd = self.storage.open_member(f"{snap.tmp}/{fname}")
+                try:
+                    self.remote.upload_file(fd, rel, size=size, checksum=checksum)
+                finally:
+                    os.close(fd)
+                got = self.remote.size(rel)
+                if got != size:
+                    raise ConnectionError(f"{rel} is {got} bytes on the remote after upload, expected {size}")
+
+            self._retry(put, f"Uploading {rel}")
+
+    def _commit_local(self, snap: _Snapshot, raw: bytes) -> None:
+        """Publish this node's files of a globally committed step as ``step-N/`` in its root (a leader's cache).
+
+        Its manifest is the global one, so it lists the other nodes' files too: a restore uses
+        a local file only when it verifies against that manifest, and fetches the rest.
+        """
+        name = step_dir(snap.step)
+        try:
+            self.storage.commit(snap.tmp, name, MANIFEST, raw)
+            self._retention.vouch(snap.step, parse_manifest(raw), raw)
+            self._prune(snap.step)
+        except Exception as e:
+            logger.warning("Rank %d could not keep its node's copy of %s in %s (%s: %s); the checkpoint is committed "
+                           "on %s.", self.rank, name, self.root, type(e).__name__, e, self._remote_url())
+
+    def _prune_remote(self, step: int, manifest: Manifest, raw: bytes) -> None:
+        """Retention on the remote, after ``step`` was committed there (rank 0, node-local roots)."""
+        assert self.remote is not None
+        if self._remote_retention is None:
+            self._remote_retention = StoreRetention(self.remote, self.keep)
+        self._remote_retention.vouch(step, manifest, raw)
+        try:
+            for s in self._remote_retention.deletions(step):
+                gone = self.remote.retire(step_dir(s), trash_dir(s))
+                self._remote_retention.forget(s)
+                self.remote.remove(gone, strict=True)
+        except Exception as e:
+            logger.warning("Deleting old checkpoints in %s failed (%s: %s); tried again after the next save",
+                           self.remote.url, type(e).__name__, e)
 
     def _persist_global_in_background(self, snap: _Snapshot, t0: float, waited: float, stall: float) -> SaveStats | None:
         try:
@@ -650,6 +790,19 @@ class GlobalCheckpointManager(CheckpointManager):
             raise TimeoutError(f"waited {self.commit_timeout:.0f}s for {what} ({type(e).__name__}); a rank died or "
                                "hung") from None
         return store.get(key).decode()
+
+    def _forget_keys(self, step: int) -> None:
+        """Rank 0 deletes the store keys of the previous save: every rank finished it before this
+        save's all-gather (``save()`` waits for its own save in flight first)."""
+        last, self._keys_of = self._keys_of, step
+        if self.rank != 0 or last is None:
+            return
+        try:
+            store = self._store()
+            for k in ("done", "manifest", "begun"):
+                store.delete_key(f"{last}/{k}")
+        except Exception as e:
+            logger.debug("Could not delete the store keys of step %d (%s)", last, e)
 
     def _announce(self, step: int, outcome: str, keys: list[str]) -> None:
         try:
@@ -716,9 +869,11 @@ class GlobalCheckpointManager(CheckpointManager):
         if unreachable is not None and self.remote is not None:
             warnings.warn(f"Cannot reach the remote {self.remote.url} ({unreachable}); restoring from the local "
                           f"checkpoints in {self.root} only.", RemoteUnavailableWarning, stacklevel=2)
-        tiers = [(Tier.ROOT, self.storage, tiers_steps[0])]
+        tiers = [(Tier.ROOT, self.storage, tiers_steps[0])] if self.shared else []  # node-local: caches only
         if self.remote is not None and tiers_steps[1] is not None:
             tiers.append((Tier.REMOTE, self.remote, tiers_steps[1]))
+            if not self.shared:
+                self._committed.update(tiers_steps[1])
         every = sorted({s for _, _, steps in tiers for s in steps}, reverse=True)
         if step is not None:
             if step not in every:
@@ -797,7 +952,10 @@ class GlobalCheckpointManager(CheckpointManager):
         """Read and verify what this rank needs of ``step``: (what to apply, None) or (None, (kind, reason))."""
         name = step_dir(step)
         try:
-            manifest = read_manifest(storage, name)
+            raw = read_manifest_bytes(storage, name)
+            manifest = parse_manifest(raw)
+            if manifest.step != step:
+                raise ManifestError(f"manifest.json says step {manifest.step}, the directory says {step}")
             if manifest.shards is None or manifest.world_size == 1:
                 raise StateMismatchError(f"Checkpoint {name} was written by a single process, and this job has "
                                          f"{self.world_size} ranks; resume it with one process, or start this job "
@@ -820,7 +978,7 @@ class GlobalCheckpointManager(CheckpointManager):
             needed |= {t.file for c in own.values() for t in c.tensors}
             sub = dataclasses.replace(manifest, files={f: manifest.files[f] for f in sorted(needed)},
                                       components=own)
-            bufs = read_verified(storage, name, sub, self._io_executor)
+            bufs = self._read_files(storage, name, sub, raw)
             loaded = dict(decode_components(sub, bufs))
             rng = loaded.pop(RNG_COMPONENT, None)
             others = {n: o for n, o in state.items() if n not in kinds}
@@ -834,6 +992,30 @@ class GlobalCheckpointManager(CheckpointManager):
             if not isinstance(e, (ManifestError, CorruptCheckpointError, UnsafeFileError)):
                 logger.debug("Reading %s failed", name, exc_info=True)
             return None, (type(e).__name__, skip_reason(e))
+
+    def _read_files(self, storage: Storage, name: str, sub: Manifest, raw: bytes) -> dict[str, torch.Tensor]:
+        """Read and verify the files of ``sub``; node-local roots: from this node's copy where it holds the
+        same checkpoint (its manifest is the global one, byte for byte) and each file verifies, else
+        from ``storage`` (the remote)."""
+        bufs: dict[str, torch.Tensor] = {}
+        if not self.shared and storage is not self.storage:
+            try:
+                same = read_manifest_bytes(self.storage, name) == raw
+            except Exception:
+                same = False
+            here = [f for f in sub.files if same and self.storage.size(f"{name}/{f}") is not None]
+            for f in here:
+                try:
+                    one = dataclasses.replace(sub, files={f: sub.files[f]}, components={})
+                    bufs.update(read_verified(self.storage, name, one, self._io_executor))
+                except (CorruptCheckpointError, OSError) as e:
+                    logger.warning("This node's copy of %s/%s does not verify (%s); reading it from %s", name, f,
+                                   skip_reason(e), storage.url)
+        rest = {f: e for f, e in sub.files.items() if f not in bufs}
+        if rest:
+            bufs.update(read_verified(storage, name, dataclasses.replace(sub, files=rest, components={}),
+                                      self._io_executor))
+        return bufs
 
     def _apply(self, ready: dict[str, Any], state: dict[str, Any], kinds: dict[str, str],
                owners: dict[str, str]) -> None:
@@ -852,6 +1034,67 @@ class GlobalCheckpointManager(CheckpointManager):
         plan = ready["plan"]
         apply_checkpoint(plan)
         state.update(plan.state)  # plain values are replaced in the dict the plan was made for
+
+    # -- the remote, as Run sees it ----------------------------------------------------------
+    # Node-local roots: a save is durable only once committed on the remote, so "uploaded" is
+    # "committed". A shared root: rank 0 replicates; the other ranks learn the outcome of a step's
+    # upload from rank 0 through the store (``uploaded/<step>``: "yes" or "no").
+    @property
+    def remote_watermark(self) -> int | None:
+        if not self.shared:
+            return max(self._committed) if self._committed else None
+        return super().remote_watermark
+
+    def wait_uploaded(self, step: int, timeout: float | None = None) -> bool:
+        if self.remote is None:
+            return False
+        if not self.shared:
+            return step in self._committed
+        if self.rank != 0:
+            return self._upload_outcome(step, self.commit_timeout if timeout is None else timeout) == "yes"
+        try:
+            done = super().wait_uploaded(step, timeout)
+        except BaseException:
+            self._tell_upload(step, "no")
+            raise
+        if done:
+            self._tell_upload(step, "yes")
+        return done
+
+    def upload_pending(self, step: int) -> bool:
+        if self.remote is None or not self.shared:
+            return False
+        if self.rank != 0:
+            return self._upload_outcome(step, 0.0) is None
+        pending = super().upload_pending(step)
+        if not pending and not super().wait_uploaded(step, 0):
+            self._tell_upload(step, "no")  # dropped or refused: the other ranks stop waiting
+        return pending
+
+    def upload_backlog(self, step: int) -> list[int]:
+        return super().upload_backlog(step) if self.shared and self.rank == 0 else []
+
+    def prioritize_upload(self, step: int) -> int:
+        return super().prioritize_upload(step) if self.shared and self.rank == 0 else 0
+
+    def _tell_upload(self, step: int, outcome: str) -> None:
+        try:
+            self._store().set(f"uploaded/{step}", outcome)
+        except Exception as e:
+            logger.debug("Could not tell the other ranks about the upload of step %d (%s)", step, e)
+
+    def _upload_outcome(self, step: int, timeout: float) -> str | None:
+        from datetime import timedelta
+
+        store, key = self._store(), f"uploaded/{step}"
+        try:
+            if timeout > 0:
+                store.wait([key], timedelta(seconds=timeout))
+            elif not store.check([key]):
+                return None
+            return store.get(key).decode()
+        except Exception:
+            return None
 
     def close(self, *, wait_remote: bool = True, timeout: float | None = None) -> None:
         try:

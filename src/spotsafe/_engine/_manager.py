@@ -214,13 +214,17 @@ class CheckpointManager:
                     raise
                 raise RemoteUnavailableError(f"Cannot reach the run root {self.root} ({type(e).__name__}: {e}); check "
                                              "the URL, the endpoint and the network, then start again.") from None
-            if self.remote is not None:
+            if self.remote is not None and self._replicates:
                 self._replicator = Replicator(self.storage, self.remote, retention=self.keep,
                                               max_pending=opts.max_pending_uploads, backoff=opts.upload_backoff,
                                               local_retention=self._retention)
         except BaseException:
             self._hold.release()
             raise
+
+    _replicates = True
+    """Whether committed steps are copied to the remote by a :class:`Replicator` (a subclass
+    whose ranks upload their own files sets it False)."""
 
     @property
     def owner(self) -> Owner | None:

@@ -314,10 +314,13 @@ class LocalStorage:
         (self.root / tmp_name).mkdir()
         return self._saves.begun(tmp_name)
 
-    def join(self, tmp_name: str) -> Handle:
+    def join(self, tmp_name: str, *, create: bool = False) -> Handle:
         """Write into a save another process began in this root (the ranks of one job on a shared
-        file system): its temp directory must exist. The process that began it commits it; this
-        one only writes files, and ends its part with :meth:`leave`."""
+        file system): its temp directory must exist (``create``: made when it does not, by
+        whichever rank comes first). The process that owns it commits it; this one only writes
+        files, and ends its part with :meth:`leave`."""
+        if create:
+            (self.root / tmp_name).mkdir(exist_ok=True)
         if not (self.root / tmp_name).is_dir():
             raise FileNotFoundError(f"{self.root / tmp_name} does not exist: the save it belongs to was not begun "
                                     "there, or was already committed or aborted")
