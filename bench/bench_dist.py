@@ -43,7 +43,7 @@ the ranks' own writes and DCP (gloo on CPU, 127.0.0.1).
 
     .venv/bin/python bench/bench_dist.py [--parts watch,save] [--steps 2000] [--repeats 5] [--size 32M]
 
-About a minute on a 2-core VM with the defaults; the save part needs about 10x ``--size`` of
+About 1.5 minutes on a 2-core VM with the defaults; the save part needs about 10x ``--size`` of
 memory per rank and 3x on disk.
 """
 
@@ -393,9 +393,13 @@ def report_saves(got: dict[int, dict[str, Any]], kinds: list[str], size: int, re
                                f"(memcpy {med(x['memcpy']) * 1e3:.1f} ms); stall / limit {pair:.2f} paired, "
                                f"{of_medians:.2f} of medians"))
         slowest = [max(got[r][kind]["persist"][i] for r in got) for i in range(repeats)]
+        # each rank's files are written stall + persist after its save() began (the ranks start together:
+        # save() opens with an all-gather); the slowest of those is the earliest a commit could follow
+        written = [max(got[r][kind]["stall"][i] + got[r][kind]["persist"][i] for r in got) for i in range(repeats)]
         x = r0[kind]
         rows = {"slowest rank's persist": slowest}
         rows.update({f"rank {r} persist": got[r][kind]["persist"] for r in sorted(got)})
+        rows["slowest rank's stall + persist"] = written
         rows.update({"rank 0 stall (inside save->commit)": x["stall"],
                      "spotsafe save() -> global commit": x["total"],
                      "dcp.save (rank 0, to return)": x["dcp_save"],
@@ -408,7 +412,8 @@ def report_saves(got: dict[int, dict[str, Any]], kinds: list[str], size: int, re
         goals.append(_goal(f"{name}: save() to global commit <= {COMMIT_GOAL}x the slowest rank's persist",
                            pair / COMMIT_GOAL, of_medians / COMMIT_GOAL,
                            f"{pair:.2f}x paired, {of_medians:.2f}x of medians ({after_stall:.2f}x without rank 0's "
-                           f"stall); vs dcp.save {paired(x['total'], x['dcp_save']):.2f}x, vs dcp.async_save "
+                           f"stall; {paired(x['total'], written):.2f}x the slowest rank's stall + persist); "
+                           f"vs dcp.save {paired(x['total'], x['dcp_save']):.2f}x, vs dcp.async_save "
                            f"{paired(x['total'], x['dcp_async_done']):.2f}x"))
     return goals
 
