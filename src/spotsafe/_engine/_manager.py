@@ -535,6 +535,11 @@ class CheckpointManager:
                 t_read = time.perf_counter()
                 try:
                     manifest = read_manifest(storage, name)
+                    if manifest.shards is not None:
+                        raise StateMismatchError(
+                            f"Checkpoint {name} was written by a {manifest.world_size}-rank job; restore it under "
+                            f"torchrun with {manifest.world_size} ranks (spotsafe.Run does, once "
+                            "torch.distributed is initialised), or start this run in a new root.")
                     bufs = read_verified(storage, name, manifest, self._io_executor)
                     t_load = time.perf_counter()
                     loaded = dict(decode_components(manifest, bufs))

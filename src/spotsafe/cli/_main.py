@@ -138,6 +138,28 @@ def inspect_cmd(root: str, step: int | None, as_json: bool) -> None:
         _err(f"Checkpoint {info.name} in {plain(storage.url)} is invalid: {plain(info.reason)}.")
 
 
+def _print_shards(m) -> None:
+    """The state a multi-rank checkpoint saved through DCP's planners: per component, keys, chunks, bytes."""
+    table = Table(title="sharded through DCP (every rank's chunks)")
+    for col in ("component", "saved as", "keys", "chunks", "bytes", "ranks"):
+        table.add_column(col)
+    rank_of = {n: f.rank for n, f in m.files.items()}
+    for comp, kind in m.shards["components"].items():
+        keys = chunks = nbytes = 0
+        ranks: set[int] = set()
+        for key, e in m.shards["entries"].items():
+            if key.split(".", 1)[0] != comp:
+                continue
+            keys += 1
+            locs = [e["bytes"]] if "bytes" in e else e["chunks"]
+            chunks += len(locs)
+            nbytes += sum(c["length"] for c in locs)
+            ranks.update(rank_of.get(c["file"], 0) for c in locs)
+        table.add_row(markup(comp, 200), kind, str(keys), str(chunks), _size(nbytes),
+                      ", ".join(map(str, sorted(ranks))) or "-")
+    _out.print(table)
+
+
 def _print_manifest(info, url: str) -> None:
     m = info.manifest
     status = "[green]valid[/]" if info.valid else f"[red]invalid[/]: {markup(info.reason)}"
@@ -155,6 +177,8 @@ def _print_manifest(info, url: str) -> None:
         table.add_row(markup(name, 200), c.kind, markup(c.type.rsplit(".", 1)[-1], 200), str(len(c.tensors)),
                       _size(c.nbytes), markup(", ".join(files) or "-", 200))
     _out.print(table)
+    if m.shards is not None:
+        _print_shards(m)
     tensors = Table(title="tensors (first 40)")
     for col in ("component", "#", "dtype", "shape", "bytes"):
         tensors.add_column(col)
