@@ -1,7 +1,9 @@
-"""One stop step under torchrun: a SIGTERM to one worker of a 2-rank DDP job (gloo on CPU).
+"""One stop step under torchrun: a SIGTERM to one worker of a DDP job (2 and 3 ranks) or of an
+FSDP2 job with AdamW (gloo on CPU).
 
 Every rank stops after the same step, checkpoints it and exits 75, and the restart continues
-bit-for-bit against an uninterrupted run. Real torchrun, real processes, real signals.
+bit-for-bit against an uninterrupted run of the same kind and size. Real torchrun, real
+processes, real signals.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,9 +44,21 @@ def say(line):
 
 dist.init_process_group("gloo", timeout=timedelta(seconds=60))
 rank = dist.get_rank()
+mode = os.environ.get("TEST_MODE", "ddp")
 torch.manual_seed(0)
-model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 4))
-opt = torch.optim.Adam(model.parameters(), lr=0.01)
+if mode == "ddp":
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+else:  # FSDP2: each Linear, then the whole model, sharded over every rank (33 rows split unevenly)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    net = torch.nn.Sequential(torch.nn.Linear(8, 33), torch.nn.ReLU(), torch.nn.Linear(33, 4))
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for m in net:
+        if isinstance(m, torch.nn.Linear):
+            fully_shard(m, mesh=mesh)
+    model = fully_shard(net, mesh=mesh)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
 state = {"model": model, "optimizer": opt}
 total, out = int(sys.argv[1]), sys.argv[2]
 with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=os.environ.get("TEST_SAVE_EVERY") or 10,
@@ -57,8 +73,15 @@ with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=os.environ.get("TES
         opt.step()
         time.sleep(0.02 * (1 + rank))  # rank 1 is slower: the ranks are not in step between all-reduces
 say(f"rank {rank} done {run.step}")
+if mode == "ddp":
+    result = {"model": model.module.state_dict(), "optimizer": opt.state_dict()}
+else:  # a collective: every rank gathers the whole state
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    full = StateDictOptions(full_state_dict=True)
+    result = {"model": get_model_state_dict(model, options=full),
+              "optimizer": get_optimizer_state_dict(model, opt, options=full)}
 if rank == 0:
-    torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict()}, out)
+    torch.save(result, out)
 dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
 dist.destroy_process_group()
 sys.stdout.flush()
@@ -75,21 +98,23 @@ def last_stops(root: Path) -> dict[int, dict]:
     return stops
 
 
-def assert_one_checkpoint(root: Path, step: int) -> None:
-    """The newest checkpoint is ``step``: one manifest for both ranks, listing both ranks' files."""
+def assert_one_checkpoint(root: Path, step: int, nproc: int = 2) -> None:
+    """The newest checkpoint is ``step``: one manifest for every rank, listing every rank's files."""
     storage = open_storage(str(root))
     assert committed_steps(storage)[-1] == step
     manifest = read_manifest(storage, step_dir(step))
-    assert manifest.world_size == 2
-    assert {f.rank for f in manifest.files.values()} == {0, 1}
+    assert manifest.world_size == nproc and manifest.step == step
+    assert {f.rank for f in manifest.files.values()} == set(range(nproc))
     assert not [n for n in storage.listdir() if ".tmp-" in n]  # no rank left a half-written directory
 
 
-def torchrun(worker: Path, root: Path, out: Path, **extra: str) -> subprocess.Popen:
+def torchrun(worker: Path, root: Path, out: Path, nproc: int = 2, **extra: str) -> subprocess.Popen:
+    """``worker.py STEPS OUT`` under ``torchrun --standalone`` with ``nproc`` ranks on ``root`` (TEST_MODE in
+    ``extra``: ddp, the default, or fsdp2)."""
     env = child_env()
     env["TEST_ROOT"] = str(root)
     env.update(extra)
-    return subprocess.Popen([TORCHRUN, "--nproc-per-node", "2", "--standalone", "--monitor-interval", "0.1",
+    return subprocess.Popen([TORCHRUN, "--nproc-per-node", str(nproc), "--standalone", "--monitor-interval", "0.1",
                              str(worker), str(STEPS), str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -104,58 +129,90 @@ def finish(p: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("reference")
-    worker = d / "worker.py"
-    worker.write_text(WORKER)
-    p = torchrun(worker, d / "run", d / "ref.pt")
-    out, err = finish(p)
-    assert p.returncode == 0, err[-3000:]
-    return torch.load(d / "ref.pt", weights_only=True)
+def references(tmp_path_factory) -> Callable[[str, int], dict]:
+    """``get(mode, nproc)``: rank 0's final state of an uninterrupted run of that kind and size, run once
+    per module the first time it is asked for."""
+    cache: dict[tuple[str, int], dict] = {}
+
+    def get(mode: str, nproc: int) -> dict:
+        if (mode, nproc) not in cache:
+            d = tmp_path_factory.mktemp(f"reference-{mode}-{nproc}")
+            worker = d / "worker.py"
+            worker.write_text(WORKER)
+            p = torchrun(worker, d / "run", d / "ref.pt", nproc, TEST_MODE=mode)
+            out, err = finish(p)
+            assert p.returncode == 0, err[-3000:]
+            cache[mode, nproc] = torch.load(d / "ref.pt", weights_only=True)
+        return cache[mode, nproc]
+
+    return get
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes_bit_exact(tmp_path, reference,
-                                                                                            seed):
+@pytest.fixture(scope="module")
+def reference(references) -> dict:
+    return references("ddp", 2)
+
+
+def assert_same(a: object, b: object, path: str = "") -> None:
+    """Equal trees, tensors compared with torch.equal (bit for bit)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (path, a.keys(), getattr(b, "keys", lambda: b)())
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.mark.parametrize(("mode", "nproc", "victim", "seed"), [
+    ("ddp", 2, 1, 1),
+    ("ddp", 3, 2, 2),
+    ("fsdp2", 2, 1, 3),  # AdamW, each rank holds its own shards
+])
+def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes_bit_exact(
+        tmp_path, references, mode, nproc, victim, seed):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     root = tmp_path / "run"
-    p = torchrun(worker, root, tmp_path / "int.pt")
+    p = torchrun(worker, root, tmp_path / "int.pt", nproc, TEST_MODE=mode)
     try:
         pids = {}
         for line in p.stdout:  # bounded: the job ends by itself after STEPS steps
             pids.update({int(r): int(pid) for r, pid in RESUMED.findall(line)})
-            if len(pids) == 2:
+            if len(pids) == nproc:
                 break
-        assert len(pids) == 2
-        import time
-        time.sleep(random.Random(seed).uniform(0.2, 1.2))
-        os.kill(pids[1], signal.SIGTERM)  # one worker only: rank 0 hears nothing from its own machine
+        assert len(pids) == nproc
+        time.sleep(random.Random(seed).uniform(0.2, 1.2))  # a random step
+        os.kill(pids[victim], signal.SIGTERM)  # one worker only: the others hear nothing from their own machine
         out, err = finish(p)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
     assert p.returncode != 0  # torchrun turns a worker's 75 into its own failure (research notes, section 2)
     stops = last_stops(root)
-    assert {s["exit_code"] for s in stops.values()} == {75}, (stops, err[-3000:])
-    assert stops[0]["step"] == stops[1]["step"], stops
+    ranks = set(range(nproc))
+    assert set(stops) == ranks and {s["exit_code"] for s in stops.values()} == {75}, (stops, err[-3000:])
     stop = stops[0]["step"]
+    assert {s["step"] for s in stops.values()} == {stop}, stops
     assert 0 < stop < STEPS
-    assert stops[0]["reason"] == stops[1]["reason"] == "notice"
-    assert stops[1]["source"] == "signal" and stops[0]["source"] == "signal on rank 1"
-    assert_one_checkpoint(root, stop)
+    assert {s["reason"] for s in stops.values()} == {"notice"}
+    assert {r: s["source"] for r, s in stops.items()} == {
+        r: "signal" if r == victim else f"signal on rank {victim}" for r in ranks}
+    assert_one_checkpoint(root, stop, nproc)
 
-    p = torchrun(worker, root, tmp_path / "int.pt")
+    p = torchrun(worker, root, tmp_path / "int.pt", nproc, TEST_MODE=mode)
     out, err = finish(p)
     assert p.returncode == 0, err[-3000:]
     resumed_at = {int(r): int(at) for r, at in re.findall(r"rank (\d) pid \d+ resumed (\d+)", out)}
-    assert resumed_at == {0: stop, 1: stop} and f"rank 1 done {STEPS}" in out  # both ranks, from the stop step
-    resumed = torch.load(tmp_path / "int.pt", weights_only=True)
-    for k, v in reference["model"].items():
-        assert torch.equal(resumed["model"][k], v), k
-    for pid, st in reference["optimizer"]["state"].items():
-        for k, v in st.items():
-            assert torch.equal(resumed["optimizer"]["state"][pid][k], v), (pid, k)
+    assert resumed_at == dict.fromkeys(ranks, stop)  # every rank, from the stop step
+    assert all(f"rank {r} done {STEPS}" in out for r in ranks), out
+    assert_same(torch.load(tmp_path / "int.pt", weights_only=True), references(mode, nproc))
 
 
 def free_port() -> int:
