@@ -4,7 +4,8 @@ Real torchrun, gloo on CPU, one shared root. The first 2-rank job holds the root
 its writer lock) and pauses mid-training; a second 2-rank job started on the same root must fail
 at start on both ranks with the one sentence naming the holder (rank 0 meets the lock, rank 1
 hears of it through the all-gather of the manager's start), quickly, and leave the first job's
-checkpoints alone: the first job then finishes and commits its final step.
+checkpoints alone: the first job then finishes and commits its final step. With node-local roots
+and a remote, each node's lock refuses the second job's rank on that node.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 4))
 opt = torch.optim.Adam(model.parameters(), lr=0.01)
 try:
     with spotsafe.Run(os.environ["TEST_ROOT"], {"model": model, "optimizer": opt}, save_every=2,
-                      notices=None) as run:
+                      remote=os.environ.get("TEST_REMOTE"), notices=None) as run:
         say({"rank": rank, "pid": os.getpid(), "resumed": run.step})
         for step in run.steps(total):
             loss = model(torch.randn(16, 8, generator=torch.Generator().manual_seed(step * 10 + rank))).pow(2).mean()
@@ -81,6 +82,50 @@ def torchrun(worker: Path, root: Path, go: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_nodes(worker: Path, roots: list[Path], go: Path, remote: str) -> list[subprocess.Popen]:
+    """One job of two torchrun agents, one worker each, meeting on 127.0.0.1: two "nodes", each with its own
+    disk (``roots[i]``) and the job's ``remote``."""
+    port, procs = free_port(), []
+    for root in roots:
+        env = {**child_env(), "TEST_ROOT": str(root), "TEST_REMOTE": remote}
+        procs.append(subprocess.Popen(
+            [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"job-{port}", "--max-restarts", "0",
+             "--monitor-interval", "0.1", str(worker), str(TOTAL), str(PAUSE_AT), str(go), str(PAUSE_LIMIT)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True))
+    return procs
+
+
+def wait_paused(p: subprocess.Popen, ranks: set[int]) -> dict[int, int]:
+    """Read ``p``'s lines until every rank of ``ranks`` paused; {rank: pid}."""
+    pids, paused = {}, set()
+    for line in p.stdout:  # bounded: the first job goes on by itself after PAUSE_LIMIT seconds
+        if line.startswith("{"):
+            d = json.loads(line)
+            pids.update({d["rank"]: d["pid"]} if "pid" in d else {})
+            paused.update({d["rank"]} if "paused" in d else set())
+        if paused == ranks:
+            break
+    assert pids.keys() == paused == ranks, (pids, paused)
+    return pids
+
+
+def refusal(root: Path) -> str:
+    """The sentence that refuses a second writer of ``root``, naming the holder written in its lock."""
+    holder = Owner.from_dict(json.loads((root / WRITER_LOCK).read_text()))
+    assert holder is not None
+    return (f"Run root {root} is being written by another process ({holder.describe()}); wait for it to stop, "
+            "stop it, or use another root (readers need no lock: pass read_only=True).")
+
+
 def finish(p: subprocess.Popen, timeout: float) -> tuple[list[dict], str]:
     """Wait for ``p`` (killed past ``timeout``); its JSON lines and its stderr."""
     try:
@@ -99,17 +144,9 @@ def test_a_second_job_on_the_root_of_a_running_job_is_refused_on_every_rank_and_
     first = torchrun(worker, root, go)
     second = None
     try:
-        pids, paused = {}, set()
-        for line in first.stdout:  # bounded: the first job goes on by itself after PAUSE_LIMIT seconds
-            if line.startswith("{"):
-                d = json.loads(line)
-                pids.update({d["rank"]: d["pid"]} if "pid" in d else {})
-                paused.update({d["rank"]} if "paused" in d else set())
-            if paused == {0, 1}:
-                break
-        assert pids.keys() == paused == {0, 1}, (pids, paused)
-        holder = Owner.from_dict(json.loads((root / WRITER_LOCK).read_text()))  # written by the first job's rank 0
-        assert holder is not None and holder.pid == pids[0]
+        pids = wait_paused(first, {0, 1})
+        sentence = refusal(root)  # the holder as the first job's rank 0 wrote it in the lock
+        assert f"pid {pids[0]}," in sentence
 
         t0 = time.monotonic()
         second = torchrun(worker, root, go)
@@ -118,8 +155,6 @@ def test_a_second_job_on_the_root_of_a_running_job_is_refused_on_every_rank_and_
         assert second.returncode != 0, err[-3000:]
         assert seconds < 60, seconds  # refused at start: no wait for a timeout
         said = {d["rank"]: d for d in lines if "refused" in d}
-        sentence = (f"Run root {root} is being written by another process ({holder.describe()}); wait for it to "
-                    "stop, stop it, or use another root (readers need no lock: pass read_only=True).")
         assert said == {r: {"rank": r, "refused": "RootLockedError", "message": sentence} for r in (0, 1)}, (
             lines, err[-3000:])
         assert not [d for d in lines if "resumed" in d]  # neither rank entered the loop
@@ -143,3 +178,46 @@ def test_a_second_job_on_the_root_of_a_running_job_is_refused_on_every_rank_and_
     manifest = read_manifest(storage, step_dir(TOTAL))
     assert manifest.world_size == 2 and {f.rank for f in manifest.files.values()} == {0, 1}
     assert not [n for n in storage.listdir() if ".tmp-" in n]
+
+
+def test_node_local_roots_a_second_job_is_refused_on_every_node_by_that_nodes_lock(tmp_path, s3_url):
+    """Two "nodes", each with its own root, and the job's remote: each node's lock is held by the first job's
+    rank there, so the second job's rank 0 and rank 1 are each refused by their own node's lock."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    roots, go = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"], tmp_path / "go"
+    first, second = two_nodes(worker, roots, go, s3_url), []
+    try:
+        pids = {**wait_paused(first[0], {0}), **wait_paused(first[1], {1})}
+        sentences = [refusal(root) for root in roots]
+        for r in (0, 1):
+            assert f"pid {pids[r]}," in sentences[r]  # each node's lock: the first job's rank on that node
+
+        t0 = time.monotonic()
+        second = two_nodes(worker, roots, go, s3_url)
+        ends = [finish(p, timeout=90) for p in second]
+        assert time.monotonic() - t0 < 60  # refused at start: no wait for a timeout
+        assert [p.returncode != 0 for p in second] == [True, True]
+        for r in (0, 1):
+            lines, err = ends[r]
+            assert [d for d in lines if "refused" in d] == [
+                {"rank": r, "refused": "RootLockedError", "message": sentences[r]}], (lines, err[-3000:])
+            assert not [d for d in lines if "resumed" in d]
+        assert [p.poll() for p in first] == [None, None]  # the first job still runs, paused
+
+        go.write_text("")
+        rest = [finish(p, timeout=120) for p in first]
+    finally:
+        for p in [*first, *second]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+    assert [p.returncode for p in first] == [0, 0], rest[0][1][-2000:] + rest[1][1][-2000:]
+    assert [d["done"] for lines, _ in rest for d in lines if "done" in d] == [TOTAL, TOTAL]
+    remote = open_storage(s3_url)
+    steps = committed_steps(remote)
+    assert steps[-1] == TOTAL and PAUSE_AT in steps, steps  # the global commits are the remote's manifests
+    manifest = read_manifest(remote, step_dir(TOTAL))
+    assert manifest.world_size == 2 and {f.rank for f in manifest.files.values()} == {0, 1}
+    for root in roots:
+        assert committed_steps(open_storage(str(root)))[-1] == TOTAL
