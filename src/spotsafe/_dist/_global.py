@@ -168,15 +168,19 @@ def _dcp_state(state: dict[str, Any], kinds: dict[str, str], owners: dict[str, s
     return out
 
 
-def _signature(items: list[Any]) -> str:
-    """A digest of a local save plan: which keys and chunks, their dtypes and sizes."""
+def _fingerprint(flat: dict[str, Any]) -> str:
+    """What this rank's local save plan depends on, read cheaply from the flattened state: every
+    key and, for a tensor, its type, dtype and global shape, and a DTensor's mesh and placements
+    (which fix its local shard). Equal fingerprints on every rank: the cached global plan holds."""
     parts = []
-    for it in items:
-        td = it.tensor_data
-        parts.append((it.index.fqn, None if it.index.offset is None else list(it.index.offset), it.type.value,
-                      None if td is None else (list(td.chunk.offsets), list(td.chunk.sizes), list(td.size),
-                                               str(td.properties.dtype))))
-    return digest_bytes(json.dumps(parts).encode())
+    for k, v in flat.items():
+        if isinstance(v, torch.Tensor):
+            mesh = getattr(v, "device_mesh", None)
+            parts.append((k, type(v).__name__, str(v.dtype), tuple(v.shape), str(getattr(v, "placements", "")),
+                          None if mesh is None else (tuple(mesh.shape), str(mesh.device_type))))
+        else:
+            parts.append((k, "bytes"))
+    return digest_bytes(repr(parts).encode())
 
 
 @dataclasses.dataclass
@@ -464,7 +468,7 @@ class GlobalCheckpointManager(CheckpointManager):
         r0: tuple[str, bool] | None = None
         kinds: dict[str, str] = {}
         planner = None
-        items: list[Any] = []
+        sig = ""
         try:
             if self.rank == 0:
                 self._hold.check_writer()
@@ -474,7 +478,7 @@ class GlobalCheckpointManager(CheckpointManager):
             kinds, owners = _split(state)
             planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
             planner.set_up_planner(_dcp_state(state, kinds, owners), is_coordinator=self.rank == 0)
-            items = planner.create_local_plan().items
+            sig = _fingerprint(planner.state_dict)
             if self.rank == 0:
                 name = step_dir(step)
                 if step in self._committed or (self.shared and step in committed_steps(self.storage)):
@@ -487,9 +491,7 @@ class GlobalCheckpointManager(CheckpointManager):
         except BaseException as e:
             problem = e
         waited = time.perf_counter() - t0
-        sig = _signature(items) if problem is None else ""
-        answers: list[Any] = [None] * self.world_size
-        dist.all_gather_object(answers, (_describe(problem), sig, r0), group=self.group)
+        answers = self._gather_ready(step, problem, sig, r0)
         tmp, exists = answers[0][2] or ("", False)
         failed = next(((r, a[0]) for r, a in enumerate(answers) if a[0] is not None), None)
         if failed is not None:
@@ -527,6 +529,35 @@ class GlobalCheckpointManager(CheckpointManager):
         return SaveStats(step=step, bytes=snap.nbytes, stage_s=snap.staged.stage_s, persist_s=None, total_s=None,
                          stall_s=stall, waited_s=waited)
 
+    def _gather_ready(self, step: int, problem: BaseException | None, sig: str,
+                      r0: tuple[str, bool] | None) -> list[Any]:
+        """Every rank's (error, plan fingerprint, rank 0's temp name and skip) for one save.
+
+        One all-gather of 32 bytes a rank (no pickle): a status byte, rank 0's skip flag, the
+        fingerprint's 8 bytes and the 12 hex digits of rank 0's temp name. Only when a rank
+        failed does a second all-gather carry the errors' text.
+        """
+        word = torch.zeros(32, dtype=torch.uint8)
+        word[0] = 1 if problem is not None else 0
+        if problem is None:
+            word[2:10] = torch.frombuffer(bytearray(bytes.fromhex(sig)), dtype=torch.uint8)
+        if r0 is not None:
+            word[1] = 1 if r0[1] else 0
+            if r0[0]:
+                word[10:22] = torch.frombuffer(bytearray(r0[0].rsplit(".tmp-", 1)[1].encode()), dtype=torch.uint8)
+        words = [torch.empty_like(word) for _ in range(self.world_size)]
+        dist.all_gather(words, word, group=self.group)
+        first = words[0]
+        tmp = bytes(first[10:22].tolist()).decode() if any(first[10:22].tolist()) else ""
+        head = (f"{step_dir(step)}.tmp-{tmp}" if tmp else "", bool(first[1]))
+        answers: list[Any] = [[None, bytes(w[2:10].tolist()).hex(), head] for w in words]
+        if any(int(w[0]) for w in words):
+            errors: list[Any] = [None] * self.world_size
+            dist.all_gather_object(errors, _describe(problem), group=self.group)
+            for a, e in zip(answers, errors, strict=True):
+                a[0] = e
+        return answers
+
     def _plan_for(self, sigs: tuple[str, ...], planner: DefaultSavePlanner) -> _Plan:
         """This rank's write items of the global plan: the cached ones while no rank's local plan changed."""
         if self._plan is not None and self._plan.sigs == sigs:
@@ -556,8 +587,17 @@ class GlobalCheckpointManager(CheckpointManager):
                        buffers=self._buffers if self.async_save else None, rank=self.rank,
                        world_size=self.world_size)
         tensors, tensor_items, blobs, blob_items = [], [], [], []
+        flat = planner.state_dict
         for it in plan.items:
-            data = planner.resolve_data(it)
+            if it.type != WriteItemType.BYTE_IO:
+                data = flat[it.index.fqn]
+                to_local = getattr(data, "to_local", None)  # a DTensor: its one local shard (FSDP2)
+                if to_local is not None:
+                    data = to_local()
+                if tuple(data.shape) != tuple(it.tensor_data.chunk.sizes):
+                    data = planner.resolve_data(it)  # several chunks per rank: DCP finds the one
+            else:
+                data = planner.resolve_data(it)
             if it.type == WriteItemType.BYTE_IO:
                 blobs.append(data.getvalue())
                 blob_items.append(it)

@@ -1,0 +1,79 @@
+"""A save that fails on one rank of a torchrun job: it fails on every rank, nothing is half
+committed, and the next save works (real torchrun, gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import child_env
+
+pytestmark = pytest.mark.slow
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+WORKER = r'''
+import os
+from datetime import timedelta
+import torch, torch.distributed as dist
+from spotsafe._dist._global import GlobalCheckpointManager
+
+def say(line):
+    os.write(1, (line + "\n").encode())  # one write a line: the ranks share torchrun's stdout
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+rank = dist.get_rank()
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+opt = torch.optim.Adam(model.parameters())
+state = {"model": model, "optimizer": opt, "v": {"rank": rank}}
+m = GlobalCheckpointManager(os.environ["TEST_ROOT"])
+m.save(1, state)
+m.wait()
+try:  # rank 1 fails before its copy (a value no manifest holds): the ranks learn it in the save's all-gather
+    m.save(2, state, metadata={"x": object()} if rank == 1 else {})
+except Exception as e:
+    say(f"rank {rank} save 2: {type(e).__name__}: {e}")
+try:  # rank 1 fails while copying (a value spotsafe cannot store): rank 0's commit learns it from the store
+    m.save(3, dict(state, v=object()) if rank == 1 else state)
+    m.wait()
+except Exception as e:
+    say(f"rank {rank} save 3: {type(e).__name__}: {e}")
+m.save(4, state)
+m.wait()
+say(f"rank {rank} save 4 ok")
+m.close()
+dist.barrier()
+dist.destroy_process_group()
+os._exit(0)
+'''
+
+
+def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_the_next_one_commits(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    root = tmp_path / "run"
+    env = child_env()
+    env["TEST_ROOT"] = str(root)
+    p = subprocess.Popen([TORCHRUN, "--nproc-per-node", "2", "--standalone", str(worker)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    assert p.returncode == 0, err[-3000:]
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert lines["rank 1 save 2"].startswith("UnsupportedStateError: metadata['x'] is a builtins.object")
+    assert lines["rank 0 save 2"].startswith("SaveFailedError: Rank 1 could not save step-000000000002 "
+                                             "(UnsupportedStateError: metadata['x']")
+    assert lines["rank 1 save 3"].startswith("UnsupportedStateError: state['v']")
+    assert lines["rank 0 save 3"].startswith("SaveFailedError: Background save of step-000000000003")
+    assert "rank 1 failed to write its files (UnsupportedStateError: state['v']" in lines["rank 0 save 3"]
+    assert "rank 0 save 4 ok" in out and "rank 1 save 4 ok" in out
+    names = sorted(n for n in os.listdir(root) if n.startswith("step-"))
+    assert names == ["step-000000000001", "step-000000000004"]  # nothing of 2 or 3, not even a temp directory
