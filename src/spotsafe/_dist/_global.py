@@ -41,11 +41,17 @@ newest first, every rank reads and verifies the files it needs (its own componen
 files holding the shards its load plan overlaps) and one all-gather agrees on the verdict;
 only then does DCP load (no collective: ``no_dist``) from the verified bytes. The shard
 index lives in the manifest as JSON: no pickle is read, and nothing outside the root.
+
+Private torch names (all in this module; checked on torch 2.4.1, 2.5.1, 2.6.0, 2.7.1, 2.13):
+``torch.distributed.checkpoint._traverse.set_element`` (the weights-only planner's
+``load_bytes``) and, on torch < 2.7 only, ``state_dict_loader._load_state_dict`` (what
+``dcp.load`` calls; its ``no_dist`` is public from 2.7).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import json
 import logging
@@ -903,7 +909,8 @@ class GlobalCheckpointManager(CheckpointManager):
         listing: list[Any] = [None]
         if self.rank == 0:
             listing[0] = self._list_tiers()
-        dist.broadcast_object_list(listing, group=self.group, group_src=0)
+        src = 0 if self.group is None else dist.get_global_rank(self.group, 0)  # group_src: torch >= 2.6 only
+        dist.broadcast_object_list(listing, group=self.group, src=src)
         tiers_steps, unreachable = listing[0]
         t_list = time.perf_counter()
         if unreachable is not None and self.remote is not None:
@@ -1063,8 +1070,13 @@ class GlobalCheckpointManager(CheckpointManager):
         dcp_sd = ready["dcp_sd"]
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is, per rank
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(dcp_sd, storage_reader=_VerifiedReader(ready["metadata"], ready["where"], ready["bufs"]),
-                     planner=_WeightsOnlyLoadPlanner(), no_dist=True)
+            reader = _VerifiedReader(ready["metadata"], ready["where"], ready["bufs"])
+            if "no_dist" in inspect.signature(dcp.load).parameters:
+                dcp.load(dcp_sd, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(), no_dist=True)
+            else:  # torch < 2.7: dcp.load has no no_dist; the function it calls has
+                from torch.distributed.checkpoint.state_dict_loader import _load_state_dict  # private (torch 2.4-2.6)
+
+                _load_state_dict(dcp_sd, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(), no_dist=True)
         for n, kind in kinds.items():
             if kind == "module":
                 set_model_state_dict(state[n], dcp_sd[n])
@@ -1147,7 +1159,7 @@ def _chaos_kill(where: str) -> None:
     """SIGKILL this process now (``SPOTSAFE_CHAOS_KILL``): a node lost at that point, for drills and tests."""
     import signal
 
-    logger.warning("SPOTSAFE_CHAOS_KILL: killing %s", where)
+    logger.warning("%s: killing %s", CHAOS_KILL_ENV, where)
     for h in logging.getLogger().handlers:
         h.flush()
     os.kill(os.getpid(), signal.SIGKILL)
