@@ -174,6 +174,15 @@ def _stop_children(timeout: float = 15.0) -> None:
             p.wait()
 
 
+_interrupted = False  # a Ctrl-C came: whatever the children did meanwhile, the demo ends with 130
+
+
+def _on_ctrl_c(signum: int, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
 def _exit_on(signum: int, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through main's finally: children stopped, temp dir removed
 
@@ -209,8 +218,11 @@ def main() -> int:
     work = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="spotsafe-demo-"))
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on)
+    signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         code = demo(args, work, keep)
+        if _interrupted:  # the supervisor, Ctrl-C'd with us, may have ended before our handler ran
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         code = 130
