@@ -110,7 +110,6 @@ from .._format import (
     parse_step_dir,
     read_manifest_bytes,
     step_dir,
-    tmp_dir,
     trash_dir,
 )
 from .._format._hash import digest_bytes
@@ -191,7 +190,8 @@ def _fingerprint(flat: dict[str, Any]) -> str:
 
 @dataclasses.dataclass
 class _Plan:
-    sigs: tuple[str, ...]
+    sigs: tuple[str, ...]  # every rank's fingerprint when the plan was made
+    sig: str  # this rank's
     items: list[Any]  # this rank's write items (after dedup)
     expected: dict[str, set[tuple[int, ...]] | None]  # every key of the global plan: its chunk offsets, None for bytes
 
@@ -340,6 +340,8 @@ class GlobalCheckpointManager(CheckpointManager):
         self._committed: set[int] = set()  # steps this job knows are globally committed
         self._remote_retention: StoreRetention | None = None
         self._keys_of: int | None = None  # the step whose store keys rank 0 deletes at the next save
+        self._replan = False  # a rank's state changed shape: the next save makes the plan again, together
+        self._saves = 0  # save() calls, alike on every rank: with the job's token, the temp directory's name
         if isinstance(root, Storage) or is_url(os.fspath(root)):
             raise ValueError(f"A multi-rank job writes its files to a local root first; pass a directory as root "
                              f"(one node's disk, or a shared file system) and the URL as remote=, not root={root!r}.")
@@ -370,9 +372,12 @@ class GlobalCheckpointManager(CheckpointManager):
         except BaseException as e:
             error = e
         answers: list[Any] = [None] * self.world_size
-        dist.all_gather_object(answers, _describe(error), group=self.group)
+        listed = committed_steps(self.storage) if self.rank == 0 and error is None and self.shared else []
+        dist.all_gather_object(answers, (_describe(error), uuid.uuid4().hex[:8], listed), group=self.group)
+        self._token = answers[0][1]  # rank 0's: with a save's number, the name of its temp directory everywhere
+        self._committed.update(answers[0][2])  # a step already there is kept, not saved again
         try:
-            self._opened(error, answers)
+            self._opened(error, [a[0] for a in answers])
             if self.rank == 0 and not self.shared:
                 self._clean_remote()
         except BaseException:
@@ -464,14 +469,19 @@ class GlobalCheckpointManager(CheckpointManager):
         """Checkpoint ``state`` at ``step`` for the whole job; call on every rank at the same step.
 
         Returns once this rank's state is copied into host buffers (``async_save``, the
-        default) or once the job's checkpoint is committed. A failure on any rank before the
-        copy raises on every rank (:class:`SaveFailedError` naming the rank), and nothing is
-        written; a failure after it is raised by the next call, as for a single process.
+        default) or once the job's checkpoint is committed. No collective once the job's plan
+        is known (the first save, or the first after a rank's state changed shape, makes it
+        with two all-gathers). A failure on any rank fails the save on every rank, and nothing
+        is committed (the previous checkpoint stands): the rank at fault raises it (at once, or
+        by its next call when it failed in the background, as a single process does); the
+        others log a warning naming that rank and go on. A rank whose state changed shape
+        skips that save (a warning), and the next save makes the job's plan again, together.
         """
         self._check_open()
         t0 = time.perf_counter()
+        self._saves += 1
+        tmp = f"{step_dir(step)}.tmp-{self._token}{self._saves % 0x10000:04x}"  # the same name on every rank
         problem: BaseException | None = None
-        r0: tuple[str, bool] | None = None
         kinds: dict[str, str] = {}
         planner = None
         sig = ""
@@ -485,47 +495,34 @@ class GlobalCheckpointManager(CheckpointManager):
             planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
             planner.set_up_planner(_dcp_state(state, kinds, owners), is_coordinator=self.rank == 0)
             sig = _fingerprint(planner.state_dict)
-            if self.rank == 0:
-                name = step_dir(step)
-                if step in self._committed or (self.shared and step in committed_steps(self.storage)):
-                    r0 = ("", True)  # already committed: kept (a restore from it, saved again at once)
-                else:
-                    tmp = tmp_dir(step)
-                    if self.shared:
-                        self.storage.begin(name, tmp)
-                    r0 = (tmp, False)
         except BaseException as e:
             problem = e
         waited = time.perf_counter() - t0
-        answers = self._gather_ready(step, problem, sig, r0)
-        tmp, exists = answers[0][2] or ("", False)
-        failed = next(((r, a[0]) for r, a in enumerate(answers) if a[0] is not None), None)
-        if failed is not None:
-            if self.rank == 0 and tmp and self.shared:
-                self.storage.abort(tmp)
+        if self._plan is None or self._replan:  # the same on every rank: a collective is safe here
+            self._agree_plan(step, problem, sig, planner)
+        elif problem is not None or sig != self._plan.sig:
+            why = (f"{type(problem).__name__}: {problem}" if problem is not None
+                   else "its state changed shape since the job's plan was made (the next save makes a new plan)")
+            self._fail_everywhere(step, why, replan=problem is None)
             if problem is not None:
                 raise problem
-            raise SaveFailedError(f"Rank {failed[0]} could not save {step_dir(step)} ({failed[1][0]}: {failed[1][1]}), "
-                                  f"so no rank did; the previous checkpoint stands; fix that rank's cause, then save "
-                                  "again.")
-        if exists:
+            self._replan = True
+            logger.warning("Rank %d: %s is not saved: %s", self.rank, step_dir(step), why)
+            elapsed = time.perf_counter() - t0
+            return SaveStats(step=step, bytes=0, stage_s=0.0, persist_s=0.0, total_s=elapsed, skipped=True,
+                             stall_s=elapsed, waited_s=waited)
+        if step in self._committed:  # known alike on every rank (restore's listing, and every commit)
             elapsed = time.perf_counter() - t0
             logger.info("Checkpoint %s already committed in %s; keeping it", step_dir(step), self.root)
             return SaveStats(step=step, bytes=0, stage_s=0.0, persist_s=0.0, total_s=elapsed, skipped=True,
                              stall_s=elapsed, waited_s=waited)
-        assert planner is not None
-        plan = self._plan_for(tuple(a[1] for a in answers), planner)
-        if self.rank != 0 or not self.shared:
-            self.storage.join(tmp, create=not self.shared)  # node-local: the first rank of a node makes it
-        self._forget_keys(step)
+        assert planner is not None and self._plan is not None
+        self.storage.join(tmp, create=True)  # whichever rank of the directory comes first makes it
         try:
-            snap = self._stage(step, tmp, state, kinds, planner, plan, epoch, metadata)
+            snap = self._stage(step, tmp, state, kinds, planner, self._plan, epoch, metadata)
         except BaseException as e:
-            self._publish_part(step, {"error": f"{type(e).__name__}: {e}"})
-            if self.rank == 0 and self.shared:
-                self.storage.abort(tmp)
-            else:
-                self.storage.leave(tmp)
+            self.storage.leave(tmp)
+            self._fail_everywhere(step, f"{type(e).__name__}: {e}")
             raise
         stall = time.perf_counter() - t0
         if not self.async_save:
@@ -535,36 +532,31 @@ class GlobalCheckpointManager(CheckpointManager):
         return SaveStats(step=step, bytes=snap.nbytes, stage_s=snap.staged.stage_s, persist_s=None, total_s=None,
                          stall_s=stall, waited_s=waited)
 
-    def _gather_ready(self, step: int, problem: BaseException | None, sig: str,
-                      r0: tuple[str, bool] | None) -> list[Any]:
-        """Every rank's (error, plan fingerprint, rank 0's temp name and skip) for one save.
+    def _fail_everywhere(self, step: int, why: str, *, replan: bool = False) -> None:
+        """This rank cannot take part in the save of ``step``: rank 0 ends it for every rank at once;
+        another rank tells rank 0 in its part (``replan``: every rank makes the plan again next time)."""
+        if self.rank == 0:
+            self._replan = self._replan or replan
+            self._announce(step, f"{'replan: ' if replan else ''}rank 0 could not save ({why})", [])
+        else:
+            self._publish_part(step, {"error": why, "replan": replan})
 
-        One all-gather of 32 bytes a rank (no pickle): a status byte, rank 0's skip flag, the
-        fingerprint's 8 bytes and the 12 hex digits of rank 0's temp name. Only when a rank
-        failed does a second all-gather carry the errors' text.
-        """
-        word = torch.zeros(32, dtype=torch.uint8)
-        word[0] = 1 if problem is not None else 0
-        if problem is None:
-            word[2:10] = torch.frombuffer(bytearray(bytes.fromhex(sig)), dtype=torch.uint8)
-        if r0 is not None:
-            word[1] = 1 if r0[1] else 0
-            if r0[0]:
-                word[10:22] = torch.frombuffer(bytearray(r0[0].rsplit(".tmp-", 1)[1].encode()), dtype=torch.uint8)
-        words = [torch.empty_like(word) for _ in range(self.world_size)]
-        dist.all_gather(words, word, group=self.group)
-        first = words[0]
-        tmp = bytes(first[10:22].tolist()).decode() if any(first[10:22].tolist()) else ""
-        head = (f"{step_dir(step)}.tmp-{tmp}" if tmp else "", bool(first[1]))
-        answers: list[Any] = [[None, bytes(w[2:10].tolist()).hex(), head] for w in words]
-        if any(int(w[0]) for w in words):
-            errors: list[Any] = [None] * self.world_size
-            dist.all_gather_object(errors, _describe(problem), group=self.group)
-            for a, e in zip(answers, errors, strict=True):
-                a[0] = e
-        return answers
+    def _agree_plan(self, step: int, problem: BaseException | None, sig: str, planner: Any) -> None:
+        """The job's plan, made together (every rank is here at the same save): raises on every rank when
+        one cannot save, naming it."""
+        answers: list[Any] = [None] * self.world_size
+        dist.all_gather_object(answers, (_describe(problem), sig), group=self.group)
+        failed = next(((r, a[0]) for r, a in enumerate(answers) if a[0] is not None), None)
+        if failed is not None:
+            if problem is not None:
+                raise problem
+            raise SaveFailedError(f"Rank {failed[0]} could not save {step_dir(step)} ({failed[1][0]}: {failed[1][1]}), "
+                                  f"so no rank did; the previous checkpoint stands; fix that rank's cause, then save "
+                                  "again.")
+        self._plan = self._plan_for(tuple(a[1] for a in answers), planner, sig)
+        self._replan = False
 
-    def _plan_for(self, sigs: tuple[str, ...], planner: DefaultSavePlanner) -> _Plan:
+    def _plan_for(self, sigs: tuple[str, ...], planner: DefaultSavePlanner, sig: str) -> _Plan:
         """This rank's write items of the global plan: the cached ones while no rank's local plan changed."""
         if self._plan is not None and self._plan.sigs == sigs:
             return self._plan
@@ -582,8 +574,7 @@ class GlobalCheckpointManager(CheckpointManager):
                     got = expected.setdefault(it.index.fqn, set())
                     assert got is not None
                     got.add(tuple(it.tensor_data.chunk.offsets))
-        self._plan = _Plan(sigs=sigs, items=list(mine.items), expected=expected)
-        return self._plan
+        return _Plan(sigs=sigs, sig=sig, items=list(mine.items), expected=expected)
 
     def _stage(self, step: int, tmp: str, state: dict[str, Any], kinds: dict[str, str], planner: DefaultSavePlanner,
                plan: _Plan, epoch: int | None, metadata: dict[str, Any]) -> _Snapshot:
@@ -688,6 +679,7 @@ class GlobalCheckpointManager(CheckpointManager):
         t1 = time.perf_counter()
         store_keys: list[str] = []
         own_tmp = self.rank == self.leader  # this node's temp directory is committed or removed by its leader
+        self._forget_keys(snap.step)
         try:
             try:
                 part = self._write_part(snap)
@@ -701,7 +693,10 @@ class GlobalCheckpointManager(CheckpointManager):
                 self._publish_part(snap.step, part)
                 outcome = self._await(f"{snap.step}/done", f"rank 0 to commit {name}")
                 if outcome != "ok":
-                    raise SaveFailedError(f"Rank 0 did not commit {name}: {outcome}")
+                    if outcome.startswith("replan: "):
+                        self._replan = True
+                        raise _Replan(outcome)
+                    raise _OtherRankFailed(f"rank 0 did not commit {name}: {outcome}")
                 self._committed.add(snap.step)
                 nbytes = sum(f[0] for f in part["files"].values())
                 if own_tmp and not self.shared:  # this node's copy: a cache of the global checkpoint
@@ -716,7 +711,8 @@ class GlobalCheckpointManager(CheckpointManager):
                     parts[r] = json.loads(self._await(key, f"rank {r}'s files of {name}"))
                     store_keys.append(key)
                     if "error" in parts[r]:
-                        raise SaveFailedError(f"rank {r} failed to write its files ({parts[r]['error']})")
+                        self._replan = self._replan or bool(parts[r].get("replan"))
+                        raise _OtherRankFailed(f"rank {r} failed to write its files ({parts[r]['error']})")
                 manifest = self._manifest(snap, parts)
                 raw = manifest.to_json_bytes()
                 if os.environ.get(CHAOS_KILL_ENV) == "commit":
@@ -742,7 +738,7 @@ class GlobalCheckpointManager(CheckpointManager):
                             self.root if self.shared else self._remote_url(), len(manifest.files), nbytes)
         except BaseException as e:
             if self.rank == 0:
-                self._announce(snap.step, f"{type(e).__name__}: {e}", store_keys)
+                self._announce(snap.step, f"{'replan: ' if self._replan else ''}{type(e).__name__}: {e}", store_keys)
                 if not self.shared and self.remote is not None:
                     try:
                         self.remote.abort(name)
@@ -821,6 +817,14 @@ class GlobalCheckpointManager(CheckpointManager):
         try:
             return self._persist_global(snap, t0, waited, stall)
         except BaseException as e:
+            if self._replan:  # a rank's state changed shape: this save is dropped, the next makes a new plan
+                logger.warning("Rank %d: %s was not saved (%s); the next save makes the job's plan again",
+                               self.rank, step_dir(snap.step), e)
+                return None
+            if isinstance(e, _OtherRankFailed):  # raised by the rank at fault; here it is only said
+                logger.warning("Rank %d: %s was not committed: %s; the previous checkpoint stands.", self.rank,
+                               step_dir(snap.step), e)
+                return None
             self._errors.put(SaveFailedError(
                 f"Background save of {step_dir(snap.step)} to {self.root} failed on rank {self.rank} "
                 f"({type(e).__name__}: {e}); the previous checkpoint stands; fix that cause, then save again."), e)
@@ -838,8 +842,8 @@ class GlobalCheckpointManager(CheckpointManager):
         return store.get(key).decode()
 
     def _forget_keys(self, step: int) -> None:
-        """Rank 0 deletes the store keys of the previous save: every rank finished it before this
-        save's all-gather (``save()`` waits for its own save in flight first)."""
+        """Rank 0 deletes the store keys of the previous save (on the persist thread): every rank
+        finished it before this save's all-gather (``save()`` waits for its own save in flight first)."""
         last, self._keys_of = self._keys_of, step
         if self.rank != 0 or last is None:
             return
@@ -919,8 +923,8 @@ class GlobalCheckpointManager(CheckpointManager):
         tiers = [(Tier.ROOT, self.storage, tiers_steps[0])] if self.shared else []  # node-local: caches only
         if self.remote is not None and tiers_steps[1] is not None:
             tiers.append((Tier.REMOTE, self.remote, tiers_steps[1]))
-            if not self.shared:
-                self._committed.update(tiers_steps[1])
+            self._committed.update(tiers_steps[1])
+        self._committed.update(tiers_steps[0])
         every = sorted({s for _, _, steps in tiers for s in steps}, reverse=True)
         if step is not None:
             if step not in every:
@@ -1163,6 +1167,15 @@ def _chaos_kill(where: str) -> None:
     for h in logging.getLogger().handlers:
         h.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _OtherRankFailed(Exception):
+    """Another rank failed the save: that rank raises it; this one logs it and goes on (a failure raised on
+    every rank would fail the next save of the others, and so on)."""
+
+
+class _Replan(_OtherRankFailed):
+    """Rank 0 dropped a save because a rank's state changed shape (every rank makes the plan again)."""
 
 
 def _describe(e: BaseException | None) -> tuple[str, str] | None:
