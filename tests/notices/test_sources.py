@@ -218,6 +218,7 @@ def test_a_third_signal_is_obeyed_at_once():
     """First signal: a notice. Second: hurry. Third: the previous handler runs, as if spotsafe were not there."""
     calls = []
     before = signal.signal(signal.SIGUSR2, lambda s, f: calls.append(s))
+    before_int = signal.getsignal(signal.SIGINT)
     try:
         w = NoticeWatcher([Signals(["SIGUSR2"])]).start()
         try:
@@ -229,6 +230,9 @@ def test_a_third_signal_is_obeyed_at_once():
             assert wait_for(lambda: calls == [signal.SIGUSR2], 2)
         finally:
             w.stop()
+        # Python's own SIGINT handler, whatever this process inherited (a shell's background job
+        # starts with SIGINT ignored, and Python then leaves it ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with pytest.raises(KeyboardInterrupt):               # SIGINT's default: KeyboardInterrupt
             w = NoticeWatcher([Signals(["SIGINT"])]).start()
             try:
@@ -242,3 +246,4 @@ def test_a_third_signal_is_obeyed_at_once():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGUSR2, before)
+        signal.signal(signal.SIGINT, before_int)
