@@ -169,17 +169,18 @@ def assert_same(a: object, b: object, path: str = "") -> None:
         assert a == b, (path, a, b)
 
 
-@pytest.mark.parametrize(("mode", "nproc", "victim", "seed"), [
-    ("ddp", 2, 1, 1),
-    ("ddp", 3, 2, 2),
-    ("fsdp2", 2, 1, 3),  # AdamW, each rank holds its own shards
+@pytest.mark.parametrize(("mode", "nproc", "victim", "seed", "remote"), [
+    ("ddp", 2, 1, 1, False),
+    ("ddp", 3, 2, 2, True),  # a shared root and a remote: rank 0 uploads, every rank waits for it
+    ("fsdp2", 2, 1, 3, False),  # AdamW, each rank holds its own shards
 ])
 def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes_bit_exact(
-        tmp_path, references, mode, nproc, victim, seed):
+        tmp_path, references, request, mode, nproc, victim, seed, remote):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     root = tmp_path / "run"
-    p = torchrun(worker, root, tmp_path / "int.pt", nproc, TEST_MODE=mode)
+    extra = {"TEST_REMOTE": request.getfixturevalue("s3_url")} if remote else {}
+    p = torchrun(worker, root, tmp_path / "int.pt", nproc, TEST_MODE=mode, **extra)
     try:
         pids = {}
         for line in p.stdout:  # bounded: the job ends by itself after STEPS steps
@@ -205,8 +206,13 @@ def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes
     assert {r: s["source"] for r, s in stops.items()} == {
         r: "signal" if r == victim else f"signal on rank {victim}" for r in ranks}
     assert_one_checkpoint(root, stop, nproc)
+    if remote:  # rank 0 replicated the step, and every rank waited for it: the same tier everywhere
+        assert {s["tier"] for s in stops.values()} == {"remote"}, stops
+        on_remote = open_storage(extra["TEST_REMOTE"])
+        assert committed_steps(on_remote)[-1] == stop
+        assert {f.rank for f in read_manifest(on_remote, step_dir(stop)).files.values()} == set(range(nproc))
 
-    p = torchrun(worker, root, tmp_path / "int.pt", nproc, TEST_MODE=mode)
+    p = torchrun(worker, root, tmp_path / "int.pt", nproc, TEST_MODE=mode, **extra)
     out, err = finish(p)
     assert p.returncode == 0, err[-3000:]
     resumed_at = {int(r): int(at) for r, at in re.findall(r"rank (\d) pid \d+ resumed (\d+)", out)}
