@@ -145,3 +145,19 @@ def incomplete_uploads(url: str, client=None) -> list[str]:
     """Keys (from the bucket) of the unfinished multipart uploads under ``url``."""
     s3, bucket, prefix = _s3(url, client)
     return sorted(u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads") or [])
+
+
+def assert_same(a: object, b: object, path: str = "") -> None:
+    """Equal trees, tensors compared with torch.equal (bit for bit)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (path, a.keys(), getattr(b, "keys", lambda: b)())
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    else:
+        assert a == b, (path, a, b)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
+from helpers import assert_same
 
 from spotsafe._format import check_checkpoint, committed_steps, digest_file, read_manifest, step_dir
 from spotsafe._storage import open_storage
@@ -132,22 +133,6 @@ def finished(tmp: Path, root: Path, mode: str, total: int, **env: str) -> Job:
     assert job.rc == 0, job.err[-6000:]
     assert job.of("done") == {0: total, 1: total}
     return job
-
-
-def assert_same(a: object, b: object, path: str = "") -> None:
-    """Equal trees, tensors compared with torch.equal (bit for bit)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (path, a.keys(), getattr(b, "keys", lambda: b)())
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
-    else:
-        assert a == b, (path, a, b)
 
 
 def assert_same_states(job: Job, reference: dict[int, dict]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
+from helpers import assert_same
 from test_notices_run import _env as metadata_env
 
 from spotsafe._format import committed_steps, read_manifest, step_dir
@@ -151,22 +152,6 @@ def references(tmp_path_factory) -> Callable[[str, int], dict]:
 @pytest.fixture(scope="module")
 def reference(references) -> dict:
     return references("ddp", 2)
-
-
-def assert_same(a: object, b: object, path: str = "") -> None:
-    """Equal trees, tensors compared with torch.equal (bit for bit)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), (path, a.keys(), getattr(b, "keys", lambda: b)())
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
-    else:
-        assert a == b, (path, a, b)
 
 
 @pytest.mark.parametrize(("mode", "nproc", "victim", "seed", "remote"), [
