@@ -131,14 +131,18 @@ class StopAgreement:
             return False
         if self.unavailable is not None:
             return self._local is not None  # no store: this rank's own notice, as in a single process
-        if not self._decided.wait(self.timeout + 5 * self.poll + 5.0):
-            self.failure = self.failure or f"no stop step was agreed within {self.timeout:.0f}s"
-        if self.failure is not None:
-            raise AgreementFailed(f"Rank {self.rank} could not agree on a stop step with the other "
-                                  f"{self.world_size - 1} rank(s): {self.failure}; stopping without a new checkpoint "
-                                  "(the previous one is intact).")
+        self._await_decision(self._decided, "stop")
         assert self.stop_at is not None
         return step >= self.stop_at
+
+    def _await_decision(self, decided: threading.Event, what: str) -> None:
+        """Wait (bounded) for the thread to agree on a ``what`` step; raise :class:`AgreementFailed` when it could not."""
+        if not decided.wait(self.timeout + 5 * self.poll + 5.0):
+            self.failure = self.failure or f"no {what} step was agreed within {self.timeout:.0f}s"
+        if self.failure is not None:
+            raise AgreementFailed(f"Rank {self.rank} could not agree on a {what} step with the other "
+                                  f"{self.world_size - 1} rank(s): {self.failure}; stopping without a new checkpoint "
+                                  "(the previous one is intact).")
 
     def request_save(self) -> None:
         """This rank wants a checkpoint (its policy is due, or an early warning came): ask every rank
@@ -157,12 +161,7 @@ class StopAgreement:
         if self.unavailable is not None:  # no store: this rank's own wish (as a single process)
             take, self._save_wanted, self.saving = self._save_wanted, False, False
             return take
-        if not self._save_decided.wait(self.timeout + 5 * self.poll + 5.0):
-            self.failure = self.failure or f"no save step was agreed within {self.timeout:.0f}s"
-        if self.failure is not None:
-            raise AgreementFailed(f"Rank {self.rank} could not agree on a save step with the other "
-                                  f"{self.world_size - 1} rank(s): {self.failure}; stopping without a new checkpoint "
-                                  "(the previous one is intact).")
+        self._await_decision(self._save_decided, "save")
         if self.save_at is None:  # a stop cut the round short: the emergency checkpoint replaces the save
             self.saving = False
             return False
@@ -232,16 +231,8 @@ class StopAgreement:
             return
         self.stopping = True  # first: see the module docstring
         mine = self.finished
-        store.set(f"at/{self.rank}", str(mine))
-        keys = [f"at/{r}" for r in range(self.world_size)]
         t0 = time.monotonic()
-        try:
-            store.wait(keys, timedelta(seconds=self.timeout))
-        except Exception as e:
-            missing = [r for r in range(self.world_size) if not store.check([f"at/{r}"])]
-            raise AgreementFailed(f"rank(s) {', '.join(map(str, missing)) or '?'} did not answer within "
-                                  f"{self.timeout:.0f}s ({type(e).__name__})") from None
-        steps = [int(store.get(k)) for k in keys]
+        steps = self._publish_and_gather(store, "at/", mine, "")
         self.save_at = None  # a save round cut short by the stop: the emergency checkpoint replaces it
         self._save_decided.set()
         try:
@@ -256,16 +247,20 @@ class StopAgreement:
         """Round ``n`` of save points: as the stop, under ``save/<n>/`` (see the module docstring)."""
         self.saving = True  # first: see the module docstring
         mine = self.finished
-        keys = [f"save/{n}/at/{r}" for r in range(self.world_size)]
+        steps = self._publish_and_gather(store, f"save/{n}/at/", mine, " a save point")
+        self.save_at = max(steps) + 1
+        self._save_decided.set()
+        logger.debug("Rank %d: every rank saves after step %d (round %d, steps finished when asked: %s)", self.rank,
+                     self.save_at, n, steps)
+
+    def _publish_and_gather(self, store: Any, prefix: str, mine: int, what: str) -> list[int]:
+        """Publish this rank's finished step under ``prefix<rank>`` and wait (bounded) for every rank's."""
+        keys = [f"{prefix}{r}" for r in range(self.world_size)]
         store.set(keys[self.rank], str(mine))
         try:
             store.wait(keys, timedelta(seconds=self.timeout))
         except Exception as e:
             missing = [r for r in range(self.world_size) if not store.check([keys[r]])]
-            raise AgreementFailed(f"rank(s) {', '.join(map(str, missing)) or '?'} did not answer a save point within "
+            raise AgreementFailed(f"rank(s) {', '.join(map(str, missing)) or '?'} did not answer{what} within "
                                   f"{self.timeout:.0f}s ({type(e).__name__})") from None
-        steps = [int(store.get(k)) for k in keys]
-        self.save_at = max(steps) + 1
-        self._save_decided.set()
-        logger.debug("Rank %d: every rank saves after step %d (round %d, steps finished when asked: %s)", self.rank,
-                     self.save_at, n, steps)
+        return [int(store.get(k)) for k in keys]
