@@ -161,3 +161,16 @@ def assert_same(a: object, b: object, path: str = "") -> None:
         assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
     else:
         assert a == b, (path, a, b)
+
+
+def communicate_or_kill(p, timeout: float) -> tuple[str, str]:
+    """``p.communicate(timeout)``; past it (or on any error) its whole process group is SIGKILLed."""
+    import os
+    import signal
+
+    try:
+        return p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)

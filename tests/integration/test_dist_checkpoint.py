@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
-from helpers import assert_same
+from helpers import assert_same, communicate_or_kill
 
 from spotsafe._format import check_checkpoint, committed_steps, digest_file, read_manifest, step_dir
 from spotsafe._storage import open_storage
@@ -119,12 +118,7 @@ def torchrun(tmp: Path, root: Path, mode: str, total: int, *, timeout: float = 1
                           str(worker), mode, str(total), str(SAVE_EVERY), str(result)],
                          env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+    out, err = communicate_or_kill(p, timeout)
     return Job(p.returncode, out, err, time.monotonic() - t0, result)
 
 

@@ -4,13 +4,13 @@ raises, the others say so and go on, and the next save works (real torchrun, glo
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import child_env
+from helpers import communicate_or_kill
 
 from spotsafe._format import read_manifest
 from spotsafe._storage import open_storage
@@ -69,12 +69,7 @@ def test_a_save_that_fails_on_one_rank_commits_nothing_and_the_next_one_commits(
     env["TEST_ROOT"] = str(root)
     p = subprocess.Popen([TORCHRUN, "--nproc-per-node", "2", "--standalone", str(worker)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+    out, err = communicate_or_kill(p, 120)
     assert p.returncode == 0, err[-3000:]
     lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     # the rank at fault raises; rank 0 says it, and goes on (raising there would fail its next save in turn)

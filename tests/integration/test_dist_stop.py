@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import child_env
-from helpers import assert_same
+from helpers import assert_same, communicate_or_kill
 from test_notices_run import _env as metadata_env
 
 from spotsafe._format import committed_steps, read_manifest, step_dir
@@ -121,12 +121,7 @@ def torchrun(worker: Path, root: Path, out: Path, nproc: int = 2, **extra: str) 
 
 
 def finish(p: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
-    try:
-        return p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+    return communicate_or_kill(p, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import child_env
+from helpers import communicate_or_kill
 
 from spotsafe._format import check_checkpoint, committed_steps, read_manifest, step_dir
 from spotsafe._format._layout import WRITER_LOCK
@@ -128,12 +129,7 @@ def refusal(root: Path) -> str:
 
 def finish(p: subprocess.Popen, timeout: float) -> tuple[list[dict], str]:
     """Wait for ``p`` (killed past ``timeout``); its JSON lines and its stderr."""
-    try:
-        out, err = p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
+    out, err = communicate_or_kill(p, timeout)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
 
 
