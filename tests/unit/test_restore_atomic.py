@@ -160,9 +160,12 @@ def test_mangled_optimizer_tree_is_skipped_for_the_older_checkpoint(root, mangle
 
 def test_malformed_rng_fails_before_anything_is_touched(root):
     _two_checkpoints(root)
-    for step in (1, 2):  # a python RNG state of the wrong length: its tree parses, no generator takes it
-        _rewrite_manifest(root, step, lambda body: body["components"]["__rng__"]["tree"]["python"]["$tuple"]
-                          .__setitem__(1, {"$tuple": [1, 2, 3]}))
+    # a python RNG state of the wrong length (step 1), and one in the tuple form of earlier
+    # checkpoints, also too short (step 2): their trees parse, no generator takes them
+    _rewrite_manifest(root, 1, lambda body: body["components"]["__rng__"]["tree"]["python"]
+                      .__setitem__("state", {"$ndarray": 1}))  # numpy's 624 words, not 625
+    _rewrite_manifest(root, 2, lambda body: body["components"]["__rng__"]["tree"].__setitem__(
+        "python", {"$tuple": [3, {"$tuple": [1, 2, 3]}, None]}))
     state = _training_state(3)
     _seed_rngs(9)
     before = _Before(state)
@@ -173,6 +176,18 @@ def test_malformed_rng_fails_before_anything_is_touched(root):
                 mgr.restore(state)
     assert any("python RNG state is malformed" in str(w.message) for w in seen)
     before.assert_same()
+
+
+def test_python_rng_in_the_tuple_form_of_earlier_checkpoints_restores(root):
+    _two_checkpoints(root)
+    random.seed(1234)
+    version, words, gauss = random.getstate()
+    legacy = {"$tuple": [version, {"$tuple": list(words)}, gauss]}  # how checkpoints before the array form hold it
+    _rewrite_manifest(root, 2, lambda body: body["components"]["__rng__"]["tree"].__setitem__("python", legacy))
+    random.seed(99)
+    with spotsafe.CheckpointManager(root) as mgr:
+        assert mgr.restore(_training_state(3)) == 2
+    assert random.getstate() == (version, words, gauss)
 
 
 def test_malformed_rng_of_the_newest_falls_back_with_its_rng(root):

@@ -82,6 +82,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.checkpoint.storage import StorageReader
+from torch.distributed.checkpoint.utils import find_state_dict_object
 from torch.futures import Future
 
 from .._backoff import retry
@@ -128,6 +129,7 @@ from ..errors import (
     UnsafeFileError,
     UnsupportedStateError,
 )
+from ._live import LiveState, ObjectBytes
 from ._store import StoreAddress
 
 logger = logging.getLogger(__name__)
@@ -341,6 +343,8 @@ class GlobalCheckpointManager(CheckpointManager):
         self._remote_retention: StoreRetention | None = None
         self._keys_of: int | None = None  # the step whose store keys rank 0 deletes at the next save
         self._replan = False  # a rank's state changed shape: the next save makes the plan again, together
+        self._live: LiveState | None = None  # where the last state dict's values live (see _live.py)
+        self._object_bytes = ObjectBytes()
         self._saves = 0  # save() calls, alike on every rank: with the job's token, the temp directory's name
         if isinstance(root, Storage) or is_url(os.fspath(root)):
             raise ValueError(f"A multi-rank job writes its files to a local root first; pass a directory as root "
@@ -484,6 +488,7 @@ class GlobalCheckpointManager(CheckpointManager):
         problem: BaseException | None = None
         kinds: dict[str, str] = {}
         planner = None
+        flat: dict[str, Any] | None = None
         sig = ""
         try:
             if self.rank == 0:
@@ -492,9 +497,16 @@ class GlobalCheckpointManager(CheckpointManager):
             self._finish_inflight()
             self._raise_background_errors()
             kinds, owners = _split(state)
-            planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
-            planner.set_up_planner(_dcp_state(state, kinds, owners), is_coordinator=self.rank == 0)
-            sig = _fingerprint(planner.state_dict)
+            live = self._live
+            flat = None if live is None or self._plan is None or self._replan else live.flat(state, kinds)
+            if flat is None:  # ask torch (and note where each value lives, for the next save)
+                planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
+                planner.set_up_planner(_dcp_state(state, kinds, owners), is_coordinator=self.rank == 0)
+                flat = planner.state_dict
+                sig = _fingerprint(flat)
+                self._live = LiveState(state, kinds, flat, sig)
+            else:
+                sig = live.sig
         except BaseException as e:
             problem = e
         waited = time.perf_counter() - t0
@@ -516,10 +528,10 @@ class GlobalCheckpointManager(CheckpointManager):
             logger.info("Checkpoint %s already committed in %s; keeping it", step_dir(step), self.root)
             return SaveStats(step=step, bytes=0, stage_s=0.0, persist_s=0.0, total_s=elapsed, skipped=True,
                              stall_s=elapsed, waited_s=waited)
-        assert planner is not None and self._plan is not None
+        assert flat is not None and self._plan is not None
         self.storage.join(tmp, create=True)  # whichever rank of the directory comes first makes it
         try:
-            snap = self._stage(step, tmp, state, kinds, planner, self._plan, epoch, metadata)
+            snap = self._stage(step, tmp, state, kinds, flat, self._plan, epoch, metadata)
         except BaseException as e:
             self.storage.leave(tmp)
             self._fail_everywhere(step, f"{type(e).__name__}: {e}")
@@ -576,7 +588,7 @@ class GlobalCheckpointManager(CheckpointManager):
                     got.add(tuple(it.tensor_data.chunk.offsets))
         return _Plan(sigs=sigs, sig=sig, items=list(mine.items), expected=expected)
 
-    def _stage(self, step: int, tmp: str, state: dict[str, Any], kinds: dict[str, str], planner: DefaultSavePlanner,
+    def _stage(self, step: int, tmp: str, state: dict[str, Any], kinds: dict[str, str], flat: dict[str, Any],
                plan: _Plan, epoch: int | None, metadata: dict[str, Any]) -> _Snapshot:
         """Copy this rank's shards and components into host buffers (the training thread's only copy)."""
         others = {n: o for n, o in state.items() if n not in kinds}
@@ -584,27 +596,23 @@ class GlobalCheckpointManager(CheckpointManager):
                        buffers=self._buffers if self.async_save else None, rank=self.rank,
                        world_size=self.world_size)
         tensors, tensor_items, blobs, blob_items = [], [], [], []
-        flat = planner.state_dict
         for it in plan.items:
-            if it.type != WriteItemType.BYTE_IO:
-                data = flat[it.index.fqn]
-                to_local = getattr(data, "to_local", None)  # a DTensor: its one local shard (FSDP2)
-                if to_local is not None:
-                    data = to_local()
-                if tuple(data.shape) != tuple(it.tensor_data.chunk.sizes):
-                    data = planner.resolve_data(it)  # several chunks per rank: DCP finds the one
-            else:
-                data = planner.resolve_data(it)
             if it.type == WriteItemType.BYTE_IO:
-                blobs.append(data.getvalue())
+                blobs.append(self._object_bytes(find_state_dict_object(flat, it.index)))  # DCP's torch.save
                 blob_items.append(it)
-            else:
-                t = data.detach()
-                if tuple(t.shape) != tuple(it.tensor_data.chunk.sizes):
-                    raise UnsupportedStateError(f"{it.index.fqn!r} is {tuple(t.shape)} on rank {self.rank}, where the "
-                                                f"job's plan has {tuple(it.tensor_data.chunk.sizes)}")
-                tensors.append(t)
-                tensor_items.append(it)
+                continue
+            data = flat[it.index.fqn]
+            to_local = getattr(data, "to_local", None)  # a DTensor: its one local shard (FSDP2)
+            if to_local is not None:
+                data = to_local()
+            if tuple(data.shape) != tuple(it.tensor_data.chunk.sizes):
+                data = find_state_dict_object(flat, it.index)  # several chunks per rank: DCP finds the one
+            t = data.detach()
+            if tuple(t.shape) != tuple(it.tensor_data.chunk.sizes):
+                raise UnsupportedStateError(f"{it.index.fqn!r} is {tuple(t.shape)} on rank {self.rank}, where the "
+                                            f"job's plan has {tuple(it.tensor_data.chunk.sizes)}")
+            tensors.append(t)
+            tensor_items.append(it)
         pieces: list[memoryview] = []
         keep: list[Any] = []
         entries: list[dict[str, Any]] = []

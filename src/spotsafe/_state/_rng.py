@@ -19,8 +19,11 @@ from ..errors import SpotsafeWarning
 
 def capture_rng() -> dict[str, Any]:
     """The state of every global RNG, as a state dict of tuples, arrays and tensors."""
+    version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": random.getstate(),
+        # Mersenne Twister's 625 words as one array: a tuple of ints would be 625 tree nodes
+        # in the manifest (8 KB of JSON a rank, a millisecond to encode each save)
+        "python": {"version": version, "state": np.array(internal, dtype=np.uint32), "gauss": gauss},
         "numpy": np.random.get_state(legacy=True),
         "torch": torch.get_rng_state(),
     }
@@ -37,7 +40,7 @@ def check_rng(state: Any) -> None:
     """
     if not isinstance(state, dict) or not {"python", "numpy", "torch"} <= state.keys():
         raise ValueError("the RNG component is not a dict with 'python', 'numpy' and 'torch' states")
-    for name, probe in (("python", lambda s: random.Random().setstate(_tupled(s))),
+    for name, probe in (("python", lambda s: random.Random().setstate(_python_state(s))),
                         ("numpy", lambda s: np.random.RandomState().set_state(tuple(s))),
                         ("torch", lambda s: torch.Generator().set_state(_byte_tensor(s).clone()))):
         try:
@@ -63,7 +66,7 @@ def _byte_tensor(s: Any) -> torch.Tensor:
 
 def restore_rng(state: dict[str, Any]) -> None:
     """Put every global RNG back to ``state`` (from :func:`capture_rng`, checked by :func:`check_rng`)."""
-    random.setstate(_tupled(state["python"]))
+    random.setstate(_python_state(state["python"]))
     np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"].clone())  # a fresh tensor: a view at an offset crashes it
     cuda = state.get("cuda")
@@ -75,6 +78,17 @@ def restore_rng(state: dict[str, Any]) -> None:
                           SpotsafeWarning, stacklevel=3)
         for i, s in enumerate(cuda[:n]):
             torch.cuda.set_rng_state(s.clone(), i)
+
+
+def _python_state(s: Any) -> tuple:
+    """``random.setstate``'s tuple from a checkpoint: the array form, or the tuple form that
+    earlier checkpoints hold (``random.getstate()`` as it is)."""
+    if isinstance(s, dict):
+        words = s.get("state")
+        if not isinstance(words, np.ndarray) or words.dtype != np.uint32 or words.ndim != 1:
+            raise ValueError("its state is not a 1-D uint32 array")
+        return (s.get("version"), tuple(int(w) for w in words), s.get("gauss"))
+    return _tupled(s)
 
 
 def _tupled(x: Any) -> Any:
