@@ -209,14 +209,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def two_nodes(worker: Path, roots: list[Path], out: Path, port: int, envs: list[dict]) -> list[subprocess.Popen]:
-    """Two torchrun agents, one worker each, meeting at a c10d rendezvous on 127.0.0.1: two "nodes",
-    each with its own disk (``roots[i]``, the same path on a real cluster)."""
+def two_nodes(worker: Path, roots: list[Path], out: Path, port: int, envs: list[dict],
+              nprocs: tuple[int, int] = (1, 1)) -> list[subprocess.Popen]:
+    """Two torchrun agents, ``nprocs[i]`` workers each, meeting at a c10d rendezvous on 127.0.0.1: two
+    "nodes", each with its own disk (``roots[i]``, the same path on a real cluster)."""
     procs = []
-    for extra, root in zip(envs, roots, strict=True):
+    for extra, root, nproc in zip(envs, roots, nprocs, strict=True):
         env = dict(extra, TEST_ROOT=str(root))
         procs.append(subprocess.Popen(
-            [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            [TORCHRUN, "--nnodes", "2", "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
              "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"job-{port}", "--max-restarts", "0",
              "--monitor-interval", "0.1", str(worker), str(STEPS), str(out)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True))
@@ -307,3 +308,60 @@ def test_a_time_based_policy_saves_the_same_steps_on_every_rank(tmp_path, refere
     resumed = torch.load(tmp_path / "int.pt", weights_only=True)
     for k, v in reference["model"].items():  # saving at other steps changes nothing in the training
         assert torch.equal(resumed["model"][k], v), k
+
+
+def test_two_ranks_on_one_node_share_its_disk_and_the_restart_after_losing_it_is_bit_exact(
+        tmp_path, references, s3_url):
+    """Node-local disks with two ranks on one node (3 ranks on 2 "nodes"), the remote the commit point.
+
+    The node's first rank keeps the node's copy of each committed step (the global manifest, and
+    the files of that node's ranks only). A SIGTERM to the lone rank of the other node stops the
+    job; then the two-rank node's disk is lost: its ranks restore from the remote, and the job
+    finishes bit-exact against an uninterrupted 3-rank run.
+    """
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    roots = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]
+    env = dict(child_env(), TEST_REMOTE=s3_url)
+    procs = two_nodes(worker, roots, tmp_path / "int.pt", free_port(), [env, env], nprocs=(2, 1))
+    try:
+        pids: list[dict[int, int]] = [{}, {}]
+        for i, want in ((0, 2), (1, 1)):
+            for line in procs[i].stdout:  # bounded: the job ends by itself after STEPS steps
+                m = RESUMED.search(line)
+                if m:
+                    pids[i][int(m.group(1))] = int(m.group(2))
+                    if len(pids[i]) == want:
+                        break
+        assert [len(p) for p in pids] == [2, 1], pids
+        time.sleep(random.Random(7).uniform(0.3, 1.0))
+        os.kill(next(iter(pids[1].values())), signal.SIGTERM)  # the lone rank of the second node
+        errs = [finish(p)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    stops = {r: e for root in roots for r, e in last_stops(root).items()}
+    assert sorted(stops) == [0, 1, 2], (stops, errs[0][-2000:], errs[1][-2000:])
+    assert {e["exit_code"] for e in stops.values()} == {75} and len({e["step"] for e in stops.values()}) == 1
+    stop = stops[0]["step"]
+    remote = open_storage(s3_url)
+    manifest = read_manifest(remote, step_dir(stop))
+    assert manifest.world_size == 3 and {f.rank for f in manifest.files.values()} == {0, 1, 2}
+    for i, root in enumerate(roots):  # each node's copy holds the files of its own ranks, no other
+        node = open_storage(str(root))
+        assert committed_steps(node)[-1] == stop
+        here = {n for n in node.listdir(step_dir(stop)) if n != "manifest.json"}
+        assert here == {n for n, f in manifest.files.items() if f.rank in pids[i]}, (i, here)
+        assert read_manifest(node, step_dir(stop)).files == manifest.files  # the global manifest
+
+    import shutil
+    shutil.rmtree(roots[0])  # the two-rank node is gone with its disk
+    procs = two_nodes(worker, roots, tmp_path / "int.pt", free_port(), [env, env], nprocs=(2, 1))
+    outs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    resumed = [int(m.group(1)) for out, _ in outs for m in RESUMED.finditer(out)]
+    assert sorted(resumed) == [0, 1, 2] and all(f"resumed {stop}" in out for out, _ in outs)
+    wiped = [e for e in read_events(roots[0] / "events") if e["event"] == "restore" and e["step"] == stop]
+    assert len(wiped) == 2 and {e["tier"] for e in wiped} == {"remote"}, wiped
+    assert_same(torch.load(tmp_path / "int.pt", weights_only=True), references("ddp", 3))

@@ -29,7 +29,8 @@ import torch
 _PRIMITIVES = (bool, int, float, str, type(None))
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (the tensor itself otherwise)."""
     local = getattr(t, "_local_tensor", None)  # a DTensor's shard, without to_local()'s autograd call
     if local is None and hasattr(t, "to_local"):
         local = t.to_local()
@@ -38,7 +39,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def tensor_key(t: torch.Tensor) -> tuple:
     """Where a tensor's bytes are and how they are laid out: equal keys, the same bytes."""
-    loc = _local(t)
+    loc = local_tensor(t)
     key: tuple = (loc.device, loc.data_ptr(), tuple(loc.shape), loc.stride(), loc.dtype)
     if loc is not t:  # a DTensor: its global shape, mesh and placements too
         key += (tuple(t.shape), id(getattr(t, "device_mesh", None)), tuple(getattr(t, "placements", ())))

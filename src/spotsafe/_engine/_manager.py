@@ -357,11 +357,11 @@ class CheckpointManager:
         except BaseException:
             self.storage.abort(handle)
             raise
+        total = time.perf_counter() - t0  # durable here; what follows is housekeeping
         self._retention.vouch(staged.step, manifest, raw)  # hashed as it was written: valid without a read
         self._prune(staged.step)
         if self._replicator is not None:
             self._replicator.submit(staged.step)
-        total = time.perf_counter() - t0
         stats = SaveStats(step=staged.step, bytes=manifest.total_bytes, stage_s=staged.stage_s, persist_s=persist_s,
                           total_s=total, stall_s=total if stall is None else stall, waited_s=waited)
         self.durable_saves.append(stats)

@@ -62,6 +62,7 @@ class StagingBuffers:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
         self._owners: dict[str, Any] = {}
+        self._views: dict[str, tuple[tuple, torch.Tensor, list[int], int, list[Any]]] = {}  # the last layout's
         self.allocations = 0  # how many buffers were ever allocated (a warm save adds none)
 
     @property
@@ -72,6 +73,7 @@ class StagingBuffers:
     def release(self) -> None:
         self._buffers.clear()
         self._owners.clear()
+        self._views.clear()
 
     def _buffer(self, name: str, size: int, pin: bool) -> torch.Tensor:
         buf = self._buffers.get(name)
@@ -89,25 +91,38 @@ class StagingBuffers:
 
         CUDA copies are issued non-blocking: call :func:`synchronize` before trusting them.
         """
-        offsets, total = aligned_offsets([array_nbytes(a) for a in arrays])
-        pin = any(isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in arrays)
-        pin = pin and torch.cuda.is_available()
-        buf = self._buffer(name, total, pin)
-        for a, off in zip(arrays, offsets, strict=True):
-            n = array_nbytes(a)
-            if n == 0:
-                continue
-            dst = buf[off:off + n]
-            if isinstance(a, torch.Tensor):
-                src = a.detach()
-                if src.is_conj():
-                    src = src.resolve_conj()
-                if src.is_neg():
-                    src = src.resolve_neg()
-                dst = dst.view(src.dtype).view(src.shape)
-                dst.copy_(src, non_blocking=src.device.type == "cuda")
-            else:
-                np.copyto(dst.numpy().view(a.dtype).reshape(a.shape), a, casting="no")
+        # the destination views of the last copy under this name, while the layout is the same
+        layout = tuple((a.dtype, a.shape, isinstance(a, torch.Tensor) and a.device.type == "cuda") for a in arrays)
+        got = self._views.get(name)
+        if got is not None and got[0] == layout and self._buffers.get(name) is got[1]:
+            _, buf, offsets, total, views = got
+        else:
+            self._views.pop(name, None)  # its views hold the old buffer
+            offsets, total = aligned_offsets([array_nbytes(a) for a in arrays])
+            pin = any(cuda for _, _, cuda in layout) and torch.cuda.is_available()
+            buf = self._buffer(name, total, pin)
+            views: list[Any] = []
+            for a, off in zip(arrays, offsets, strict=True):
+                dst = buf[off:off + array_nbytes(a)]
+                if not len(dst):
+                    views.append(None)
+                elif isinstance(a, torch.Tensor):
+                    views.append(dst.view(a.dtype).view(a.shape))
+                else:
+                    views.append(dst.numpy().view(a.dtype).reshape(a.shape))
+            self._views[name] = (layout, buf, offsets, total, views)
+        with torch.no_grad():  # a parameter copied as it is: no detach() per tensor
+            for a, dst in zip(arrays, views, strict=True):
+                if dst is None:
+                    continue
+                if isinstance(a, torch.Tensor):
+                    if a.is_conj():
+                        a = a.resolve_conj()
+                    if a.is_neg():
+                        a = a.resolve_neg()
+                    dst.copy_(a, non_blocking=a.device.type == "cuda")
+                else:
+                    np.copyto(dst, a, casting="no")
         return buf[:total], offsets
 
 
