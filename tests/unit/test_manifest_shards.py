@@ -34,6 +34,26 @@ def manifest(shards: dict | None, world: int = 2) -> Manifest:
                            "__shards.rank-00001.bin": FileEntry(size=8, checksum="0" * 16, rank=1)})
 
 
+def test_the_manifest_bytes_are_json_dumps_of_its_body_whether_the_index_was_written_before_or_not():
+    import json
+
+    from spotsafe._format._manifest import _canonical
+
+    shards = index()
+    for change in (None, None, "moved", None, "in place"):  # a new index, the same again, another one
+        if change == "moved":
+            shards = copy.deepcopy(shards)
+            shards["entries"]["model.weight"]["chunks"][0]["offset"] = 80
+        elif change == "in place":  # the same object, changed: its cached JSON must not be reused
+            shards["entries"]["model.bias"]["chunks"][0]["offset"] = 72
+        raw = manifest(shards).to_json_bytes()
+        body = json.loads(raw)
+        claimed = body.pop("manifest_checksum")
+        assert claimed == digest_bytes(_canonical(body))
+        assert raw == json.dumps(dict(body, manifest_checksum=claimed)).encode()
+        assert parse_manifest(raw).shards == shards
+
+
 def test_a_valid_index_round_trips():
     m = parse_manifest(manifest(index()).to_json_bytes())
     assert m.shards == index() and m.world_size == 2

@@ -120,8 +120,9 @@ class Manifest:
         }
         if self.shards is not None:
             body["shards"] = self.shards
-        body[_SELF_SUM] = digest_bytes(_canonical(body))
-        raw = json.dumps(body, allow_nan=False).encode()  # compact: indent would use the slow pure-Python encoder
+        shards = {} if self.shards is None else {"shards": _SHARDS_JSON.get(self.shards)}
+        body[_SELF_SUM] = digest_bytes(_dumps(body, canonical=True, encoded=shards).encode())
+        raw = _dumps(body, canonical=False, encoded=shards).encode()  # compact: indent would use the slow encoder
         try:  # never commit a manifest the reader refuses (state trees are otherwise bounded by the encoder)
             if len(raw) > MAX_MANIFEST_BYTES:
                 raise ManifestError(f"it would be {len(raw)} bytes, and at most {MAX_MANIFEST_BYTES} are read")
@@ -211,6 +212,38 @@ def _decode_meta(v: Any, depth: int) -> Any:
     if isinstance(v, list):
         return [_decode_meta(item, depth + 1) for item in v]
     return v
+
+
+def _dumps(body: dict[str, Any], *, canonical: bool, encoded: dict[str, tuple[str, str]]) -> str:
+    """``json.dumps(body)`` (``canonical``: as :func:`_canonical`), byte for byte, taking the
+    values named in ``encoded`` ready encoded ((canonical, plain) JSON) instead of encoding them."""
+    sep, colon = (",", ":") if canonical else (", ", ": ")
+    items = []
+    for k in (sorted(body) if canonical else body):
+        v = encoded[k][0 if canonical else 1] if k in encoded else \
+            json.dumps(body[k], sort_keys=canonical, separators=(sep, colon), allow_nan=False)
+        items.append(json.dumps(k) + colon + v)
+    return "{" + sep.join(items) + "}"
+
+
+class _LastJson:
+    """The JSON of the last shards index written: the same from save to save while a job's plan
+    holds (the chunks, their files and offsets), and most of a multi-rank manifest's bytes."""
+
+    def __init__(self) -> None:
+        self._last: tuple[Any, str, str] | None = None
+
+    def get(self, value: Any) -> tuple[str, str]:
+        last = self._last
+        if last is not None and last[0] == value:  # compared with a copy: a value changed in place misses
+            return last[1], last[2]
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        plain = json.dumps(value, allow_nan=False)
+        self._last = (json.loads(plain), canonical, plain)
+        return canonical, plain
+
+
+_SHARDS_JSON = _LastJson()
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
