@@ -343,7 +343,8 @@ def test_two_ranks_on_one_node_share_its_disk_and_the_restart_after_losing_it_is
                 os.killpg(p.pid, signal.SIGKILL)
     stops = {r: e for root in roots for r, e in last_stops(root).items()}
     assert sorted(stops) == [0, 1, 2], (stops, errs[0][-2000:], errs[1][-2000:])
-    assert {e["exit_code"] for e in stops.values()} == {75} and len({e["step"] for e in stops.values()}) == 1
+    assert {e["exit_code"] for e in stops.values()} == {75} and len({e["step"] for e in stops.values()}) == 1, \
+        (stops, errs[0][-3000:], errs[1][-3000:])
     stop = stops[0]["step"]
     remote = open_storage(s3_url)
     manifest = read_manifest(remote, step_dir(stop))

@@ -365,14 +365,13 @@ class GlobalCheckpointManager(CheckpointManager):
         try:
             if self.rank == 0:  # the local lock of its node and the remote's lease: the job's one writer
                 super().__init__(root, options=opts, run_id=run_id, attempt=attempt)
-            elif self.rank == self.leader:  # another node's lock (a second job there is refused too)
-                super().__init__(root, options=dataclasses.replace(opts, remote=None), run_id=run_id,
-                                 attempt=attempt)
-                self.remote = open_storage(opts.remote, None if isinstance(opts.remote, Storage)
-                                           else opts.storage_options)  # type: ignore[assignment]
-            else:
-                super().__init__(root, options=dataclasses.replace(opts, read_only=True), run_id=run_id,
-                                 attempt=attempt)
+            else:  # another node's leader holds that node's lock (a second job there is refused too)
+                local = dataclasses.replace(opts, read_only=self.rank != self.leader,
+                                            remote=opts.remote if self.shared else None)
+                super().__init__(root, options=local, run_id=run_id, attempt=attempt)
+                if not self.shared:  # node-local: every rank uploads its own files (rank 0's lease guards the job)
+                    self.remote = open_storage(opts.remote, None if isinstance(opts.remote, Storage)
+                                               else opts.storage_options)  # type: ignore[assignment]
         except BaseException as e:
             error = e
         answers: list[Any] = [None] * self.world_size
