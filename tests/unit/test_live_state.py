@@ -11,14 +11,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
-from spotsafe._dist._global import _dcp_state, _fingerprint, _split
+from spotsafe._dist._global import _fingerprint
 from spotsafe._dist._live import LiveState, ObjectBytes
+from spotsafe._state._sharded import dcp_state, split_kinds
 
 
 def _torch_flat(state):
-    kinds, owners = _split(state)
+    kinds, owners = split_kinds(state)
     planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
-    planner.set_up_planner(_dcp_state(state, kinds, owners))
+    planner.set_up_planner(dcp_state(state, kinds, owners))
     return kinds, planner.state_dict
 
 

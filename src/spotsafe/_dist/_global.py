@@ -51,8 +51,6 @@ Private torch names (all in this module; checked on torch 2.4.1, 2.5.1, 2.6.0, 2
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import io
 import json
 import logging
 import os
@@ -64,26 +62,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import (
-    BytesStorageMetadata,
-    ChunkStorageMetadata,
-    Metadata,
-    MetadataIndex,
-    TensorProperties,
-    TensorStorageMetadata,
-)
-from torch.distributed.checkpoint.planner import LoadItemType, WriteItemType
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.checkpoint.storage import StorageReader
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.planner import WriteItemType
 from torch.distributed.checkpoint.utils import find_state_dict_object
-from torch.futures import Future
 
 from .._backoff import retry
 from .._engine import CheckpointManager, SaveStats
@@ -115,7 +96,16 @@ from .._format import (
 )
 from .._format._hash import digest_bytes
 from .._names import Tier
-from .._state import RNG_COMPONENT, apply_checkpoint, dtype_name, partial_names, plan_restore, torch_dtype
+from .._state import RNG_COMPONENT, apply_checkpoint, dtype_name, partial_names, plan_restore
+from .._state._sharded import (
+    ShardRead,
+    dcp_state,
+    derived_seed,
+    load_shards,
+    plan_shard_read,
+    seed_rngs,
+    split_kinds,
+)
 from .._storage import Storage, is_url, open_storage
 from ..errors import (
     CheckpointNotFoundError,
@@ -125,6 +115,7 @@ from ..errors import (
     RemoteUnavailableWarning,
     RootLockedError,
     SaveFailedError,
+    SpotsafeWarning,
     StateMismatchError,
     UnsafeFileError,
     UnsupportedStateError,
@@ -142,37 +133,6 @@ SHARDS_FILE = "__shards.rank-{rank:05d}.bin"
 
 def shards_file(rank: int) -> str:
     return SHARDS_FILE.format(rank=rank)
-
-
-# -- what goes through DCP --------------------------------------------------------------
-def _split(state: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
-    """The state names DCP saves: {name: "module" | "optimizer"}, and each optimizer's module."""
-    kinds: dict[str, str] = {}
-    owners: dict[str, str] = {}
-    modules = {n: o for n, o in state.items() if isinstance(o, torch.nn.Module)}
-    for n in modules:
-        kinds[n] = "module"
-    for n, o in state.items():
-        if not isinstance(o, torch.optim.Optimizer):
-            continue
-        params = {id(p) for g in o.param_groups for p in g["params"]}
-        owner = next((m for m, mod in modules.items() if params <= {id(p) for p in mod.parameters()}), None)
-        if owner is None:
-            raise UnsupportedStateError(
-                f"state[{n!r}] optimizes parameters of no module in the state, and a multi-rank checkpoint saves an "
-                "optimizer by its module's parameter names; add the model to the state (e.g. state['model'] = model).")
-        kinds[n], owners[n] = "optimizer", owner
-    return kinds, owners
-
-
-def _dcp_state(state: dict[str, Any], kinds: dict[str, str], owners: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for n, kind in kinds.items():
-        if kind == "module":
-            out[n] = get_model_state_dict(state[n])
-        else:
-            out[n] = get_optimizer_state_dict(state[owners[n]], state[n])
-    return out
 
 
 def _fingerprint(flat: dict[str, Any]) -> str:
@@ -216,95 +176,6 @@ class _Snapshot:
     @property
     def nbytes(self) -> int:
         return self.staged.nbytes + sum(len(p) for p in self.shard_pieces)
-
-
-class _VerifiedReader(StorageReader):
-    """DCP's reader over bytes spotsafe already read and verified: shards are raw C-order
-    elements (no pickle); plain values are read by the planner with ``weights_only``."""
-
-    def __init__(self, metadata: Metadata, where: dict[Any, tuple[str, int, int, list[int] | None]],
-                 bufs: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self._metadata, self._where, self._bufs = metadata, where, bufs
-
-    def reset(self, checkpoint_id: Any = None) -> None:
-        pass
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        return self._metadata
-
-    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def prepare_local_plan(self, plan: Any) -> Any:
-        return plan
-
-    def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
-        return plans
-
-    def read_data(self, plan: Any, planner: Any) -> Future[None]:
-        for req in plan.items:
-            fname, offset, length, sizes = self._where[(req.storage_index.fqn, _offsets(req.storage_index.offset))]
-            raw = self._bufs[fname][offset:offset + length]
-            if req.type == LoadItemType.BYTE_IO:
-                planner.load_bytes(req, io.BytesIO(raw.numpy().tobytes()))
-                continue
-            md = self._metadata.state_dict_metadata[req.storage_index.fqn]
-            assert isinstance(md, TensorStorageMetadata) and sizes is not None
-            t = raw.view(md.properties.dtype).reshape(sizes)
-            for dim, (start, length) in enumerate(zip(req.storage_offsets, req.lengths, strict=True)):
-                t = t.narrow(dim, start, length)
-            target = planner.resolve_tensor(req).detach()
-            if target.size() != t.size():
-                raise CorruptCheckpointError(f"shard {req.storage_index.fqn!r} is {tuple(t.size())} where "
-                                             f"{tuple(target.size())} was planned")
-            target.copy_(t)
-            planner.commit_tensor(req, target)
-        fut: Future[None] = Future()
-        fut.set_result(None)
-        return fut
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
-        return False
-
-
-def _offsets(o: Any) -> tuple[int, ...] | None:
-    return None if o is None else tuple(int(x) for x in o)
-
-
-class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
-    """DCP's planner, but plain values are read with ``torch.load(weights_only=True)``."""
-
-    def load_bytes(self, read_item: Any, value: Any) -> None:
-        from torch.distributed.checkpoint._traverse import set_element  # private (torch 2.13)
-
-        obj = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
-
-
-def _index(shards: dict[str, Any]) -> tuple[Metadata, dict[Any, tuple[str, int, int, list[int] | None]]]:
-    """DCP's Metadata and the location of every chunk, from a manifest's (validated) shard index."""
-    sdm: dict[str, Any] = {}
-    where: dict[Any, tuple[str, int, int, list[int] | None]] = {}
-    storage: dict[MetadataIndex, Any] = {}
-    for key, e in shards["entries"].items():
-        if "bytes" in e:
-            b = e["bytes"]
-            sdm[key] = BytesStorageMetadata()
-            where[(key, None)] = (b["file"], b["offset"], b["length"], None)
-            storage[MetadataIndex(key)] = None
-            continue
-        chunks = [ChunkStorageMetadata(offsets=torch.Size(c["offsets"]), sizes=torch.Size(c["sizes"]))
-                  for c in e["chunks"]]
-        sdm[key] = TensorStorageMetadata(properties=TensorProperties(dtype=torch_dtype(e["dtype"])),
-                                         size=torch.Size(e["size"]), chunks=chunks)
-        for c in e["chunks"]:
-            where[(key, tuple(c["offsets"]))] = (c["file"], c["offset"], c["length"], list(c["sizes"]))
-    return Metadata(state_dict_metadata=sdm, planner_data=None, storage_data=None), where
 
 
 class GlobalCheckpointManager(CheckpointManager):
@@ -495,12 +366,12 @@ class GlobalCheckpointManager(CheckpointManager):
             metadata = decode_metadata(encode_metadata(metadata or {}))
             self._finish_inflight()
             self._raise_background_errors()
-            kinds, owners = _split(state)
+            kinds, owners = split_kinds(state)
             live = self._live
             flat = None if live is None or self._plan is None or self._replan else live.flat(state, kinds)
             if flat is None:  # ask torch (and note where each value lives, for the next save)
                 planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
-                planner.set_up_planner(_dcp_state(state, kinds, owners), is_coordinator=self.rank == 0)
+                planner.set_up_planner(dcp_state(state, kinds, owners), is_coordinator=self.rank == 0)
                 flat = planner.state_dict
                 sig = _fingerprint(flat)
                 self._live = LiveState(state, kinds, flat, sig)
@@ -915,7 +786,7 @@ class GlobalCheckpointManager(CheckpointManager):
         partial_names(partial)
         t0 = time.perf_counter()
         self._finish_inflight()
-        kinds, owners = _split(state)
+        kinds, owners = split_kinds(state)
         listing: list[Any] = [None]
         if self.rank == 0:
             listing[0] = self._list_tiers()
@@ -953,6 +824,7 @@ class GlobalCheckpointManager(CheckpointManager):
                     t_load = time.perf_counter()
                     manifest = ready["manifest"]
                     self._apply(ready, state, kinds, owners)
+                    self._tell_resized(manifest, ready["read"])
                     self.restored = CheckpointInfo(step=s, name=step_dir(s), location=f"{storage.url}/{step_dir(s)}",
                                                    valid=True, manifest=manifest)
                     self.restored_tier, self.restore_skipped = tier, skipped
@@ -1013,36 +885,21 @@ class GlobalCheckpointManager(CheckpointManager):
             manifest = parse_manifest(raw)
             if manifest.step != step:
                 raise ManifestError(f"manifest.json says step {manifest.step}, the directory says {step}")
-            if manifest.shards is None or manifest.world_size == 1:
-                raise StateMismatchError(f"Checkpoint {name} was written by a single process, and this job has "
-                                         f"{self.world_size} ranks; resume it with one process, or start this job "
-                                         "in a new root.")
-            if manifest.world_size != self.world_size:
-                raise StateMismatchError(f"Checkpoint {name} was written by {manifest.world_size} ranks, and this "
-                                         f"job has {self.world_size}; restart with {manifest.world_size} ranks.")
-            saved_kinds = manifest.shards["components"]
-            if saved_kinds != kinds and not partial:
-                raise StateMismatchError(f"Checkpoint {name} holds modules and optimizers {sorted(saved_kinds)}, and "
-                                         f"the state has {sorted(kinds)}; make the state match.")
-            metadata, where = _index(manifest.shards)
-            dcp_sd = _dcp_state(state, kinds, owners)
-            planner = _WeightsOnlyLoadPlanner()
-            planner.set_up_planner(dcp_sd, metadata, True)
-            reads = planner.create_local_plan().items
-            suffix = f"@{self.rank}"
-            own = {n[:-len(suffix)]: c for n, c in manifest.components.items() if n.endswith(suffix)}
-            needed = {where[(r.storage_index.fqn, _offsets(r.storage_index.offset))][0] for r in reads}
-            needed |= {t.file for c in own.values() for t in c.tensors}
-            sub = dataclasses.replace(manifest, files={f: manifest.files[f] for f in sorted(needed)},
-                                      components=own)
+            if manifest.shards is None:
+                raise StateMismatchError(f"Checkpoint {name} was written by a single process, and this job runs "
+                                         "under torchrun; resume it with one process (no torchrun), or start this "
+                                         "job in a new root.")
+            read = plan_shard_read(name, manifest, state, kinds, owners, self.rank, partial)
+            sub = dataclasses.replace(manifest, files={f: manifest.files[f] for f in sorted(read.files)},
+                                      components=read.components)
             bufs = self._read_files(storage, name, sub, raw)
             loaded = dict(decode_components(sub, bufs))
             rng = loaded.pop(RNG_COMPONENT, None)
             others = {n: o for n, o in state.items() if n not in kinds}
             plan = plan_restore(name, {n: c.kind for n, c in sub.components.items() if n != RNG_COMPONENT}, others,
                                 loaded, rng if self.rng else None, partial=partial)
-            return {"manifest": manifest, "metadata": metadata, "where": where, "bufs": bufs, "plan": plan,
-                    "dcp_sd": dcp_sd, "bytes": sum(manifest.files[f].size for f in needed)}, None
+            return {"manifest": manifest, "read": read, "bufs": bufs, "plan": plan,
+                    "bytes": sum(manifest.files[f].size for f in read.files)}, None
         except StateMismatchError as e:
             return None, ("StateMismatchError", str(e))
         except Exception as e:
@@ -1076,26 +933,32 @@ class GlobalCheckpointManager(CheckpointManager):
 
     def _apply(self, ready: dict[str, Any], state: dict[str, Any], kinds: dict[str, str],
                owners: dict[str, str]) -> None:
-        """Load verified bytes: the shards through DCP (no collective), then the rank's own components."""
-        dcp_sd = ready["dcp_sd"]
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is, per rank
-            warnings.simplefilter("ignore", UserWarning)
-            reader = _VerifiedReader(ready["metadata"], ready["where"], ready["bufs"])
-            if "no_dist" in inspect.signature(dcp.load).parameters:
-                dcp.load(dcp_sd, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(), no_dist=True)
-            else:  # torch < 2.7: dcp.load has no no_dist; the function it calls has
-                from torch.distributed.checkpoint.state_dict_loader import _load_state_dict  # private (torch 2.4-2.6)
-
-                _load_state_dict(dcp_sd, storage_reader=reader, planner=_WeightsOnlyLoadPlanner(), no_dist=True)
-        for n, kind in kinds.items():
-            if kind == "module":
-                set_model_state_dict(state[n], dcp_sd[n])
-        for n, kind in kinds.items():
-            if kind == "optimizer":
-                set_optimizer_state_dict(state[owners[n]], state[n], dcp_sd[n])
+        """Load verified bytes: the shards through DCP (no collective), then the rank's own components
+        (at another world size: see :func:`_elastic`)."""
+        read: ShardRead = ready["read"]
+        load_shards(read, ready["bufs"], state, kinds, owners)
         plan = ready["plan"]
         apply_checkpoint(plan)
         state.update(plan.state)  # plain values are replaced in the dict the plan was made for
+        if read.new_rank and self.rng:
+            seed_rngs(derived_seed(ready["manifest"], self.rank))
+
+    def _tell_resized(self, manifest: Manifest, read: ShardRead) -> None:
+        """A checkpoint of another world size: one warning on each rank it did not have, one line on rank 0."""
+        saved, name = manifest.world_size, step_dir(manifest.step)
+        if saved == self.world_size:
+            return
+        if read.new_rank:
+            others = sorted(read.components)
+            warnings.warn(
+                f"Rank {self.rank} did not exist in {name} (written by {saved} ranks): its RNG streams are seeded from "
+                f"(the checkpoint's rank-0 RNG, step {manifest.step}, rank {self.rank})"
+                + (f", and its other per-rank components ({', '.join(others)}) are rank 0's" if others else "")
+                + ".", SpotsafeWarning, stacklevel=3)
+        if self.rank == 0:
+            logger.info("Restored %s, written by %d ranks, on %d ranks%s", name, saved, self.world_size,
+                        f"; the per-rank components of ranks {self.world_size}..{saved - 1} are dropped"
+                        if saved > self.world_size else "")
 
     # -- the remote, as Run sees it ----------------------------------------------------------
     # Node-local roots: a save is durable only once committed on the remote, so "uploaded" is

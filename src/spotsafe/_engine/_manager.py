@@ -13,6 +13,7 @@ thread, and replication to a remote store on another (:mod:`._replicate`).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -535,17 +536,23 @@ class CheckpointManager:
                 t_read = time.perf_counter()
                 try:
                     manifest = read_manifest(storage, name)
-                    if manifest.shards is not None:
-                        raise StateMismatchError(
-                            f"Checkpoint {name} was written by a {manifest.world_size}-rank job; restore it under "
-                            f"torchrun with {manifest.world_size} ranks (spotsafe.Run does, once "
-                            "torch.distributed is initialised), or start this run in a new root.")
-                    bufs = read_verified(storage, name, manifest, self._io_executor)
+                    sharded = None
+                    if manifest.shards is not None:  # a torchrun job's: its modules resharded, rank 0's other state
+                        from .._state._sharded import plan_shard_read, split_kinds  # imports DCP: only here
+
+                        kinds, owners = split_kinds(state)
+                        sharded = plan_shard_read(name, manifest, state, kinds, owners, 0, partial)
+                        read = dataclasses.replace(manifest, components=sharded.components, files={
+                            f: manifest.files[f] for f in sorted(sharded.files)})
+                        others = {n: o for n, o in state.items() if n not in kinds}
+                    else:
+                        read, others = manifest, state
+                    bufs = read_verified(storage, name, read, self._io_executor)
                     t_load = time.perf_counter()
-                    loaded = dict(decode_components(manifest, bufs))
+                    loaded = dict(decode_components(read, bufs))
                     rng = loaded.pop(RNG_COMPONENT, None)
-                    plan = plan_restore(name, {n: c.kind for n, c in manifest.components.items()
-                                               if n != RNG_COMPONENT}, state, loaded, rng if self.rng else None,
+                    plan = plan_restore(name, {n: c.kind for n, c in read.components.items()
+                                               if n != RNG_COMPONENT}, others, loaded, rng if self.rng else None,
                                         partial=partial)  # touches nothing; a malformed tree is corrupt: a skip
                 except StateMismatchError:
                     raise  # a valid checkpoint that does not fit the objects: only the caller can decide
@@ -573,7 +580,13 @@ class CheckpointManager:
                 if self.rng and rng is None:
                     warnings.warn(f"Checkpoint {name} holds no RNG state; randomness will not replay exactly.",
                                   CheckpointSkippedWarning, stacklevel=2)
+                if sharded is not None:
+                    from .._state._sharded import load_shards
+
+                    load_shards(sharded, bufs, state, kinds, owners)  # verified bytes: only a torch bug fails here
                 apply_checkpoint(plan)  # all or nothing: on failure every object is as it was
+                if sharded is not None:
+                    state.update(plan.state)  # plain values, planned in a dict of their own
                 t_loaded = time.perf_counter()
                 self.restored = CheckpointInfo(step=s, name=name, location=f"{storage.url}/{name}", valid=True,
                                                manifest=manifest)
@@ -617,7 +630,8 @@ class CheckpointManager:
             self._retention.record(step, Verdict(valid=True, created=manifest.created))
         elif tier is Tier.REMOTE and self._replicator is not None:
             self._replicator.confirm_restored(step, manifest)
-            self._repair_local(step, manifest, bufs)
+            if manifest.shards is None:  # a torchrun job's: this process read only its share of the files
+                self._repair_local(step, manifest, bufs)
 
     def _repair_local(self, step: int, manifest, bufs: dict[str, Any]) -> None:
         """Write the verified bytes of ``step``, just downloaded, into the local root as that step.
