@@ -10,6 +10,7 @@ values, RNG streams of its own and one warning. Real torchrun, gloo on CPU.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from helpers import assert_same, communicate_or_kill
 
 from spotsafe._format import committed_steps, read_manifest, step_dir
 from spotsafe._storage import open_storage
+from spotsafe._telemetry import read_events
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +144,139 @@ def test_a_checkpoint_of_two_ranks_resumes_on_three_on_one_and_in_one_plain_proc
     job(worker, "load", mode, root, again, 3)
     assert torch.equal(torch.load(again, weights_only=True)["ranks"][2]["draws"],
                        torch.load(tmp_path / "loaded-3.pt", weights_only=True)["ranks"][2]["draws"])
+
+
+STREAM_WORKER = r'''
+import json, os, signal, sys
+from datetime import timedelta
+import torch, torch.distributed as dist
+import spotsafe
+from spotsafe.data import ResumableDataLoader
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+rank, world = dist.get_rank(), dist.get_world_size()
+total, stop_at, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+g = torch.Generator().manual_seed(5)
+xs, ws = torch.randn(64, 4, generator=g), torch.randn(4, 1, generator=g)
+dataset = [(i, xs[i], xs[i] @ ws) for i in range(64)]  # each sample carries its index
+torch.manual_seed(0)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, 3, gamma=0.5)
+keep = os.environ["TEST_GLOBAL_BATCH"] == "keep"
+loader = ResumableDataLoader(dataset, batch_size=4, global_batch_size=8 if keep else None, num_replicas=world,
+                             rank=rank, seed=1)
+state = {"model": model, "optimizer": opt, "scheduler": sched, "data": loader}
+log = open(f"{out}.rank{rank}", "a")
+batches = None
+with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=100, notices="signals",
+                  scale_lr=None if keep else "linear") as run:
+    log.write(json.dumps({"resumed": run.step, "world": world, "lr": opt.param_groups[0]["lr"],
+                          "base_lrs": sched.base_lrs, "last_lr": sched.get_last_lr()}) + "\n")
+    for step in run.steps(total):
+        seen = []
+        for k in range(loader.grad_accum):
+            batch = next(batches, None) if batches is not None else None
+            if batch is None:
+                batches = iter(loader)
+                batch = next(batches)
+            idx, x, y = batch
+            seen += idx.tolist()
+            ((model(x) - y).pow(2).mean() / loader.grad_accum).backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        log.write(json.dumps({"step": step, "idx": seen, "lr": opt.param_groups[0]["lr"]}) + "\n")
+        log.flush()
+        if step == stop_at and rank == world - 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # a notice on the last rank: the job stops together
+if rank == 0:
+    with torch.no_grad():
+        loss = ((model.module(xs) - xs @ ws).pow(2).mean()).item()
+    log.write(json.dumps({"final_loss": loss, "weight": model.module.weight.flatten().tolist()}) + "\n")
+log.close()
+dist.barrier()
+dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)
+'''
+
+
+def stream_job(worker: Path, root: Path, out: Path, nproc: int, total: int, stop_at: int, keep: str) -> int:
+    env = dict(child_env(), TEST_ROOT=str(root), TEST_GLOBAL_BATCH=keep)
+    p = subprocess.Popen([TORCHRUN, "--nproc-per-node", str(nproc), "--standalone", "--monitor-interval", "0.1",
+                          str(worker), str(total), str(stop_at), str(out)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _, err = communicate_or_kill(p, 120)
+    assert p.returncode in (0, 1), err[-3000:]  # torchrun exits 1 when its workers exit 75
+    return p.returncode
+
+
+def read_log(out: Path, ranks: int) -> tuple[list[dict], dict[int, list[int]], dict]:
+    """(each attempt's start line on rank 0, the global indices of each step by step, rank 0's final line)."""
+    starts, steps, final = [], {}, {}
+    per_rank = [[json.loads(line) for line in Path(f"{out}.rank{r}").read_text().splitlines()]
+                for r in range(ranks) if Path(f"{out}.rank{r}").exists()]
+    for r, lines in enumerate(per_rank):
+        for e in lines:
+            if "resumed" in e and r == 0:
+                starts.append(e)
+            elif "step" in e:
+                steps.setdefault(e["step"], {})[r] = e  # a step redone after a restart: the last one counts
+            elif "final_loss" in e:
+                final = e
+    seen = {s: [i for r in sorted(by) for i in by[r]["idx"]] for s, by in sorted(steps.items())}
+    return starts, seen, final
+
+
+@pytest.mark.parametrize("keep", ["keep", "scale_lr"])
+def test_losing_a_rank_mid_epoch_and_getting_it_back_keeps_the_global_sample_stream(tmp_path, keep):
+    """2 ranks, then 1 (a node lost), then 2 again, against 2 ranks throughout, mid-epoch each time.
+
+    ``keep``: the global batch stays 8 (1 rank accumulates 2 micro-batches of 4): the same samples
+    in the same optimizer steps, and the final loss within 1e-6 relative. ``scale_lr``: the per-rank
+    batch stays 4 (the global batch halves on 1 rank), the learning rates are scaled by 1/2 and
+    back by 2, exactly, and the sample stream is still the same, only in smaller steps.
+    """
+    worker = tmp_path / "worker.py"
+    worker.write_text(STREAM_WORKER)
+    total = 12 if keep == "keep" else 16
+    assert stream_job(worker, tmp_path / "ref", tmp_path / "ref.log", 2, total, -1, keep) == 0
+    _, whole, ref_final = read_log(tmp_path / "ref.log", 2)
+    out, root = tmp_path / "el.log", tmp_path / "run"
+    assert stream_job(worker, root, out, 2, total, 3, keep) == 1  # stopped by the notice after step 3
+    assert stream_job(worker, root, out, 1, total, 6 if keep == "keep" else 9, keep) == 1  # one rank
+    assert stream_job(worker, root, out, 2, total, -1, keep) == 0  # two again, to the end
+    starts, seen, final = read_log(out, 2)
+    assert [s["world"] for s in starts] == [2, 1, 2]
+    assert 3 < starts[1]["resumed"] < starts[2]["resumed"]  # each stop committed a checkpoint the next one took
+    flat, whole_flat = [i for s in sorted(seen) for i in seen[s]], [i for s in sorted(whole) for i in whole[s]]
+    # no sample lost, none repeated: the same stream (shorter with smaller steps on 1 rank)
+    assert flat == whole_flat[:len(flat)]
+    if keep == "keep":
+        assert seen == whole and flat == whole_flat  # the same samples in the same optimizer steps
+        assert final["final_loss"] == pytest.approx(ref_final["final_loss"], rel=1e-6)
+        assert [s["lr"] for s in starts[1:]] == [whole_lr(out, s["resumed"]) for s in starts[1:]]
+    else:
+        shrink, grow = starts[1], starts[2]
+        one_rank = grow["resumed"] - shrink["resumed"]  # steps of 4 samples; 8 on 2 ranks, and the short one
+        assert len(flat) == 8 * (total - one_rank) - 4 + 4 * one_rank, (len(flat), shrink, grow)
+        saved_lr = whole_lr(out, shrink["resumed"])
+        assert shrink["lr"] == saved_lr * 0.5 and shrink["last_lr"] == [saved_lr * 0.5]
+        assert shrink["base_lrs"] == [0.1 * 0.5] and grow["base_lrs"] == [0.1 * 0.5 * 2.0]
+        assert grow["lr"] == whole_lr(out, grow["resumed"]) * 2.0
+        events = [e for e in read_events(root / "events") if e["event"] == "restore" and e.get("step")
+                  and e["rank"] == 0]
+        assert sorted((e["saved_world_size"], e["world_size"], e["lr_scale"]) for e in events) == [(1, 2, 2.0),
+                                                                                                   (2, 1, 0.5)]
+
+
+def whole_lr(out: Path, step: int) -> float:
+    """The learning rate rank 0 logged after ``step`` (the last time it ran that step)."""
+    lr = None
+    for line in Path(f"{out}.rank0").read_text().splitlines():
+        e = json.loads(line)
+        if e.get("step") == step:
+            lr = e["lr"]
+    assert lr is not None, step
+    return lr

@@ -95,3 +95,78 @@ def test_sampler_refuses_another_dataset():
 def test_loader_refuses_arguments_it_owns():
     with pytest.raises(TypeError, match=r"sets \['sampler'\] itself"):
         ResumableDataLoader(Augmented(), batch_size=2, sampler=None, shuffle=True)
+
+
+def _global_steps(samplers: list[ResumableSampler], steps: int) -> list[list[int]]:
+    """``steps`` optimizer steps of a job whose ranks are ``samplers``: the global sample indices of
+    each step (rank 0's micro-batches first), consumed as a training loop does."""
+    its = [iter(s.batches()) for s in samplers]
+    out = []
+    for _ in range(steps):
+        step: list[int] = []
+        for s, it in zip(samplers, its, strict=True):
+            for _ in range(s.grad_accum):
+                mine, consumed = next(it)
+                step += mine
+                s.position += consumed
+        out.append(step)
+    return out
+
+
+@pytest.mark.parametrize("global_batch_size", [None, 8])
+def test_a_change_of_world_size_mid_epoch_continues_with_exactly_the_next_global_sample(global_batch_size):
+    def job(world: int) -> list[ResumableSampler]:
+        return [ResumableSampler(50, seed=3, batch_size=4, num_replicas=world, rank=r,
+                                 global_batch_size=global_batch_size) for r in range(world)]
+
+    whole = [i for step in _global_steps(job(2), 6) for i in step]  # uninterrupted, 2 ranks: 48 samples
+    first = job(2)
+    before = _global_steps(first, 3)
+    saved = first[0].state_dict()  # every rank's position is the job's: rank 0's is enough
+    assert saved == first[1].state_dict() and saved["position"] == 24
+    second = job(1)  # one node lost: 1 rank goes on
+    second[0].load_state_dict(saved)
+    steps_after = 3 if global_batch_size else 6  # the same global batch takes the same number of steps
+    after = _global_steps(second, steps_after)
+    assert [i for step in before + after for i in step] == whole
+    assert all(len(step) == 8 for step in before) and all(len(step) == (8 if global_batch_size else 4)
+                                                          for step in after)
+    assert second[0].grad_accum == (2 if global_batch_size else 1)
+
+
+def test_grad_accum_keeps_the_global_batch_and_says_when_it_cannot():
+    from spotsafe.data import grad_accum
+
+    assert [grad_accum(96, 8, w) for w in (1, 2, 3, 4, 6, 12)] == [12, 6, 4, 3, 2, 1]
+    loader = ResumableDataLoader(list(range(40)), batch_size=2, global_batch_size=8, num_replicas=2, rank=1,
+                                 shuffle=False)
+    assert loader.grad_accum == 2 and len(loader) == 10
+    batches = [b.tolist() for b in loader]
+    assert batches[:4] == [[4, 5], [6, 7], [12, 13], [14, 15]]  # rank 1's half of each global batch of 8
+    with pytest.raises(ValueError, match="A global batch of 96 samples cannot be split over 5 ranks in "
+                                         "micro-batches of 8; run on a world size that divides it "
+                                         r"\(1, 2, 3, 4, 6, 12\) or choose a global_batch_size divisible by "
+                                         "5 x 8 = 40"):
+        ResumableSampler(1000, batch_size=8, num_replicas=5, global_batch_size=96)
+
+
+def test_linear_lr_scaling_multiplies_the_optimizer_and_the_scheduler_exactly():
+    from spotsafe._state._lr import scale_learning_rates
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW([{"params": [model.weight], "lr": 0.3}, {"params": [model.bias], "lr": 0.07}])
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    opt.step()
+    sched.step()
+    before = [g["lr"] for g in opt.param_groups]
+    assert scale_learning_rates({"m": model, "o": opt, "s": sched, "n": 3}, 3 / 2) == ["o", "s"]
+    assert [g["lr"] for g in opt.param_groups] == [x * 1.5 for x in before]
+    assert [g["initial_lr"] for g in opt.param_groups] == [0.3 * 1.5, 0.07 * 1.5]
+    assert sched.base_lrs == [0.3 * 1.5, 0.07 * 1.5] and sched.get_last_lr() == [x * 1.5 for x in before]
+    sched.step()  # the schedule goes on from the scaled rates
+    assert [g["lr"] for g in opt.param_groups] == [x * 1.5 * 0.5 for x in before]
+
+
+def test_run_names_an_unknown_lr_scaling_rule(tmp_path):
+    with pytest.raises(ValueError, match="scale_lr='sqrt' is not a scaling rule spotsafe knows; use 'linear', or None"):
+        spotsafe.Run(tmp_path / "run", {}, scale_lr="sqrt")

@@ -87,13 +87,17 @@ def test_a_malformed_index_is_refused_with_the_defect_named(path, value, words):
         parse_manifest(raw)
 
 
-def test_an_index_in_a_single_process_checkpoint_is_refused():
+def test_an_index_of_one_rank_is_a_torchrun_job_at_one_rank_and_valid():
     shards = index()
     del shards["entries"]["model.bias"]  # rank 0's file only
     one = Manifest(step=7, world_size=1, components={}, shards=shards,
                    files={SHARDS: FileEntry(size=148, checksum="0" * 16, rank=0)})
-    with pytest.raises(ManifestError, match="shards index but a world size of 1"):
-        parse_manifest(one.to_json_bytes())
+    assert parse_manifest(one.to_json_bytes()).shards == shards  # an elastic job that shrank to one rank
+    two_ranks_file = Manifest(step=7, world_size=1, components={}, shards=index(),
+                              files={SHARDS: FileEntry(size=148, checksum="0" * 16, rank=0),
+                                     "__shards.rank-00001.bin": FileEntry(size=8, checksum="0" * 16, rank=1)})
+    with pytest.raises(ManifestError):  # a rank the world size does not have
+        parse_manifest(two_ranks_file.to_json_bytes())
 
 
 def write_checkpoint(root, m: Manifest, data: dict[str, bytes]) -> None:

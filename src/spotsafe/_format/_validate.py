@@ -208,7 +208,7 @@ def check_shards(shards: Any, files: dict[str, Any], world: int) -> None:
           f"manifest.json's shards index names its components badly; expected names mapped to one of {SHARD_KINDS}")
     _need(isinstance(entries, dict) and len(entries) <= MAX_TENSORS,
           f"manifest.json's shards index has no entries table of at most {MAX_TENSORS} keys")
-    _need(world > 1, "manifest.json has a shards index but a world size of 1")
+    _need(isinstance(world, int) and world >= 1, "manifest.json has a shards index but no world size")
 
     def loc(where: str, d: Any) -> int:
         _need(isinstance(d, dict), f"manifest.json's shard {where} has no location")

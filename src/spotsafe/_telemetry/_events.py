@@ -125,8 +125,9 @@ _NUMBER = (int, float)
 # within MAX_SECONDS); a field of another type (a hand-edited or foreign file) is dropped as the
 # line is read, so it reads as absent.
 _FIELDS: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("step", "attempt", "rank", "pid", "exit_code", "world_size"), (int,)),
-    **dict.fromkeys(("ts", "stall_s", "persist_s", "upload_s", "seconds_left", "backoff_s", "duration_s"), _NUMBER),
+    **dict.fromkeys(("step", "attempt", "rank", "pid", "exit_code", "world_size", "saved_world_size"), (int,)),
+    **dict.fromkeys(("ts", "stall_s", "persist_s", "upload_s", "seconds_left", "backoff_s", "duration_s",
+                     "lr_scale"), _NUMBER),
     **dict.fromkeys(("run_id", "host", "role"), (str,)),
     "skipped": (list,), "values": (dict,), "profile": (dict,),
 }

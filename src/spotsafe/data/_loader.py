@@ -95,6 +95,9 @@ class ResumableDataLoader:
         shuffle, seed, drop_last: As for :class:`ResumableSampler`.
         seed_samples: Seed the global RNGs per sample from ``(seed, epoch, index)`` (default True).
         num_replicas, rank: Data-parallel world size and this rank.
+        global_batch_size: Keep the global batch at this many samples at any world size: each
+            rank yields :attr:`grad_accum` micro-batches of ``batch_size`` per optimizer step
+            (see :class:`ResumableSampler`).
         **dataloader_kwargs: Passed to ``torch.utils.data.DataLoader`` (``num_workers``,
             ``collate_fn``, ``pin_memory``, ``persistent_workers``, ...); not ``sampler``,
             ``batch_sampler``, ``shuffle`` or ``generator``, which the loader owns.
@@ -102,13 +105,14 @@ class ResumableDataLoader:
 
     def __init__(self, dataset: Any, batch_size: int = 1, *, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, seed_samples: bool = True, num_replicas: int = 1, rank: int = 0,
-                 **dataloader_kwargs: Any) -> None:
+                 global_batch_size: int | None = None, **dataloader_kwargs: Any) -> None:
         owned = {"sampler", "batch_sampler", "shuffle", "generator", "batch_size", "drop_last"} & set(dataloader_kwargs)
         if owned:
             raise TypeError(f"ResumableDataLoader sets {sorted(owned)} itself; drop them from the arguments.")
         self.dataset = dataset
         self.sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                        batch_size=batch_size, num_replicas=num_replicas, rank=rank)
+                                        batch_size=batch_size, num_replicas=num_replicas, rank=rank,
+                                        global_batch_size=global_batch_size)
         self.seed_samples = seed_samples
         self._batches = _PlannedBatches()
         target = SeededDataset(dataset, seed) if seed_samples else _Unkeyed(dataset)
@@ -119,6 +123,11 @@ class ResumableDataLoader:
     @property
     def epoch(self) -> int:
         return self.sampler.epoch
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per optimizer step on each rank (1 without ``global_batch_size``)."""
+        return self.sampler.grad_accum
 
     @property
     def position(self) -> int:

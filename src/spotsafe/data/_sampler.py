@@ -7,7 +7,10 @@ of the epoch already consumed by the whole job (all ranks together), so a resume
 another number of ranks continues from the same global sample.
 
 With ``num_replicas`` ranks, the epoch is cut into global batches of
-``batch_size * num_replicas`` samples and rank ``r`` takes the ``r``-th slice of each.
+``batch_size * num_replicas`` samples and rank ``r`` takes the ``r``-th slice of each. With
+``global_batch_size`` the global batch stays that many samples at every world size: each
+rank takes ``global_batch_size / num_replicas`` of them, in :attr:`~ResumableSampler.grad_accum`
+micro-batches of ``batch_size`` (see :func:`grad_accum`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,35 @@ from typing import Any
 import torch
 
 _DEFAULT_SEED = 0
+
+
+def grad_accum(global_batch_size: int, batch_size: int, world_size: int) -> int:
+    """The micro-batches each rank accumulates per optimizer step so that ``world_size`` ranks
+    with micro-batches of ``batch_size`` consume ``global_batch_size`` samples a step; raises
+    ValueError, in one sentence with the way out, when it cannot be split so."""
+    if min(global_batch_size, batch_size, world_size) < 1:
+        raise ValueError(f"global_batch_size ({global_batch_size}), batch_size ({batch_size}) and the world size "
+                         f"({world_size}) must all be at least 1.")
+    per_rank, rest = divmod(global_batch_size, world_size)
+    if rest or per_rank % batch_size:
+        fits = sorted({w for w in range(1, 2 * world_size + 9)
+                       if global_batch_size % (w * batch_size) == 0})[:6]
+        raise ValueError(
+            f"A global batch of {global_batch_size} samples cannot be split over {world_size} ranks in micro-batches "
+            f"of {batch_size}; run on a world size that divides it ({', '.join(map(str, fits)) or 'none near'}) or "
+            f"choose a global_batch_size divisible by {world_size} x {batch_size} = {world_size * batch_size}.")
+    return per_rank // batch_size
+
+
+def _parts(seq: list[int], k: int) -> list[list[int]]:
+    """``seq`` cut into ``k`` contiguous parts as equal as can be (the first ones one longer)."""
+    size, extra = divmod(len(seq), k)
+    out, at = [], 0
+    for i in range(k):
+        n = size + (i < extra)
+        out.append(seq[at:at + n])
+        at += n
+    return out
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
@@ -39,12 +71,18 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         shuffle: Draw a new permutation per epoch (default True).
         seed: The seed of every permutation.
         drop_last: Drop the final partial batch of an epoch (only with ``batch_size``).
-        batch_size: Samples per batch per rank; needed with ``num_replicas > 1`` or ``drop_last``.
+        batch_size: Samples per batch per rank (a micro-batch, with ``global_batch_size``); needed
+            with ``num_replicas > 1`` or ``drop_last``.
         num_replicas, rank: The data-parallel world size and this rank.
+        global_batch_size: Keep the global batch at this many samples whatever the world size
+            (an elastic job that lost a node): each rank yields :attr:`grad_accum` micro-batches
+            of ``batch_size`` per optimizer step. Default: ``batch_size * num_replicas``, which
+            changes with the world size.
     """
 
     def __init__(self, data_source: Any, *, shuffle: bool = True, seed: int = _DEFAULT_SEED,
-                 drop_last: bool = False, batch_size: int = 1, num_replicas: int = 1, rank: int = 0) -> None:
+                 drop_last: bool = False, batch_size: int = 1, num_replicas: int = 1, rank: int = 0,
+                 global_batch_size: int | None = None) -> None:
         n = data_source if isinstance(data_source, int) else len(data_source)
         if n < 1 or batch_size < 1 or num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"ResumableSampler needs a non-empty dataset, batch_size >= 1 and 0 <= rank < "
@@ -52,27 +90,37 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
                              f"num_replicas={num_replicas}).")
         self.n, self.shuffle, self.seed, self.drop_last = n, shuffle, seed, drop_last
         self.batch_size, self.num_replicas, self.rank = batch_size, num_replicas, rank
+        self.global_batch_size = global_batch_size
+        self.grad_accum = 1 if global_batch_size is None else grad_accum(global_batch_size, batch_size, num_replicas)
+        """Micro-batches per optimizer step on each rank (1 without ``global_batch_size``)."""
         self.epoch = 0
         self.position = 0  # samples of this epoch consumed by all ranks together
 
     @property
     def global_batch(self) -> int:
-        return self.batch_size * self.num_replicas
+        """Samples the whole job consumes per optimizer step."""
+        return self.batch_size * self.num_replicas * self.grad_accum
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to the start of ``epoch``."""
         self.epoch, self.position = epoch, 0
 
     def batches(self) -> list[tuple[list[int], int]]:
-        """This rank's remaining batches of the current epoch: (its indices, samples all ranks consume) pairs."""
+        """This rank's remaining batches of the current epoch: (its indices, samples all ranks consume)
+        pairs; with :attr:`grad_accum` > 1, its micro-batches, the last of a step counting the step's
+        samples (a step is consumed whole or not at all)."""
         order = epoch_order(self.n, self.seed, self.epoch, self.shuffle)[self.position:].tolist()
         out: list[tuple[list[int], int]] = []
         for start in range(0, len(order), self.global_batch):
             glob = order[start:start + self.global_batch]
             if self.drop_last and len(glob) < self.global_batch:
                 break
-            mine = glob[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-            out.append((mine, len(glob)))
+            # a full global batch: rank r's slice, in micro-batches of batch_size; the short last one of an
+            # epoch (a resume on another world size can make one) is shared as evenly: no rank is left empty
+            # while there are samples for every micro-batch
+            mine = _parts(glob, self.num_replicas)[self.rank]
+            for k, micro in enumerate(_parts(mine, self.grad_accum)):
+                out.append((micro, len(glob) if k == self.grad_accum - 1 else 0))
         return out
 
     def __iter__(self):

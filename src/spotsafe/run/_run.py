@@ -32,6 +32,7 @@ from .._env import EVENTS_DIR_ENV, REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVI
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._format import step_dir
 from .._names import Event, SaveReason, StopReason, Tier
+from .._state._lr import LR_SCALING, scale_learning_rates
 from .._storage import Storage, is_url
 from .._telemetry import EventLog, events_dir_of, measure, read_events
 from .._telemetry._identity import open_event_log
@@ -85,13 +86,15 @@ def _check_manager(manager: CheckpointManager, root: str | os.PathLike | None, *
 def _make_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt: int) -> CheckpointManager:
     """The manager of this process: one for the whole job when it is one rank of several."""
     world = int(os.environ.get("WORLD_SIZE") or 1)
-    if world > 1:
+    if world > 1 or os.environ.get("TORCHELASTIC_RUN_ID"):
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            from .._dist._global import GlobalCheckpointManager  # imports DCP: only for a multi-rank job
+        # under torchrun, one rank too (an elastic job that shrank, or will grow): the job's format
+        if dist.is_available() and dist.is_initialized():
+            from .._dist._global import GlobalCheckpointManager  # imports DCP: only for a torchrun job
 
             return GlobalCheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
+    if world > 1:
         logger.warning("WORLD_SIZE is %d but torch.distributed is not initialised: this process checkpoints on its "
                        "own; call torch.distributed.init_process_group() before entering Run for one checkpoint "
                        "of the whole job.", world)
@@ -144,6 +147,12 @@ class Run:
         partial: Resume although components were added to or removed from ``state`` since
             the checkpoint: True for any, or the names that may differ (see
             :meth:`CheckpointManager.restore <spotsafe.CheckpointManager.restore>`).
+        scale_lr: ``"linear"``: when the checkpoint was written by W ranks and this job has W',
+            multiply every learning rate of the state's optimizers and LR schedulers by W'/W
+            (the linear scaling rule, for a job that keeps its per-rank batch, so its global
+            batch changes with the world size). Default None: learning rates are restored as
+            saved (right for a job that keeps its global batch, e.g. with
+            ``ResumableDataLoader(global_batch_size=...)``).
 
     Example::
 
@@ -158,9 +167,14 @@ class Run:
                  manager: CheckpointManager | None = None, options: CheckpointOptions | None = None,
                  margin: float | str | timedelta = 3.0, exit_on_notice: bool = True,
                  events_dir: str | os.PathLike | None = None, partial: bool | str | Collection[str] = False,
-                 clock: Callable[[], float] = time.monotonic, **settings: Unpack[ManagerSettings]) -> None:
+                 clock: Callable[[], float] = time.monotonic, scale_lr: str | None = None,
+                 **settings: Unpack[ManagerSettings]) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
+        if scale_lr is not None and scale_lr not in LR_SCALING:
+            raise ValueError(f"scale_lr={scale_lr!r} is not a scaling rule spotsafe knows; use "
+                             f"{' or '.join(map(repr, LR_SCALING))}, or None to restore learning rates as saved.")
+        self.scale_lr = scale_lr
         if manager is not None:
             root = _check_manager(manager, root, given=[*(["options"] if options is not None else []), *settings])
             self._options = manager.options
@@ -240,9 +254,19 @@ class Run:
             self._submitted = self._reported = self.step
             info, stats = self._mgr.restored, self._mgr.last_restore
             assert stats is not None  # restore() records its stats whatever it found
+            world = int(os.environ.get("WORLD_SIZE") or 1)
+            saved_world = info.manifest.world_size if restored and info and info.manifest else None
+            lr_scale = None
+            if saved_world is not None and saved_world != world and self.scale_lr == "linear":
+                lr_scale = world / saved_world
+                scaled = scale_learning_rates(self.state, lr_scale)
+                logger.warning("Checkpoint %s was written by %d ranks and this job has %d: learning rates of %s "
+                               "scaled by %d/%d (scale_lr='linear')", step_dir(restored), saved_world, world,
+                               ", ".join(scaled) or "nothing", world, saved_world)
             self._log.emit(Event.RESTORE, step=restored, tier=self._tier_name(self._mgr.restored_tier) if restored
                            else None, seconds=stats.total_s, bytes=stats.bytes,
-                           skipped=list(self._mgr.restore_skipped))
+                           skipped=list(self._mgr.restore_skipped), world_size=world,
+                           saved_world_size=saved_world, **({"lr_scale": lr_scale} if lr_scale else {}))
             if restored:
                 logger.info("Resuming at step %d from %s", restored, info.location if info else self.root)
             if self.policy.wants_history and self._log.path is not None:
