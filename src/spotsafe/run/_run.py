@@ -257,7 +257,7 @@ class Run:
             world = int(os.environ.get("WORLD_SIZE") or 1)
             saved_world = info.manifest.world_size if restored and info and info.manifest else None
             lr_scale = None
-            if saved_world is not None and saved_world != world and self.scale_lr == "linear":
+            if restored and saved_world is not None and saved_world != world and self.scale_lr == "linear":
                 lr_scale = world / saved_world
                 scaled = scale_learning_rates(self.state, lr_scale)
                 logger.warning("Checkpoint %s was written by %d ranks and this job has %d: learning rates of %s "
