@@ -280,3 +280,164 @@ def whole_lr(out: Path, step: int) -> float:
             lr = e["lr"]
     assert lr is not None, step
     return lr
+
+
+NODE_WORKER = r'''
+import os, sys, time
+from datetime import timedelta
+import torch, torch.distributed as dist
+import spotsafe
+
+def say(line):
+    os.write(1, (line + "\n").encode())
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(0)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(8, 4))
+opt = torch.optim.Adam(model.parameters(), lr=0.01)
+state = {"model": model, "optimizer": opt}
+total = int(sys.argv[1])
+with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=5, remote=os.environ["TEST_REMOTE"],
+                  notices="signals") as run:
+    say(f"rank {rank} pid {os.getpid()} world {world} resumed {run.step}")
+    for step in run.steps(total):
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step * 10 + rank))
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        time.sleep(0.15)
+        say(f"rank {rank} world {world} step {step}")
+say(f"rank {rank} world {world} done {run.step}")
+dist.barrier()
+dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)
+'''
+NODE_STEPS = 40
+RDZV_CONF = "last_call_timeout=3,keep_alive_interval=1,keep_alive_max_attempt=2,join_timeout=60"
+
+
+class Agent:
+    """One ``torchrun --nnodes 1:2`` agent (a "node"): its output read on a thread, line by line."""
+
+    def __init__(self, worker: Path, root: Path, port: int, remote: str, host: bool) -> None:
+        import queue
+        import threading
+
+        env = dict(child_env(), TEST_ROOT=str(root), TEST_REMOTE=remote)
+        self.p = subprocess.Popen(
+            [TORCHRUN, "--nnodes", "1:2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"job-{port}",
+             "--rdzv-conf", f"{RDZV_CONF},is_host={int(host)}", "--max-restarts", "3", "--monitor-interval", "0.1",
+             str(worker), str(NODE_STEPS)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.err: list[str] = []
+        threading.Thread(target=lambda: [self.lines.put(x) for x in self.p.stdout], daemon=True).start()
+        threading.Thread(target=lambda: [self.err.append(x) for x in self.p.stderr], daemon=True).start()
+
+    def drain(self) -> list[str]:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
+
+    def kill(self, sig: int = 9) -> None:
+        """The node dies: its agent and its workers (torchrun starts each worker in a session of its own)."""
+        import os
+
+        for line in self.drain():
+            if " resumed " in line:
+                try:
+                    os.kill(int(line.split()[3]), sig)
+                except ProcessLookupError:
+                    pass
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, sig)
+
+
+def steps_of(lines: list[str]) -> list[int]:
+    import re
+
+    return [int(m.group(1)) for line in lines for m in [re.search(r" step (\d+)$", line.strip())] if m]
+
+
+def wait_until(cond, timeout: float, what: str, agents: list[Agent] = ()) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= end:
+            logs = "".join(f"\n--- agent {i}:\n{''.join(a.drain()[-20:])}{''.join(a.err[-40:])}"
+                           for i, a in enumerate(agents))
+            raise AssertionError(f"timed out waiting for {what}{logs}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("notice", [False, True])
+def test_a_lost_node_leaves_the_survivor_to_resume_alone_from_the_remote(tmp_path, s3_url, notice):
+    """Two agents (``--nnodes 1:2``, c10d rendezvous on 127.0.0.1), node-local roots, the real S3 server.
+
+    Without notice, the second node's whole process group is SIGKILLed mid-run: the survivor's
+    agent restarts it at world size 1, it resumes from the newest global commit (on the remote:
+    the dead node's disk is gone) and finishes; the steps lost are those since that commit. With a
+    notice first (SIGTERM to the second node's worker), the job checkpoints together and the node
+    then goes (its agent frozen, then killed): the survivor resumes at the stop step, losing none.
+    """
+    import os
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    worker = tmp_path / "worker.py"
+    worker.write_text(NODE_WORKER)
+    roots = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]
+    # both at once: the first round closes 3 s (last_call_timeout) after the first agent joins
+    survivor = Agent(worker, roots[0], port, s3_url, host=True)
+    doomed = Agent(worker, roots[1], port, s3_url, host=False)
+    agents = [survivor, doomed]
+    try:
+        remote = open_storage(s3_url)
+        wait_until(lambda: max(steps_of(survivor.drain()) or [0]) >= 12, 60, "12 steps at world size 2", agents)
+        if notice:
+            pid = next(int(x.split()[3]) for x in doomed.drain() if " resumed " in x)
+            os.kill(pid, signal.SIGTERM)  # the node's notice: the job checkpoints together
+            wait_until(lambda: doomed.p.poll() is not None or
+                       any(" resumed " in x for x in doomed.drain()[1:]) or
+                       not _alive(pid), 30, "the noticed worker to stop")
+            os.kill(doomed.p.pid, signal.SIGSTOP)  # the node goes: its agent stops answering
+        doomed.kill()
+        reached = max(steps_of(survivor.drain()) + steps_of(doomed.drain()))
+        committed = committed_steps(remote)[-1]  # the survivor's new attempt needs a rendezvous (> 3 s) first
+        assert reached < NODE_STEPS - 10, reached  # the node went mid-run
+        wait_until(lambda: survivor.p.poll() is not None, 90, "the survivor to finish", agents)
+        survivor.drain()
+    finally:
+        for a in agents:
+            a.kill()
+    assert survivor.p.returncode == 0, "".join(survivor.err)[-3000:]
+    starts = [x.split() for x in survivor.seen if " resumed " in x]
+    assert [s[5] for s in starts] == ["2", "1"], starts  # world size 2, then the survivor alone
+    resumed = int(starts[1][7])
+    assert committed <= resumed <= reached
+    lost = reached - resumed
+    if notice:
+        assert lost == 0 and resumed == committed  # the notice's checkpoint: not one step lost
+    else:
+        assert lost <= 5 + 1  # at most the steps since the last commit (save_every=5; one in flight)
+    assert any(f"world 1 done {NODE_STEPS}" in x for x in survivor.seen)
+    restores = [e for e in read_events(roots[0] / "events") if e["event"] == "restore" and e.get("step") == resumed]
+    assert restores and restores[-1]["world_size"] == 1 and restores[-1]["saved_world_size"] == 2
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -814,11 +814,15 @@ class GlobalCheckpointManager(CheckpointManager):
                 if s not in steps:
                     continue
                 t_read = time.perf_counter()
-                ready, verdict = self._read_share(storage, s, state, kinds, owners, partial)
+                elsewhere = tier is Tier.ROOT and any(s in st for t, _, st in tiers if t is Tier.REMOTE)
+                ready, verdict = self._read_share(storage, s, state, kinds, owners, partial, elsewhere)
                 verdicts: list[Any] = [None] * self.world_size
                 dist.all_gather_object(verdicts, verdict, group=self.group)
                 bad = next(((r, v) for r, v in enumerate(verdicts) if v is not None), None)
                 where = f"{step_dir(s)} in {storage.url}"
+                if bad is not None and all(v is None or v[0] == _CACHE for v in verdicts):
+                    logger.debug("%s is a node's cache without every file this job needs; reading the remote", where)
+                    continue  # the remote's copy, with this cache's verified files (not an invalid checkpoint)
                 if bad is None:
                     assert ready is not None
                     t_load = time.perf_counter()
@@ -877,8 +881,11 @@ class GlobalCheckpointManager(CheckpointManager):
             return (local, None), f"{type(e).__name__}: {e}"
 
     def _read_share(self, storage: Any, step: int, state: dict[str, Any], kinds: dict[str, str],
-                    owners: dict[str, str], partial: Any) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
-        """Read and verify what this rank needs of ``step``: (what to apply, None) or (None, (kind, reason))."""
+                    owners: dict[str, str], partial: Any,
+                    elsewhere: bool = False) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+        """Read and verify what this rank needs of ``step``: (what to apply, None) or (None, (kind, reason)).
+        ``elsewhere``: the remote has the step too, so a local copy without some file this rank needs is a
+        node's cache (written when the job had node-local roots): (None, (_CACHE, ...)), not a defect."""
         name = step_dir(step)
         try:
             raw = read_manifest_bytes(storage, name)
@@ -892,6 +899,8 @@ class GlobalCheckpointManager(CheckpointManager):
             read = plan_shard_read(name, manifest, state, kinds, owners, self.rank, partial)
             sub = dataclasses.replace(manifest, files={f: manifest.files[f] for f in sorted(read.files)},
                                       components=read.components)
+            if elsewhere and any(storage.size(f"{name}/{f}") is None for f in sub.files):
+                return None, (_CACHE, f"{name} in {storage.url} holds another node's files only on the remote")
             bufs = self._read_files(storage, name, sub, raw)
             loaded = dict(decode_components(sub, bufs))
             rng = loaded.pop(RNG_COMPONENT, None)
@@ -912,7 +921,7 @@ class GlobalCheckpointManager(CheckpointManager):
         same checkpoint (its manifest is the global one, byte for byte) and each file verifies, else
         from ``storage`` (the remote)."""
         bufs: dict[str, torch.Tensor] = {}
-        if not self.shared and storage is not self.storage:
+        if storage is not self.storage:  # from the remote: this node's verified copies first
             try:
                 same = read_manifest_bytes(self.storage, name) == raw
             except Exception:
@@ -1036,6 +1045,10 @@ def _chaos_kill(where: str) -> None:
     for h in logging.getLogger().handlers:
         h.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+_CACHE = "NodeCache"
+"""A restore verdict: this tier's copy is a node's cache without every file (not invalid; the remote has it)."""
 
 
 class _OtherRankFailed(Exception):

@@ -12,6 +12,7 @@ The run id and attempt come from ``SPOTSAFE_RUN_ID`` / ``SPOTSAFE_ATTEMPT`` (set
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -55,6 +56,14 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
+def _torchrun_job_id() -> str | None:
+    """Under torchrun, an id of the job (its rendezvous id): the same on every rank and across
+    the agent's restarts of its workers, so that a restarted rank 0 is the same run (the writer
+    lease waits for a lost node's lease to expire instead of refusing the job its own root)."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    return None if not job else "tr-" + hashlib.sha256(job.encode()).hexdigest()[:9]
+
+
 class EventLog:
     """Appends events to ``directory/<host>-<pid>.jsonl`` (or keeps them in memory only when None)."""
 
@@ -62,7 +71,7 @@ class EventLog:
                  attempt: int | None = None, rank: int | None = None, role: str | None = None) -> None:
         self.host = socket.gethostname() or "localhost"
         self.pid = os.getpid()
-        self.run_id = run_id or os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex[:12]
+        self.run_id = run_id or os.environ.get(RUN_ID_ENV) or _torchrun_job_id() or uuid.uuid4().hex[:12]
         self.attempt = attempt if attempt is not None else int(os.environ.get(ATTEMPT_ENV) or 1)
         self.rank = rank if rank is not None else int(os.environ.get("RANK") or 0)
         self.role = role
