@@ -431,6 +431,19 @@ def test_a_lost_node_leaves_the_survivor_to_resume_alone_from_the_remote(tmp_pat
     assert any(f"world 1 done {NODE_STEPS}" in x for x in survivor.seen)
     restores = [e for e in read_events(roots[0] / "events") if e["event"] == "restore" and e.get("step") == resumed]
     assert restores and restores[-1]["world_size"] == 1 and restores[-1]["saved_world_size"] == 2
+    # the report: one interruption, the job going on at 1 rank after it (both nodes' event files)
+    from spotsafe._telemetry import build_report
+    from spotsafe._telemetry._html import render_html
+
+    report = build_report(read_events(roots[0] / "events") + read_events(roots[1] / "events"))
+    (hit,) = report["per_interruption"]
+    assert (hit["world_size"], hit["next_world_size"], hit["resumed_step"]) == (2, 1, resumed)
+    if notice:
+        assert "signal" in hit["source"]
+    else:  # rank 0 on the survivor: its collective failed; rank 0 on the lost node: killed
+        assert hit["source"] in ("node lost", "killed")
+    assert [a["world_size"] for a in report["per_attempt"]] == [2, 1]
+    assert "<td>2 → 1</td>" in render_html(report)
 
 
 def _alive(pid: int) -> bool:

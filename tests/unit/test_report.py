@@ -211,3 +211,27 @@ def test_replayed_steps_compare_their_logged_metrics_and_restored_from_names_the
     from spotsafe._telemetry._html import render_html
     page = render_html(r)
     assert "step 10 (local)" in page and "2 logged metrics compared, 2 identical" in page
+
+
+def _elastic(next_world: int) -> list[dict]:
+    """A 2-rank job's rank 0 fails in a collective at step 7 (checkpoint 5); the next attempt runs on
+    ``next_world`` ranks from 5 to 8."""
+    e = [ev(0, "run_start", 1, 1, world_size=2), ev(1, "restore", 1, 1, step=None, skipped=[])]
+    e += [ev(1 + s, "metrics", 1, 1, step=s, values={"loss": 1 / s}) for s in range(1, 8)]
+    e += [ev(6.5, "checkpoint", 1, 1, step=5, reason="policy", stall_s=0.1, persist_s=0.2),
+          ev(8.5, "stop", 1, 1, reason="error", exit_code=1, step=7, error="RuntimeError: Connection closed by peer")]
+    e += [ev(20, "run_start", 2, 2, world_size=next_world), ev(21, "restore", 2, 2, step=5, tier="remote",
+                                                                skipped=[])]
+    e += [ev(16 + s, "metrics", 2, 2, step=s, values={"loss": 1 / s}) for s in range(6, 9)]
+    return e + [ev(25, "stop", 2, 2, reason="completed", exit_code=0, step=8)]
+
+
+def test_a_failure_after_which_the_job_goes_on_with_fewer_ranks_is_a_lost_node():
+    from spotsafe._telemetry._report import world_change
+
+    r = build_report(_elastic(1))
+    (hit,) = r["per_interruption"]
+    assert (hit["source"], hit["step"], hit["resumed_step"], hit["replayed_steps"]) == ("node lost", 7, 5, 2)
+    assert world_change(hit) == "2 → 1" and [a["outcome"] for a in r["per_attempt"]] == ["interrupted", "finished"]
+    same = build_report(_elastic(2))  # the same size after it: a crash, as before
+    assert not same["per_interruption"] and [a["outcome"] for a in same["per_attempt"]] == ["crashed", "finished"]

@@ -72,7 +72,9 @@ class EventLog:
         self.host = socket.gethostname() or "localhost"
         self.pid = os.getpid()
         self.run_id = run_id or os.environ.get(RUN_ID_ENV) or _torchrun_job_id() or uuid.uuid4().hex[:12]
-        self.attempt = attempt if attempt is not None else int(os.environ.get(ATTEMPT_ENV) or 1)
+        # torchrun's own restarts of its workers (an elastic job after a lost node) are attempts too
+        self.attempt = attempt if attempt is not None else \
+            int(os.environ.get(ATTEMPT_ENV) or 1) + int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
         self.rank = rank if rank is not None else int(os.environ.get("RANK") or 0)
         self.role = role
         self.events: list[dict[str, Any]] = []

@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from ._events import _clean  # the one JSON-safe conversion (non-finite floats become null)
-from ._report import thin_points
+from ._report import thin_points, world_change
 
 __all__ = ["render_html"]
 
@@ -333,6 +333,8 @@ _CHART_JS = r"""
     var gMark = el("g", {"class": "markers"}, svg), ends = [];
     marks.forEach(function (m) {
       var x = s.x(m.step), label = String(m.source === null || m.source === undefined ? "?" : m.source);
+      if (isNum(m.world_size) && isNum(m.next_world_size) && m.world_size !== m.next_world_size)
+        label += " (" + m.world_size + "→" + m.next_world_size + " ranks)";  // the job went on at another size
       var g = el("g", {"class": "marker", "data-step": m.step}, gMark);
       el("title", {}, g, label + " at step " + m.step + (isNum(m.resumed_step) ? ", resumed at " + m.resumed_step : ""));
       var t = el("text", {x: x, y: 0, "text-anchor": "middle", fill: "#444"}, g, label);
@@ -504,13 +506,16 @@ def _lost_work(r: dict) -> str:
     items = [x for x in _list(r.get("per_interruption")) if isinstance(x, dict)]
     if not items:
         return '<p class="empty">no interruptions</p>'
+    ranks = (_num(r.get("world_size")) or 1) > 1
     head = ["#", "attempt", "source", "step reached", "resumed at", "replayed steps", "replayed time", "restart time",
-            "restored from"]
+            "restored from", *(["ranks"] if ranks else [])]
     rows = []
     for i, x in enumerate(items, 1):
         row = [str(i), _fmt_n(x.get("attempt")), "-" if x.get("source") is None else str(x.get("source")),
                _fmt_n(x.get("step")), _fmt_n(x.get("resumed_step")), _fmt_n(x.get("replayed_steps")),
                _fmt_s(x.get("replayed_s")), _fmt_s(x.get("restart_s")), _restored_from(x)]
+        if ranks:
+            row.append(world_change(x))
         rows.append(row)
     return _table(head, rows, left=(0, 2, 8))
 

@@ -57,6 +57,9 @@ class Outcome(StrEnum):
 
 KILLED = "killed"
 """The source of an interruption without a notice (no ``stop`` event, or a drill's kill)."""
+NODE_LOST = "node lost"
+"""The source of an interruption of a torchrun job that lost a node: the attempt failed (a
+collective with the lost rank) and the next one resumed on fewer ranks."""
 
 
 @dataclass(kw_only=True)
@@ -160,6 +163,8 @@ def _classify(s: Attempt, nxt: Attempt | None, sup_exit: dict | None) -> None:
         s.source = (s.notice or {}).get("source") or (s.stop or {}).get("source") or "signal"
     elif s.stop is None and cause in (None, Cause.CHAOS_KILL, Cause.PREEMPTED) and (nxt is not None or cause):
         s.outcome, s.source = Outcome.INTERRUPTED, KILLED
+    elif reason == StopReason.ERROR and nxt is not None and nxt.world_size < s.world_size:
+        s.outcome, s.source = Outcome.INTERRUPTED, NODE_LOST  # its peers went, the job went on without them
     elif cause == Cause.CRASH or (s.stop is not None and s.stop.get("exit_code") not in (0, None)
                                   and reason in (StopReason.ERROR, StopReason.EXIT)):
         s.outcome = Outcome.CRASHED

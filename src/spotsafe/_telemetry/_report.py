@@ -152,6 +152,12 @@ def _per_rank(events: list[dict]) -> list[dict[str, Any]]:
              "persist_s": _quantiles([c.get("persist_s") for c in cs])} for rank, cs in sorted(by_rank.items())]
 
 
+def world_change(interruption: dict[str, Any]) -> str:
+    """The ranks of an interrupted attempt and of the next: ``"2 → 1"``, or ``"2"`` when the same."""
+    a, b = interruption.get("world_size"), interruption.get("next_world_size")
+    return "-" if a is None else str(a) if b is None or b == a else f"{a} → {b}"
+
+
 def thin_points(points: list[list], limit: int) -> list[list]:
     """About ``limit`` of the [step, value, attempt] points, evenly spread within each attempt
     (its share in proportion to its length, at least 50: short attempts stay whole), each
@@ -206,7 +212,8 @@ def build_report(events: list[dict], *, root: str | None = None, spot_price: flo
         by_source[str(s.source)] += 1  # a hand-edited or foreign event may carry any JSON value
         entry = {"attempt": s.key[3], "source": s.source, "ts": s.stop["ts"] if s.stop else s.end,
                  "step": s.last_step, "resumed_step": None, "replayed_steps": None, "replayed_s": None,
-                 "restart_s": lost.get(i), "tier": s.stop.get("tier") if s.stop else None, "restored_from": None}
+                 "restart_s": lost.get(i), "tier": s.stop.get("tier") if s.stop else None, "restored_from": None,
+                 "world_size": s.world_size, "next_world_size": nxt.world_size if nxt is not None else None}
         if nxt is not None and nxt.restore_ts is not None:
             r = nxt.restore_step or 0
             entry["resumed_step"] = r

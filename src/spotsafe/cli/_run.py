@@ -23,6 +23,7 @@ from .._telemetry import (
     write_textfile,
 )
 from .._telemetry._events import _clean  # the one JSON-safe conversion
+from .._telemetry._report import world_change
 from .._units import format_duration
 from ._params import Finite
 from ._plan import _duration
@@ -258,13 +259,15 @@ def _print_report(r: dict, html_path: str | None) -> None:
         _out.print(t)
     if r["per_interruption"]:
         t = Table(title="lost work per interruption", title_justify="left")
-        for col in ("attempt", "source", "step reached", "resumed at", "replayed steps", "replayed", "restart"):
+        ranks = r["world_size"] > 1
+        for col in ("attempt", "source", "step reached", "resumed at", "replayed steps", "replayed", "restart",
+                    *(["ranks"] if ranks else [])):
             t.add_column(col, justify="left" if col == "source" else "right")
         for p in r["per_interruption"]:
             t.add_row(markup(p["attempt"]), markup(p["source"]), markup(p["step"]),
                       "-" if p["resumed_step"] is None else markup(p["resumed_step"]),
                       "-" if p["replayed_steps"] is None else markup(p["replayed_steps"]), _s(p["replayed_s"]),
-                      _s(p["restart_s"]))
+                      _s(p["restart_s"]), *([markup(world_change(p))] if ranks else []))
         _out.print(t)
     c = r["cost"]
     if c:
