@@ -175,7 +175,8 @@ with spotsafe.Run(os.environ["TEST_ROOT"], state, save_every=100, notices="signa
                           "base_lrs": sched.base_lrs, "last_lr": sched.get_last_lr()}) + "\n")
     for step in run.steps(total):
         seen = []
-        for k in range(loader.grad_accum):
+        assert run.grad_accum == loader.grad_accum == (8 // (4 * world) if keep else 1)
+        for k in range(run.grad_accum):
             batch = next(batches, None) if batches is not None else None
             if batch is None:
                 batches = iter(loader)

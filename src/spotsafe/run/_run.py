@@ -444,6 +444,18 @@ class Run:
     def notice(self) -> Notice | None:
         return self.watcher.notice if self.watcher else None
 
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches to accumulate per optimizer step at this world size: the ``grad_accum`` of
+        the state's :class:`~spotsafe.data.ResumableDataLoader` (or ``ResumableSampler``) made with
+        ``global_batch_size``; 1 without one."""
+        from ..data import ResumableDataLoader, ResumableSampler
+
+        for obj in self.state.values():
+            if isinstance(obj, (ResumableDataLoader, ResumableSampler)):
+                return obj.grad_accum
+        return 1
+
     def log(self, **values: Any) -> None:
         """Record user metrics (``loss=...``) as a ``metrics`` event of the current step."""
         step = values.pop("step", None)
