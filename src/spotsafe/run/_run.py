@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import statistics
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -101,6 +102,20 @@ def _make_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt
     return CheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
 
 
+def _torchrun_agent() -> int | None:
+    """The pid of the torchrun agent that started this worker (its parent), or None when the
+    parent is no torchrun (or this is no torchrun worker)."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return None
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    return ppid if ppid > 1 and ("torchrun" in cmd or "torch.distributed.run" in cmd) else None
+
+
 def _entered(part: _T | None) -> _T:
     """A part that ``Run.__enter__`` makes (the manager, the watcher, the event log), once it is made."""
     if part is None:
@@ -147,6 +162,13 @@ class Run:
         partial: Resume although components were added to or removed from ``state`` since
             the checkpoint: True for any, or the names that may differ (see
             :meth:`CheckpointManager.restore <spotsafe.CheckpointManager.restore>`).
+        leave_on_notice: Under ``torchrun --nnodes MIN:MAX`` (an elastic job): after the job's
+            coordinated checkpoint for a notice, a rank that got the notice itself (its node is
+            being reclaimed) ends its torchrun agent (SIGKILL), so the node leaves the job and
+            the other nodes' agents restart their workers without it, at once, from that
+            checkpoint. Without it, torchrun restarts the noticed node's worker too and the job
+            re-forms at the old size until the node is gone (a graceful exit of the agent would
+            close the rendezvous for every node). Default False.
         scale_lr: ``"linear"``: when the checkpoint was written by W ranks and this job has W',
             multiply every learning rate of the state's optimizers and LR schedulers by W'/W
             (the linear scaling rule, for a job that keeps its per-rank batch, so its global
@@ -168,13 +190,15 @@ class Run:
                  margin: float | str | timedelta = 3.0, exit_on_notice: bool = True,
                  events_dir: str | os.PathLike | None = None, partial: bool | str | Collection[str] = False,
                  clock: Callable[[], float] = time.monotonic, scale_lr: str | None = None,
-                 **settings: Unpack[ManagerSettings]) -> None:
+                 leave_on_notice: bool = False, **settings: Unpack[ManagerSettings]) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
         if scale_lr is not None and scale_lr not in LR_SCALING:
             raise ValueError(f"scale_lr={scale_lr!r} is not a scaling rule spotsafe knows; use "
                              f"{' or '.join(map(repr, LR_SCALING))}, or None to restore learning rates as saved.")
         self.scale_lr = scale_lr
+        self.leave_on_notice = leave_on_notice
+        self._leave_agent: int | None = None  # the torchrun agent this rank ends once its checkpoint is durable
         if manager is not None:
             root = _check_manager(manager, root, given=[*(["options"] if options is not None else []), *settings])
             self._options = manager.options
@@ -285,6 +309,7 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> None:
         if isinstance(exc, Preempted):
             self._teardown(wait_remote=exc.tier == Tier.REMOTE)
+            self._leave()
             return
         if exc_type is not None:
             # sys.exit() in the loop is the user's own way out; anything else is a failure
@@ -579,8 +604,24 @@ class Run:
                        checkpoint_step=self._submitted, source=notice.source,
                        notice_to_durable_s=time.time() - notice.received if tier in (Tier.LOCAL, Tier.REMOTE) else None,
                        seconds_left=notice.seconds_left())
+        if self.leave_on_notice and self._watch.notice is not None:  # this node's own notice
+            self._leave_agent = _torchrun_agent()
+            if self._leave_agent is not None:
+                logger.warning("This node got the notice: leaving the elastic job (its torchrun agent, pid %d, is "
+                               "ended); the other nodes go on from %s", self._leave_agent,
+                               step_dir(self._submitted or step))
         if self.exit_on_notice:
             raise Preempted(notice, step, tier)
+
+    def _leave(self) -> None:
+        """End this node's torchrun agent (``leave_on_notice``): a SIGKILL, as when the node dies, so its
+        rendezvous is not closed for the others."""
+        if self._leave_agent is None:
+            return
+        try:
+            os.kill(self._leave_agent, signal.SIGKILL)
+        except OSError as e:
+            logger.warning("Could not end the torchrun agent %d (%s); the node leaves when it goes", self._leave_agent, e)
 
     def _make_durable(self, step: int, deadline: float | None, notice: Notice | None) -> Tier | None:
         """Wait until ``step`` is durable on the best tier that fits; return ``Tier.REMOTE``, ``Tier.LOCAL``
