@@ -348,3 +348,16 @@ def test_the_supervisors_environment_fills_root_remote_and_save_every(root, monk
     # code wins over the environment
     with spotsafe.Run(None, state, save_every=2, notices=None) as run:
         assert run.policy.__class__.__name__ == "EverySteps" and "2" in repr(run.policy)
+
+
+def test_leave_on_notice_ends_only_a_torchrun_parent(monkeypatch):
+    """A rank leaves an elastic job by ending its torchrun agent, and never ends any other parent
+    (here pytest's own process, whatever the environment says)."""
+    import os
+
+    from spotsafe.run._run import _torchrun_agent
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert _torchrun_agent() is None  # not a torchrun worker
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    assert _torchrun_agent() is None and os.getppid() > 1  # the parent is no torchrun: left alone
