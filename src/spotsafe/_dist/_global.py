@@ -40,12 +40,14 @@ Restore: rank 0 lists the committed steps of both tiers and broadcasts them; for
 newest first, every rank reads and verifies the files it needs (its own components, and the
 files holding the shards its load plan overlaps) and one all-gather agrees on the verdict;
 only then does DCP load (no collective: ``no_dist``) from the verified bytes. The shard
-index lives in the manifest as JSON: no pickle is read, and nothing outside the root.
+index lives in the manifest as JSON: no pickle is read, and nothing outside the root. The
+checkpoint may come from another world size: DCP's load planner reshards, and per-rank state
+follows the rules of ``spotsafe._state._sharded`` (which holds the read side, and the
+private torch names it needs). A node's partial cache (node-local roots at a larger size)
+defers to the remote's copy.
 
-Private torch names (all in this module; checked on torch 2.4.1, 2.5.1, 2.6.0, 2.7.1, 2.13):
-``torch.distributed.checkpoint._traverse.set_element`` (the weights-only planner's
-``load_bytes``) and, on torch < 2.7 only, ``state_dict_loader._load_state_dict`` (what
-``dcp.load`` calls; its ``no_dist`` is public from 2.7).
+Saves after the first read the flattened state dicts from the live objects while nothing
+changed (``._live``), instead of asking torch each time.
 """
 
 from __future__ import annotations
