@@ -57,7 +57,7 @@ else:  # FSDP2: each Linear, then the whole model, sharded over every rank
 opt = torch.optim.AdamW(model.parameters(), lr=0.01)
 sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
 state = {"model": model, "optimizer": opt, "scheduler": sched, "seen": {"rank": rank}}
-if plain:
+if plain or os.environ.get("TEST_SINGLE_FORMAT"):  # the format of one process (earlier releases under torchrun too)
     from spotsafe import CheckpointManager as Manager
 else:
     from spotsafe._dist._global import GlobalCheckpointManager as Manager
@@ -96,17 +96,33 @@ os._exit(0)
 '''
 
 
-def job(worker: Path, phase: str, mode: str, root: Path, out: Path, nproc: int | None) -> str:
+def job(worker: Path, phase: str, mode: str, root: Path, out: Path, nproc: int | None, rc: int = 0,
+        **extra: str) -> str:
     """The worker under ``torchrun --standalone`` with ``nproc`` ranks, or as one plain process (None)."""
-    env = dict(child_env(), TEST_STEP=str(STEP))
+    env = dict(child_env(), TEST_STEP=str(STEP), **extra)
     args = [str(worker), phase, mode, str(root), str(out)]
     cmd = [sys.executable, *args] if nproc is None else \
         [TORCHRUN, "--nproc-per-node", str(nproc), "--standalone", "--monitor-interval", "0.1", *args]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     _, err = communicate_or_kill(p, 120)
-    assert p.returncode == 0, err[-3000:]
+    assert p.returncode == rc, err[-3000:]
     return err
+
+
+def test_a_single_process_checkpoint_resumes_under_torchrun_at_one_rank_and_is_refused_at_two(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    root = tmp_path / "run"
+    job(worker, "save", "ddp", root, tmp_path / "saved.pt", 1, TEST_SINGLE_FORMAT="1")
+    assert read_manifest(open_storage(str(root)), step_dir(STEP)).shards is None  # one process's format
+    job(worker, "load", "ddp", root, tmp_path / "loaded.pt", 1)  # the job's manager, at one rank
+    got, saved = torch.load(tmp_path / "loaded.pt", weights_only=True), torch.load(tmp_path / "saved.pt",
+                                                                                  weights_only=True)
+    assert_same(got["full"], saved["full"])
+    assert torch.equal(got["ranks"][0]["draws"], saved["ranks"][0]["draws"])
+    err = job(worker, "load", "ddp", root, tmp_path / "refused.pt", 2, rc=1)
+    assert "was written by a single process, and this job has 2 ranks; resume it with one rank" in err
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])

@@ -830,7 +830,8 @@ class GlobalCheckpointManager(CheckpointManager):
                     t_load = time.perf_counter()
                     manifest = ready["manifest"]
                     self._apply(ready, state, kinds, owners)
-                    self._tell_resized(manifest, ready["read"])
+                    if ready["read"] is not None:
+                        self._tell_resized(manifest, ready["read"])
                     self.restored = CheckpointInfo(step=s, name=step_dir(s), location=f"{storage.url}/{step_dir(s)}",
                                                    valid=True, manifest=manifest)
                     self.restored_tier, self.restore_skipped = tier, skipped
@@ -894,10 +895,19 @@ class GlobalCheckpointManager(CheckpointManager):
             manifest = parse_manifest(raw)
             if manifest.step != step:
                 raise ManifestError(f"manifest.json says step {manifest.step}, the directory says {step}")
-            if manifest.shards is None:
-                raise StateMismatchError(f"Checkpoint {name} was written by a single process, and this job runs "
-                                         "under torchrun; resume it with one process (no torchrun), or start this "
-                                         "job in a new root.")
+            if manifest.shards is None:  # a single process's: this job at one rank takes it as it is
+                if self.world_size != 1:
+                    raise StateMismatchError(f"Checkpoint {name} was written by a single process, and this job has "
+                                             f"{self.world_size} ranks; resume it with one rank (torchrun "
+                                             "--nproc-per-node 1, or no torchrun) first, or start this job in a new "
+                                             "root.")
+                bufs = read_verified(storage, name, manifest, self._io_executor)
+                loaded = dict(decode_components(manifest, bufs))
+                rng = loaded.pop(RNG_COMPONENT, None)
+                plan = plan_restore(name, {n: c.kind for n, c in manifest.components.items() if n != RNG_COMPONENT},
+                                    state, loaded, rng if self.rng else None, partial=partial)
+                return {"manifest": manifest, "read": None, "bufs": bufs, "plan": plan,
+                        "bytes": manifest.total_bytes}, None
             read = plan_shard_read(name, manifest, state, kinds, owners, self.rank, partial)
             sub = dataclasses.replace(manifest, files={f: manifest.files[f] for f in sorted(read.files)},
                                       components=read.components)
@@ -945,8 +955,11 @@ class GlobalCheckpointManager(CheckpointManager):
     def _apply(self, ready: dict[str, Any], state: dict[str, Any], kinds: dict[str, str],
                owners: dict[str, str]) -> None:
         """Load verified bytes: the shards through DCP (no collective), then the rank's own components
-        (at another world size: see :func:`_elastic`)."""
-        read: ShardRead = ready["read"]
+        (at another world size: see :meth:`_tell_resized`); a single process's checkpoint as it is."""
+        read: ShardRead | None = ready["read"]
+        if read is None:
+            apply_checkpoint(ready["plan"])  # planned for the state itself (one rank, every component)
+            return
         load_shards(read, ready["bufs"], state, kinds, owners)
         plan = ready["plan"]
         apply_checkpoint(plan)
