@@ -75,7 +75,7 @@ def test_values_read_live_are_what_torch_gives_after_every_step():
 
 @pytest.mark.parametrize("change", [
     "parameter replaced", "parameter data re-bound", "optimizer state loaded", "param group added", "buffer added",
-    "parameter reshaped over the same memory",
+    "parameter reshaped over the same memory", "learning rate made a tensor",
 ])
 def test_a_change_torch_would_see_sends_the_save_back_to_torch(change):
     state = _job(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
@@ -93,6 +93,8 @@ def test_a_change_torch_would_see_sends_the_save_back_to_torch(change):
         opt.add_param_group({"params": [extra]})
     elif change == "buffer added":
         model.register_buffer("seen", torch.zeros(1))
+    elif change == "learning rate made a tensor":
+        opt.param_groups[0]["lr"] = torch.tensor(0.1)  # torch then plans a tensor item, not bytes
     else:
         model[0].weight.data = model[0].weight.data.view(2, 8)  # same address, other shape
     assert live.flat(state, kinds) is None

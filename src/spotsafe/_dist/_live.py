@@ -57,8 +57,8 @@ def walk(state: dict[str, Any], kinds: dict[str, str]) -> tuple:
             for name, t in itertools.chain(o.named_parameters(), o.named_buffers()):
                 out.append((name, id(t), tensor_key(t)))
             continue
-        for g in o.param_groups:
-            out.append((id(g), tuple(map(id, g["params"])), tuple(g)))
+        for g in o.param_groups:  # a value's type decides its kind of item (a tensor lr is no bytes item)
+            out.append((id(g), tuple(map(id, g["params"])), tuple((k, type(v)) for k, v in g.items())))
         for p, s in o.state.items():
             out.append((id(p), id(s), tuple((k, id(v), tensor_key(v)) if isinstance(v, torch.Tensor)
                                             else (k, type(v)) for k, v in s.items())))
