@@ -332,6 +332,7 @@ class Run:
             self._teardown(wait_remote=False)
             raise
         self._teardown(wait_remote=self.tier == Tier.REMOTE)
+        self._leave()  # exit_on_notice=False: the loop ended on a notice, the same way out
 
     def _finish(self) -> None:
         """Leaving normally: a final checkpoint of the last step, durable (on the remote too)."""
