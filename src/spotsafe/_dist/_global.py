@@ -71,7 +71,7 @@ from torch.distributed.checkpoint.utils import find_state_dict_object
 from .._backoff import retry
 from .._engine import CheckpointManager, SaveStats
 from .._engine._options import ManagerSettings, options_from
-from .._engine._pipeline import decode_components, read_verified, skip_reason, stage
+from .._engine._pipeline import plan_components, read_verified, skip_reason, stage
 from .._engine._replicate import is_transient
 from .._engine._restore_stats import RestoreStats
 from .._engine._retention import StoreRetention, Verdict
@@ -98,7 +98,7 @@ from .._format import (
 )
 from .._format._hash import digest_bytes
 from .._names import Tier
-from .._state import RNG_COMPONENT, apply_checkpoint, dtype_name, partial_names, plan_restore
+from .._state import apply_checkpoint, dtype_name, partial_names
 from .._state._sharded import (
     ShardRead,
     dcp_state,
@@ -902,10 +902,7 @@ class GlobalCheckpointManager(CheckpointManager):
                                              "--nproc-per-node 1, or no torchrun) first, or start this job in a new "
                                              "root.")
                 bufs = read_verified(storage, name, manifest, self._io_executor)
-                loaded = dict(decode_components(manifest, bufs))
-                rng = loaded.pop(RNG_COMPONENT, None)
-                plan = plan_restore(name, {n: c.kind for n, c in manifest.components.items() if n != RNG_COMPONENT},
-                                    state, loaded, rng if self.rng else None, partial=partial)
+                plan, _ = plan_components(name, manifest, bufs, state, rng=self.rng, partial=partial)
                 return {"manifest": manifest, "read": None, "bufs": bufs, "plan": plan,
                         "bytes": manifest.total_bytes}, None
             read = plan_shard_read(name, manifest, state, kinds, owners, self.rank, partial)
@@ -914,11 +911,8 @@ class GlobalCheckpointManager(CheckpointManager):
             if elsewhere and any(storage.size(f"{name}/{f}") is None for f in sub.files):
                 return None, (_CACHE, f"{name} in {storage.url} holds another node's files only on the remote")
             bufs = self._read_files(storage, name, sub, raw)
-            loaded = dict(decode_components(sub, bufs))
-            rng = loaded.pop(RNG_COMPONENT, None)
             others = {n: o for n, o in state.items() if n not in kinds}
-            plan = plan_restore(name, {n: c.kind for n, c in sub.components.items() if n != RNG_COMPONENT}, others,
-                                loaded, rng if self.rng else None, partial=partial)
+            plan, _ = plan_components(name, sub, bufs, others, rng=self.rng, partial=partial)
             return {"manifest": manifest, "read": read, "bufs": bufs, "plan": plan,
                     "bytes": sum(manifest.files[f].size for f in read.files)}, None
         except StateMismatchError as e:

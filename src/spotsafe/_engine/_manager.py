@@ -45,7 +45,7 @@ from .._format import (
     trash_dir,
 )
 from .._names import Tier
-from .._state import RNG_COMPONENT, Partial, apply_checkpoint, partial_names, plan_restore
+from .._state import Partial, apply_checkpoint, partial_names
 from .._storage import LocalFiles, Owner, Storage, Uploadable, open_storage
 from ..errors import (
     CheckpointNotFoundError,
@@ -60,7 +60,7 @@ from ..errors import (
     UnsafeFileError,
 )
 from ._options import CheckpointOptions, ManagerSettings, options_from
-from ._pipeline import decode_components, persist, read_verified, skip_reason, stage
+from ._pipeline import persist, plan_components, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._restore_stats import RestoreStats
 from ._retention import StoreRetention, Verdict
@@ -549,11 +549,7 @@ class CheckpointManager:
                         read, others = manifest, state
                     bufs = read_verified(storage, name, read, self._io_executor)
                     t_load = time.perf_counter()
-                    loaded = dict(decode_components(read, bufs))
-                    rng = loaded.pop(RNG_COMPONENT, None)
-                    plan = plan_restore(name, {n: c.kind for n, c in read.components.items()
-                                               if n != RNG_COMPONENT}, others, loaded, rng if self.rng else None,
-                                        partial=partial)  # touches nothing; a malformed tree is corrupt: a skip
+                    plan, rng = plan_components(name, read, bufs, others, rng=self.rng, partial=partial)
                 except StateMismatchError:
                     raise  # a valid checkpoint that does not fit the objects: only the caller can decide
                 except Exception as e:

@@ -35,7 +35,18 @@ from .._format import (
     size_problem,
     unreadable_reason,
 )
-from .._state import RNG_COMPONENT, capture_rng, decode, dtype_name, encode, is_stateful, numpy_dtype, torch_dtype
+from .._state import (
+    RNG_COMPONENT,
+    RestorePlan,
+    capture_rng,
+    decode,
+    dtype_name,
+    encode,
+    is_stateful,
+    numpy_dtype,
+    plan_restore,
+    torch_dtype,
+)
 from .._storage import Handle, Storage
 from ..errors import CorruptCheckpointError, UnsupportedStateError
 from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
@@ -266,6 +277,17 @@ def read_verified(storage: Storage, name: str, manifest: Manifest, io_executor: 
         if problem is not None:
             raise CorruptCheckpointError(problem)
     return bufs
+
+
+def plan_components(name: str, manifest: Manifest, bufs: dict[str, torch.Tensor], state: dict[str, Any], *,
+                    rng: bool, partial: Any) -> tuple[RestorePlan, Any]:
+    """Decode ``manifest``'s components from the verified ``bufs`` and plan their restore into
+    ``state`` (touching nothing; a malformed tree raises, so its checkpoint is skipped): the plan,
+    and the saved RNG state (None when it holds none; planned only when ``rng``)."""
+    loaded = dict(decode_components(manifest, bufs))
+    saved_rng = loaded.pop(RNG_COMPONENT, None)
+    kinds = {n: c.kind for n, c in manifest.components.items() if n != RNG_COMPONENT}
+    return plan_restore(name, kinds, state, loaded, saved_rng if rng else None, partial=partial), saved_rng
 
 
 def decode_components(manifest: Manifest, bufs: dict[str, torch.Tensor]) -> Iterator[tuple[str, Any]]:
