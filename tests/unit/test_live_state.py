@@ -152,5 +152,7 @@ def test_object_bytes_are_torch_save_of_the_value_and_reused_only_for_equal_valu
         first = enc(v)
         assert torch.load(io.BytesIO(first), weights_only=True) == v or v != v
         assert enc(v) is first  # kept
+    # equal values of other bytes keep their own: -0.0 == 0.0 and 1 == True, each cached after the other
+    assert torch.load(io.BytesIO(enc(0.0)), weights_only=True).hex() == (0.0).hex()
     assert torch.load(io.BytesIO(enc(-0.0)), weights_only=True).hex() == (-0.0).hex()
-    assert torch.load(io.BytesIO(enc(1)), weights_only=True) is not True  # 1 and True are not one key
+    assert torch.load(io.BytesIO(enc(True)), weights_only=True) is True
