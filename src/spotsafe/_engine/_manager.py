@@ -60,7 +60,7 @@ from ..errors import (
     UnsafeFileError,
 )
 from ._options import CheckpointOptions, ManagerSettings, options_from
-from ._pipeline import persist, plan_components, read_verified, skip_reason, stage
+from ._pipeline import decode_components, persist, plan_components, read_verified, skip_reason, stage
 from ._replicate import Replicator, UploadStats, is_transient
 from ._restore_stats import RestoreStats
 from ._retention import StoreRetention, Verdict
@@ -314,6 +314,42 @@ class CheckpointManager:
         # and the caller may change its dict as soon as save() returns
         metadata = decode_metadata(encode_metadata(metadata or {}))
         t0 = time.perf_counter()
+        ready = self._ready_to_save(step, t0)
+        if isinstance(ready, SaveStats):
+            return ready
+        staged = stage(step, state, rng=self.rng, epoch=epoch, metadata=metadata,
+                       buffers=self._buffers if self.async_save else None)
+        return self._submit(staged, t0, ready)
+
+    def save_files(self, step: int, directory: str | os.PathLike, *, kind: str, epoch: int | None = None,
+                   metadata: dict[str, Any] | None = None) -> SaveStats:
+        """Commit the flat folder of files a framework wrote as its checkpoint (``checkpoint-N/``) as ``step``.
+
+        Its files are hard-linked into the save before this returns (copied when the folder is
+        on another file system than the root), so the framework may delete or rotate its folder
+        at once; the checksums, the ``fsync`` and the commit run in the background as for
+        :meth:`save` (see :mod:`spotsafe._engine._files`), then the upload and retention. The
+        checkpoint holds one component of kind ``"files"`` named ``kind``; resume it by handing
+        the framework the folder :meth:`local_copy` returns. Needs a local root.
+        """
+        from ._files import link_files
+
+        self._check_open()
+        self._hold.check_writer()
+        if not isinstance(self.storage, LocalFiles):
+            raise ValueError(f"save_files links the framework's files into a local root, and {self.root} is remote; "
+                             "pass a local directory as root and the URL as remote.")
+        metadata = decode_metadata(encode_metadata(metadata or {}))
+        t0 = time.perf_counter()
+        ready = self._ready_to_save(step, t0)
+        if isinstance(ready, SaveStats):
+            return ready
+        linked = link_files(self.storage, step, directory, kind=kind, epoch=epoch, metadata=metadata)
+        return self._submit(linked, t0, ready)
+
+    def _ready_to_save(self, step: int, t0: float) -> SaveStats | float:
+        """Before staging ``step``: wait for (or skip behind) the save in flight, raise a stored failure, keep a
+        valid checkpoint of that step. The stats of a save that is not made, else the seconds waited."""
         waited = 0.0
         if self._inflight is not None and not self._inflight[1].done():
             if self.when_busy == "skip":
@@ -335,23 +371,31 @@ class CheckpointManager:
                                  stall_s=elapsed, waited_s=waited)
             logger.warning("Replacing invalid checkpoint %s in %s (%s)", name, self.root, existing.reason)
             self.storage.remove(self.storage.retire(name, trash_dir(step)))
-        staged = stage(step, state, rng=self.rng, epoch=epoch, metadata=metadata,
-                       buffers=self._buffers if self.async_save else None)
+        return waited
+
+    def _submit(self, staged, t0: float, waited: float) -> SaveStats:
+        """Persist a staged checkpoint: now (synchronous saves) or on the persist thread."""
         if not self.async_save:
             return self._persist(staged, t0, waited)
         stall = time.perf_counter() - t0
         fut = self._persist_executor.submit(self._persist_in_background, staged, t0, waited, stall)
-        self._inflight = (step, fut)
-        return SaveStats(step=step, bytes=staged.nbytes, stage_s=staged.stage_s, persist_s=None, total_s=None,
+        self._inflight = (staged.step, fut)
+        return SaveStats(step=staged.step, bytes=staged.nbytes, stage_s=staged.stage_s, persist_s=None, total_s=None,
                          stall_s=stall, waited_s=waited)
 
     def _persist(self, staged, t0: float, waited: float, stall: float | None = None) -> SaveStats:
         """Write, commit, prune and queue the upload of a staged checkpoint (any thread)."""
+        from ._files import LinkedFiles, persist_files
+
         name = step_dir(staged.step)
-        handle = self.storage.begin(name, tmp_dir(staged.step))
+        linked = isinstance(staged, LinkedFiles)
+        handle = staged.handle if linked else self.storage.begin(name, tmp_dir(staged.step))
         try:
             t1 = time.perf_counter()
-            manifest = persist(staged, self.storage, handle, self._hash_executor)
+            if linked:
+                manifest = persist_files(staged, self.storage)  # type: ignore[arg-type]  # save_files checked it
+            else:
+                manifest = persist(staged, self.storage, handle, self._hash_executor)
             raw = manifest.to_json_bytes()
             self.storage.commit(handle, name, MANIFEST, raw)
             persist_s = time.perf_counter() - t1
@@ -504,28 +548,7 @@ class CheckpointManager:
         t0 = time.perf_counter()
         self._finish_inflight()
         t_list = time.perf_counter()
-        tiers: list[tuple[Tier, Storage, list[int]]] = [(Tier.ROOT, self.storage, committed_steps(self.storage))]
-        unreachable: str | None = None
-        if self.remote is not None:
-            try:
-                down = self._hold.unreachable(self.remote)  # seen at start: not waited on a second time
-                if down is not None:
-                    raise down
-                tiers.append((Tier.REMOTE, self.remote, committed_steps(self.remote)))
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                unreachable = f"{type(e).__name__}: {e}"
-                warnings.warn(f"Cannot reach the remote {self.remote.url} ({unreachable}); restoring from the local "
-                              f"checkpoints in {self.root} only.", RemoteUnavailableWarning, stacklevel=2)
-        every = sorted({s for _, _, steps in tiers for s in steps}, reverse=True)
-        if step is not None:
-            if step not in every:
-                where = " or ".join(st.url for _, st, _ in tiers)
-                raise CheckpointNotFoundError(
-                    f"Checkpoint {step_dir(step)} does not exist in {where}; run `spotsafe ls {self.root}` "
-                    "to see the steps that do.")
-            every = [step]
+        tiers, unreachable, every = self._tiers(step)
         skipped: list[str] = []
         rejected: list[int] = []  # local steps whose copy failed verification
         for s in every:
@@ -612,6 +635,155 @@ class CheckpointManager:
                 f"No valid checkpoint in {self.root}{' or ' + self.remote.url if self.remote else ''}: all "
                 f"{len(skipped)} failed verification ({'; '.join(skipped)}); repair or remove them, or pass "
                 "fresh_if_invalid=True to start over.")
+        return None
+
+    def _tiers(self, step: int | None) -> tuple[list[tuple[Tier, Storage, list[int]]], str | None, list[int]]:
+        """For a restore: each tier with its committed steps, why the remote is unreachable (None: it is not,
+        or there is none) and the steps to try, newest first (``step`` alone when given; raises when missing)."""
+        tiers: list[tuple[Tier, Storage, list[int]]] = [(Tier.ROOT, self.storage, committed_steps(self.storage))]
+        unreachable: str | None = None
+        if self.remote is not None:
+            try:
+                down = self._hold.unreachable(self.remote)  # seen at start: not waited on a second time
+                if down is not None:
+                    raise down
+                tiers.append((Tier.REMOTE, self.remote, committed_steps(self.remote)))
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                unreachable = f"{type(e).__name__}: {e}"
+                warnings.warn(f"Cannot reach the remote {self.remote.url} ({unreachable}); restoring from the local "
+                              f"checkpoints in {self.root} only.", RemoteUnavailableWarning, stacklevel=3)
+        every = sorted({s for _, _, steps in tiers for s in steps}, reverse=True)
+        if step is not None:
+            if step not in every:
+                where = " or ".join(st.url for _, st, _ in tiers)
+                raise CheckpointNotFoundError(
+                    f"Checkpoint {step_dir(step)} does not exist in {where}; run `spotsafe ls {self.root}` "
+                    "to see the steps that do.")
+            every = [step]
+        return tiers, unreachable, every
+
+    def read_values(self, step: int) -> dict[str, Any]:
+        """Checkpoint ``step`` as plain values, verified: each component's saved value or state dict.
+
+        For a framework's own restore (``spotsafe.lightning``): every byte is checked against the
+        manifest before anything is decoded, from the local copy when it is valid, else from the
+        remote. Raises :class:`CorruptCheckpointError` when no copy verifies.
+        """
+        self._check_open()
+        self._finish_inflight()
+        tiers, _, _ = self._tiers(step)
+        name = step_dir(step)
+        problems = []
+        for tier, storage, steps in tiers:
+            if step not in steps:
+                continue
+            try:
+                manifest = read_manifest(storage, name)
+                if any(c.kind == "files" for c in manifest.components.values()):
+                    raise StateMismatchError(f"Checkpoint {name} in {storage.url} holds a framework's files, not "
+                                             "values; hand the framework its folder (local_copy) instead.")
+                bufs = read_verified(storage, name, manifest, self._io_executor)
+                return dict(decode_components(manifest, bufs))
+            except StateMismatchError:
+                raise
+            except Exception as e:
+                if tier is Tier.REMOTE and not isinstance(e, (ManifestError, CorruptCheckpointError)) \
+                        and not is_transient(e):
+                    raise
+                problems.append(f"{storage.url}: {skip_reason(e)}")
+        raise CorruptCheckpointError(f"Checkpoint {name} cannot be read from {' or '.join(problems)}; resume from "
+                                     "another step (or none: the newest valid one).")
+
+    def local_copy(self, step: int | None = None) -> CheckpointInfo | None:
+        """The newest valid checkpoint (or ``step``) as a verified folder on local disk; None when there is none.
+
+        For frameworks that load a checkpoint folder themselves (``spotsafe.hf``,
+        ``spotsafe.accelerate``) and for :meth:`Run.resume_path <spotsafe.Run.resume_path>`.
+        Both tiers are searched as :meth:`restore` does: the newest step wins; its local copy
+        is read in full and checked against every checksum; when it is missing or invalid,
+        the remote copy is downloaded, verified and written into the root (the folder a new
+        machine resumes from). Invalid copies are skipped with a
+        :class:`CheckpointSkippedWarning`; errors as for :meth:`restore`. Read-only: nothing
+        is written, and the returned ``location`` is that of the copy that verified.
+        """
+        self._check_open()
+        t0 = time.perf_counter()
+        self._finish_inflight()
+        tiers, unreachable, every = self._tiers(step)
+        t_list = time.perf_counter()
+        skipped: list[str] = []
+        rejected: list[int] = []
+        for s in every:
+            name = step_dir(s)
+            for tier, storage, steps in tiers:
+                if s not in steps:
+                    continue
+                t_read = time.perf_counter()
+                try:
+                    manifest = read_manifest(storage, name)
+                    bufs: dict[str, Any] = {}
+                    if tier is Tier.REMOTE and not self.read_only:
+                        bufs = read_verified(storage, name, manifest, self._io_executor)
+                    else:
+                        info = check_checkpoint(storage, s, deep=True)
+                        if not info.valid:
+                            raise CorruptCheckpointError(info.reason or "it fails verification")
+                except Exception as e:
+                    invalid = isinstance(e, (ManifestError, CorruptCheckpointError))
+                    if step is not None:
+                        raise CorruptCheckpointError(f"Checkpoint {name} in {storage.url} is invalid: {skip_reason(e)}; "
+                                                     "resume from another step or none.") from None
+                    if tier is Tier.REMOTE and not invalid and is_transient(e):
+                        unreachable = f"{type(e).__name__}: {e}"
+                        warnings.warn(f"Cannot read {name} in {storage.url} ({unreachable}); trying an older "
+                                      "checkpoint.", RemoteUnavailableWarning, stacklevel=2)
+                        continue
+                    if tier is Tier.ROOT and (invalid or isinstance(e, UnsafeFileError)):
+                        rejected.append(s)
+                    skipped.append(f"{name} in {storage.url} ({skip_reason(e)})")
+                    warnings.warn(f"Checkpoint {name} in {storage.url} is invalid: {skip_reason(e)}. Skipping it and "
+                                  "falling back to another copy or an older one.", CheckpointSkippedWarning,
+                                  stacklevel=2)
+                    continue
+                t_load = time.perf_counter()
+                location = f"{storage.url}/{name}"
+                if bufs:  # downloaded and verified: the local folder the framework reads
+                    self._repair_local(s, manifest, bufs)
+                    if not check_checkpoint(self.storage, s, deep=False).valid:
+                        raise SaveFailedError(f"{name} was downloaded from {storage.url} and verified, but could not "
+                                              f"be written into {self.root} (see the warning above); free space "
+                                              "there, then start again.")
+                    location = f"{self.storage.url}/{name}"
+                    if self._replicator is not None:
+                        self._replicator.confirm_restored(s, manifest)
+                elif not self.read_only and tier is Tier.ROOT:
+                    for r in rejected:
+                        self._retention.record(r, Verdict(valid=False, reason="it failed verification when read"))
+                    self._retention.record(s, Verdict(valid=True, created=manifest.created))
+                self.restored = CheckpointInfo(step=s, name=name, location=location, valid=True, manifest=manifest)
+                self.restored_tier = tier
+                self.restore_skipped = skipped
+                self.last_restore = RestoreStats(step=s, tier=tier, bytes=manifest.total_bytes, fallbacks=len(skipped),
+                                                 select_s=t_read - t_list, read_s=t_load - t_read, load_s=0.0,
+                                                 total_s=time.perf_counter() - t0)
+                if skipped:
+                    logger.warning("Resuming from %s (%s) after skipping %d invalid checkpoint(s): %s", name, tier,
+                                   len(skipped), "; ".join(skipped))
+                return self.restored
+        self.restore_skipped = skipped
+        self.last_restore = RestoreStats(step=None, tier=None, bytes=0, fallbacks=len(skipped),
+                                         select_s=time.perf_counter() - t_list, read_s=0.0, load_s=0.0,
+                                         total_s=time.perf_counter() - t0)
+        if unreachable is not None:
+            raise RemoteUnavailableError(
+                f"No valid checkpoint could be read: the remote {self.remote.url} is unreachable ({unreachable}) and "
+                f"{self.root} holds no valid checkpoint; retry when the store is back.")
+        if skipped:
+            raise CorruptCheckpointError(
+                f"No valid checkpoint in {self.root}{' or ' + self.remote.url if self.remote else ''}: all "
+                f"{len(skipped)} failed verification ({'; '.join(skipped)}); repair or remove them to start over.")
         return None
 
     def _after_restore(self, step: int, tier: Tier, manifest, bufs: dict[str, Any], rejected: list[int]) -> None:

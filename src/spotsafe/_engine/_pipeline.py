@@ -48,7 +48,7 @@ from .._state import (
     torch_dtype,
 )
 from .._storage import Handle, Storage
-from ..errors import CorruptCheckpointError, UnsupportedStateError
+from ..errors import CorruptCheckpointError, StateMismatchError, UnsupportedStateError
 from ._staging import ALIGN, StagingBuffers, aligned_offsets, array_nbytes, synchronize
 
 _ZEROS = memoryview(bytes(ALIGN))
@@ -284,6 +284,11 @@ def plan_components(name: str, manifest: Manifest, bufs: dict[str, torch.Tensor]
     """Decode ``manifest``'s components from the verified ``bufs`` and plan their restore into
     ``state`` (touching nothing; a malformed tree raises, so its checkpoint is skipped): the plan,
     and the saved RNG state (None when it holds none; planned only when ``rng``)."""
+    framework = next((c.type for c in manifest.components.values() if c.kind == "files"), None)
+    if framework is not None:
+        raise StateMismatchError(f"Checkpoint {name} holds the files of a {framework} checkpoint, which its framework "
+                                 "loads itself; resume it through that integration (trainer.train(resume_from_"
+                                 "checkpoint=run.resume_path()) and the like), not with restore().")
     loaded = dict(decode_components(manifest, bufs))
     saved_rng = loaded.pop(RNG_COMPONENT, None)
     kinds = {n: c.kind for n, c in manifest.components.items() if n != RNG_COMPONENT}

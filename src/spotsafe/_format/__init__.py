@@ -22,6 +22,7 @@ from ._manifest import (
     encode_metadata,
     parse_manifest,
 )
+from ._validate import safe_file_name
 from ._verify import (
     CheckpointInfo,
     check_checkpoint,
@@ -60,6 +61,7 @@ __all__ = [
     "parse_step_dir",
     "read_manifest",
     "read_manifest_bytes",
+    "safe_file_name",
     "size_problem",
     "step_dir",
     "tmp_dir",

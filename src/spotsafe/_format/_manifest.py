@@ -64,7 +64,7 @@ class TensorEntry:
 class ComponentEntry:
     """One named entry of the user's state: its encoded tree and its tensor table."""
 
-    kind: str  # "stateful" (has state_dict/load_state_dict) or "value"
+    kind: str  # "stateful" (has state_dict/load_state_dict), "value", or "files" (tree: a framework's file names)
     type: str
     tree: Any
     tensors: tuple[TensorEntry, ...] = ()

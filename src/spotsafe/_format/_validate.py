@@ -53,7 +53,7 @@ from ._schema import (
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]{0,254}$")
 _CHECKSUM = re.compile(r"^[0-9a-f]{16}$")
-_KINDS = ("stateful", "value")
+_KINDS = ("stateful", "value", "files")  # files: a framework's own checkpoint files, listed by name
 _TAGS = {"$tensor": (), "$ndarray": (), "$tuple": (), "$dict": ("ordered", "meta"), "$float": (),
          "$np": ("v",), "$dtype": (), "$device": ()}
 
@@ -63,6 +63,11 @@ class ManifestError(ValueError):
 
 
 # -- 1. JSON ------------------------------------------------------------------------
+def safe_file_name(name: str) -> bool:
+    """Whether a checkpoint may hold a file of this name (flat, no path separators, not the manifest)."""
+    return bool(_FILE_NAME.match(name)) and name != MANIFEST
+
+
 def _no_constant(name: str) -> Any:
     raise ManifestError(f"manifest.json holds the literal {name}, which JSON does not allow")
 
@@ -287,6 +292,9 @@ def check_tables(files: dict[str, Any], comps: dict[str, Any]) -> None:
     """Every tensor inside a listed file, and no two tensors sharing a byte."""
     spans: dict[str, list[tuple[int, int, str, int]]] = {}
     for cname, c in comps.items():
+        if c["kind"] == "files":  # a framework's files (spotsafe.hf, spotsafe.accelerate): each one listed
+            for fname in c["tree"] if isinstance(c["tree"], list) else ():
+                _need(fname in files, f"component {cname!r} holds {_short(fname)}, which the manifest does not list")
         for i, t in enumerate(c["tensors"]):
             f = files.get(t["file"])
             _need(f is not None, f"component {cname!r} points into {t['file']!r}, which the manifest does not list")
@@ -308,6 +316,11 @@ def check_tree(cname: str, kind: str, tree: Any, tensors: list[dict[str, Any]]) 
     def fail(what: str) -> ManifestError:
         return ManifestError(f"the state tree of component {cname!r} {what}")
 
+    if kind == "files":
+        if not (isinstance(tree, list) and all(isinstance(n, str) for n in tree) and len(set(tree)) == len(tree)
+                and not tensors):
+            raise fail("is not a list of distinct file names")
+        return
     if kind == "stateful" and not (isinstance(tree, dict)
                                    and (not any(k.startswith("$") for k in tree) or "$dict" in tree)):
         raise fail("is not a state dict")

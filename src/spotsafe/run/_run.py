@@ -34,7 +34,7 @@ from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._format import step_dir
 from .._names import Event, SaveReason, StopReason, Tier
 from .._state._lr import LR_SCALING, scale_learning_rates
-from .._storage import Storage, is_url
+from .._storage import LocalFiles, Storage, is_url
 from .._telemetry import EventLog, events_dir_of, measure, read_events
 from .._telemetry._identity import open_event_log
 from .._telemetry._mirror import EventMirror
@@ -102,6 +102,32 @@ def _make_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt
     return CheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
 
 
+def _framework_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt: int) -> CheckpointManager:
+    """The manager of a run whose framework saves its state (``Run(root, None)``): the framework
+    writes its checkpoint from one rank (rank 0) and loads it on every rank, so rank 0 writes
+    and the others open the root read-only (no lock: they only read)."""
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1 and int(os.environ.get("RANK") or 0) != 0:
+        return CheckpointManager(root, options=dataclasses.replace(options, read_only=True), run_id=run_id,
+                                 attempt=attempt)
+    return CheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
+
+
+def _distributed() -> bool:
+    """Whether this process is one rank of several in an initialised torch.distributed job."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _from_writer(value: _T) -> _T:
+    """Rank 0's ``value`` on every rank (a collective: every rank calls it at the same point)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _torchrun_agent() -> int | None:
     """The pid of the torchrun agent that started this worker (its parent), or None when the
     parent is no torchrun (or this is no torchrun worker)."""
@@ -135,7 +161,11 @@ class Run:
     Args:
         root: Local directory (or URL) of the run's checkpoints, as for CheckpointManager; None
             takes ``$SPOTSAFE_ROOT`` (set by ``spotsafe run --root``).
-        state: Dict of name -> object with ``state_dict()``/``load_state_dict()`` or plain value.
+        state: Dict of name -> object with ``state_dict()``/``load_state_dict()`` or plain value. None
+            when a framework saves and loads the state (``spotsafe.lightning``, ``spotsafe.hf``,
+            ``spotsafe.accelerate``): entering then restores nothing, :meth:`resume_path` names the
+            checkpoint for the framework to load, the integration's saver (:meth:`use_saver`)
+            makes each checkpoint, and only rank 0 writes (the other ranks read).
         save_every: Steps (``500``, ``"500steps"``), a duration (``"15m"``, ``"2h"``, float
             seconds, a timedelta), a :class:`~spotsafe.policy.SavePolicy`, or None:
             ``$SPOTSAFE_SAVE_EVERY`` when set (by a ``spotsafe run`` profile), else only on
@@ -184,15 +214,16 @@ class Run:
                 run.log(loss=loss.item())
     """
 
-    def __init__(self, root: str | os.PathLike | None, state: dict[str, Any], *,
+    def __init__(self, root: str | os.PathLike | None, state: dict[str, Any] | None, *,
                  save_every: SavePolicy | int | float | str | timedelta | None = None, notices: NoticesSpec = "auto",
                  manager: CheckpointManager | None = None, options: CheckpointOptions | None = None,
                  margin: float | str | timedelta = 3.0, exit_on_notice: bool = True,
                  events_dir: str | os.PathLike | None = None, partial: bool | str | Collection[str] = False,
                  clock: Callable[[], float] = time.monotonic, scale_lr: str | None = None,
                  leave_on_notice: bool = False, **settings: Unpack[ManagerSettings]) -> None:
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict of name -> object, got {type(state).__name__}.")
+        if state is not None and not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of name -> object (or None when a framework integration saves "
+                            f"and loads the state), got {type(state).__name__}.")
         if scale_lr is not None and scale_lr not in LR_SCALING:
             raise ValueError(f"scale_lr={scale_lr!r} is not a scaling rule spotsafe knows; use "
                              f"{' or '.join(map(repr, LR_SCALING))}, or None to restore learning rates as saved.")
@@ -248,6 +279,8 @@ class Run:
         self._reported = 0                       # newest step whose checkpoint event is written
         self._uploads_reported = 0
         self._restore_window = (0.0, 0.0)
+        self._saver: Callable[[int, str], SaveStats | None] | None = None  # framework mode: who saves
+        self._resumed: str | None = None  # framework mode: what resume_path() answered
 
     # -- entering and leaving --------------------------------------------------------
     def __enter__(self) -> Run:
@@ -263,14 +296,21 @@ class Run:
             self._agree.start()
         try:
             self._watch.start()  # before the restore: a notice during it is kept
-            self.manager = self._given_manager or _make_manager(
-                self.root, options=self._options, run_id=self._log.run_id,
-                attempt=self._log.attempt)  # one writer: refused here when taken
+            if self.state is None:  # framework mode: the framework writes from one rank, the others read
+                self.manager = self._given_manager or _framework_manager(
+                    self.root, options=self._options, run_id=self._log.run_id, attempt=self._log.attempt)
+            else:
+                self.manager = self._given_manager or _make_manager(
+                    self.root, options=self._options, run_id=self._log.run_id,
+                    attempt=self._log.attempt)  # one writer: refused here when taken
             self._log.emit(Event.RUN_START, root=self._mgr.root, remote=remote_url,
                            sources=self._watch.active, policy=repr(self.policy),
                            world_size=int(os.environ.get("WORLD_SIZE") or 1),  # the report's ranks per attempt
                            **({"supervisor": os.environ[SUPERVISOR_ID_ENV]} if os.environ.get(SUPERVISOR_ID_ENV)
                                 else {}))
+            if self.state is None:  # the framework loads its state: resume_path() finds it
+                self.policy.start(self.step, self._clock())
+                return self
             w0 = time.time()
             restored = self._mgr.restore(self.state, partial=self.partial)
             self._restore_window = (w0, time.time())
@@ -395,6 +435,89 @@ class Run:
     def _log(self) -> EventLog:
         return _entered(self.events)
 
+    # -- a framework's state (Run(root, None)) -------------------------------------------
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the checkpoints: True but on the other ranks of a framework's job
+        (``Run(root, None)``), which open the root read-only while rank 0 writes."""
+        return not self._mgr.read_only
+
+    def use_saver(self, saver: Callable[[int, str], SaveStats | None]) -> None:
+        """Make ``Run(root, None)`` checkpoint through a framework: ``saver(step, reason)`` is called on every
+        rank at the same step whenever the policy, a notice or the end of the run wants a checkpoint of the
+        step just finished. It makes the framework write its state and, on the writing rank
+        (:attr:`writer`), hands it to :attr:`manager` (``save``, ``save_files``) and returns the manager's
+        :class:`SaveStats`; None elsewhere. The integrations in ``spotsafe.lightning``, ``spotsafe.hf``
+        and ``spotsafe.accelerate`` install theirs."""
+        self._saver = saver
+
+    def checkpointed(self, step: int, stats: SaveStats | None = None, reason: str = "framework") -> None:
+        """Record that the framework saved ``step`` on its own schedule (e.g. the HF Trainer's ``save_steps``)
+        and the integration handed it to :attr:`manager`: the policy counts from it and a notice after it
+        only waits for it to be durable. Call it on every rank."""
+        self._reasons[step] = reason
+        self._submitted = max(self._submitted or 0, step)
+        self.policy.saved(step, self._clock(), stats.stall_s if stats is not None else 0.0)
+
+    def resume_path(self) -> str | None:
+        """For ``Run(root, None)``: the folder of the newest valid checkpoint, for the framework to load; None
+        for a fresh start.
+
+        Every file of it is checked against its checksum first; a corrupt or half-written
+        checkpoint is skipped (with a :class:`~spotsafe.CheckpointSkippedWarning`) for the next
+        newest. When only the remote holds it (a new machine), it is downloaded, verified and
+        written into the local root first. Call it on every rank: under torch.distributed the
+        other ranks get the folder rank 0 chose, once it is there. Sets :attr:`start_step` and
+        writes the ``restore`` event.
+        """
+        if self.state is not None:
+            raise RuntimeError("resume_path() is for a Run whose framework loads the state (Run(root, None)); this "
+                               "Run restored its state when it was entered.")
+        mgr = self._mgr
+        w0 = time.time()
+        together = _distributed()
+        info = mgr.local_copy() if self.writer or not together else None
+        step = info.step if info is not None else None
+        if together:
+            step = _from_writer(step)  # after rank 0 fetched it: the same folder everywhere
+        self._restore_window = (w0, time.time())
+        stats = mgr.last_restore
+        name = step_dir(step) if step else None
+        path = None
+        if name is not None:
+            path = str(mgr.storage.path(name)) if isinstance(mgr.storage, LocalFiles) else f"{mgr.root}/{name}"
+        saved = mgr.restored.manifest if mgr.restored is not None and mgr.restored.step == step else None
+        self.start_step = self.step = step or 0
+        self._submitted = self._reported = self.step
+        self._log.emit(Event.RESTORE, step=step, tier=self._tier_name(mgr.restored_tier) if step and info else None,
+                       seconds=stats.total_s if stats is not None and info else None,
+                       bytes=stats.bytes if stats is not None and info else 0, skipped=list(mgr.restore_skipped),
+                       world_size=int(os.environ.get("WORLD_SIZE") or 1),
+                       saved_world_size=saved.world_size if saved is not None else None)
+        if path is not None:
+            logger.info("Resuming at step %d from %s", step, path)
+        self.policy.start(self.step, self._clock())
+        self._resumed = path
+        return path
+
+    def _save_through_framework(self, step: int, reason: SaveReason | str) -> SaveStats:
+        if self._saver is None:
+            raise RuntimeError("Run(root, None) checkpoints through a framework integration, and none is attached; "
+                               "use spotsafe.lightning, spotsafe.hf or spotsafe.accelerate, or pass the state dict.")
+        t0 = time.perf_counter()
+        stats = self._saver(step, str(reason))
+        if stats is not None and stats.skipped and stats.total_s is None and reason in (SaveReason.FINAL,
+                                                                                        SaveReason.NOTICE):
+            self._mgr.wait()  # the last checkpoint of a run is never skipped behind a busy save
+            stats = self._saver(step, str(reason))
+        elapsed = time.perf_counter() - t0  # the framework's own part counts as stall too
+        stats = (SaveStats(step=step, bytes=0, stage_s=0.0, persist_s=None, total_s=None, stall_s=elapsed)
+                 if stats is None else dataclasses.replace(stats, stall_s=max(stats.stall_s, elapsed)))
+        self._reasons[step] = reason
+        self._submitted = step
+        self.policy.saved(step, self._clock(), stats.stall_s)
+        return stats
+
     # -- the loop ----------------------------------------------------------------------
     def steps(self, total: int) -> Iterator[int]:
         """Yield the step numbers left, ``restored + 1`` .. ``total``; save and watch between them."""
@@ -477,7 +600,7 @@ class Run:
         ``global_batch_size``; 1 without one."""
         from ..data import ResumableDataLoader, ResumableSampler
 
-        for obj in self.state.values():
+        for obj in (self.state or {}).values():
             if isinstance(obj, (ResumableDataLoader, ResumableSampler)):
                 return obj.grad_accum
         return 1
@@ -495,6 +618,8 @@ class Run:
 
     # -- internals -------------------------------------------------------------------------
     def _save(self, step: int, reason: SaveReason | str) -> SaveStats:
+        if self.state is None:
+            return self._save_through_framework(step, reason)
         epoch = next((v.epoch for v in self.state.values() if isinstance(getattr(v, "epoch", None), int)), None)
         stats = self._mgr.save(step, self.state, epoch=epoch)
         if stats.skipped and stats.total_s is None and reason in (SaveReason.FINAL, SaveReason.NOTICE):
@@ -626,7 +751,13 @@ class Run:
 
     def _make_durable(self, step: int, deadline: float | None, notice: Notice | None) -> Tier | None:
         """Wait until ``step`` is durable on the best tier that fits; return ``Tier.REMOTE``, ``Tier.LOCAL``
-        or None."""
+        or None. A framework's job (``Run(root, None)`` under torch.distributed): rank 0 waits, every
+        rank learns its answer."""
+        if self.state is not None or not _distributed():
+            return self._make_durable_here(step, deadline, notice)
+        return _from_writer(self._make_durable_here(step, deadline, notice) if self.writer else None)
+
+    def _make_durable_here(self, step: int, deadline: float | None, notice: Notice | None) -> Tier | None:
         mgr = self._mgr
         name = step_dir(step)
         while True:
