@@ -281,6 +281,7 @@ class Run:
         self._restore_window = (0.0, 0.0)
         self._saver: Callable[[int, str], SaveStats | None] | None = None  # framework mode: who saves
         self._resumed: str | None = None  # framework mode: what resume_path() answered
+        self._any_rank: Callable[[bool], bool] | None = None  # a framework's agreement, where spotsafe has none
 
     # -- entering and leaving --------------------------------------------------------
     def __enter__(self) -> Run:
@@ -451,6 +452,14 @@ class Run:
         and ``spotsafe.accelerate`` install theirs."""
         self._saver = saver
 
+    def use_agreement(self, any_rank: Callable[[bool], bool]) -> None:
+        """Agree through the framework where spotsafe's own agreement is unavailable (ranks not started by
+        ``torchrun``): ``any_rank(flag)`` is a collective every rank calls at the end of the same step, true
+        on every rank when ``flag`` is true on one (Accelerate's ``set_trigger``/``check_trigger``,
+        Lightning's ``reduce_boolean_decision``). It decides the stop after a notice and, for a policy
+        of time, the save. Unused when spotsafe's agreement (no collective per step) is there."""
+        self._any_rank = any_rank
+
     def checkpointed(self, step: int, stats: SaveStats | None = None, reason: str = "framework") -> None:
         """Record that the framework saved ``step`` on its own schedule (e.g. the HF Trainer's ``save_steps``)
         and the integration handed it to :attr:`manager`: the policy counts from it and a notice after it
@@ -564,7 +573,10 @@ class Run:
         """
         ag = self._agree
         if ag is None:
-            return self.policy.due(step, now) or warned
+            due = self.policy.due(step, now) or warned
+            if self._any_rank is not None and not (self.policy.by_step and not warned):
+                due = self._any_rank(due)  # a clock differs between ranks: they save when one asks
+            return due
         by_step = self.policy.by_step
         local = self.policy.due(step, now) if by_step or ag.rank == 0 else False
         if warned or (local and not by_step):
@@ -585,6 +597,8 @@ class Run:
         """
         if self.watcher is None:
             return False
+        if self._any_rank is not None and self._agree is None:
+            return self._handled is not None  # the framework's collective decides, in step_done only
         if self._agree is None or self._handled is not None:
             return self.watcher.notice is not None or self._handled is not None
         return self._stop_notice() is not None
@@ -685,7 +699,11 @@ class Run:
         local = self._watch.notice
         ag = self._agree
         if ag is None:
-            return local
+            if self._any_rank is None:
+                return local
+            if not self._any_rank(local is not None and not local.advisory):
+                return None
+            return local or Notice(source="notice on another rank", deadline=None, reason="another rank was warned")
         if local is not None and not local.advisory:
             ag.request(local.source, local.reason, local.deadline)
         try:
