@@ -3,7 +3,8 @@
 # (pinned here, not in the package: the library asks for torch>=2.4) and spotsafe itself.
 #
 #   bash scripts/setup.sh          # what the demo uses: torch, spotsafe and its few dependencies
-#   bash scripts/setup.sh test     # and the test stack: pytest, obstore, boto3, the SeaweedFS binary
+#   bash scripts/setup.sh test     # and the test stack: pytest, obstore, boto3, the SeaweedFS binary, and the
+#                                  # frameworks the integrations are tested against (lightning, transformers, accelerate)
 #
 # A second run with nothing changed returns at once: each stack leaves a stamp in .venv
 # naming the hash of this script, scripts/constraints.txt and pyproject.toml.
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 STACK=${1:-base}
 case "$STACK" in
     base) EXTRAS="" IMPORTS="torch, spotsafe" ;;
-    test) EXTRAS="[test]" IMPORTS="torch, spotsafe, pytest, obstore, boto3" ;;
+    test) EXTRAS="[test,lightning,hf]" IMPORTS="torch, spotsafe, pytest, obstore, boto3, lightning, transformers, accelerate" ;;
     *) echo "usage: bash scripts/setup.sh [base|test]" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3}
