@@ -4,7 +4,7 @@
 steps on CPU and saves the final weights and optimizer state to ``--out`` (rank 0). With
 spotsafe (the default) it runs inside ``spotsafe.Run(root, None)`` with ``spotsafe.hf.attach``
 and resumes from ``run.resume_path()``; ``--stock`` is the plain Trainer. One line per event on
-stdout (one write each: torchrun's ranks share it): ``rank R resumed N``, ``rank R loss STEP
+stdout (one write each: torchrun's ranks share it): ``rank R pid P resumed N``, ``rank R loss STEP
 VALUE`` (every step's logged loss, exactly), ``rank R done N``. Under ``torchrun`` it is a DDP
 job on gloo.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -21,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 SAMPLES, BATCH, EPOCHS = 48, 4, 2  # 12 optimizer steps an epoch on one rank
 
@@ -41,33 +43,53 @@ class Data(torch.utils.data.Dataset):
 
 
 class Report(TrainerCallback):
-    """Prints every logged loss; sleeps ``delay`` seconds a step (so that drills land mid-run)."""
+    """Prints every logged loss (or keeps it in ``losses``); sleeps ``delay`` seconds a step (so that
+    drills land mid-run); stops training after step ``stop_at`` (as if the job's time ran out);
+    sends this process a SIGTERM during step ``sigterm_at``."""
 
-    def __init__(self, rank: int, delay: float) -> None:
-        self.rank, self.delay = rank, delay
+    def __init__(self, rank: int = 0, delay: float = 0.0, *, losses: dict[int, float] | None = None,
+                 stop_at: int | None = None, sigterm_at: int | None = None) -> None:
+        self.rank, self.delay, self.losses = rank, delay, losses
+        self.stop_at, self.sigterm_at = stop_at, sigterm_at
 
     def on_step_end(self, args, state, control, **kw):
         if self.delay:
             time.sleep(self.delay)
+        if state.global_step == self.stop_at:
+            control.should_training_stop = True
+        if state.global_step == self.sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
-            say(f"rank {self.rank} loss {state.global_step} {float(logs['loss'])!r}")
+            if self.losses is not None:
+                self.losses[state.global_step] = float(logs["loss"])
+            else:
+                say(f"rank {self.rank} loss {state.global_step} {float(logs['loss'])!r}")
 
 
-def make_trainer(out_dir: str, args: argparse.Namespace) -> Trainer:
+def make_trainer(out_dir: str, *, save_steps: int = 5, save_total_limit: int | None = None, jit: bool = False,
+                 save_only_model: bool = False) -> Trainer:
+    """The Trainer of every run here: the same model, data, seed and schedule."""
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg)  # dropout 0.1 on: the RNG state matters
-    extra = {"ddp_backend": "gloo", "ddp_timeout": 60} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
+    extra = {"ddp_backend": "gloo", "ddp_timeout": 60, "ddp_find_unused_parameters": False} \
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
     targs = TrainingArguments(
         output_dir=out_dir, per_device_train_batch_size=BATCH, num_train_epochs=EPOCHS, learning_rate=1e-3,
-        logging_steps=1, save_steps=args.save_steps, save_total_limit=args.save_total_limit, report_to=[],
+        logging_steps=1, save_steps=save_steps, save_total_limit=save_total_limit, report_to=[],
         disable_tqdm=True, seed=0, use_cpu=True, dataloader_num_workers=0,
-        enable_jit_checkpoint=args.jit, save_only_model=args.save_only_model, **extra)
+        enable_jit_checkpoint=jit, save_only_model=save_only_model, **extra)
     trainer = Trainer(model=model, args=targs, train_dataset=Data())
     trainer.remove_callback(PrinterCallback)  # its log lines: stdout holds ours alone
     return trainer
+
+
+def final_state(trainer: Trainer) -> dict:
+    """What an exact resume must reproduce: the weights, the optimizer's and the scheduler's state."""
+    return {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.lr_scheduler.state_dict()}
 
 
 def main() -> None:
@@ -88,25 +110,26 @@ def main() -> None:
     root = args.root or os.environ.get("SPOTSAFE_ROOT")
     out_dir = args.output_dir or f"{root}-hf"
     if args.stock:
-        trainer = make_trainer(out_dir, args)
+        trainer = make_trainer(out_dir, save_steps=args.save_steps, jit=args.jit)
         trainer.add_callback(Report(rank, args.step_delay))
-        say(f"rank {rank} resumed 0")
-        trainer.train()
+        last = get_last_checkpoint(out_dir) if os.path.isdir(out_dir) else None
+        say(f"rank {rank} pid {os.getpid()} resumed {int(last.rsplit('-', 1)[1]) if last else 0}")
+        trainer.train(resume_from_checkpoint=last)
     else:
         import spotsafe
         import spotsafe.hf
 
         with spotsafe.Run(args.root, None, remote=args.remote, notices="signals") as run:
-            trainer = make_trainer(out_dir, args)
+            trainer = make_trainer(out_dir, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+                                   jit=args.jit, save_only_model=args.save_only_model)
             trainer.add_callback(Report(rank, args.step_delay))
             spotsafe.hf.attach(trainer, run)
             path = run.resume_path()
-            say(f"rank {rank} resumed {run.start_step}")
+            say(f"rank {rank} pid {os.getpid()} resumed {run.start_step}")
             trainer.train(resume_from_checkpoint=path)
     say(f"rank {rank} done {trainer.state.global_step}")
     if rank == 0:
-        torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                    "scheduler": trainer.lr_scheduler.state_dict()}, args.out)
+        torch.save(final_state(trainer), args.out)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
