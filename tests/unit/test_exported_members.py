@@ -119,3 +119,25 @@ def test_errors_inherit_builtins():
     assert issubclass(spotsafe.UnsupportedStateError, TypeError)
     for e in (spotsafe.CheckpointNotFoundError, spotsafe.CorruptCheckpointError, spotsafe.StateMismatchError):
         assert issubclass(e, spotsafe.SpotsafeError)
+
+
+INTEGRATIONS = ["spotsafe.accelerate", "spotsafe.hf", "spotsafe.lightning"]
+
+
+@pytest.mark.parametrize("name", INTEGRATIONS)
+def test_each_integration_exports_exactly_what_it_binds_each_documented(name):
+    module = importlib.import_module(name)
+    bound = {n for n in vars(module) if not n.startswith("_")}
+    assert module.__all__ == sorted(bound)
+    assert [n for n in module.__all__ if not (own_doc(module, n) or "").strip()] == []
+
+
+def test_spotsafe_and_its_public_names_import_no_framework():
+    """The frameworks are optional extras: only ``import spotsafe.<integration>`` imports one."""
+    code = ("import sys, spotsafe\n"
+            "for name in spotsafe.__all__: getattr(spotsafe, name)\n"
+            "import spotsafe.cli, spotsafe.data, spotsafe.run\n"
+            "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'transformers', 'accelerate') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
