@@ -5,7 +5,10 @@ load their modules on first use, so the command-line tool starts fast.
 
 The public API is ``__all__``: the names below and the modules :mod:`spotsafe.data`,
 :mod:`spotsafe.errors`, :mod:`spotsafe.notices`, :mod:`spotsafe.policy` and
-:mod:`spotsafe.run` (each with its own ``__all__``). Packages and modules whose names start
+:mod:`spotsafe.run` (each with its own ``__all__``), and the framework integrations
+:mod:`spotsafe.lightning`, :mod:`spotsafe.hf` and :mod:`spotsafe.accelerate`, which import their
+framework and so are imported only by their users (``import spotsafe`` never imports them).
+Packages and modules whose names start
 with an underscore are internal; ``spotsafe.cli`` is the ``spotsafe`` command. Every name
 this module binds without an underscore is in ``__all__`` (a test derives the list).
 """
