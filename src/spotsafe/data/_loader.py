@@ -103,6 +103,8 @@ class ResumableDataLoader:
             ``batch_sampler``, ``shuffle`` or ``generator``, which the loader owns.
     """
 
+    _sampler_type: type[ResumableSampler] = ResumableSampler  # a framework's loader may refine the sampler
+
     def __init__(self, dataset: Any, batch_size: int = 1, *, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, seed_samples: bool = True, num_replicas: int = 1, rank: int = 0,
                  global_batch_size: int | None = None, **dataloader_kwargs: Any) -> None:
@@ -110,9 +112,9 @@ class ResumableDataLoader:
         if owned:
             raise TypeError(f"ResumableDataLoader sets {sorted(owned)} itself; drop them from the arguments.")
         self.dataset = dataset
-        self.sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                        batch_size=batch_size, num_replicas=num_replicas, rank=rank,
-                                        global_batch_size=global_batch_size)
+        self.sampler = self._sampler_type(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                          batch_size=batch_size, num_replicas=num_replicas, rank=rank,
+                                          global_batch_size=global_batch_size)
         self.seed_samples = seed_samples
         self._batches = _PlannedBatches()
         target = SeededDataset(dataset, seed) if seed_samples else _Unkeyed(dataset)
