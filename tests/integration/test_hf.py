@@ -112,7 +112,8 @@ def test_chaos_notice_mid_epoch_and_kill_across_the_epoch_boundary_end_bit_exact
     assert committed_steps(open_storage(str(root)))[-1] == STEPS  # a restart after the end finds the end
 
 
-def test_a_corrupt_or_half_written_newest_checkpoint_is_skipped_where_stock_resume_fails(tmp_path, hf, reference):
+def test_a_corrupt_or_half_written_newest_checkpoint_is_skipped_where_stock_resume_fails(tmp_path, hf, reference,
+                                                                                          caplog):
     import spotsafe
     import spotsafe.hf
 
@@ -146,7 +147,11 @@ def test_a_corrupt_or_half_written_newest_checkpoint_is_skipped_where_stock_resu
             path = run.resume_path()
             assert path == str(root / step_dir(10))
             assert sorted(os.listdir(path)) == sorted([*os.listdir(out / "checkpoint-10"), "manifest.json"])
-            trainer.train(resume_from_checkpoint=path)
+            with caplog.at_level(logging.WARNING, logger="spotsafe.hf"):
+                trainer.train(resume_from_checkpoint=path)
+    # the folders past step 10 are gone before the Trainer could write into them in place (checkpoint-15's
+    # files were the corrupt commit's, by hard link)
+    assert "Removed checkpoint-15, checkpoint-20 from" in caplog.text
     assert sorted(losses) == list(range(11, STEPS + 1))
     assert_losses(losses, reference)
     assert_same(hf.final_state(trainer), reference["state"])

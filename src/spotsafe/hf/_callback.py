@@ -27,10 +27,12 @@ removed at ``on_train_begin`` before the Trainer could write that step again in 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import shutil
+import time
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
@@ -91,6 +93,7 @@ class SpotSafeCallback(TrainerCallback):
         self.saved: int | None = None  # the newest step committed by this callback (either way)
         self.stats: list[SaveStats] = []  # what each commit cost the training thread (writing rank)
         self._preempted: Preempted | None = None
+        self._flow_done: float | None = None  # when on_step_end returned on a step the Trainer saves itself
 
     # -- the run's saver ---------------------------------------------------------------------
     def save(self, step: int, reason: str) -> SaveStats | None:
@@ -168,6 +171,8 @@ class SpotSafeCallback(TrainerCallback):
             return control
         if self.saved == step:
             control.should_save = False  # the run's saver has just written and committed this step
+        # the Trainer's own save follows (after the step's log): its time is the save's stall too
+        self._flow_done = time.perf_counter() if control.should_save and not control.should_evaluate else None
         return control
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -176,6 +181,9 @@ class SpotSafeCallback(TrainerCallback):
         if self.saved == step:
             return
         stats = self._commit(step)
+        if stats is not None and self._flow_done is not None:
+            stats = dataclasses.replace(stats, stall_s=max(stats.stall_s, time.perf_counter() - self._flow_done))
+        self._flow_done = None
         self.run.checkpointed(step, stats)
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
