@@ -283,3 +283,12 @@ def test_two_ranks_stop_on_the_same_step_after_a_sigterm_to_one_then_resume(tmp_
         (again,) = attempts(rest, rank)
         assert again["resumed"] == stop and again["done"] == 12 and sorted(again["losses"]) == list(range(stop + 1, 13))
     assert attempts(rest, 0)[0]["losses"] == attempts(rest, 1)[0]["losses"]
+
+
+def test_public_names(hf):
+    import inspect
+
+    import spotsafe.hf
+
+    public = sorted(n for n, v in vars(spotsafe.hf).items() if not n.startswith("_") and not inspect.ismodule(v))
+    assert spotsafe.hf.__all__ == public == ["SpotSafeCallback", "attach"]
