@@ -13,10 +13,14 @@ that draws from torch's RNG, validation at each epoch's end) runs 2 epochs of 16
 * as 2 DDP ranks under torchrun (gloo): a SIGTERM to one rank stops both after the same step,
   with validation due after every batch and none run, one checkpoint, exit 75, then a resume.
 
-What stock Lightning 2.6.6 does on the same notice (bench/bench_lightning.py measures it beside
-spotsafe each run): the process exits 0 (SIGTERMException), validation that is due at that
-batch still runs, and a resume from its ModelCheckpoint with a shuffled DataLoader replays the
-epoch's first batches and drops as many at its end (measured: 7 of 16 replayed, 7 never seen).
+What stock Lightning 2.6.6 does on the same notice (bench/bench_lightning.py part 3 measures it
+beside spotsafe; a SIGTERM during step 7 of 32, ModelCheckpoint every 5 steps, a shuffled
+DataLoader): the process exits 0 (its SIGTERMException), so a scheduler sees success; a
+validation that is due at that batch still runs first (and a callback that stops "gracefully"
+with ``trainer.should_stop`` runs the whole validation pass: 2 batches here); the resume starts
+from step 5 (steps 6-7 are lost) and replays the epoch from its first batch, so 20 of epoch 0's
+64 samples are trained twice and 20 never, and the end differs from an uninterrupted run.
+spotsafe: exit 75, no validation, resumed at 7, 0 and 0, equal.
 """
 
 from __future__ import annotations

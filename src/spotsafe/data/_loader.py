@@ -47,16 +47,24 @@ class SeededDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        s = sample_seed(self.seed, epoch, index)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        """A batch of items (torch's fetcher calls this when it exists): in the main process the
+        global generators are saved and put back once a batch, not once a sample (numpy's state
+        alone takes tens of microseconds each way)."""
         in_worker = torch.utils.data.get_worker_info() is not None
         if not in_worker:
             saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         try:
-            random.seed(s)
-            np.random.seed(s & 0xFFFF_FFFF)
-            torch.default_generator.manual_seed(s)
-            return self.dataset[index]
+            out = []
+            for epoch, index in keys:
+                s = sample_seed(self.seed, epoch, index)
+                random.seed(s)
+                np.random.seed(s & 0xFFFF_FFFF)
+                torch.default_generator.manual_seed(s)
+                out.append(self.dataset[index])
+            return out
         finally:
             if not in_worker:
                 random.setstate(saved[0])

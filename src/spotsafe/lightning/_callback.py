@@ -165,7 +165,8 @@ class SpotSafe(Callback):
                                  "in AsyncCheckpointIO): drop that plugin, or pass it as SpotSafe(run, fallback=...) "
                                  "for checkpoints outside the run's root.")
             strategy.checkpoint_io = self.checkpoint_io
-        for key, owner in (("hyper_parameters", pl_module), ("datamodule_hyper_parameters", trainer.datamodule)):
+        for key, owner in (("hyper_parameters", pl_module),
+                           ("datamodule_hyper_parameters", getattr(trainer, "datamodule", None))):
             hparams = getattr(owner, "hparams", None) if owner is not None else None
             if hparams and (error := refusal(key, dict(hparams))) is not None:
                 raise error

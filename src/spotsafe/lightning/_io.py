@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import lightning
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
 
 from .._format import parse_step_dir, step_dir
 from .._state._tree import encode
@@ -124,7 +125,7 @@ class SpotSafeCheckpointIO(CheckpointIO):
         return step if os.path.realpath(parent or ".") == os.path.realpath(root) else None
 
     # -- CheckpointIO ----------------------------------------------------------------------
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
                         storage_options: Any | None = None) -> None:
         step = self.step_of(path)
         if step is None:
@@ -149,7 +150,7 @@ class SpotSafeCheckpointIO(CheckpointIO):
         if self.reason is None:
             logger.info("Lightning saved %s itself; spotsafe committed it", path)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
+    def load_checkpoint(self, path: _PATH, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         step = self.step_of(path)
         if step is None:
@@ -162,7 +163,7 @@ class SpotSafeCheckpointIO(CheckpointIO):
             checkpoint = move_data_to_device(checkpoint, map_location)
         return checkpoint
 
-    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+    def remove_checkpoint(self, path: _PATH) -> None:
         if self.step_of(path) is None:
             self.fallback.remove_checkpoint(path)
         else:

@@ -50,7 +50,7 @@ class Snapshot:
     def saved(self) -> dict[str, Any]:
         """As tensors and plain values, for a checkpoint."""
         version, words, gauss = self.python
-        kind, key, pos, has_gauss, cached = self.numpy  # type: ignore[misc]
+        kind, key, pos, has_gauss, cached = self.numpy
         out: dict[str, Any] = {
             "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
             "numpy": {"kind": str(kind), "key": torch.from_numpy(np.asarray(key).astype(np.int64)), "pos": int(pos),
