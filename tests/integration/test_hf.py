@@ -195,8 +195,9 @@ def test_a_notice_exits_75_and_a_new_machine_resumes_from_s3_bit_exact(tmp_path,
     # own checkpoint-9 passes no on_save)...
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-9"]
     local, remote = open_storage(str(root)), open_storage(s3_url)
-    assert committed_steps(local) == [6, 8, 9]  # ...and every commit is whole (keep=3), here and on S3 (where
-    assert committed_steps(remote)[-1] == 9     # an upload with newer ones queued behind it may be skipped)
+    # ...and every commit is whole, here and on S3 (where an upload with newer ones queued behind it may be
+    # skipped, and retention may keep one more here until its upload is settled)
+    assert committed_steps(local)[-3:] == [6, 8, 9] and committed_steps(remote)[-1] == 9
     for storage in (local, remote):
         assert all(check_checkpoint(storage, s, deep=True).valid for s in committed_steps(storage))
 
