@@ -100,3 +100,39 @@ def test_the_loader_length_is_a_whole_epoch_and_set_epoch_keeps_the_position(n, 
         assert (loader.epoch, loader.position) == (0, position)
         loader.sampler.set_epoch(1)
         assert (loader.epoch, loader.position) == (1, 0)
+
+
+def test_the_checkpoint_io_maps_the_roots_step_names_to_spotsafe_and_round_trips_lightnings_dict(tmp_path):
+    import spotsafe
+    from spotsafe.lightning import SpotSafeCheckpointIO
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    checkpoint = {"epoch": 1, "global_step": 7, "pytorch-lightning_version": "2.6.6", "state_dict": model.state_dict(),
+                  "optimizer_states": [opt.state_dict()], "lr_schedulers": [], "hparams_name": "kwargs",
+                  "hyper_parameters": {"lr": 0.1, "dims": (3, 2)}, "callbacks": {"SpotSafe": {"ranks": []}},
+                  "loops": {"fit_loop": {"state_dict": {"combined_loader": [{"epoch": 1, "position": 8}]}}}}
+    with spotsafe.Run(tmp_path / "root", None, notices=None) as run:
+        io = SpotSafeCheckpointIO(run)
+        path = io.path_of(7)
+        assert path == str(tmp_path / "root" / "step-000000000007") and io.step_of(path) == 7
+        assert io.step_of(tmp_path / "elsewhere" / "step-000000000007") is None
+        with pytest.raises(ValueError, match=r"root/x\.ckpt, in spotsafe's root, which holds only the run's step-N"):
+            io.step_of(tmp_path / "root" / "x.ckpt")
+        io.save_checkpoint(checkpoint, path)
+        with pytest.raises(ValueError, match="global step 7 as .*step-000000000009, the name of step 9"):
+            io.save_checkpoint(checkpoint, io.path_of(9))
+        run.manager.wait()
+        back = io.load_checkpoint(path)
+        io.save_checkpoint(checkpoint, tmp_path / "stock.ckpt")  # outside the root: Lightning's own file
+        io.remove_checkpoint(path)  # the run's keep= decides: nothing removed
+        assert (tmp_path / "root" / "step-000000000007" / "manifest.json").exists()
+    assert back.keys() == checkpoint.keys()  # the manager's own RNG component is not Lightning's
+    assert back["loops"] == checkpoint["loops"] and back["hyper_parameters"] == {"lr": 0.1, "dims": (3, 2)}
+    assert list(back["state_dict"]) == list(checkpoint["state_dict"])
+    assert all(torch.equal(back["state_dict"][k], v) for k, v in checkpoint["state_dict"].items())
+    model.load_state_dict(back["state_dict"])
+    opt.load_state_dict(back["optimizer_states"][0])
+    assert torch.load(tmp_path / "stock.ckpt", weights_only=True)["global_step"] == 7

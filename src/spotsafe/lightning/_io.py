@@ -110,19 +110,26 @@ class SpotSafeCheckpointIO(CheckpointIO):
         return str(mgr.storage.path(name)) if isinstance(mgr.storage, LocalFiles) else f"{mgr.root}/{name}"
 
     def step_of(self, path: str | os.PathLike) -> int | None:
-        """The step a path names when it is a checkpoint of the run's root; None for any other path."""
+        """The step a path names when it is a checkpoint of the run's root; None for a path outside the root.
+
+        Raises ValueError for any other name in the root: it holds spotsafe's checkpoints only.
+        """
         mgr = self.run.manager
         if mgr is None:
             return None
         text = os.fspath(path).rstrip("/")
         parent, _, name = text.rpartition("/")
+        root = self.path_of(0).rpartition("/")[0]
+        inside = (parent == root.rstrip("/") if is_url(text) or is_url(root)
+                  else os.path.realpath(parent or ".") == os.path.realpath(root))
+        if not inside:
+            return None
         step = parse_step_dir(name)
         if step is None:
-            return None
-        root = self.path_of(step)[: -len(name) - 1]
-        if is_url(text) or is_url(root):
-            return step if parent == root.rstrip("/") else None
-        return step if os.path.realpath(parent or ".") == os.path.realpath(root) else None
+            raise ValueError(f"Lightning was asked to write or read {text}, in spotsafe's root, which holds only the "
+                             "run's step-N checkpoints; point ModelCheckpoint(dirpath=...) or save_checkpoint() at "
+                             "another directory.")
+        return step
 
     # -- CheckpointIO ----------------------------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
