@@ -102,11 +102,31 @@ def _make_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt
     return CheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
 
 
+def _other_rank() -> bool:
+    """Whether the environment says this process is one rank of several, and not rank 0.
+
+    ``RANK`` (torchrun, ``env://``) when set; else the launchers that set only a local and a
+    node rank (Lightning's own, which starts ``LOCAL_RANK=1..`` children) or SLURM's task id
+    (``srun`` starting every rank itself). A process none of them names is rank 0.
+    """
+    env = os.environ
+    if env.get("RANK"):
+        return int(env["RANK"]) != 0
+    local, node = env.get("LOCAL_RANK"), env.get("NODE_RANK") or env.get("GROUP_RANK")
+    if local or node:
+        return int(local or 0) != 0 or int(node or 0) != 0
+    if env.get("SLURM_PROCID") and int(env.get("SLURM_NTASKS") or 1) > 1:
+        return int(env["SLURM_PROCID"]) != 0
+    return False
+
+
 def _framework_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt: int) -> CheckpointManager:
     """The manager of a run whose framework saves its state (``Run(root, None)``): the framework
     writes its checkpoint from one rank (rank 0) and loads it on every rank, so rank 0 writes
-    and the others open the root read-only (no lock: they only read)."""
-    if int(os.environ.get("WORLD_SIZE") or 1) > 1 and int(os.environ.get("RANK") or 0) != 0:
+    and the others open the root read-only (no lock: they only read). The framework saves its
+    own RNG state, so the manager adds none (``rng=False``)."""
+    options = dataclasses.replace(options, rng=False)
+    if _other_rank():
         return CheckpointManager(root, options=dataclasses.replace(options, read_only=True), run_id=run_id,
                                  attempt=attempt)
     return CheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
