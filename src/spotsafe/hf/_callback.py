@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
+from .._dist._collective import barrier
 from .._format import step_dir
 from ..run import Preempted
 
@@ -51,14 +52,6 @@ logger = logging.getLogger("spotsafe.hf")
 
 KIND = "hf-trainer"
 """The component name and type of a Trainer checkpoint in spotsafe's manifest."""
-
-
-def barrier() -> None:
-    """Wait for every rank of an initialised torch.distributed job (nothing for one process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def checkpoint_steps(output_dir: str) -> dict[int, str]:

@@ -41,6 +41,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
 from .. import data
+from .._dist._collective import distributed as _distributed
+from .._dist._collective import from_rank0 as _from_rank0
 from ..errors import SpotsafeWarning, UnsupportedStateError
 from ._io import SpotSafeCheckpointIO, refusal
 from ._loader import ResumableDataLoader
@@ -53,21 +55,6 @@ if TYPE_CHECKING:
     from ..run import Run
 
 logger = logging.getLogger("spotsafe.lightning")
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _from_rank0(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (a collective)."""
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _loaders(obj: Any) -> list[Any]:

@@ -27,6 +27,8 @@ from datetime import timedelta
 from typing import Any, TypeVar, Unpack
 
 from .._dist import AgreementFailed, StopAgreement
+from .._dist._collective import distributed as _distributed
+from .._dist._collective import from_rank0 as _from_writer
 from .._engine import CheckpointManager, CheckpointOptions, SaveStats
 from .._engine._options import ManagerSettings, options_from
 from .._env import EVENTS_DIR_ENV, REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVISED_ENV, SUPERVISOR_ID_ENV
@@ -130,22 +132,6 @@ def _framework_manager(root: str, *, options: CheckpointOptions, run_id: str, at
         return CheckpointManager(root, options=dataclasses.replace(options, read_only=True), run_id=run_id,
                                  attempt=attempt)
     return CheckpointManager(root, options=options, run_id=run_id, attempt=attempt)
-
-
-def _distributed() -> bool:
-    """Whether this process is one rank of several in an initialised torch.distributed job."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _from_writer(value: _T) -> _T:
-    """Rank 0's ``value`` on every rank (a collective: every rank calls it at the same point)."""
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _torchrun_agent() -> int | None:
