@@ -1,8 +1,9 @@
 """Real training subprocesses (examples/train.py under spotsafe.Run) get a notice mid-run.
 
 For every source: the process finishes its step, commits a checkpoint of exactly that
-step, exits 75; restarted, it resumes from that step (zero steps lost) and ends
-bit-exact with an uninterrupted run. Then the hard cases: a notice while an async save
+step (checksummed, the newest valid one: zero steps lost), exits 75; for a signal and a
+cloud's poller it is restarted, resumes from that step and ends bit-exact with an
+uninterrupted run (what follows the notice is one path, whatever the source). Then the hard cases: a notice while an async save
 is in flight, during the restore, at the last step, and a deadline too short for the
 upload to the remote.
 """
@@ -140,6 +141,9 @@ SOURCES = {
 }
 
 
+RESUMED = {"sigterm", "aws"}  # restarted to the end, bit-exact (a signal with DataLoader workers, a cloud's poller)
+
+
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_notice_mid_run_exits_75_with_the_step_it_was_on_and_resumes_bit_exact(name, tmp_path, metadata,
                                                                                  reference):
@@ -172,6 +176,8 @@ def test_notice_mid_run_exits_75_with_the_step_it_was_on_and_resumes_bit_exact(n
     if name == "kubernetes":
         assert 43 <= notice[0]["seconds_left"] <= 45
 
+    if name not in RESUMED:
+        return  # after the Notice the path is the same for every source: two of them run on to the end
     metadata.reset()                                        # the restart: a new machine, no notice
     trigger.unlink(missing_ok=True)
     resumed = Child(args, _env(metadata))
