@@ -104,3 +104,20 @@ def test_ls_and_verify_read_a_remote_root_from_the_usual_environment(s3_url, tmp
     write_remote(s3_url, "step-000000000002/w.bin", b"\0" * 256)  # same size, wrong bytes
     bad = cli("verify", s3_url)
     assert bad.returncode == 1 and "w.bin fails its checksum" in bad.stdout + bad.stderr
+
+
+def test_inspect_and_verify_a_frameworks_folder(root, tmp_path):
+    """A checkpoint of kind "files" (spotsafe.hf, spotsafe.accelerate): its files and their bytes; a bad one named."""
+    src = tmp_path / "checkpoint-4"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"w" * 3000)
+    (src / "optimizer.pt").write_bytes(b"o" * 1000)
+    with spotsafe.CheckpointManager(root) as mgr:
+        mgr.save_files(4, src, kind="hf-trainer")
+    out = cli("inspect", root)
+    assert out.returncode == 0, out.stderr
+    assert "hf-trainer" in out.stdout and "files" in out.stdout and "3.9 KiB" in out.stdout
+    assert "model.safetensors" in out.stdout and "optimizer.pt" in out.stdout
+    (root / "step-000000000004" / "optimizer.pt").write_bytes(b"x" * 1000)
+    out = cli("verify", root)
+    assert out.returncode != 0 and "optimizer.pt fails its checksum" in out.stdout + out.stderr

@@ -173,9 +173,11 @@ def _print_manifest(info, url: str) -> None:
     for col in ("component", "kind", "type", "tensors", "bytes", "file"):
         table.add_column(col)
     for name, c in m.components.items():
-        files = sorted({t.file for t in c.tensors})
+        # a framework's folder (kind "files"): its files are the component
+        files = list(c.tree) if c.kind == "files" else sorted({t.file for t in c.tensors})
+        nbytes = sum(m.files[f].size for f in files) if c.kind == "files" else c.nbytes
         table.add_row(markup(name, 200), c.kind, markup(c.type.rsplit(".", 1)[-1], 200), str(len(c.tensors)),
-                      _size(c.nbytes), markup(", ".join(files) or "-", 200))
+                      _size(nbytes), markup(", ".join(files) or "-", 200))
     _out.print(table)
     if m.shards is not None:
         _print_shards(m)
