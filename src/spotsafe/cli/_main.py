@@ -200,4 +200,7 @@ main.add_command(plan_cmd)
 from ._run import report_cmd, run_cmd  # noqa: E402
 
 main.add_command(run_cmd)
+from ._recipe import recipe_cmd  # noqa: E402
+
+main.add_command(recipe_cmd)
 main.add_command(report_cmd)
