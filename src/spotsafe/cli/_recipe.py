@@ -11,7 +11,7 @@ from .._recipes import PLATFORMS, RecipeOptions, budget_from_events, render
 from .._units import parse_duration
 
 
-@click.command("recipe", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command("recipe")
 @click.argument("platform", type=click.Choice(PLATFORMS))
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("--name", default="spotsafe-job", show_default=True, help="The job's name.")
@@ -30,11 +30,15 @@ def recipe_cmd(platform, command, name, root, remote, profile, budget, from_root
                max_restarts, output):
     """Print a ready configuration that runs COMMAND on PLATFORM under `spotsafe run`, retried on exit 75.
 
+    Options go before `--`; everything after it is the command, as given.
+
     \b
       spotsafe recipe kubernetes --image ghcr.io/me/train:1 --remote s3://b/exp1 -- python train.py
       spotsafe recipe skypilot --instance-type g5.xlarge --instance-type g6.xlarge -- python train.py
       spotsafe recipe slurm --from runs/exp1 -- python train.py     # the grace sized from a real run
     """
+    if command and command[0] == "--":  # click keeps the separator after PLATFORM (as in spotsafe run)
+        command = command[1:]
     opts = RecipeOptions(command=tuple(command), name=name, root=root, remote=remote, profile=profile, image=image,
                          instance_types=tuple(instance_types), regions=tuple(regions), max_restarts=max_restarts)
     if budget is not None and from_root is not None:
