@@ -53,6 +53,18 @@ class RecipeOptions:
     regions: tuple[str, ...] = field(default_factory=tuple)
     max_restarts: int = 10
 
+    def __post_init__(self) -> None:
+        if not self.command:
+            raise ValueError("A recipe needs the training command after `--`, e.g. `spotsafe recipe slurm -- python "
+                             "train.py`.")
+        bad = next((w for w in (*self.command, self.name, self.root or "", self.remote or "", self.profile or "",
+                                self.image or "") if "\n" in w or "\r" in w), None)
+        if bad is not None:
+            raise ValueError(f"A recipe's command and options are single lines, and {bad!r} holds a line break; put "
+                             "a multi-line script in a file and pass the file.")
+        if not self.budget_s > 0:
+            raise ValueError(f"The save budget must be more than 0 seconds, got {self.budget_s}.")
+
     def grace_s(self) -> int:
         """The grace period a platform should give: the budget plus a margin, whole seconds."""
         return math.ceil(self.budget_s + MARGIN_S)
@@ -68,8 +80,21 @@ class RecipeOptions:
         return argv
 
     def shell(self, root: str, *, remote: str | None = None, extra: Sequence[str] = ()) -> str:
-        """:meth:`supervised` as one shell line, quoted."""
-        return shlex.join(self.supervised(root, remote=remote, extra=extra))
+        """:meth:`supervised` as one shell line, quoted; a root of ``~/...`` or with ``$VAR`` is expanded
+        by the shell (the user's command is quoted as given)."""
+        argv = self.supervised(root, remote=remote, extra=extra)
+        return " ".join(shell_word(w, expand=(i == 3)) for i, w in enumerate(argv))
+
+
+def shell_word(word: str, *, expand: bool = False) -> str:
+    """``word`` quoted for a POSIX shell; with ``expand``, a leading ``~/`` and ``$VAR`` still expand."""
+    if not expand:
+        return shlex.quote(word)
+    if word.startswith("~/"):
+        return "~/" + shlex.quote(word[2:]) if word[2:] else "~/"
+    if "$" in word:
+        return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+    return shlex.quote(word)
 
 
 EXIT_CODE = EXIT_PREEMPTED
