@@ -46,7 +46,7 @@ def render(opts: RecipeOptions) -> str:
         f"# An early stop on a cloud's notice while the cluster is still up: spotsafe exits {EXIT_CODE}, and",
         f"# recover_on_exit_codes: [{EXIT_CODE}] relaunches without counting against max_restarts_on_errors.",
         "# SkyPilot looks at the exit code only while the cluster is up; a vanished VM is recovered anyway.",
-        f"# Save budget: {opts.budget_s:.0f} s ({opts.budget_source}); AWS gives 2 min of notice, GCP and Azure",
+        f"# Save budget: {opts.budget_s:.1f} s ({opts.budget_source}); AWS gives 2 min of notice, GCP and Azure",
         "# 30 s: above 30 s, a GCP/Azure reclaim may cut the save short and the run resumes from the previous",
         "# checkpoint (nothing is lost that was durable).",
     ]
