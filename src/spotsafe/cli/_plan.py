@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import statistics
 
 import click
@@ -14,6 +13,7 @@ from .._units import format_duration, parse_duration
 from ..policy import advisor_mtbf, hybrid, plan, simulate
 from ..policy._interval import SIMULATION_MAX_DRAWS, SIMULATION_TIME_LIMIT
 from ._params import Finite
+from ._pools import POOL_EXAMPLE, POOL_SYNTAX, parse_pool, parse_rate, pools_table, print_pools
 
 _out = Console(highlight=False)
 
@@ -33,14 +33,14 @@ def _rate(ctx, param, value):
     """A rate per hour: "0.1", "0.1/h"."""
     if value is None:
         return None
-    text = value.strip().lower().removesuffix("/h").removesuffix("/hour").strip()
     try:
-        rate = float(text)
-    except ValueError:
-        raise click.BadParameter(f"Cannot read --rate {value!r}; give interruptions per hour, e.g. 0.2 or 0.2/h.") from None
-    if not (math.isfinite(rate) and rate > 0):
-        raise click.BadParameter(f"--rate {value!r} must be more than 0 per hour; use --mtbf for a duration.")
-    return rate
+        return parse_rate(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _pools(ctx, param, value):
+    return [parse_pool(v) for v in value]
 
 
 def _from_events(root: str | None):
@@ -72,7 +72,10 @@ def _from_events(root: str | None):
 @click.option("--hours", type=Finite(0, 1e9, min_open=True), required=True,
               help="Compute hours the job needs without interruptions.")
 @click.option("--on-demand-price", type=Finite(0, 1e9, min_open=True), required=True, help="On-demand price per hour.")
-@click.option("--spot-price", type=Finite(0, 1e9, min_open=True), required=True, help="Spot price per hour.")
+@click.option("--spot-price", type=Finite(0, 1e9, min_open=True), help="Spot price per hour (or give --pool).")
+@click.option("--pool", "pools", multiple=True, callback=_pools,
+              help=f"Instead of --spot-price, a kind of spot capacity to compare (repeat): {POOL_SYNTAX}, e.g. "
+                   f"{POOL_EXAMPLE}; without a rate of its own, a pool takes --mtbf/--rate/--advisor/--from.")
 @click.option("--mtbf", callback=_duration("--mtbf"), help="Mean time between interruptions: 6h, 90m, ...")
 @click.option("--rate", callback=_rate, help="Interruptions per hour: 0.2 (the same as --mtbf 5h).")
 @click.option("--advisor", help="An AWS Spot Instance Advisor band: '<5%', '5-10%', '10-15%', '15-20%', '>20%'.")
@@ -88,9 +91,17 @@ def _from_events(root: str | None):
               help="Also run this many Monte Carlo jobs under Poisson interruptions.")
 @click.option("--seed", type=int, default=0, help="Seed of the simulation.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint_cost, restart_cost, from_root,
+def plan_cmd(hours, on_demand_price, spot_price, pools, mtbf, rate, advisor, checkpoint_cost, restart_cost, from_root,
              deadline, runs, seed, as_json) -> None:
-    """The optimal checkpoint interval (Young, Daly), expected wall time, waste and cost on spot vs on-demand."""
+    """The optimal checkpoint interval (Young, Daly), expected wall time, waste and cost on spot vs on-demand.
+
+    With --pool (repeated), one row per pool, one for on-demand and one for the --deadline hybrid,
+    the cheapest marked, and the `spotsafe recipe skypilot` command over the pools cheaper than on-demand.
+    """
+    if spot_price is None and not pools:
+        raise click.UsageError(f"Missing --spot-price; give it, or one --pool {POOL_SYNTAX} per kind of capacity.")
+    if spot_price is not None and pools:
+        raise click.UsageError("Give --spot-price or --pool, not both; each pool carries its own price.")
     measured = _from_events(from_root)
     given = [x for x in (mtbf, rate, advisor) if x is not None]
     if len(given) > 1:
@@ -116,11 +127,21 @@ def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint
     checkpoint_cost = checkpoint_cost if checkpoint_cost is not None else (
         measured.checkpoint_stall_s if measured else None)
     restart_cost = restart_cost if restart_cost is not None else (measured.restart_s if measured else None)
-    missing = [f for f, v in (("--mtbf/--rate/--advisor", mtbf), ("--checkpoint-cost", checkpoint_cost),
+    need_mtbf = not pools or any(p.mtbf_s is None for p in pools)
+    missing = [f for f, v in (("--mtbf/--rate/--advisor", mtbf if need_mtbf else 0.0), ("--checkpoint-cost", checkpoint_cost),
                               ("--restart-cost", restart_cost)) if v is None]
+    if pools and mtbf is None and need_mtbf:
+        raise click.UsageError(f"The pool {next(p.name for p in pools if p.mtbf_s is None)} has no interruption "
+                               "rate; give it mtbf=, rate= or advisor=, or --mtbf/--rate/--advisor for the pools "
+                               "that give none.")
     if missing:
         raise click.UsageError(f"Missing {', '.join(missing)}; give them, or --from a run root whose events "
                                "measured them.")
+    if pools:
+        _plan_pools(pools, hours=hours, on_demand_price=on_demand_price, mtbf=mtbf, checkpoint_cost=checkpoint_cost,
+                    restart_cost=restart_cost, deadline=deadline, runs=runs, seed=seed, as_json=as_json,
+                    sources=sources, measured=measured, assumption=assumption)
+        return
     try:
         p = plan(hours * 3600.0, mtbf=mtbf, checkpoint_cost=checkpoint_cost, restart_cost=restart_cost,
                  spot_price=spot_price, on_demand_price=on_demand_price)
@@ -147,6 +168,26 @@ def plan_cmd(hours, on_demand_price, spot_price, mtbf, rate, advisor, checkpoint
         click.echo(json.dumps(out, indent=2))
         return
     _print(p, out, deadline)
+
+
+def _plan_pools(pools, *, hours, on_demand_price, mtbf, checkpoint_cost, restart_cost, deadline, runs, seed, as_json,
+                sources, measured, assumption) -> None:
+    out = pools_table(pools, work=hours * 3600.0, checkpoint_cost=checkpoint_cost, restart_cost=restart_cost,
+                      on_demand_price=on_demand_price, default_mtbf=mtbf, deadline=deadline, runs=runs, seed=seed)
+    out["inputs"] = {k: sources.get(k, "given") for k in ("checkpoint cost", "restart cost")}
+    if measured is not None:
+        out["measured"] = {k: v for k, v in measured.__dict__.items() if k != "stalls_s"}
+    assumptions = [assumption] if assumption else []
+    bands = sorted({p.rate_given.partition("=")[2] for p in pools if (p.rate_given or "").startswith("advisor=")})
+    if bands:
+        assumptions.append(f"Spot Instance Advisor band(s) {', '.join(bands)}: the band's upper share of instances "
+                           "interrupted per month, read as a Poisson process over 730 h")
+    if assumptions:
+        out["assumptions"] = assumptions
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    print_pools(out, _out, assumptions)
 
 
 def _print(p, out: dict, deadline: float | None) -> None:
