@@ -37,6 +37,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD), os.environ.ge
 # writes nothing into the home directory and behaves the same on a cloud VM.
 os.environ["SPOTSAFE_STATE_DIR"] = __import__("tempfile").mkdtemp(prefix="spotsafe-state-")
 os.environ["SPOTSAFE_DMI_DIR"] = __import__("tempfile").mkdtemp(prefix="spotsafe-dmi-")
+# Nor on the platform the suite happens to run on (a CI runner in a pod, a SLURM job): the marks that
+# spotsafe.Run and spotsafe run take defaults from (spotsafe._platforms) are set by the tests that want them.
+for _name in ("KUBERNETES_SERVICE_HOST", "SLURM_JOB_ID", "SLURM_RESTART_COUNT", "TRAINING_JOB_NAME", "SM_TRAINING_ENV",
+              "SM_CURRENT_HOST"):
+    os.environ.pop(_name, None)
 # Loaded by its path: an image's own sitecustomize may already be imported under that name.
 _spec = importlib.util.spec_from_file_location("_spotsafe_test_guard", GUARD / "sitecustomize.py")
 _guard = importlib.util.module_from_spec(_spec)

@@ -18,6 +18,10 @@ Set by the user:
 
 - ``SPOTSAFE_PROFILES`` (the profiles file), ``SPOTSAFE_STATE_DIR`` (the supervisor's own
   records), ``SPOTSAFE_DEBUG`` (CLI tracebacks);
+- the SLURM recipe's script: ``SPOTSAFE_NO_REQUEUE`` (set it to leave requeueing to the site's
+  ``RequeueExit=75``), ``SPOTSAFE_JOB_ROOT`` (the script's own root variable);
+- SageMaker: ``SPOTSAFE_SAGEMAKER_CHECKPOINTS`` (the job's ``checkpoint_local_path`` when it is
+  not ``/opt/ml/checkpoints``), ``SPOTSAFE_SAGEMAKER_GRACE`` (the seconds after its SIGTERM);
 - notices: ``SPOTSAFE_TERMINATION_GRACE`` (Kubernetes), ``SPOTSAFE_SLURM_GRACE``,
   ``SPOTSAFE_NOTICE_FILE``, ``SPOTSAFE_NOTICE_POLL_S``, ``SPOTSAFE_DMI_DIR``, and the
   metadata base URLs ``SPOTSAFE_AWS_METADATA_URL``, ``SPOTSAFE_GCP_METADATA_URL``,
@@ -60,6 +64,14 @@ TERMINATION_GRACE_ENV = "SPOTSAFE_TERMINATION_GRACE"
 """The pod's ``terminationGracePeriodSeconds`` (Kubernetes notices)."""
 SLURM_GRACE_ENV = "SPOTSAFE_SLURM_GRACE"
 """The seconds of SLURM's ``--signal=...@N`` (SLURM notices)."""
+NO_REQUEUE_ENV = "SPOTSAFE_NO_REQUEUE"
+"""Set in a SLURM recipe's job: exit 75 without ``scontrol requeue`` (the site requeues on 75 itself)."""
+JOB_ROOT_ENV = "SPOTSAFE_JOB_ROOT"
+"""The SLURM recipe script's variable holding the run's root (expanded by the batch shell)."""
+SAGEMAKER_CHECKPOINTS_ENV = "SPOTSAFE_SAGEMAKER_CHECKPOINTS"
+"""A SageMaker job's local checkpoint folder (its ``checkpoint_local_path``; default /opt/ml/checkpoints)."""
+SAGEMAKER_GRACE_ENV = "SPOTSAFE_SAGEMAKER_GRACE"
+"""The seconds a SageMaker job has after its SIGTERM (default 120, StopTrainingJob's)."""
 NOTICE_FILE_ENV = "SPOTSAFE_NOTICE_FILE"
 """A file whose appearance is a notice."""
 NOTICE_POLL_ENV = "SPOTSAFE_NOTICE_POLL_S"

@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import shlex
 
+from .._env import JOB_ROOT_ENV, NO_REQUEUE_ENV, SLURM_GRACE_ENV
 from ._options import EXIT_CODE, MARGIN_S, RecipeOptions
 
-_ROOT_VAR = "SPOTSAFE_JOB_ROOT"
+_ROOT_VAR = JOB_ROOT_ENV
 _SENTINEL = "\x00root\x00"
 EXIT_BUDGET_SPENT = 3
 """The script's exit status when ``SLURM_RESTART_COUNT`` reached ``max_restarts`` (as ``spotsafe run``'s)."""
@@ -58,7 +59,7 @@ def render(opts: RecipeOptions) -> str:
 # Exit status: 0 finished, or stopped with its checkpoint durable and requeued (the job goes
 # back to PENDING, same job id, SLURM_RESTART_COUNT + 1). Exit 75 alone would leave the job
 # FAILED unless the admin set RequeueExit=75 (then do not also call scontrol requeue: set
-# SPOTSAFE_NO_REQUEUE=1). {EXIT_BUDGET_SPENT} after {opts.max_restarts} requeues (SLURM_RESTART_COUNT),
+# {NO_REQUEUE_ENV}=1). {EXIT_BUDGET_SPENT} after {opts.max_restarts} requeues (SLURM_RESTART_COUNT),
 # 75 when scontrol requeue failed; anything else is `spotsafe run`'s own failure code.
 #
 # Not verified on a real cluster by spotsafe's tests (they run this script under bash with a
@@ -74,7 +75,7 @@ set -u
 # The checkpoint root, {remote}.
 {_ROOT_VAR}={root}
 MAX_REQUEUES={opts.max_restarts}
-export SPOTSAFE_SLURM_GRACE={budget}   # the seconds a SLURM signal leaves spotsafe.Run to save
+export {SLURM_GRACE_ENV}={budget}   # the seconds a SLURM signal leaves spotsafe.Run to save
 
 restarts="${{SLURM_RESTART_COUNT:-0}}"
 echo "spotsafe recipe: job ${{SLURM_JOB_ID:-?}} start $((restarts + 1)) on $(hostname), root ${_ROOT_VAR}" >&2
@@ -101,7 +102,7 @@ echo "spotsafe recipe: spotsafe run exited $status" >&2
 if [ "$status" -ne {EXIT_CODE} ]; then
     exit "$status"                            # 0 finished; anything else a failure SLURM reports
 fi
-if [ -z "${{SLURM_JOB_ID:-}}" ] || [ -n "${{SPOTSAFE_NO_REQUEUE:-}}" ]; then
+if [ -z "${{SLURM_JOB_ID:-}}" ] || [ -n "${{{NO_REQUEUE_ENV}:-}}" ]; then
     exit {EXIT_CODE}                                   # not under SLURM, or RequeueExit=75 requeues it
 fi
 if [ "$restarts" -ge "$MAX_REQUEUES" ]; then

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .._platforms import detect as detect_platform
 from .._storage import check_root, is_url
 from .._supervisor import Chaos, Supervisor, get_profile
 from .._telemetry import (
@@ -111,6 +112,11 @@ def run_cmd(command, root, profile_name, profiles_path, remote, save_every, max_
     command = list(command)
     if command and command[0] == "--":
         command = command[1:]
+    platform = detect_platform()
+    if platform is not None:  # said once, here: the command's Run stays quiet about it (it logs at info)
+        if root is None and platform.root:
+            root = platform.root
+        click.echo(f"spotsafe run: {platform.note}" + (f"; --root {root}" if root else "") + ".", err=True)
     try:
         profile = get_profile(profile_name, profiles_path).with_overrides(
             remote=remote, save_every=save_every, max_restarts=max_restarts, max_total_time=max_total_time,

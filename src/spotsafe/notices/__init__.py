@@ -8,7 +8,7 @@ from ._clouds import AWS, GCP, Azure
 from ._file import FileTrigger
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 from ._poller import Poller
-from ._signals import Kubernetes, Signals, Slurm
+from ._signals import Kubernetes, SageMaker, Signals, Slurm
 from ._watcher import NoticeWatcher, make_sources
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "NoticeSource",
     "NoticeWatcher",
     "Poller",
+    "SageMaker",
     "Signals",
     "Slurm",
     "make_sources",

@@ -22,7 +22,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .._env import SIGNAL_GRACE_ENV, SLURM_GRACE_ENV, TERMINATION_GRACE_ENV
+from .._env import SAGEMAKER_GRACE_ENV, SIGNAL_GRACE_ENV, SLURM_GRACE_ENV, TERMINATION_GRACE_ENV
 from .._units import parse_duration
 from ._notice import DEFAULT_GRACE, Notice, NoticeSource
 
@@ -143,6 +143,27 @@ class Kubernetes(Signals):
     @staticmethod
     def detected() -> bool:
         return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+class SageMaker(Signals):
+    """SageMaker training jobs: SIGTERM, then 120 s before the container is killed (``StopTrainingJob``).
+
+    How a managed spot interruption reaches the container is not documented; when it does
+    as a stop does, the deadline is ``grace`` (default ``$SPOTSAFE_SAGEMAKER_GRACE`` or 120 s).
+    """
+
+    name = "sagemaker"
+    env = SAGEMAKER_GRACE_ENV
+
+    def __init__(self, *, grace: float | str | timedelta | None = None) -> None:
+        super().__init__(("SIGTERM",), grace=grace if grace is not None else os.environ.get(self.env) or 120.0)
+
+    @staticmethod
+    def detected() -> bool:
+        from .._platforms import detect
+
+        found = detect()
+        return found is not None and found.name == "sagemaker"
 
 
 class Slurm(Signals):

@@ -18,12 +18,12 @@ from ._clouds import AWS, GCP, Azure
 from ._file import FileTrigger
 from ._notice import Notice, NoticeSource
 from ._poller import Poller
-from ._signals import Kubernetes, Signals, Slurm
+from ._signals import Kubernetes, SageMaker, Signals, Slurm
 
 logger = logging.getLogger(__name__)
 
 NoticesSpec = str | None | bool | Iterable[NoticeSource | str]
-NAMES = ("signals", "kubernetes", "slurm", "aws", "gcp", "azure", "file")
+NAMES = ("signals", "kubernetes", "slurm", "sagemaker", "aws", "gcp", "azure", "file")
 
 
 class NoticeWatcher:
@@ -143,8 +143,9 @@ def make_sources(spec: NoticesSpec = "auto") -> list[NoticeSource]:
     """The sources for ``notices=``.
 
     ``"auto"``: signals (SIGTERM, SIGINT, SIGUSR1), Kubernetes' SIGTERM grace when in a pod,
-    SLURM's signals in a job, the AWS, GCP and Azure metadata servers that answer (probed
-    in the background; quiet off-cloud), and ``$SPOTSAFE_NOTICE_FILE`` when set. ``None``,
+    SLURM's signals in a job, SageMaker's SIGTERM grace (120 s) in a training job, the AWS,
+    GCP and Azure metadata servers that answer (probed in the background; quiet off-cloud),
+    and ``$SPOTSAFE_NOTICE_FILE`` when set. ``None``,
     ``False`` or ``"off"``: none. A comma-separated string or a list of names (``NAMES``)
     and/or :class:`NoticeSource` objects: exactly those.
     """
@@ -156,6 +157,8 @@ def make_sources(spec: NoticesSpec = "auto") -> list[NoticeSource]:
             sources.append(Kubernetes())
         if Slurm.detected():
             sources.append(Slurm())
+        if SageMaker.detected():
+            sources.append(SageMaker())
         sources += [AWS(auto=True), GCP(auto=True), Azure(auto=True)]
         if os.environ.get(NOTICE_FILE_ENV):
             sources.append(FileTrigger())
@@ -170,7 +173,7 @@ def make_sources(spec: NoticesSpec = "auto") -> list[NoticeSource]:
             raise TypeError(f"notices= takes 'auto', None, names or NoticeSource objects, not {item!r}.")
         name = item.strip().lower()
         factory = {"signals": Signals, "signal": Signals, "kubernetes": Kubernetes, "k8s": Kubernetes,
-                   "slurm": Slurm, "aws": AWS, "gcp": GCP, "azure": Azure, "file": FileTrigger}.get(name)
+                   "slurm": Slurm, "sagemaker": SageMaker, "aws": AWS, "gcp": GCP, "azure": Azure, "file": FileTrigger}.get(name)
         if factory is None:
             raise ValueError(f"Unknown notice source {item!r}; use 'auto' or any of {', '.join(NAMES)}.")
         sources.append(factory())

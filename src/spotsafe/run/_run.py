@@ -35,6 +35,8 @@ from .._env import EVENTS_DIR_ENV, REMOTE_ENV, ROOT_ENV, SAVE_EVERY_ENV, SUPERVI
 from .._exitcodes import EXIT_OK, EXIT_PREEMPTED, EXIT_ROOT_LOCKED
 from .._format import step_dir
 from .._names import Event, SaveReason, StopReason, Tier
+from .._platforms import detect as detect_platform
+from .._platforms import say_once
 from .._state._lr import LR_SCALING, scale_learning_rates
 from .._storage import LocalFiles, Storage, is_url
 from .._telemetry import EventLog, events_dir_of, measure, read_events
@@ -247,11 +249,17 @@ class Run:
             if self._options.remote is None and os.environ.get(REMOTE_ENV):
                 self._options = dataclasses.replace(self._options, remote=os.environ[REMOTE_ENV])
         self._given_manager = manager
+        platform = detect_platform()
+        chose = root is None and not os.environ.get(ROOT_ENV) and platform is not None and platform.root is not None
         if root is None:
-            root = os.environ.get(ROOT_ENV)
+            root = os.environ.get(ROOT_ENV) or (platform.root if platform is not None else None)
             if not root:
                 raise ValueError(f"Run needs a checkpoint root: pass root= or run under `spotsafe run --root DIR`, "
                                  f"which sets ${ROOT_ENV}.")
+        remote = self._options.remote
+        say_once(logger, platform, "; it copies the root to S3 itself, so spotsafe's upload to the remote is a second "
+                                   "copy" if platform is not None and platform.syncs_root and remote else "",
+                 chose=chose)
         if save_every is None and os.environ.get(SAVE_EVERY_ENV):
             save_every = os.environ[SAVE_EVERY_ENV]
             parse_interval(save_every, what=f"${SAVE_EVERY_ENV}")  # a bad value is named as the variable
