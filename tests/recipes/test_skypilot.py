@@ -98,3 +98,17 @@ def test_cli_imports_no_torch_for_a_recipe():
     code = "import sys; from spotsafe.cli._recipe import recipe_cmd; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           timeout=60).stdout.strip() == "False"
+
+
+def test_exact_pools_and_their_refusals(tmp_path):
+    ok = subprocess.run([*spotsafe_cli(), "recipe", "skypilot", "--pool", "g6.xlarge@us-west-2", "--pool", "g5.xlarge",
+                         "--remote", "s3://b/r", "--", "python", "t.py"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["resources"]["any_of"] == [{"instance_type": "g6.xlarge", "region": "us-west-2"},
+                                                                {"instance_type": "g5.xlarge"}]
+    for args, message in ((["--pool", "g5@"], "is not TYPE or TYPE@REGION"),
+                          (["--pool", "g5@a@b"], "is not TYPE or TYPE@REGION"),
+                          (["--pool", "g5@r", "--region", "r"], "--pool, or --instance-type/--region, not both")):
+        bad = subprocess.run([*spotsafe_cli(), "recipe", "skypilot", *args, "--", "x"], capture_output=True,
+                             text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr

@@ -39,6 +39,8 @@ class RecipeOptions:
         instance_types: Instance types to diversify over, cheapest first (SkyPilot, the batch services).
         regions: Regions to diversify over (SkyPilot).
         max_restarts: How many platform-level retries a preemption may use (where the platform counts).
+        pools: Exact (instance type, region or None) pairs to diversify over (SkyPilot's ``any_of``), as
+            ``spotsafe plan --pool`` priced them; without them, every instance type in every region.
     """
 
     command: tuple[str, ...]
@@ -52,6 +54,7 @@ class RecipeOptions:
     instance_types: tuple[str, ...] = field(default_factory=tuple)
     regions: tuple[str, ...] = field(default_factory=tuple)
     max_restarts: int = 10
+    pools: tuple[tuple[str, str | None], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not self.command:

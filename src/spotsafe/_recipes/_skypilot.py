@@ -36,7 +36,8 @@ def render(opts: RecipeOptions) -> str:
     """A SkyPilot task YAML for ``sky jobs launch``."""
     root = opts.root or ROOT.format(name=opts.name)
     remote = opts.remote or REMOTE_PLACEHOLDER.format(name=opts.name)
-    pools = [(t, r) for t in (opts.instance_types or ("",)) for r in (opts.regions or ("",))]
+    pools = ([(t, r or "") for t, r in opts.pools] if opts.pools
+             else [(t, r) for t in (opts.instance_types or ("",)) for r in (opts.regions or ("",))])
     lines = [
         f"# SkyPilot managed job for {shlex.join(opts.command)}, made by `spotsafe recipe skypilot`.",
         f"#   sky jobs launch -n {opts.name} this.yaml",

@@ -170,18 +170,11 @@ def _recipe(chosen: list[Pool]) -> dict | None:
     """The ``spotsafe recipe skypilot`` command over ``chosen`` (cheapest first); None when there are none."""
     if not chosen:
         return None
-    types = list(dict.fromkeys(p.instance_type for p in chosen))
     any_region = any(p.region is None for p in chosen)
-    regions = [] if any_region else list(dict.fromkeys(p.region for p in chosen if p.region))
     args = ["spotsafe", "recipe", "skypilot"]
-    for t in types:
-        args += ["--instance-type", t]
-    for r in regions:
-        args += ["--region", r]
-    names = {p.name for p in chosen}
-    extra = [f"{t}@{r}" for t in types for r in regions if f"{t}@{r}" not in names]
-    return {"pools": [p.name for p in chosen], "command": shlex.join(args) + " -- COMMAND",
-            "unpriced_pools": extra, "any_region": any_region}
+    for p in chosen:  # exactly the pools priced: the recipe's any_of is these pairs
+        args += ["--pool", p.name]
+    return {"pools": [p.name for p in chosen], "command": shlex.join(args) + " -- COMMAND", "any_region": any_region}
 
 
 def print_pools(out: dict, console: Console, assumptions: list[str]) -> None:
@@ -239,8 +232,5 @@ def print_pools(out: dict, console: Console, assumptions: list[str]) -> None:
         return
     console.print(f"Run over the {len(rec['pools'])} pool(s) cheaper than on-demand (cheapest first):")
     console.print(rec["command"], soft_wrap=True)  # one line, to copy
-    if rec["unpriced_pools"]:
-        console.print(f"(The recipe tries every type in every region: also {', '.join(rec['unpriced_pools'])}, "
-                      "not priced here; remove them from its any_of if they do not suit.)")
-    elif rec["any_region"]:
+    if rec["any_region"]:
         console.print("(A pool with no @region: the recipe lets SkyPilot choose among all regions.)")

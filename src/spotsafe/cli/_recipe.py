@@ -23,11 +23,14 @@ from .._units import parse_duration
 @click.option("--image", help="Container image (kubernetes, aws-batch, gcp-batch, sagemaker).")
 @click.option("--instance-type", "instance_types", multiple=True, help="An instance type to diversify over (repeat).")
 @click.option("--region", "regions", multiple=True, help="A region to diversify over (repeat).")
+@click.option("--pool", "pools", multiple=True, metavar="TYPE[@REGION]",
+              help="An exact instance type (and region) to diversify over (repeat), as spotsafe plan --pool priced "
+                   "it; instead of every --instance-type in every --region.")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=10, show_default=True,
               help="Platform retries a preemption may use, where the platform counts them.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
 def recipe_cmd(platform, command, name, root, remote, profile, budget, from_root, image, instance_types, regions,
-               max_restarts, output):
+               pools, max_restarts, output):
     """Print a ready configuration that runs COMMAND on PLATFORM under `spotsafe run`, retried on exit 75.
 
     Options go before `--`; everything after it is the command, as given.
@@ -39,8 +42,18 @@ def recipe_cmd(platform, command, name, root, remote, profile, budget, from_root
     """
     if command and command[0] == "--":  # click keeps the separator after PLATFORM (as in spotsafe run)
         command = command[1:]
+    pairs = []
+    for spec in pools:
+        kind, _, region = spec.partition("@")
+        if not kind or (spec.endswith("@")) or "@" in region:
+            raise click.BadParameter(f"{spec!r} is not TYPE or TYPE@REGION, e.g. g5.xlarge@us-east-1.",
+                                     param_hint="--pool")
+        pairs.append((kind, region or None))
+    if pairs and (instance_types or regions):
+        raise click.UsageError("Pass --pool, or --instance-type/--region, not both.")
+    types = tuple(instance_types) or tuple(dict.fromkeys(t for t, _ in pairs))
     opts = RecipeOptions(command=tuple(command), name=name, root=root, remote=remote, profile=profile, image=image,
-                         instance_types=tuple(instance_types), regions=tuple(regions), max_restarts=max_restarts)
+                         instance_types=types, regions=tuple(regions), pools=tuple(pairs), max_restarts=max_restarts)
     if budget is not None and from_root is not None:
         raise click.UsageError("Pass --budget or --from, not both.")
     if budget is not None:
