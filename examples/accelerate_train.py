@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(args.step_delay)
             step = run.step
     except spotsafe.Preempted as stop:
-        print(f"preempted {stop.step} rank {acc.process_index} source {stop.notice.source}", flush=True)
+        sys.stdout.flush()  # every rank prints this: one write each, so two ranks' lines never interleave
+        os.write(1, f"preempted {stop.step} rank {acc.process_index} source {stop.notice.source}\n".encode())
         raise
     if args.out and acc.is_main_process:
         torch.save({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.optimizer.state_dict(),

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer.fit(model, train_dataloaders=train, val_dataloaders=val, ckpt_path=path)
             step = trainer.global_step
     except spotsafe.Preempted as stop:
-        print(f"preempted {stop.step} rank {rank}", flush=True)
+        sys.stdout.flush()  # every rank prints this: one write each, so two ranks' lines never interleave
+        os.write(1, f"preempted {stop.step} rank {rank}\n".encode())
         raise
     if args.out and rank == 0:
         torch.save({"model": model.state_dict(), "optimizer": trainer.optimizers[0].state_dict(),
