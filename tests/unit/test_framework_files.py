@@ -147,3 +147,23 @@ def test_run_framework_mode_without_a_saver_names_the_way_out(tmp_path):
         with spotsafe.Run(tmp_path / "run", None, save_every=1, notices=None) as run:
             for _ in run.steps(2):
                 pass
+
+
+@pytest.mark.parametrize("env, writes", [
+    ({}, True),
+    ({"RANK": "3"}, True),                      # a stray RANK without a job of several processes: a lone process
+    ({"LOCAL_RANK": "1"}, True),                # likewise a launcher's per-device variable
+    ({"WORLD_SIZE": "2", "RANK": "1"}, False),  # torchrun's second rank reads
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "1"}, True),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, False),  # Lightning's own launcher's child
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, False),
+    ({"SLURM_PROCID": "1"}, True),
+])
+def test_only_rank_0_of_a_job_of_several_writes_a_frameworks_checkpoints(tmp_path, monkeypatch, env, writes):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NTASKS",
+              "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with spotsafe.Run(tmp_path / "run", None, notices=None) as run:
+        assert run.writer is writes and run.manager.read_only is not writes

@@ -109,16 +109,18 @@ def _make_manager(root: str, *, options: CheckpointOptions, run_id: str, attempt
 def _other_rank() -> bool:
     """Whether the environment says this process is one rank of several, and not rank 0.
 
-    ``RANK`` (torchrun, ``env://``) when set; else the launchers that set only a local and a
-    node rank (Lightning's own, which starts ``LOCAL_RANK=1..`` children) or SLURM's task id
-    (``srun`` starting every rank itself). A process none of them names is rank 0.
+    With ``WORLD_SIZE`` above 1: ``RANK`` (torchrun, ``env://``) when set, else a local and a
+    node rank (Lightning's own launcher, which starts ``LOCAL_RANK=1..`` children). Else SLURM's
+    task id when ``srun`` started several tasks. A process none of them names is rank 0, so a
+    lone process always writes, whatever stray ``RANK`` or ``LOCAL_RANK`` its environment has.
     """
     env = os.environ
-    if env.get("RANK"):
-        return int(env["RANK"]) != 0
-    local, node = env.get("LOCAL_RANK"), env.get("NODE_RANK") or env.get("GROUP_RANK")
-    if local or node:
-        return int(local or 0) != 0 or int(node or 0) != 0
+    if int(env.get("WORLD_SIZE") or 1) > 1:  # a job of several processes that says so
+        if env.get("RANK"):
+            return int(env["RANK"]) != 0
+        local, node = env.get("LOCAL_RANK"), env.get("NODE_RANK") or env.get("GROUP_RANK")
+        if local or node:
+            return int(local or 0) != 0 or int(node or 0) != 0
     if env.get("SLURM_PROCID") and int(env.get("SLURM_NTASKS") or 1) > 1:
         return int(env["SLURM_PROCID"]) != 0
     return False
