@@ -105,12 +105,7 @@ def render_aws_batch(opts: RecipeOptions) -> str:
         f"  - a SPOT compute environment (allocationStrategy SPOT_PRICE_CAPACITY_OPTIMIZED, instanceTypes: {_c(types)})",
         "    and a job queue on it; the job role's access to the bucket; vCPU, memory and GPU in resourceRequirements.",
     ]
-    if opts.image is None:
-        header.append(f"  - the image: {PLACEHOLDER_IMAGE} is a placeholder (pass --image); spotsafe must be in it.")
-    if opts.remote:
-        header.append(f"  - {root} is the container's own disk; a retry on a new instance restores from {_c(opts.remote)}.")
-    else:
-        header.append(f"  - WARNING: no --remote. {root} is lost with the instance: a retry starts from scratch.")
+    header += _image_and_root(opts, root, "instance")
     return _document(header, doc)
 
 
@@ -161,10 +156,18 @@ def render_gcp_batch(opts: RecipeOptions) -> str:
     if len(opts.instance_types) > 1 or len(opts.regions) > 1:
         header.append("  - Batch takes one machine type (instances[0]) and one region per job: the first given are")
         header.append("    used; submit another job to try the others.")
-    if opts.image is None:
-        header.append(f"  - the image: {PLACEHOLDER_IMAGE} is a placeholder (pass --image); spotsafe must be in it.")
-    if opts.remote:
-        header.append(f"  - {root} is the container's own disk; a retry on a new VM restores from {_c(opts.remote)}.")
-    else:
-        header.append(f"  - WARNING: no --remote. {root} is lost with the VM: a retry starts from scratch.")
+    header += _image_and_root(opts, root, "VM")
     return _document(header, doc)
+
+
+def _image_and_root(opts: RecipeOptions, root: str, machine: str) -> list[str]:
+    """The header's last by-hand lines, the same for both services: the image, and where the root survives."""
+    lines = []
+    if opts.image is None:
+        lines.append(f"  - the image: {PLACEHOLDER_IMAGE} is a placeholder (pass --image); spotsafe must be in it.")
+    if opts.remote:
+        lines.append(f"  - {root} is the container's own disk; a retry on a new {machine} restores from "
+                     f"{_c(opts.remote)}.")
+    else:
+        lines.append(f"  - WARNING: no --remote. {root} is lost with the {machine}: a retry starts from scratch.")
+    return lines
